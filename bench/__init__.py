@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench`. Results land in bench/results/."""

@@ -1,0 +1,1 @@
+"""The trust layer: on-chain model registry, embedded chain, result anchoring."""

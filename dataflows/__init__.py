@@ -1,0 +1,1 @@
+"""Bytewax flows: `segment` (the main job) and `evaluate` (file replay)."""

@@ -1,0 +1,1 @@
+"""Keyed, compressed, self-describing model blobs (the paper's ASTORE)."""

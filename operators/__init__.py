@@ -1,0 +1,1 @@
+"""Reusable Bytewax pieces: sources, preprocess, model reader, score, sinks."""

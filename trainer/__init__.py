@@ -1,0 +1,1 @@
+"""The server layer: train ENet on CARLA, evaluate, export to a blob."""
