@@ -1,0 +1,224 @@
+"""Datasets: a folder of images/ + labels/, the time split, a synthetic scene generator,
+and augmentation.  numpy + OpenCV only (no torch), so the streaming side can reuse it.
+
+Label formats accepted (converted to uint8 class ids on load):
+  * single-channel 8-bit ids (``labels/NNNN.png``, the shared CARLA set);
+  * Lyft challenge RGB labels, id in the red channel (G and B are not a palette);
+  * RGB labels drawn in the CARLA colour palette (``trainer.palette``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .palette import NUM_CLASSES, rgb_palette_to_ids
+
+__all__ = ["DataError", "read_image", "read_label", "find_pairs", "FolderData", "load_folder",
+           "time_split", "synthetic_scene", "synthetic_data", "augment", "resize_pair",
+           "MEAN", "STD"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: normalisation used by the network (the same constants are baked into the ONNX graph).
+MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
+
+
+def read_image(path) -> np.ndarray:
+    """RGB uint8 [H, W, 3]."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{path}: cannot read image (missing, empty or not an image file)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path) -> np.ndarray:
+    """Class ids uint8 [H, W] from any of the accepted label formats."""
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise DataError(f"{path}: cannot read label image (missing, empty or not an image file)")
+    if lab.dtype != np.uint8:
+        raise DataError(f"{path}: label must be 8-bit, found dtype {lab.dtype}")
+    if lab.ndim == 3:
+        if lab.shape[2] == 4:
+            lab = lab[..., :3]
+        rgb = lab[..., ::-1]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            lab = rgb[..., 0]                      # grey saved as RGB
+        else:
+            ids = rgb_palette_to_ids(rgb)
+            lab = ids if ids is not None else rgb[..., 0]   # CARLA palette, else Lyft red channel
+    lab = np.ascontiguousarray(lab)
+    mx = int(lab.max()) if lab.size else 0
+    if mx >= NUM_CLASSES:
+        bad = np.argwhere(lab >= NUM_CLASSES)[0]
+        raise DataError(f"{path}: class id {mx} > {NUM_CLASSES - 1} (first at row {bad[0]}, col {bad[1]}); "
+                        f"expected ids 0..{NUM_CLASSES - 1}")
+    return lab
+
+
+def find_pairs(root) -> list[tuple[Path, Path]]:
+    """(image, label) pairs of ``root/images`` and ``root/labels`` matched by file stem, sorted."""
+    root = Path(root)
+    idir, ldir = root / "images", root / "labels"
+    for d in (idir, ldir):
+        if not d.is_dir():
+            raise DataError(f"{d}: folder not found (expected {root}/images and {root}/labels)")
+    labels = {p.stem: p for p in ldir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    pairs, missing = [], []
+    for p in sorted(idir.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if p.stem in labels:
+            pairs.append((p, labels[p.stem]))
+        else:
+            missing.append(p.name)
+    if missing:
+        raise DataError(f"{ldir}: no label for {len(missing)} image(s), e.g. {missing[:3]}")
+    if not pairs:
+        raise DataError(f"{idir}: no images found")
+    return pairs
+
+
+@dataclass
+class FolderData:
+    """A dataset decoded into memory: images uint8 [N, H, W, 3], labels uint8 [N, H, W]."""
+    images: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+    def __len__(self):
+        return len(self.names)
+
+    def subset(self, idx) -> "FolderData":
+        idx = list(idx)
+        return FolderData(self.images[idx], self.labels[idx], [self.names[i] for i in idx])
+
+
+def resize_pair(img, lab, size):
+    """Resize an image (linear/area) and its label (nearest) to (w, h) = size."""
+    w, h = size
+    interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_LINEAR
+    return (cv2.resize(img, (w, h), interpolation=interp),
+            cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST))
+
+
+def load_folder(root, size: int | tuple[int, int] | None = 512, limit: int | None = None) -> FolderData:
+    """Decode every pair once into memory, resized to ``size`` (w, h) or kept native (None)."""
+    pairs = find_pairs(root)[:limit]
+    if isinstance(size, int):
+        size = (size, size)
+    imgs, labs = [], []
+    for ip, lp in pairs:
+        img, lab = read_image(ip), read_label(lp)
+        if img.shape[:2] != lab.shape[:2]:
+            raise DataError(f"{lp}: label size {lab.shape[1]}x{lab.shape[0]} does not match "
+                            f"image {ip.name} size {img.shape[1]}x{img.shape[0]}")
+        if size is not None:
+            img, lab = resize_pair(img, lab, size)
+        elif imgs and img.shape != imgs[0].shape:
+            raise DataError(f"{ip}: size {img.shape[1]}x{img.shape[0]} differs from the first image; pass a size")
+        imgs.append(img)
+        labs.append(lab)
+    return FolderData(np.stack(imgs), np.stack(labs), [p[0].stem for p in pairs])
+
+
+def time_split(n: int, val_fraction: float = 0.2, gap: int = 10) -> tuple[list[int], list[int]]:
+    """Consecutive frames: train on the first part, validate on the last ``val_fraction``,
+    dropping ``gap`` frames in between so near-duplicates do not leak."""
+    n_val = max(1, int(round(n * val_fraction)))
+    n_train = n - n_val - gap
+    if n_train < 1:
+        raise ValueError(f"time_split: {n} frames are too few for val_fraction={val_fraction}, gap={gap}")
+    return list(range(n_train)), list(range(n - n_val, n))
+
+
+# ---------------------------------------------------------------------------------------
+# synthetic scenes
+
+def synthetic_scene(rng: np.random.Generator, h: int = 64, w: int = 64):
+    """A crude street: sky, buildings, road with a line, sidewalk, a car, a pole.
+    Colours are noisy class colours, so a small net can learn them quickly."""
+    lab = np.zeros((h, w), np.uint8)                   # sky / unlabeled
+    horizon = int(h * rng.uniform(0.35, 0.55))
+    x = 0
+    while x < w:                                       # buildings / vegetation / wall
+        bw = int(rng.integers(max(2, w // 8), max(3, w // 3)))
+        top = int(rng.integers(h // 10, horizon))
+        lab[top:horizon, x:x + bw] = rng.choice([1, 1, 9, 11])
+        x += bw
+    lab[horizon:] = 8                                  # sidewalk
+    left, right = int(w * rng.uniform(0.1, 0.3)), int(w * rng.uniform(0.7, 0.9))
+    lab[horizon:, left:right] = 7                      # road
+    mid = (left + right) // 2
+    lab[horizon + 2:, mid:mid + max(1, w // 40)] = 6   # road line
+    cw, ch = int(w * rng.uniform(0.15, 0.3)), int(h * rng.uniform(0.1, 0.2))
+    cx = int(rng.integers(left, max(left + 1, right - cw)))
+    cy = int(rng.integers(horizon, max(horizon + 1, h - ch)))
+    lab[cy:cy + ch, cx:cx + cw] = 10                   # car
+    px = int(rng.integers(0, w - 2))
+    lab[h // 5:horizon + h // 8, px:px + max(1, w // 64)] = 5   # pole
+    base = np.array([(90, 150, 230), (70, 70, 70), (190, 153, 153), (250, 170, 160), (220, 20, 60),
+                     (153, 153, 153), (157, 234, 50), (128, 64, 128), (244, 35, 232), (107, 142, 35),
+                     (0, 0, 142), (102, 102, 156), (220, 220, 0)], np.float32)
+    img = base[lab] + rng.normal(0, 12, (h, w, 3)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8), lab
+
+
+def synthetic_data(n: int, h: int = 64, w: int = 64, seed: int = 0) -> FolderData:
+    rng = np.random.default_rng(seed)
+    pairs = [synthetic_scene(rng, h, w) for _ in range(n)]
+    return FolderData(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
+                      [f"synthetic{i:04d}" for i in range(n)])
+
+
+def write_folder(data: FolderData, root) -> None:
+    """Write a FolderData as ``root/images/*.png`` + ``root/labels/*.png`` (single-channel ids)."""
+    root = Path(root)
+    os.makedirs(root / "images", exist_ok=True)
+    os.makedirs(root / "labels", exist_ok=True)
+    for img, lab, name in zip(data.images, data.labels, data.names):
+        cv2.imwrite(str(root / "images" / f"{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "labels" / f"{name}.png"), lab)
+
+
+# ---------------------------------------------------------------------------------------
+# augmentation
+
+def augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, crop: int,
+            scale=(0.5, 1.5), flip: bool = True, color: bool = True):
+    """Random scale + crop to ``crop`` x ``crop``, horizontal flip, HSV + brightness/contrast
+    jitter.  ``scale`` > 1 zooms in (the crop covers fewer source pixels)."""
+    h, w = lab.shape
+    s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
+    aspect = float(np.exp(rng.uniform(-0.15, 0.15)))
+    rh = int(round(min(h, crop / s * aspect)))
+    rw = int(round(min(w, crop / s / aspect)))
+    y0 = int(rng.integers(0, h - rh + 1))
+    x0 = int(rng.integers(0, w - rw + 1))
+    img = img[y0:y0 + rh, x0:x0 + rw]
+    lab = lab[y0:y0 + rh, x0:x0 + rw]
+    img = cv2.resize(img, (crop, crop), interpolation=cv2.INTER_AREA if rw > crop else cv2.INTER_LINEAR)
+    lab = cv2.resize(lab, (crop, crop), interpolation=cv2.INTER_NEAREST)
+    if flip and rng.random() < 0.5:
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    if color:
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-8, 8)) % 180          # hue (OpenCV: 0..180)
+        hsv[..., 1] *= rng.uniform(0.6, 1.4)                              # saturation
+        hsv[..., 2] *= rng.uniform(0.65, 1.35)                            # brightness
+        img = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+        c = rng.uniform(0.75, 1.25)                                        # contrast
+        img = (img - img.mean()) * c + img.mean()
+        if rng.random() < 0.3:
+            img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.2))
+        img += rng.normal(0, rng.uniform(0, 6), img.shape).astype(np.float32)
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img), np.ascontiguousarray(lab)

@@ -1,0 +1,50 @@
+"""CARLA class names and colour palette (numpy only, no torch).
+
+Ids follow the Lyft Perception Challenge / CARLA 0.8 semantic camera: the id is
+stored in the red channel of the original label images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "PALETTE", "colorize", "rgb_palette_to_ids"]
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Unlabeled", "Building", "Fence", "Other", "Pedestrian", "Pole", "RoadLine",
+    "Road", "Sidewalk", "Vegetation", "Car", "Wall", "TrafficSign",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+
+#: RGB colour of each class id (the CARLA palette).
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (70, 70, 70), (190, 153, 153), (250, 170, 160), (220, 20, 60),
+    (153, 153, 153), (157, 234, 50), (128, 64, 128), (244, 35, 232), (107, 142, 35),
+    (0, 0, 142), (102, 102, 156), (220, 220, 0),
+)
+#: ``PALETTE[id]`` is the RGB colour, uint8 [13, 3].
+PALETTE = np.array(CLASS_COLORS, dtype=np.uint8)
+
+_CODE = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(CLASS_COLORS)}
+
+
+def colorize(class_map: np.ndarray) -> np.ndarray:
+    """uint8 class map [H, W] -> RGB image [H, W, 3]; ids > 12 are drawn white."""
+    lut = np.full((256, 3), 255, np.uint8)
+    lut[:NUM_CLASSES] = PALETTE
+    return lut[np.asarray(class_map, dtype=np.uint8)]
+
+
+def rgb_palette_to_ids(rgb: np.ndarray) -> np.ndarray | None:
+    """Map an RGB image drawn in the CARLA palette to class ids.
+
+    Returns ``None`` if any pixel has a colour outside the palette.
+    """
+    rgb = np.asarray(rgb, dtype=np.uint32)
+    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    uniq, inv = np.unique(code, return_inverse=True)
+    ids = np.empty(len(uniq), np.uint8)
+    for j, c in enumerate(uniq.tolist()):
+        if c not in _CODE:
+            return None
+        ids[j] = _CODE[c]
+    return ids[inv].reshape(code.shape)
