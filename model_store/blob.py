@@ -1,0 +1,247 @@
+"""The `.vsb` byte layout: pack, parse, verify, load.
+
+    magic "VSEGBLOB" | version u16 | header length u32 | header | body | key
+    header = canonical JSON of the model card (UTF-8)
+    body   = zstd(ONNX), optionally ChaCha20-Poly1305-encrypted
+    key    = BLAKE3-256 of every byte before it (32 bytes)
+
+The key is the model's identity: it goes on chain and into every result. The blob
+carries its own key at the end so that corruption is caught with no outside
+reference (`verify` without `--key`); trust still comes from comparing with an
+expected key, which an attacker who rewrites the whole file cannot forge.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+from typing import Optional, Tuple, Union
+
+import blake3
+import zstandard
+
+from . import errors
+from .card import BodyInfo, ModelCard
+from .secrets import decrypt, encrypt, key_id, synthetic_nonce
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "load",
+    "normalize_key",
+    "pack",
+    "read_header",
+    "verify",
+    "write",
+]
+
+MAGIC = b"VSEGBLOB"
+FORMAT_VERSION = 1
+MAX_HEADER_SIZE = 1 << 20  # 1 MiB: a card is a few KB; more is hostile or broken
+MAX_RAW_SIZE = 2 << 30  # 2 GiB: ONNX's own protobuf limit
+KEY_SIZE = 32
+_PREFIX = struct.Struct(">8sHI")
+_HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+
+Blob = Union[str, "os.PathLike[str]", bytes]
+
+
+def canonical_json(obj: object) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the same card always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def normalize_key(key: str) -> str:
+    """Accept a key as printed anywhere (upper case, 0x prefix); return 64 lower-case hex."""
+    if not isinstance(key, str) or not _HEX_KEY.match(key.strip()):
+        raise ValueError(f"{key!r} is not a blob key; expected 64 hex characters")
+    key = key.strip().lower()
+    return key[2:] if key.startswith("0x") else key
+
+
+def pack(onnx_bytes: bytes, card: ModelCard, *, encrypt_key: Optional[bytes] = None, level: int = 3) -> bytes:
+    """Serialise a model and its card into a blob. Same inputs, same bytes, same key."""
+    if not isinstance(onnx_bytes, (bytes, bytearray, memoryview)) or len(onnx_bytes) == 0:
+        raise ValueError("pack needs the ONNX model as non-empty bytes")
+    if len(onnx_bytes) > MAX_RAW_SIZE:
+        raise ValueError(f"model is {len(onnx_bytes)} bytes; the limit is {MAX_RAW_SIZE}")
+    compressed = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(bytes(onnx_bytes))
+    body_info = BodyInfo(raw_size=len(onnx_bytes), stored_size=len(compressed), compression_level=level)
+    if encrypt_key is not None:
+        nonce = synthetic_nonce(encrypt_key, compressed)
+        body_info = BodyInfo(
+            raw_size=len(onnx_bytes),
+            stored_size=len(compressed) + 16,  # the Poly1305 tag
+            compression_level=level,
+            encryption="chacha20-poly1305",
+            key_id=key_id(encrypt_key),
+            nonce=nonce.hex(),
+        )
+    header = canonical_json(card.replace(body=body_info).to_dict())
+    if len(header) > MAX_HEADER_SIZE:
+        raise ValueError(f"card is {len(header)} bytes as JSON; the limit is {MAX_HEADER_SIZE}")
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+    body = compressed if encrypt_key is None else encrypt(encrypt_key, nonce, compressed, prefix)
+    content = prefix + body
+    return content + blake3.blake3(content).digest()
+
+
+def write(path: Union[str, "os.PathLike[str]"], onnx_bytes: bytes, card: ModelCard, **kw) -> str:
+    """Pack to a file (atomically: write then rename) and return the blob's key."""
+    blob = pack(onnx_bytes, card, **kw)
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return blob[-KEY_SIZE:].hex()
+
+
+def read_header(path: Union[str, "os.PathLike[str]"]) -> ModelCard:
+    """The card of a blob file, reading only its prefix and header (no hashing, no body)."""
+    source = os.fspath(path)
+    with _open(source) as f:
+        head = f.read(_PREFIX.size)
+        header_len = _check_prefix(head, source, os.fstat(f.fileno()).st_size)
+        header = f.read(header_len)
+    if len(header) < header_len:
+        raise errors.Truncated(source, f"header declares {header_len} bytes but the file holds {len(header)}; re-copy the blob")
+    return _parse_card(header, source)
+
+
+def verify(blob: Blob, expected_key: Optional[str] = None) -> str:
+    """Check structure and key; return the key. Never decompresses."""
+    data, source = _read(blob)
+    return _check(data, source, expected_key)[1]
+
+
+def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None) -> Tuple[ModelCard, bytes]:
+    """Verify against the expected key, then decrypt and decompress under a hard size limit."""
+    if expected_key is None:
+        raise ValueError("load needs the expected key: a blob's own key proves it is intact, not that it is the model you trust")
+    data, source = _read(blob)
+    card, _ = _check(data, source, expected_key)
+    body_info = card.body
+    assert body_info is not None  # _check guarantees it
+    start = len(data) - KEY_SIZE - body_info.stored_size
+    body = data[start : len(data) - KEY_SIZE]
+    if body_info.encrypted:
+        body = _decrypt(body_info, decrypt_key, body, data[:start], source)
+    return card, _decompress(body, body_info.raw_size, source)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _read(blob: Blob) -> Tuple[bytes, str]:
+    if isinstance(blob, (bytes, bytearray, memoryview)):
+        return bytes(blob), "<bytes>"
+    source = os.fspath(blob)
+    with _open(source) as f:
+        return f.read(), source
+
+
+def _open(source: str):
+    try:
+        return open(source, "rb")
+    except FileNotFoundError:
+        raise errors.Truncated(source, "no such file; check the path") from None
+    except IsADirectoryError:
+        raise errors.BadMagic(source, "is a directory; expected a .vsb blob file") from None
+
+
+def _check_prefix(head: bytes, source: str, total: int) -> int:
+    """Validate magic, version and header length; return the header length."""
+    if head[: len(MAGIC)] != MAGIC[: len(head)]:
+        raise errors.BadMagic(source, f"starts with {head[:8]!r}; expected {MAGIC!r} (not a VeriSeg blob)")
+    if len(head) < _PREFIX.size:
+        raise errors.Truncated(source, f"{total} bytes is shorter than the {_PREFIX.size}-byte prefix; re-copy the blob")
+    _, version, header_len = _PREFIX.unpack(head)
+    if version != FORMAT_VERSION:
+        raise errors.UnsupportedVersion(source, f"format version {version}; this build reads version {FORMAT_VERSION}; upgrade veriseg or re-pack the model")
+    if header_len > MAX_HEADER_SIZE:
+        raise errors.OversizedHeader(source, f"header length {header_len} bytes; the limit is {MAX_HEADER_SIZE}")
+    return header_len
+
+
+def _parse_card(header: bytes, source: str) -> ModelCard:
+    try:
+        parsed = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadCard(source, f"header is not UTF-8 JSON ({exc.__class__.__name__}: {exc})") from None
+    try:
+        canonical = canonical_json(parsed)
+    except (TypeError, ValueError) as exc:
+        raise errors.BadCard(source, f"header has values canonical JSON cannot hold ({exc})") from None
+    if canonical != header:
+        raise errors.BadCard(source, "header is not canonical JSON (sorted keys, no whitespace)")
+    try:
+        card = ModelCard.from_dict(parsed)
+    except errors.BadCard as exc:
+        raise errors.BadCard(source, str(exc).split(": ", 1)[1]) from None
+    if card.body is None:
+        raise errors.BadCard(source, "header has no body section; re-pack the model with model_store.pack")
+    return card
+
+
+def _check(data: bytes, source: str, expected_key: Optional[str]) -> Tuple[ModelCard, str]:
+    if expected_key is not None:
+        expected_key = normalize_key(expected_key)
+    header_len = _check_prefix(data[: _PREFIX.size], source, len(data))
+    header_end = _PREFIX.size + header_len
+    if len(data) < header_end:
+        raise errors.Truncated(source, f"header declares {header_len} bytes but only {len(data) - _PREFIX.size} follow the prefix; re-copy the blob")
+    card = _parse_card(data[_PREFIX.size : header_end], source)
+    body = card.body
+    assert body is not None
+    if body.raw_size > MAX_RAW_SIZE:
+        raise errors.LengthMismatch(source, f"declared raw size {body.raw_size} bytes is over the {MAX_RAW_SIZE}-byte limit")
+    tag = 16 if body.encrypted else 0
+    if body.stored_size < tag:
+        raise errors.LengthMismatch(source, f"stored size {body.stored_size} is smaller than the {tag}-byte tag")
+    expected_len = header_end + body.stored_size + KEY_SIZE
+    if len(data) < expected_len:
+        raise errors.Truncated(source, f"expected {expected_len} bytes from its header, found {len(data)}; re-copy the blob")
+    if len(data) > expected_len:
+        raise errors.TrailingBytes(source, f"expected {expected_len} bytes from its header, found {len(data)} ({len(data) - expected_len} trailing); re-copy the blob")
+    stored_key = data[-KEY_SIZE:].hex()
+    actual_key = blake3.blake3(data[:-KEY_SIZE]).hexdigest()
+    if actual_key != stored_key:
+        raise errors.KeyMismatch(source, f"content hashes to {actual_key} but the blob ends with key {stored_key}: it is corrupt or was modified; do not use it")
+    if expected_key is not None and actual_key != expected_key:
+        raise errors.KeyMismatch(source, f"key is {actual_key}, expected {expected_key}: this is not the trusted model")
+    return card, actual_key
+
+
+def _decrypt(body_info: BodyInfo, secret: Optional[bytes], body: bytes, aad: bytes, source: str) -> bytes:
+    if secret is None:
+        raise errors.DecryptionFailed(source, f"body is encrypted for key id {body_info.key_id}; no decryption secret was given (pass --decrypt-key FILE)")
+    if key_id(secret) != body_info.key_id:
+        raise errors.DecryptionFailed(source, f"body is encrypted for key id {body_info.key_id}; the secret given has key id {key_id(secret)}")
+    plain = decrypt(secret, bytes.fromhex(body_info.nonce or ""), body, aad)
+    if plain is None:
+        raise errors.DecryptionFailed(source, "authentication tag does not match: wrong secret or modified ciphertext")
+    return plain
+
+
+def _decompress(body: bytes, raw_size: int, source: str) -> bytes:
+    """Stream-decompress at most raw_size + 1 bytes, so a bomb costs nothing past the limit."""
+    out = bytearray()
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
+        while len(out) <= raw_size:
+            chunk = reader.read(min(1 << 20, raw_size + 1 - len(out)))
+            if not chunk:
+                break
+            out += chunk
+    except zstandard.ZstdError as exc:
+        raise errors.CorruptBody(source, f"body does not decompress ({exc}); re-pack the model") from None
+    if len(out) > raw_size:
+        raise errors.DecompressionLimitExceeded(source, f"body expands past its declared raw size of {raw_size} bytes (a decompression bomb); refusing it")
+    if len(out) != raw_size:
+        raise errors.CorruptBody(source, f"body decompresses to {len(out)} bytes, header declares {raw_size}")
+    return bytes(out)
