@@ -230,18 +230,20 @@ def _decrypt(body_info: BodyInfo, secret: Optional[bytes], body: bytes, aad: byt
 
 def _decompress(body: bytes, raw_size: int, source: str) -> bytes:
     """Stream-decompress at most raw_size + 1 bytes, so a bomb costs nothing past the limit."""
-    out = bytearray()
+    chunks, got = [], 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
-        while len(out) <= raw_size:
-            chunk = reader.read(min(1 << 20, raw_size + 1 - len(out)))
+        while got <= raw_size:
+            chunk = reader.read(min(16 << 20, raw_size + 1 - got))
             if not chunk:
                 break
-            out += chunk
+            chunks.append(chunk)
+            got += len(chunk)
     except zstandard.ZstdError as exc:
         raise errors.CorruptBody(source, f"body does not decompress ({exc}); re-pack the model") from None
+    out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if len(out) > raw_size:
         raise errors.DecompressionLimitExceeded(source, f"body expands past its declared raw size of {raw_size} bytes (a decompression bomb); refusing it")
     if len(out) != raw_size:
         raise errors.CorruptBody(source, f"body decompresses to {len(out)} bytes, header declares {raw_size}")
-    return bytes(out)
+    return out
