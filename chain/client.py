@@ -1,0 +1,592 @@
+"""Typed web3 client of the ``ModelRegistry`` contract.
+
+    from chain import connect
+    reg = connect()                                  # embedded chain under VERISEG_HOME
+    reg = connect("http://127.0.0.1:8545", registry="0x...", keyfile="key.json")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from eth_account import Account
+from eth_utils import is_address, keccak, to_checksum_address
+from web3 import Web3
+
+from . import errors
+from ._revert import ErrorDecoder, is_revert, to_chain_error
+from .artifact import load_artifact
+
+log = logging.getLogger("chain")
+T = TypeVar("T")
+
+PUBLISHER = keccak(text="PUBLISHER")
+ANCHORER = keccak(text="ANCHORER")
+ROLES = {"publisher": PUBLISHER, "anchorer": ANCHORER}
+ROLE_NAMES = {PUBLISHER: "PUBLISHER", ANCHORER: "ANCHORER"}
+EVENT_KINDS = ("Registered", "Deployed", "Revoked", "Anchored", "RoleGranted", "RoleRevoked",
+               "OwnershipTransferred")
+LOG_CHUNK = 5_000  # blocks per eth_getLogs request
+
+# --------------------------------------------------------------------------- helpers
+
+
+def normalize_key(key: str | bytes) -> str:
+    """A model key as 64 lowercase hex chars (accepts bytes32 and an optional 0x)."""
+    if isinstance(key, (bytes, bytearray)):
+        if len(key) != 32:
+            raise errors.InvalidKey(f"a key is 32 bytes, got {len(key)}")
+        return bytes(key).hex()
+    k = key.strip().lower()
+    if k.startswith("0x"):
+        k = k[2:]
+    if len(k) != 64 or any(c not in "0123456789abcdef" for c in k):
+        raise errors.InvalidKey(f"'{key}' is not a model key (64 hex characters)")
+    return k
+
+
+def key_bytes(key: str | bytes) -> bytes:
+    return bytes.fromhex(normalize_key(key))
+
+
+_TRANSIENT: tuple[type[BaseException], ...] | None = None
+
+
+def _transient_types() -> tuple[type[BaseException], ...]:
+    global _TRANSIENT
+    if _TRANSIENT is None:
+        import requests
+        from web3.exceptions import ProviderConnectionError, RequestTimedOut, TimeExhausted
+        _TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                      ProviderConnectionError, RequestTimedOut, TimeExhausted,
+                      ConnectionError, TimeoutError)
+    return _TRANSIENT
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, _transient_types())
+
+
+def retry(fn: Callable[[], T], *, attempts: int = 3, base_delay: float = 0.2,
+          max_delay: float = 2.0, deadline: float | None = None,
+          on_error: Callable[[BaseException], errors.ChainError] | None = None) -> T:
+    """Call ``fn``; on a transient (connection / timeout) error retry with exponential
+    backoff and jitter, at most ``attempts`` times and never past ``deadline`` seconds
+    in total. The last error is converted by ``on_error`` (default: ChainUnavailable)."""
+    start = time.monotonic()
+    delay = base_delay
+    for i in range(attempts):
+        try:
+            return fn()
+        except errors.ChainError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_transient(exc):
+                raise
+            spent = time.monotonic() - start
+            last = i == attempts - 1 or (deadline is not None and spent + delay > deadline)
+            if last:
+                if on_error is not None:
+                    raise on_error(exc) from exc
+                raise errors.ChainUnavailable(f"chain unavailable: {exc}") from exc
+            time.sleep(delay * (0.75 + random.random() / 2))
+            delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    registered: bool
+    revoked: bool
+    reason: str
+    publisher: str | None
+    registered_at: int  # unix seconds (block timestamp), 0 when unregistered
+
+    @property
+    def active(self) -> bool:
+        return self.registered and not self.revoked
+
+    @property
+    def state(self) -> str:
+        return "revoked" if self.revoked else "active" if self.registered else "unregistered"
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    kind: str                 # Registered | Deployed | Revoked | Anchored | RoleGranted | ...
+    block: int
+    log_index: int
+    tx_hash: str
+    key: str | None = None    # model key (hex) for Registered / Deployed / Revoked / Anchored
+    deployment: str | None = None
+    version: int | None = None
+    reason: str | None = None
+    args: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _jsonable(v):
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    return v
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Registry:
+    """One registry contract on one chain, optionally with an account that signs."""
+
+    def __init__(self, w3: Web3, address: str, account=None, *, embedded=None,
+                 endpoint: str = "embedded", receipt_timeout: float = 30.0,
+                 poll_latency: float = 0.1, check_code: bool = True):
+        self.w3 = w3
+        self.endpoint = endpoint
+        self.embedded = embedded
+        if not is_address(address):
+            raise errors.RegistryNotConfigured(
+                f"'{address}' is not a contract address; pass --registry 0x... "
+                "(40 hex characters)")
+        self.address = to_checksum_address(address)
+        self.account = account
+        self.receipt_timeout = receipt_timeout
+        self.poll_latency = poll_latency
+        art = load_artifact()
+        self.abi = art["abi"]
+        self.contract = w3.eth.contract(address=self.address, abi=self.abi)
+        self.decoder = ErrorDecoder(self.abi)
+        self._lock = threading.RLock()
+        self._topic_to_event = {}
+        for item in self.abi:
+            if item.get("type") == "event":
+                sig = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+                self._topic_to_event[keccak(text=sig)] = item["name"]
+        if check_code:
+            code = self._read(lambda: self.w3.eth.get_code(self.address), "reading contract code")
+            if not code:
+                raise errors.RegistryNotFound(
+                    f"no contract at {self.address} on {self.endpoint}; deploy one with "
+                    "`python -m chain deploy-registry` and pass its address")
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def sender(self) -> str | None:
+        return self.account.address if self.account is not None else None
+
+    def with_account(self, account) -> "Registry":
+        """The same registry and chain, signing with another account."""
+        return Registry(self.w3, self.address, account, embedded=self.embedded,
+                        endpoint=self.endpoint, receipt_timeout=self.receipt_timeout,
+                        poll_latency=self.poll_latency, check_code=False)
+
+    def _unavailable(self, what: str) -> Callable[[BaseException], errors.ChainError]:
+        def conv(exc: BaseException) -> errors.ChainError:
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            return errors.ChainUnavailable(
+                f"chain node {self.endpoint} unavailable while {what} ({type(exc).__name__}: "
+                f"{reason}); check that the node runs and the URL is right")
+        return conv
+
+    def _ctx(self, call: str) -> dict:
+        return {"registry": self.address, "account": self.sender, "call": call,
+                "role_names": ROLE_NAMES}
+
+    def _read(self, fn: Callable[[], T], what: str, *, call: str | None = None) -> T:
+        if self.embedded is not None:
+            self.embedded.sync()
+        try:
+            return retry(fn, attempts=3, deadline=10.0, on_error=self._unavailable(what))
+        except errors.ChainError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if is_revert(exc):
+                raise to_chain_error(exc, self.decoder, self._ctx(call or what)) from exc
+            raise
+
+    def _call(self, name: str, *args):
+        fn = getattr(self.contract.functions, name)(*args)
+        return self._read(lambda: fn.call(), f"calling {name}", call=name)
+
+    @contextlib.contextmanager
+    def _write_lock(self):
+        with self._lock:
+            if self.embedded is not None:
+                with self.embedded.locked():
+                    yield
+            else:
+                yield
+
+    def _fees(self) -> dict:
+        if self.embedded is not None:
+            from .embedded import MAX_FEE, PRIORITY_FEE
+            return {"maxFeePerGas": MAX_FEE, "maxPriorityFeePerGas": PRIORITY_FEE}
+        block = self.w3.eth.get_block("latest")
+        base = int(block.get("baseFeePerGas") or 0)
+        tip = 10**9 if base else 0
+        if not base:
+            return {"gasPrice": int(self.w3.eth.gas_price)}
+        return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
+
+    def _transact(self, name: str, *args) -> dict:
+        """Pre-flight (eth_call, decoded refusals), sign, send, wait for the receipt."""
+        if self.account is None:
+            raise errors.NoAccount(
+                f"{name} needs a signing account; set VERISEG_KEYFILE (an encrypted JSON "
+                "keystore) and VERISEG_KEYFILE_PASSWORD")
+        fn = getattr(self.contract.functions, name)(*args)
+        ctx = self._ctx(name)
+        frm = self.account.address
+        unavailable = self._unavailable(f"sending {name}")
+        with self._write_lock():
+            def prepare():
+                try:
+                    fn.call({"from": frm})  # eth_call first: its revert data is reliable
+                    gas = fn.estimate_gas({"from": frm})
+                except Exception as exc:  # noqa: BLE001
+                    if is_revert(exc):
+                        raise to_chain_error(exc, self.decoder, ctx) from exc
+                    raise
+                nonce = self.w3.eth.get_transaction_count(frm, "pending")
+                return gas, nonce, self._fees(), self.w3.eth.chain_id
+            gas, nonce, fees, chain_id = retry(prepare, attempts=3, deadline=10.0,
+                                               on_error=unavailable)
+            tx = {"to": self.address, "data": fn._encode_transaction_data(), "value": 0,
+                  "gas": int(gas * 1.25) + 10_000, "nonce": nonce, "chainId": chain_id, **fees}
+            signed = self.account.sign_transaction(tx)
+            raw = bytes(signed.raw_transaction)
+            if self.embedded is not None:
+                tx_hash = self.embedded.send_raw(raw)
+            else:
+                try:
+                    tx_hash = self.w3.eth.send_raw_transaction(raw).to_0x_hex()
+                except Exception as exc:  # noqa: BLE001
+                    if is_transient(exc):
+                        raise unavailable(exc) from exc
+                    if is_revert(exc):
+                        raise to_chain_error(exc, self.decoder, ctx) from exc
+                    raise
+        receipt = self._wait(tx_hash, name)
+        if int(receipt["status"]) != 1:
+            # mined but reverted (state changed between pre-flight and mining): find out why
+            try:
+                fn.call({"from": frm}, block_identifier=receipt["blockNumber"] - 1)
+            except Exception as exc:  # noqa: BLE001
+                if is_revert(exc):
+                    raise to_chain_error(exc, self.decoder, ctx) from exc
+            raise errors.UnknownRevert(
+                f"transaction {tx_hash} ({name}) reverted on {self.endpoint}; see the node's trace",
+                error="Unknown")
+        return receipt
+
+    def _wait(self, tx_hash: str, name: str) -> dict:
+        if self.embedded is not None:
+            return dict(self.w3.eth.get_transaction_receipt(tx_hash))
+        from web3.exceptions import TimeExhausted
+        try:
+            return dict(self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self.receipt_timeout, poll_latency=self.poll_latency))
+        except TimeExhausted as exc:
+            raise errors.ChainUnavailable(
+                f"transaction {tx_hash} ({name}) was sent but not mined within "
+                f"{self.receipt_timeout:.0f}s on {self.endpoint}; check the node, then "
+                "`status` before retrying") from exc
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise self._unavailable(f"waiting for {name} ({tx_hash})")(exc) from exc
+            raise
+
+    # ------------------------------------------------------------------ writes
+    def register(self, key: str, name: str, uri: str = "") -> str:
+        """Register a model key; returns the transaction hash."""
+        r = self._transact("register", key_bytes(key), name, uri)
+        return r["transactionHash"].to_0x_hex()
+
+    def deploy(self, name: str, key: str) -> int:
+        """Point deployment ``name`` at ``key``; returns the new version."""
+        r = self._transact("deploy", name, key_bytes(key))
+        for ev in self.contract.events.Deployed().process_receipt(r, errors=_DISCARD()):
+            return int(ev["args"]["version"])
+        raise errors.ChainError(f"deploy of '{name}' produced no Deployed event")
+
+    def revoke(self, key: str, reason: str) -> str:
+        r = self._transact("revoke", key_bytes(key), reason)
+        return r["transactionHash"].to_0x_hex()
+
+    def anchor(self, root: bytes | str, model_key: str, first_seq: int, last_seq: int) -> str:
+        """Commit a Merkle root of frame results; returns the transaction hash."""
+        root_b = bytes.fromhex(root[2:] if root.startswith("0x") else root) if isinstance(root, str) else bytes(root)
+        if len(root_b) != 32:
+            raise errors.InvalidKey(f"a Merkle root is 32 bytes, got {len(root_b)}")
+        r = self._transact("anchor", root_b, key_bytes(model_key), int(first_seq), int(last_seq))
+        return r["transactionHash"].to_0x_hex()
+
+    def grant_role(self, role: str, account: str) -> str:
+        r = self._transact("grantRole", self._role(role), self._address(account))
+        return r["transactionHash"].to_0x_hex()
+
+    def revoke_role(self, role: str, account: str) -> str:
+        r = self._transact("revokeRole", self._role(role), self._address(account))
+        return r["transactionHash"].to_0x_hex()
+
+    def transfer_ownership(self, new_owner: str) -> str:
+        r = self._transact("transferOwnership", self._address(new_owner))
+        return r["transactionHash"].to_0x_hex()
+
+    @staticmethod
+    def _role(role: str) -> bytes:
+        try:
+            return ROLES[role.lower()]
+        except KeyError:
+            raise errors.UnknownRole(f"unknown role '{role}'; use publisher or anchorer",
+                                     error="UnknownRole") from None
+
+    @staticmethod
+    def _address(a: str) -> str:
+        if not is_address(a):
+            raise errors.InvalidArgument(f"'{a}' is not an address (0x + 40 hex characters)",
+                                         error="BadAddress")
+        return to_checksum_address(a)
+
+    # ------------------------------------------------------------------ reads
+    def status(self, key: str) -> KeyStatus:
+        registered, revoked, reason, publisher, at = self._call("status", key_bytes(key))
+        return KeyStatus(bool(registered), bool(revoked), reason,
+                         publisher if registered else None, int(at))
+
+    def info(self, key: str) -> tuple[str, str]:
+        """(name, uri) the key was registered with."""
+        name, uri = self._call("info", key_bytes(key))
+        return name, uri
+
+    def current(self, name: str) -> tuple[str, int]:
+        key, version = self._call("current", name)
+        return bytes(key).hex(), int(version)
+
+    def anchor_of(self, root: bytes | str) -> tuple[str, int, int, int] | None:
+        """(model key, first seq, last seq, block) of an anchored root, None if never anchored."""
+        root_b = bytes.fromhex(root.removeprefix("0x")) if isinstance(root, str) else bytes(root)
+        key, first, last, block = self._call("anchorOf", root_b)
+        if int(block) == 0:
+            return None
+        return bytes(key).hex(), int(first), int(last), int(block)
+
+    def has_role(self, role: str, account: str) -> bool:
+        return bool(self._call("hasRole", self._role(role), self._address(account)))
+
+    def owner(self) -> str:
+        return self._call("owner")
+
+    def block_number(self) -> int:
+        return self._read(lambda: self.w3.eth.block_number, "reading the block number")
+
+    # ------------------------------------------------------------------ events
+    def events(self, from_block: int = 0, kinds: tuple[str, ...] | None = ("Deployed", "Revoked"),
+               to_block: int | None = None) -> tuple[list[ChainEvent], int]:
+        """Registry events from ``from_block`` on, in chain order, and the block to ask
+        from next time. ``kinds=None`` returns every event kind."""
+        latest = self.block_number() if to_block is None else to_block
+        if from_block > latest:
+            return [], from_block
+        wanted = set(EVENT_KINDS if kinds is None else kinds)
+        topics = [t for t, n in self._topic_to_event.items() if n in wanted]
+        out: list[ChainEvent] = []
+        start = from_block
+        while start <= latest:
+            end = min(latest, start + LOG_CHUNK - 1)
+            flt = {"fromBlock": start, "toBlock": end, "address": self.address,
+                   "topics": [topics]}
+            logs = self._read(lambda: self.w3.eth.get_logs(flt), "reading events")
+            for lg in logs:
+                ev = self._decode_log(lg)
+                if ev is not None and ev.kind in wanted:
+                    out.append(ev)
+            start = end + 1
+        out.sort(key=lambda e: (e.block, e.log_index))
+        return out, latest + 1
+
+    def _decode_log(self, lg) -> ChainEvent | None:
+        topic0 = bytes(lg["topics"][0]) if lg["topics"] else b""
+        name = self._topic_to_event.get(topic0)
+        if name is None:
+            return None
+        ev = getattr(self.contract.events, name)().process_log(lg)
+        a = {k: _jsonable(v) for k, v in dict(ev["args"]).items()}
+        key = a.get("key") or a.get("modelKey")
+        return ChainEvent(kind=name, block=int(lg["blockNumber"]), log_index=int(lg["logIndex"]),
+                          tx_hash=bytes(lg["transactionHash"]).hex(), key=key,
+                          deployment=a.get("deployment"),
+                          version=int(a["version"]) if "version" in a else None,
+                          reason=a.get("reason"), args=a)
+
+    def follow(self, deployment: str, from_block: int = 0, *, poll_interval: float = 1.0,
+               stop: threading.Event | None = None, max_outage: float = 60.0
+               ) -> Iterator[ChainEvent]:
+        """Yield ``Deployed`` events of ``deployment`` and every ``Revoked`` event from
+        ``from_block`` on, in order, polling the chain; ends when ``stop`` is set. Node
+        outages are retried with backoff; longer than ``max_outage`` s raises
+        ChainUnavailable."""
+        block = from_block
+        down_since: float | None = None
+        delay = poll_interval
+        while stop is None or not stop.is_set():
+            try:
+                evs, block = self.events(block)
+                down_since, delay = None, poll_interval
+            except errors.ChainUnavailable:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > max_outage:
+                    raise
+                delay = min(max(delay * 2, poll_interval), 10.0)
+                evs = []
+            for ev in evs:
+                if ev.kind == "Revoked" or ev.deployment == deployment:
+                    yield ev
+            if stop is not None:
+                if stop.wait(delay):
+                    return
+            else:
+                time.sleep(delay)
+
+
+def _DISCARD():
+    from web3.logs import DISCARD
+    return DISCARD
+
+
+# --------------------------------------------------------------------------- connect
+
+
+def load_keyfile(path: str | os.PathLike, password: str | None = None):
+    """An account from an encrypted JSON keystore (password: VERISEG_KEYFILE_PASSWORD)."""
+    p = Path(path).expanduser()
+    if password is None:
+        password = os.environ.get("VERISEG_KEYFILE_PASSWORD")
+    if password is None:
+        raise errors.KeyfileError(
+            f"key file {p} needs a password; set VERISEG_KEYFILE_PASSWORD")
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise errors.KeyfileError(f"key file {p} does not exist; check VERISEG_KEYFILE") from None
+    except (OSError, ValueError) as exc:
+        raise errors.KeyfileError(f"key file {p} is not a JSON keystore ({exc}); "
+                                  "create one with eth_account Account.encrypt") from None
+    try:
+        return Account.from_key(Account.decrypt(data, password))
+    except ValueError as exc:
+        raise errors.KeyfileError(f"cannot decrypt key file {p}: {exc}; check "
+                                  "VERISEG_KEYFILE_PASSWORD") from None
+
+
+def http_web3(url: str, timeout: float = 10.0) -> Web3:
+    from web3 import HTTPProvider
+    provider = HTTPProvider(url, request_kwargs={"timeout": (min(3.0, timeout), timeout)},
+                            exception_retry_configuration=None)
+    return Web3(provider)
+
+
+def connect(chain: str | None = None, home: str | os.PathLike | None = None,
+            registry: str | None = None, keyfile: str | os.PathLike | None = None, *,
+            private_key: str | bytes | None = None, account_index: int | None = None,
+            timeout: float = 10.0, receipt_timeout: float = 30.0) -> Registry:
+    """Connect to the registry.
+
+    ``chain``: ``"embedded"`` (default; ``VERISEG_CHAIN``) or an ``http(s)://`` JSON-RPC URL.
+    ``home``: the embedded chain's state folder (``VERISEG_HOME``, default ``~/.veriseg``).
+    ``registry``: contract address on a real node (``VERISEG_REGISTRY``).
+    ``keyfile``: encrypted JSON keystore that signs on a real node (``VERISEG_KEYFILE``,
+    password ``VERISEG_KEYFILE_PASSWORD``). ``private_key``: sign with this key instead
+    (tests with anvil's public dev keys). ``account_index``: on the embedded chain, which
+    deterministic dev account signs (default 0, the owner).
+    """
+    chain = chain or os.environ.get("VERISEG_CHAIN") or "embedded"
+    registry = registry or os.environ.get("VERISEG_REGISTRY") or None
+    if keyfile is None and private_key is None:
+        keyfile = os.environ.get("VERISEG_KEYFILE") or None
+    account = None
+    if private_key is not None:
+        account = Account.from_key(private_key)
+    elif keyfile is not None:
+        account = load_keyfile(keyfile)
+    if chain == "embedded":
+        from .embedded import EmbeddedChain, dev_account
+        emb = EmbeddedChain(home)
+        if account is None:
+            account = dev_account(account_index or 0)
+        return Registry(emb.w3, registry or emb.registry, account, embedded=emb,
+                        endpoint=f"embedded:{emb.dir}")
+    if chain.startswith(("http://", "https://")):
+        if not registry:
+            raise errors.RegistryNotConfigured(
+                f"no registry address for {chain}; pass --registry 0x... or set "
+                "VERISEG_REGISTRY (deploy one with `python -m chain deploy-registry`)")
+        w3 = http_web3(chain, timeout)
+        return Registry(w3, registry, account, endpoint=chain, receipt_timeout=receipt_timeout)
+    raise errors.ChainError(
+        f"unknown chain '{chain}'; use 'embedded' or an http:// JSON-RPC URL")
+
+
+def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
+                    private_key=None, timeout: float = 10.0,
+                    receipt_timeout: float = 60.0) -> str:
+    """Deploy a new ModelRegistry (the signer becomes its owner); returns its address.
+    On the embedded chain the registry already exists at a fixed address: returns it."""
+    chain = chain or os.environ.get("VERISEG_CHAIN") or "embedded"
+    if chain == "embedded":
+        from .embedded import EmbeddedChain
+        return EmbeddedChain(home).registry
+    if keyfile is None and private_key is None:
+        keyfile = os.environ.get("VERISEG_KEYFILE") or None
+    if private_key is not None:
+        account = Account.from_key(private_key)
+    elif keyfile is not None:
+        account = load_keyfile(keyfile)
+    else:
+        raise errors.NoAccount("deploying a registry needs a signing account; set "
+                               "VERISEG_KEYFILE and VERISEG_KEYFILE_PASSWORD")
+    if not chain.startswith(("http://", "https://")):
+        raise errors.ChainError(f"unknown chain '{chain}'; use 'embedded' or an http:// URL")
+    w3 = http_web3(chain, timeout)
+    art = load_artifact()
+    probe = Registry.__new__(Registry)  # only for the transient-error message
+    probe.endpoint = chain
+    unavailable = Registry._unavailable(probe, "deploying the registry")
+
+    def send():
+        nonce = w3.eth.get_transaction_count(account.address, "pending")
+        block = w3.eth.get_block("latest")
+        base = int(block.get("baseFeePerGas") or 0)
+        fees = ({"maxFeePerGas": 2 * base + 10**9, "maxPriorityFeePerGas": 10**9} if base
+                else {"gasPrice": int(w3.eth.gas_price)})
+        gas = w3.eth.estimate_gas({"from": account.address, "data": art["bytecode"]})
+        tx = {"data": art["bytecode"], "value": 0, "nonce": nonce, "gas": int(gas * 1.2),
+              "chainId": w3.eth.chain_id, **fees}
+        return w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+    tx_hash = retry(send, attempts=3, deadline=timeout, on_error=unavailable)
+    from web3.exceptions import TimeExhausted
+    try:
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=receipt_timeout,
+                                                      poll_latency=0.1)
+    except TimeExhausted as exc:
+        raise errors.ChainUnavailable(
+            f"registry deployment {tx_hash.to_0x_hex()} not mined within {receipt_timeout:.0f}s "
+            f"on {chain}; check the node") from exc
+    except Exception as exc:  # noqa: BLE001
+        if is_transient(exc):
+            raise unavailable(exc) from exc
+        raise
+    if receipt["status"] != 1 or not receipt["contractAddress"]:
+        raise errors.ChainError(f"registry deployment {tx_hash.to_0x_hex()} failed on {chain}")
+    return to_checksum_address(receipt["contractAddress"])
