@@ -23,7 +23,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 SOURCE = PACKAGE_DIR / "contracts" / "src" / "ModelRegistry.sol"
 ARTIFACT = PACKAGE_DIR / "artifacts" / "ModelRegistry.json"
 CONTRACT = "ModelRegistry"
-SOLC_VERSION = "0.8.28"  # the npm solc version the artifact is built with
+SOLC_VERSION = "0.8.30"  # the npm solc version the artifact is built with
 SETTINGS = {
     "optimizer": {"enabled": True, "runs": 200},
     "evmVersion": "cancun",

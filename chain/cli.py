@@ -1,0 +1,279 @@
+"""``python -m chain``: the registry from the command line.
+
+Every refusal prints one line on stderr and exits 1; success exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import errors
+
+_HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+
+
+class CliError(Exception):
+    pass
+
+
+def blob_key(path: str | os.PathLike) -> str:
+    """The key of a blob file, verified by ``model_store`` (structure + self-key)."""
+    import model_store
+    return model_store.verify(path)
+
+
+def resolve_key(arg: str) -> str:
+    """A KEY argument or a BLOB path -> 64-hex key."""
+    if _HEX_KEY.match(arg.strip()) and not Path(arg).exists():
+        return arg.strip().lower().removeprefix("0x")
+    p = Path(arg)
+    if not p.exists():
+        raise CliError(f"'{arg}' is neither a model key (64 hex characters) nor an existing blob file")
+    return blob_key(p)
+
+
+def _blob_name(path: Path) -> str:
+    try:
+        import model_store
+        return model_store.read_header(path).name or path.stem
+    except Exception:  # noqa: BLE001 - verify() already vouched for the file
+        return path.stem
+
+
+def _connect(args, *, need_signer: bool = False):
+    from .client import connect
+    return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile)
+
+
+def cmd_deploy_registry(args) -> int:
+    from .client import deploy_registry
+    chain = args.chain or os.environ.get("VERISEG_CHAIN") or "embedded"
+    addr = deploy_registry(chain, home=args.home, keyfile=args.keyfile)
+    print(addr)
+    if chain == "embedded":
+        print("(embedded chain: fixed address, owner is deterministic dev account 0; "
+              "local use only)", file=sys.stderr)
+    return 0
+
+
+def cmd_register(args) -> int:
+    p = Path(args.blob)
+    if not p.exists():
+        raise CliError(f"blob {p} does not exist; pass the path of a .vsb file")
+    key = blob_key(p)
+    name = args.name or _blob_name(p)
+    reg = _connect(args)
+    tx = reg.register(key, name, args.uri or "")
+    print(f"registered {key} as '{name}' (tx {tx})")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    key = resolve_key(args.model)
+    reg = _connect(args)
+    version = reg.deploy(args.name, key)
+    print(f"deployment '{args.name}' -> {key} (version {version})")
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    key = resolve_key(args.model)
+    reg = _connect(args)
+    tx = reg.revoke(key, args.reason)
+    print(f"revoked {key}: {args.reason} (tx {tx})")
+    return 0
+
+
+def cmd_status(args) -> int:
+    key = resolve_key(args.model)
+    reg = _connect(args)
+    st = reg.status(key)
+    name, uri = reg.info(key) if st.registered else ("", "")
+    if args.json:
+        print(json.dumps({"key": key, "state": st.state, "registered": st.registered,
+                          "revoked": st.revoked, "reason": st.reason, "publisher": st.publisher,
+                          "registered_at": st.registered_at, "name": name, "uri": uri,
+                          "registry": reg.address}, sort_keys=True))
+    elif not st.registered:
+        print(f"{key}: unregistered")
+    else:
+        import datetime as dt
+        at = dt.datetime.fromtimestamp(st.registered_at, dt.timezone.utc).isoformat(timespec="seconds")
+        line = f"{key}: {st.state} ('{name}', registered {at} by {st.publisher})"
+        if st.revoked:
+            line += f" reason: {st.reason}"
+        print(line)
+    return 0 if st.registered or args.json else 0
+
+
+def cmd_current(args) -> int:
+    reg = _connect(args)
+    key, version = reg.current(args.name)
+    if args.json:
+        print(json.dumps({"deployment": args.name, "key": key, "version": version}))
+    else:
+        print(f"{key} (version {version})")
+    return 0
+
+
+def cmd_grant(args) -> int:
+    reg = _connect(args)
+    tx = reg.grant_role(args.role, args.address)
+    print(f"granted {args.role} to {args.address} (tx {tx})")
+    return 0
+
+
+def cmd_revoke_role(args) -> int:
+    reg = _connect(args)
+    tx = reg.revoke_role(args.role, args.address)
+    print(f"removed {args.role} from {args.address} (tx {tx})")
+    return 0
+
+
+def cmd_events(args) -> int:
+    reg = _connect(args)
+    evs, nxt = reg.events(args.from_block, kinds=None if args.all else ("Deployed", "Revoked"))
+    for ev in evs:
+        if args.json:
+            print(json.dumps(ev.to_json(), sort_keys=True))
+        else:
+            extra = {"Deployed": f"'{ev.deployment}' -> {ev.key} v{ev.version}",
+                     "Revoked": f"{ev.key}: {ev.reason}"}.get(ev.kind, json.dumps(ev.args, sort_keys=True))
+            print(f"block {ev.block} {ev.kind} {extra}")
+    print(f"next block {nxt}", file=sys.stderr)
+    return 0
+
+
+def cmd_anchor(args) -> int:
+    from .anchoring import AnchorBatch
+    batch, raw = AnchorBatch.read(args.batch)
+    if raw.get("chain") and not args.force:
+        raise CliError(f"batch {args.batch} was already anchored (tx {raw['chain'].get('tx_hash')}); "
+                       "pass --force to anchor it again")
+    reg = _connect(args)
+    tx = batch.anchor(reg)
+    batch.write(args.batch, include_proofs="proofs" in raw)
+    print(f"anchored root {batch.root.hex()} for seq {batch.first_seq}..{batch.last_seq} (tx {tx})")
+    return 0
+
+
+def cmd_anchor_verify(args) -> int:
+    from .anchoring import read_mask, verify_frame
+    mask = read_mask(args.mask)
+    reg = _connect(args)
+    v = verify_frame(args.batch, args.stream, args.seq, mask, registry=reg)
+    if args.json:
+        print(json.dumps(v.__dict__, sort_keys=True))
+    else:
+        print(v.line())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m chain",
+                                 description="VeriSeg model registry on an Ethereum chain.")
+    ap.add_argument("--chain", default=None,
+                    help="'embedded' (default) or an http:// JSON-RPC URL [VERISEG_CHAIN]")
+    ap.add_argument("--home", default=None,
+                    help="embedded chain state folder [VERISEG_HOME, default ~/.veriseg]")
+    ap.add_argument("--registry", default=None, help="registry address on a node [VERISEG_REGISTRY]")
+    ap.add_argument("--keyfile", default=None,
+                    help="encrypted JSON keystore that signs [VERISEG_KEYFILE; password in "
+                         "VERISEG_KEYFILE_PASSWORD]")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("deploy-registry", help="deploy a ModelRegistry and print its address")
+    p.set_defaults(fn=cmd_deploy_registry)
+
+    p = sub.add_parser("register", help="register a blob's key")
+    p.add_argument("blob")
+    p.add_argument("--uri", default="", help="where the blob can be fetched")
+    p.add_argument("--name", default=None, help="model name (default: the card's name)")
+    p.set_defaults(fn=cmd_register)
+
+    p = sub.add_parser("deploy", help="point a deployment name at a key (hot swap, no rollback)")
+    p.add_argument("name")
+    p.add_argument("model", metavar="KEY|BLOB")
+    p.set_defaults(fn=cmd_deploy)
+
+    p = sub.add_parser("revoke", help="revoke a key for good")
+    p.add_argument("model", metavar="KEY|BLOB")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(fn=cmd_revoke)
+
+    p = sub.add_parser("status", help="active / revoked / unregistered")
+    p.add_argument("model", metavar="KEY|BLOB")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("current", help="the key and version a deployment points at")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_current)
+
+    p = sub.add_parser("grant", help="give ROLE (publisher|anchorer) to ADDRESS (owner only)")
+    p.add_argument("role", choices=["publisher", "anchorer"])
+    p.add_argument("address")
+    p.set_defaults(fn=cmd_grant)
+
+    p = sub.add_parser("revoke-role", help="take ROLE away from ADDRESS (owner only)")
+    p.add_argument("role", choices=["publisher", "anchorer"])
+    p.add_argument("address")
+    p.set_defaults(fn=cmd_revoke_role)
+
+    p = sub.add_parser("events", help="registry events (Deployed/Revoked; --all for every kind)")
+    p.add_argument("--from", dest="from_block", type=int, default=0)
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_events)
+
+    p = sub.add_parser("anchor", help="anchor a batch file written without a chain")
+    p.add_argument("batch")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_anchor)
+
+    p = sub.add_parser("anchor-verify", help="prove one frame's result against the on-chain root")
+    p.add_argument("batch", metavar="BATCH.json")
+    p.add_argument("--stream", required=True)
+    p.add_argument("--seq", required=True, type=int)
+    p.add_argument("--mask", required=True, help="class-map PNG (single-channel class ids)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_anchor_verify)
+    return ap
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except errors.AnchorVerificationFailed as exc:
+        print(f"anchor-verify failed [{exc.check}]: {_one_line(exc)}", file=sys.stderr)
+    except (errors.ChainError, CliError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - refusals from model_store and friends
+        mod = type(exc).__module__ or ""
+        if mod.startswith("model_store"):
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        elif isinstance(exc, (OSError, ValueError)):
+            print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (rerun with -v "
+                  "and report it)", file=sys.stderr)
+            if args.verbose:
+                raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+    return 1
