@@ -1,0 +1,339 @@
+"""Flow configuration: every ``VERISEG_*`` variable parsed once into a frozen dataclass.
+
+``bytewax.run`` passes no arguments to a flow, so the flows read their whole configuration
+from the environment through :func:`load_config`.  Every bad value gives one line naming
+the variable, what was expected and what was found; all bad values are reported together
+in one :class:`ConfigError`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+__all__ = ["Config", "ConfigError", "SourceSpec", "load_config", "parse_sources",
+           "REPO_ROOT", "DEFAULT_MODEL", "default_sample_clip", "ENV_DOC"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_MODEL = MODELS_DIR / "carla-enet.vsb"
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+#: variable -> one-line description (the config reference in docs/dataflow.md mirrors this)
+ENV_DOC: dict[str, str] = {
+    "VERISEG_SOURCE": "frames to score: PATH (video file) | dir:PATH | csv:PATH | gst:PIPELINE | "
+                      "rtsp://URL | /dev/videoN; several separated by ';', each optionally "
+                      "prefixed 'ID@' for its stream id (default: the sample clip in models/)",
+    "VERISEG_MODEL": "blob path (.vsb) or a deployment name on the registry "
+                     "(default models/carla-enet.vsb)",
+    "VERISEG_CHAIN": "embedded | http(s)://JSON-RPC URL (default embedded)",
+    "VERISEG_HOME": "state folder of the embedded chain (default ~/.veriseg)",
+    "VERISEG_REGISTRY": "ModelRegistry contract address 0x... (default: the one the chain knows)",
+    "VERISEG_OUT": "output folder (default ./out)",
+    "VERISEG_PROVIDERS": "auto | tensorrt | cuda | cpu (auto: TensorRT > CUDA > CPU)",
+    "VERISEG_REQUIRE_GPU": "1: refuse to run unless a GPU provider loaded (default 0)",
+    "VERISEG_THREADS": "ONNX Runtime intra-op threads (default: CPU cores available)",
+    "VERISEG_BATCH": "largest micro-batch for file replay (default 4; live sources use 1)",
+    "VERISEG_LOOP": "1: loop file sources forever (default 0)",
+    "VERISEG_MAX_FRAMES": "stop each stream after N frames (default: no limit)",
+    "VERISEG_QUEUE": "decoded frames buffered per source (default 8)",
+    "VERISEG_PENDING": "frames that may wait for a valid model per stream before the oldest "
+                       "are dropped (default 64)",
+    "VERISEG_ANCHOR_EVERY": "anchor a Merkle root of the results every N frames (default 100; 0 off)",
+    "VERISEG_POLL": "seconds between registry event polls (default 1.0)",
+    "VERISEG_MASKS": "1/0: write class-map PNGs (default 1)",
+    "VERISEG_VIDEO": "1/0: write the colour overlay video (default 1)",
+    "VERISEG_JSONL": "1/0: write per-frame JSON lines (default 1)",
+    "VERISEG_METRICS_PORT": "serve Prometheus metrics over HTTP on this port (default off)",
+    "VERISEG_PROGRESS": "auto | 1 | 0: progress line on stderr for file replay (default auto)",
+    "VERISEG_PREPROCESS": "auto | off: resize/colour-convert frames to the model input (default auto)",
+    "VERISEG_RECONNECT_MAX": "largest reconnect backoff for live sources, seconds (default 30)",
+}
+
+
+class ConfigError(ValueError):
+    """One or more bad ``VERISEG_*`` values; ``str()`` is one line per bad value."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One input stream. ``kind``: video | dir | csv | gst | rtsp."""
+    stream_id: str
+    kind: str
+    target: str
+
+    @property
+    def live(self) -> bool:
+        return self.kind in ("gst", "rtsp")
+
+    def describe(self) -> str:
+        return f"{self.stream_id}={self.kind}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Config:
+    sources: tuple[SourceSpec, ...]
+    model: str                      # blob path or deployment name
+    model_is_path: bool
+    model_is_default: bool
+    chain: str = "embedded"
+    home: Path = Path("~/.veriseg").expanduser()
+    registry: Optional[str] = None
+    out: Path = Path("out")
+    providers: str = "auto"
+    require_gpu: bool = False
+    threads: int = 0                # 0: all cores available
+    batch: int = 4
+    loop: bool = False
+    max_frames: Optional[int] = None
+    queue: int = 8
+    pending: int = 64
+    anchor_every: int = 100
+    poll: float = 1.0
+    masks: bool = True
+    video: bool = True
+    jsonl: bool = True
+    metrics_port: Optional[int] = None
+    progress: str = "auto"
+    preprocess: bool = True
+    reconnect_max: float = 30.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def stream_ids(self) -> tuple[str, ...]:
+        return tuple(s.stream_id for s in self.sources)
+
+
+def default_sample_clip() -> Optional[Path]:
+    """The sample clip committed in models/ (sample.* first, then any video file)."""
+    if not MODELS_DIR.is_dir():
+        return None
+    vids = sorted(p for p in MODELS_DIR.iterdir() if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    named = [p for p in vids if p.stem.lower().startswith("sample")]
+    return (named or vids or [None])[0]
+
+
+_ID_RE = re.compile(r"^([A-Za-z0-9_.-]{1,64})@(.+)$")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _classify(spec: str) -> tuple[str, str]:
+    s = spec.strip()
+    low = s.lower()
+    if low.startswith("dir:"):
+        return "dir", s[4:]
+    if low.startswith("csv:"):
+        return "csv", s[4:]
+    if low.startswith("gst:"):
+        return "gst", s[4:].strip()
+    if low.startswith(("rtsp://", "rtsps://")):
+        return "rtsp", s
+    if low.startswith("file:"):
+        s = s[5:]
+        if s.startswith("//"):
+            s = s[2:]
+    if s.startswith("/dev/video"):
+        return "gst", f"v4l2src device={s}"
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return "dir", s
+    if p.suffix.lower() == ".csv":
+        return "csv", s
+    return "video", s
+
+
+def parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
+    parts = [p.strip() for p in value.split(";") if p.strip()]
+    if not parts:
+        problems.append(f"VERISEG_SOURCE: expected at least one source, got {value!r}")
+        return ()
+    specs: list[SourceSpec] = []
+    seen: set[str] = set()
+    counters: dict[str, int] = {}
+    for part in parts:
+        sid = None
+        m = _ID_RE.match(part)
+        if m and "/" not in m.group(1) and ":" not in m.group(1):
+            sid, part = m.group(1), m.group(2).strip()
+        kind, target = _classify(part)
+        if not target:
+            problems.append(f"VERISEG_SOURCE: {kind}: needs a value after the prefix, got {part!r}")
+            continue
+        if kind in ("video", "dir", "csv"):
+            p = Path(target).expanduser()
+            if kind == "dir" and not p.is_dir():
+                problems.append(f"VERISEG_SOURCE: image folder {target!r} does not exist")
+                continue
+            if kind != "dir" and not p.is_file():
+                problems.append(f"VERISEG_SOURCE: {('video file' if kind == 'video' else 'CSV file')} "
+                                f"{target!r} does not exist")
+                continue
+            target = str(p)
+        if sid is None:
+            if kind in ("video", "dir", "csv"):
+                base = _SAFE_ID.sub("_", Path(target).stem or kind)[:48] or kind
+            else:
+                n = counters.get(kind, 0)
+                counters[kind] = n + 1
+                base = f"{kind}{n}"
+            sid = base
+            k = 1
+            while sid in seen:
+                sid = f"{base}_{k}"
+                k += 1
+        elif sid in seen:
+            problems.append(f"VERISEG_SOURCE: stream id {sid!r} is used twice")
+            continue
+        seen.add(sid)
+        specs.append(SourceSpec(sid, kind, target))
+    return tuple(specs)
+
+
+def _bool(env, name, default, problems) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    problems.append(f"{name}: expected 1/0 (true/false, yes/no, on/off), got {raw!r}")
+    return default
+
+
+def _int(env, name, default, problems, lo=None, hi=None, allow_none=False):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if allow_none and raw.strip().lower() in ("none", "off", "0") and lo is not None and lo > 0:
+        return None
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        problems.append(f"{name}: expected a whole number, got {raw!r}")
+        return default
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        problems.append(f"{name}: expected a whole number {rng}, got {raw!r}")
+        return default
+    return v
+
+
+def _float(env, name, default, problems, lo=0.0):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        v = float(raw.strip())
+    except ValueError:
+        problems.append(f"{name}: expected a number of seconds, got {raw!r}")
+        return default
+    if not (v > lo) or v != v or v == float("inf"):
+        problems.append(f"{name}: expected a number > {lo}, got {raw!r}")
+        return default
+    return v
+
+
+def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
+    """Parse the ``VERISEG_*`` variables of ``env`` (default ``os.environ``)."""
+    env = dict(os.environ if env is None else env)
+    problems: list[str] = []
+
+    raw_src = env.get("VERISEG_SOURCE", "").strip()
+    if raw_src:
+        sources = parse_sources(raw_src, problems)
+    else:
+        clip = default_sample_clip()
+        if clip is None:
+            problems.append(f"VERISEG_SOURCE: not set and no sample clip in {MODELS_DIR} "
+                            "(expected models/sample.mp4 or another video file there)")
+            sources = ()
+        else:
+            sources = (SourceSpec(_SAFE_ID.sub("_", clip.stem), "video", str(clip)),)
+
+    raw_model = env.get("VERISEG_MODEL", "").strip()
+    model_is_default = not raw_model
+    model = raw_model or str(DEFAULT_MODEL)
+    looks_like_path = (model_is_default or model.endswith(".vsb") or "/" in model
+                       or os.sep in model or Path(model).expanduser().exists())
+    if looks_like_path:
+        p = Path(model).expanduser()
+        if not p.is_file():
+            problems.append(f"VERISEG_MODEL: blob file {model!r} does not exist"
+                            + (" (the trained blob is committed as models/carla-enet.vsb)"
+                               if model_is_default else ""))
+        model = str(p.resolve()) if p.exists() else str(p)
+    elif not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", model):
+        problems.append(f"VERISEG_MODEL: expected a .vsb path or a deployment name "
+                        f"(letters, digits, _ . : -), got {raw_model!r}")
+
+    chain = env.get("VERISEG_CHAIN", "embedded").strip() or "embedded"
+    if chain != "embedded" and not re.match(r"^https?://[^\s/]+", chain):
+        problems.append(f"VERISEG_CHAIN: expected 'embedded' or an http(s):// JSON-RPC URL, got {chain!r}")
+
+    home = Path(env.get("VERISEG_HOME", "").strip() or "~/.veriseg").expanduser()
+    registry = env.get("VERISEG_REGISTRY", "").strip() or None
+    if registry is not None and not re.fullmatch(r"0x[0-9a-fA-F]{40}", registry):
+        problems.append(f"VERISEG_REGISTRY: expected a contract address 0x + 40 hex digits, got {registry!r}")
+
+    out = Path(env.get("VERISEG_OUT", "").strip() or "out").expanduser()
+    if out.exists() and not out.is_dir():
+        problems.append(f"VERISEG_OUT: {str(out)!r} exists and is not a folder")
+
+    providers = (env.get("VERISEG_PROVIDERS", "auto").strip() or "auto").lower()
+    if providers not in ("auto", "tensorrt", "cuda", "cpu"):
+        problems.append(f"VERISEG_PROVIDERS: expected auto, tensorrt, cuda or cpu, got {providers!r}")
+
+    progress = (env.get("VERISEG_PROGRESS", "auto").strip() or "auto").lower()
+    if progress in ("true", "yes", "on"):
+        progress = "1"
+    if progress in ("false", "no", "off"):
+        progress = "0"
+    if progress not in ("auto", "1", "0"):
+        problems.append(f"VERISEG_PROGRESS: expected auto, 1 or 0, got {progress!r}")
+
+    pre = (env.get("VERISEG_PREPROCESS", "auto").strip() or "auto").lower()
+    if pre not in ("auto", "off", "on", "1", "0"):
+        problems.append(f"VERISEG_PREPROCESS: expected auto or off, got {pre!r}")
+
+    port = _int(env, "VERISEG_METRICS_PORT", None, problems, lo=0, hi=65535)
+    cfg = Config(
+        sources=sources,
+        model=model,
+        model_is_path=looks_like_path,
+        model_is_default=model_is_default,
+        chain=chain,
+        home=home,
+        registry=registry,
+        out=out,
+        providers=providers,
+        require_gpu=_bool(env, "VERISEG_REQUIRE_GPU", False, problems),
+        threads=_int(env, "VERISEG_THREADS", 0, problems, lo=0, hi=1024),
+        batch=_int(env, "VERISEG_BATCH", 4, problems, lo=1, hi=256),
+        loop=_bool(env, "VERISEG_LOOP", False, problems),
+        max_frames=_int(env, "VERISEG_MAX_FRAMES", None, problems, lo=1),
+        queue=_int(env, "VERISEG_QUEUE", 8, problems, lo=1, hi=10000),
+        pending=_int(env, "VERISEG_PENDING", 64, problems, lo=0, hi=100000),
+        anchor_every=_int(env, "VERISEG_ANCHOR_EVERY", 100, problems, lo=0),
+        poll=_float(env, "VERISEG_POLL", 1.0, problems),
+        masks=_bool(env, "VERISEG_MASKS", True, problems),
+        video=_bool(env, "VERISEG_VIDEO", True, problems),
+        jsonl=_bool(env, "VERISEG_JSONL", True, problems),
+        metrics_port=port if port else None,
+        progress=progress,
+        preprocess=pre not in ("off", "0"),
+        reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
+        extra={k: v for k, v in env.items() if k.startswith("VERISEG_") and k not in ENV_DOC
+               and k not in ("VERISEG_HOME", "VERISEG_REGISTRY")},
+    )
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,374 @@
+"""The model-reader window: only verified, registered, unrevoked models reach the score.
+
+``ModelWatcher`` resolves the configured model once at flow build time (so a bad model
+refuses to start with one line, before Bytewax runs):
+
+1. a blob path: its key (``model_store.verify``) must be registered and not revoked on the
+   registry; the default run registers the committed blob on the embedded chain the first
+   time and says so;
+   a deployment name: ``reg.current(name)`` gives the key; the blob with that key is found
+   through the key's registered URI or by scanning the model folders;
+2. ``model_store.load(path, expected_key=key)`` re-hashes the very bytes it decompresses
+   (verify *before* load, no time-of-check gap);
+3. the ONNX Runtime session is built (warms the score's session cache) and a
+   ``ModelUpdate`` is queued for every stream.
+
+Then a background thread polls ``reg.events(from_block)``: a ``Deployed`` event of the
+followed deployment with a higher version hot-swaps the model (verified again, session
+built off the scoring thread); a ``Revoked`` event marks the key revoked in the
+process-wide set at once and queues a revoke update, so scoring with it stops.  Chain
+outages are retried with backoff while the verified model keeps scoring.
+
+``ModelReaderSource`` is the Bytewax input: one partition per stream id, emitting
+``(stream_id, ModelUpdate)``; a partition ends when its stream's frame source has ended in
+this process (Bytewax places same-named partitions of the two inputs on the same worker).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+from urllib.parse import unquote, urlparse
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from .config import MODELS_DIR, Config
+from .frames import ModelUpdate
+from .score import REVOKED, SESSIONS, ScoreError
+from .sources import stream_done
+from .telemetry import STATS, log
+
+__all__ = ["ModelRefused", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
+
+
+class ModelRefused(RuntimeError):
+    """The configured model may not score (one line: what, why, what to do)."""
+
+
+def connect_registry(cfg: Config):
+    import chain
+    try:
+        return chain.connect(chain=cfg.chain, home=cfg.home, registry=cfg.registry)
+    except chain.errors.ChainError as e:
+        raise ModelRefused(f"VERISEG_CHAIN={cfg.chain}: cannot reach the model registry: "
+                           f"{_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+class BlobLocator:
+    """Finds the blob file holding a key: its registered URI, then the model folders."""
+
+    def __init__(self, dirs: Iterable[Path]):
+        self.dirs = []
+        for d in dirs:
+            d = Path(d).expanduser()
+            if d not in self.dirs:
+                self.dirs.append(d)
+        self._keys: dict[tuple, str] = {}
+
+    def _key_of(self, path: Path) -> Optional[str]:
+        import model_store
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        sig = (str(path), st.st_size, st.st_mtime_ns)
+        if sig not in self._keys:
+            try:
+                self._keys[sig] = model_store.verify(str(path))
+            except model_store.errors.BlobError:
+                self._keys[sig] = ""
+        return self._keys[sig] or None
+
+    def find(self, key: str, uri: str = "") -> Optional[Path]:
+        cands = []
+        if uri:
+            p = urlparse(uri)
+            if p.scheme in ("file", ""):
+                cands.append(Path(unquote(p.path if p.scheme else uri)).expanduser())
+        for d in self.dirs:
+            if d.is_dir():
+                cands.extend(sorted(d.glob("*.vsb")))
+        for c in cands:
+            if c.is_file() and self._key_of(c) == key:
+                return c
+        return None
+
+
+class ModelWatcher:
+    """Resolves, verifies and follows the model; feeds updates to every stream."""
+
+    def __init__(self, cfg: Config, registry=None, *, decrypt_key: Optional[bytes] = None,
+                 locator: Optional[BlobLocator] = None):
+        self.cfg = cfg
+        self._reg = registry
+        self.decrypt_key = decrypt_key
+        dirs = []
+        if cfg.model_is_path:
+            dirs.append(Path(cfg.model).parent)
+        extra = cfg.extra.get("VERISEG_MODEL_DIRS", "")
+        dirs += [Path(p) for p in extra.split(os.pathsep) if p.strip()]
+        dirs += [MODELS_DIR, cfg.home / "models"]
+        self.locator = locator or BlobLocator(dirs)
+        self.updates: list[ModelUpdate] = []
+        self.cond = threading.Condition()
+        self._uid = 0
+        self.current: Optional[ModelUpdate] = None
+        self.version = 0
+        self.block = 0
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+        self.started = False
+        self.sids = tuple(cfg.stream_ids)
+
+    @property
+    def reg(self):
+        if self._reg is None:
+            self._reg = connect_registry(self.cfg)
+        return self._reg
+
+    # -- resolution -------------------------------------------------------------------
+    def _next_uid(self) -> int:
+        self._uid += 1
+        return self._uid
+
+    def _chain_call(self, what: str, fn: Callable):
+        import chain
+        try:
+            return fn()
+        except chain.errors.ChainUnavailable as e:
+            raise ModelRefused(f"model registry unreachable while {what}: {_one_line(e)}") from None
+
+    def _verified_update(self, key: str, path: Path, name: str, version: int) -> ModelUpdate:
+        import model_store
+        try:
+            card, onnx = model_store.load(str(path), expected_key=key, decrypt_key=self.decrypt_key)
+        except model_store.errors.BlobError as e:
+            raise ModelRefused(f"model blob refused: {_one_line(e)}") from None
+        u = ModelUpdate("load", key, self._next_uid(), name=name, version=version, card=card,
+                        onnx=onnx, source=str(path))
+        try:
+            SESSIONS.get(u)   # build (and fail fast: REQUIRE_GPU, bad graph) off the score thread
+        except ScoreError as e:
+            raise ModelRefused(str(e)) from None
+        return u
+
+    def _check_status(self, key: str, what: str):
+        st = self._chain_call(f"checking {what}", lambda: self.reg.status(key))
+        if not st.registered:
+            raise ModelRefused(f"{what}: key {key} is not registered on the model registry "
+                               f"({self.cfg.chain}); register it first (python -m chain register)")
+        if st.revoked:
+            REVOKED.add(key, st.reason)
+            raise ModelRefused(f"{what}: key {key} is revoked on the model registry "
+                               f"({st.reason or 'no reason given'})")
+        return st
+
+    def resolve(self) -> ModelUpdate:
+        """Verify the configured model now; raises ModelRefused with one line."""
+        import chain
+        import model_store
+        cfg = self.cfg
+        # the cursor first, so that no event after the checks below can be missed
+        self.block = self._chain_call("reading the chain height", lambda: self.reg.block_number()) + 1
+        if cfg.model_is_path:
+            path = Path(cfg.model)
+            try:
+                key = model_store.verify(str(path))
+            except model_store.errors.BlobError as e:
+                raise ModelRefused(f"VERISEG_MODEL: {_one_line(e)}") from None
+            st = self._chain_call("checking the blob", lambda: self.reg.status(key))
+            if not st.registered and cfg.model_is_default and cfg.chain == "embedded":
+                card = model_store.read_header(str(path))
+                try:
+                    self.reg.register(key, card.name, path.resolve().as_uri())
+                except chain.errors.ChainError as e:
+                    raise ModelRefused(f"cannot register the default blob {path}: {_one_line(e)}") from None
+                log.info("first run: registered the committed blob %s (key %s) on the embedded "
+                         "chain in %s", path.name, key, cfg.home)
+                try:
+                    self.reg.current(card.name)
+                except chain.errors.ChainError:
+                    try:
+                        self.reg.deploy(card.name, key)
+                        log.info("first run: deployed it as %r (VERISEG_MODEL=%s follows it)",
+                                 card.name, card.name)
+                    except chain.errors.ChainError as e:
+                        log.warning("could not deploy %r: %s", card.name, _one_line(e))
+                self.block = self.reg.block_number() + 1
+            self._check_status(key, f"blob {path}")
+            u = self._verified_update(key, path, str(path), 0)
+        else:
+            name = cfg.model
+            try:
+                key, version = self._chain_call(f"resolving deployment {name!r}",
+                                                lambda: self.reg.current(name))
+            except chain.errors.UnknownDeployment:
+                raise ModelRefused(f"VERISEG_MODEL: deployment {name!r} is unknown to the model "
+                                   f"registry ({cfg.chain})") from None
+            except chain.errors.ChainError as e:
+                raise ModelRefused(f"VERISEG_MODEL: deployment {name!r}: {_one_line(e)}") from None
+            self._check_status(key, f"deployment {name!r}")
+            path = self._locate(key)
+            if path is None:
+                raise ModelRefused(f"deployment {name!r} points at key {key} but no blob with that "
+                                   f"key is in {', '.join(str(d) for d in self.locator.dirs)}")
+            self.version = version
+            u = self._verified_update(key, path, name, version)
+        self.current = u
+        self._publish(u)
+        STATS.models_loaded.append({"key": u.key, "name": u.name, "version": u.version,
+                                    "path": u.source, "at": time.time()})
+        log.info("model %s verified (key %s%s) from %s", getattr(u.card, "name", "?"), u.key,
+                 f", {u.name} v{u.version}" if u.version else "", u.source)
+        return u
+
+    def _locate(self, key: str) -> Optional[Path]:
+        uri = ""
+        try:
+            uri = self.reg.info(key)[1]
+        except Exception:  # noqa: BLE001 - the URI is only a hint
+            pass
+        return self.locator.find(key, uri)
+
+    def _publish(self, u: ModelUpdate):
+        with self.cond:
+            self.updates.append(u)
+            self.cond.notify_all()
+
+    # -- following ----------------------------------------------------------------------
+    def start(self):
+        with self.cond:
+            if self.started:
+                return
+            self.started = True
+        self.thread = threading.Thread(target=self._follow, daemon=True, name="veriseg-model-reader")
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+
+    def _follow(self):
+        import chain
+        delay = self.cfg.poll
+        outage = None
+        while not self.stop.wait(delay):
+            if self.sids and all(stream_done(s) for s in self.sids):
+                return
+            try:
+                evs, nxt = self.reg.events(self.block)
+            except chain.errors.ChainError as e:
+                if outage is None:
+                    outage = time.monotonic()
+                    log.warning("model registry unreachable (%s): keep scoring with the verified "
+                                "model, retrying", _one_line(e))
+                delay = min(delay * 2, 30.0)
+                continue
+            except Exception as e:  # noqa: BLE001 - never let the follower die silently
+                log.error("model reader: %s: %s", type(e).__name__, _one_line(e))
+                delay = min(delay * 2, 30.0)
+                continue
+            if outage is not None:
+                log.info("model registry reachable again after %.1fs", time.monotonic() - outage)
+                outage = None
+            delay = self.cfg.poll
+            for ev in evs:
+                try:
+                    self._on_event(ev)
+                except ModelRefused as e:
+                    log.error("model reader: %s", e)
+                    STATS.models_refused.append({"key": getattr(ev, "key", None), "reason": str(e)})
+                except chain.errors.ChainError as e:
+                    log.warning("model reader: %s (will retry)", _one_line(e))
+                    nxt = ev.block   # retry from this event's block
+                    break
+            self.block = nxt
+
+    def _on_event(self, ev):
+        kind, key = ev.kind, (ev.key or "").lower()
+        if kind == "Revoked":
+            if key in REVOKED and not (self.current and self.current.key == key):
+                return
+            REVOKED.add(key, ev.reason or "")
+            STATS.revoked.append({"key": key, "reason": ev.reason, "block": ev.block, "at": time.time()})
+            self._publish(ModelUpdate("revoke", key, self._next_uid(), reason=ev.reason or ""))
+            if self.current and self.current.key == key:
+                log.warning("model %s revoked on chain (%s): scoring stops until a valid model is "
+                            "deployed", key[:12], ev.reason or "no reason given")
+                self.current = None
+            SESSIONS.drop(key)
+            return
+        if kind != "Deployed" or self.cfg.model_is_path or ev.deployment != self.cfg.model:
+            return
+        version = int(ev.version or 0)
+        if version <= self.version:
+            log.warning("deployment %r: ignoring version %d (in use: %d; no rollback)",
+                        ev.deployment, version, self.version)
+            return
+        if key in REVOKED:
+            raise ModelRefused(f"deployment {ev.deployment!r} v{version}: key {key[:12]} is revoked")
+        self._check_status(key, f"deployment {ev.deployment!r} v{version}")
+        path = self._locate(key)
+        if path is None:
+            raise ModelRefused(f"deployment {ev.deployment!r} v{version}: no blob with key {key} in "
+                               f"{', '.join(str(d) for d in self.locator.dirs)}")
+        u = self._verified_update(key, path, ev.deployment, version)
+        # re-check right before handing it over: verified *at that moment*
+        self._check_status(key, f"deployment {ev.deployment!r} v{version}")
+        self.version = version
+        self.current = u
+        STATS.models_loaded.append({"key": key, "name": ev.deployment, "version": version,
+                                    "path": str(path), "at": time.time()})
+        log.info("deployment %r v%d: hot-swapping to model %s", ev.deployment, version, key[:12])
+        self._publish(u)
+
+
+class _ReaderPartition(StatefulSourcePartition):
+    def __init__(self, watcher: ModelWatcher, sid: str):
+        self.w = watcher
+        self.sid = sid
+        self.i = 0
+        self.awake = None
+        watcher.start()
+
+    def next_batch(self):
+        with self.w.cond:
+            new = self.w.updates[self.i:]
+            self.i = len(self.w.updates)
+        if new:
+            self.awake = None
+            return [(self.sid, u) for u in new]
+        if stream_done(self.sid):
+            raise StopIteration()
+        self.awake = datetime.now(timezone.utc) + timedelta(milliseconds=20)
+        return []
+
+    def next_awake(self):
+        return self.awake
+
+    def snapshot(self):
+        return None   # on resume the watcher re-verifies and re-emits the model in use
+
+    def close(self):
+        pass
+
+
+class ModelReaderSource(FixedPartitionedSource):
+    def __init__(self, watcher: ModelWatcher, stream_ids: Iterable[str]):
+        self.watcher = watcher
+        self.sids = list(stream_ids)
+
+    def list_parts(self):
+        return list(self.sids)
+
+    def build_part(self, step_id, for_part, resume_state):
+        return _ReaderPartition(self.watcher, for_part)

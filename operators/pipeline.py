@@ -1,0 +1,155 @@
+"""Wiring of the windows into one Bytewax dataflow (used by ``dataflows.*``).
+
+::
+
+    source ──► preprocess ──┐
+                            ├─► merge ─► score (per stream: model in use, waiting frames) ─► sinks
+    model_reader ───────────┘
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Callable, Optional
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from .config import Config, ConfigError, load_config
+from .model_reader import ModelRefused, ModelReaderSource, ModelWatcher, connect_registry
+from .preprocess import Preprocessor
+from .score import REVOKED, SESSIONS, ScoreLogic
+from .sinks import ResultSink, classes_of
+from .sources import FrameSource, reset_streams
+from .telemetry import STATS, log
+
+__all__ = ["build_flow", "LockedRegistry", "startup_error", "flow_from_env", "flow_parts"]
+
+
+class LockedRegistry:
+    """Serialises calls to one registry client shared by the model reader and the anchor
+    sender (the embedded chain is not thread-safe)."""
+
+    def __init__(self, reg):
+        self._reg = reg
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name):
+        a = getattr(self._reg, name)
+        if not callable(a):
+            return a
+        lock = self._lock
+
+        def call(*args, **kw):
+            with lock:
+                return a(*args, **kw)
+        return call
+
+
+def _tag(kv):
+    return kv[0], (kv[0], kv[1])
+
+
+def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Optional[bytes] = None,
+               sink_factory: Optional[Callable] = None, flow_id: str = "veriseg_segment",
+               keep_raw: bool = False, reader_factory=None) -> Dataflow:
+    """Build the segmentation flow; raises ConfigError / ModelRefused (one line each)."""
+    cfg = cfg or load_config()
+    STATS.reset()
+    REVOKED.clear()
+    SESSIONS.clear()
+    reset_streams(cfg.stream_ids)
+    SESSIONS.configure(providers=cfg.providers, require_gpu=cfg.require_gpu, threads=cfg.threads,
+                       home=cfg.home)
+    reg = LockedRegistry(registry if registry is not None else connect_registry(cfg))
+    watcher = ModelWatcher(cfg, reg, decrypt_key=decrypt_key)
+    first = watcher.resolve()
+    pre = Preprocessor.for_card(first.card) if cfg.preprocess else None
+    colour = pre.colour if pre is not None else "BGR"
+    prepare = pre
+    if keep_raw:
+        def prepare(f, _pre=pre):
+            f.raw = f.image
+            return _pre(f) if _pre is not None else f
+
+    flow = Dataflow(flow_id)
+    frames = op.input("source", flow, FrameSource(
+        cfg.sources, queue=cfg.queue, batch=cfg.batch, loop=cfg.loop, max_frames=cfg.max_frames,
+        prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,
+        reader_factory=reader_factory))
+    if pre is not None:
+        # the image-processing window; a no-op check when the decoder already did the work
+        def preprocess(kv, _pre=pre):
+            f = kv[1]
+            return kv if _pre.ready(f) else (kv[0], _pre(f))
+        frames = op.map("preprocess", frames, preprocess)
+    models = op.input("model_reader", flow, ModelReaderSource(watcher, cfg.stream_ids))
+    merged = op.merge("merge", frames, models)
+    tagged = op.map("tag", merged, _tag)
+
+    batch, pending = cfg.batch, cfg.pending
+
+    class _Logic(ScoreLogic):
+        def on_batch(self, values):
+            if values and self.sid is None:
+                self.sid = values[0][0]
+            return super().on_batch([v for _, v in values])
+
+    def builder(resume):
+        lg = _Logic(None, batch=batch, pending=pending, resume=resume)
+        # start with the model verified at build time (no startup race with the frames);
+        # the model reader re-sends it (same uid: ignored) and then any later change
+        lg._apply(first)
+        return lg
+
+    scored = op.stateful_batch("score", tagged, builder)
+    if sink_factory is None:
+        fps = 10.0
+        for s in cfg.sources:
+            if s.kind == "video":
+                import cv2
+                cap = cv2.VideoCapture(s.target)
+                fps = float(cap.get(cv2.CAP_PROP_FPS) or 0) or 10.0
+                cap.release()
+                break
+        progress = cfg.progress == "1" or (cfg.progress == "auto" and sys.stderr.isatty()
+                                           and not any(s.live for s in cfg.sources))
+        sink = ResultSink(cfg.out, cfg.stream_ids, classes=classes_of(first.card), masks=cfg.masks,
+                          video=cfg.video, jsonl=cfg.jsonl, anchor_every=cfg.anchor_every,
+                          registry=reg, metrics_port=cfg.metrics_port, progress=progress, fps=fps,
+                          summary_extra={"config": _cfg_summary(cfg), "model": {
+                              "key": first.key, "name": getattr(first.card, "name", None),
+                              "source": first.source}})
+    else:
+        sink = sink_factory(cfg, first, reg)
+    op.output("sinks", scored, sink)
+    _PARTS[id(flow)] = {"watcher": watcher, "config": cfg, "registry": reg, "first": first}
+    return flow
+
+
+_PARTS: dict = {}
+
+
+def flow_parts(flow) -> dict:
+    """The watcher, config, registry and first model update of a flow built here."""
+    return _PARTS[id(flow)]
+
+
+def _cfg_summary(cfg: Config) -> dict:
+    return {"sources": [s.describe() for s in cfg.sources], "model": cfg.model, "chain": cfg.chain,
+            "out": str(cfg.out), "providers": cfg.providers, "batch": cfg.batch,
+            "anchor_every": cfg.anchor_every, "max_frames": cfg.max_frames, "loop": cfg.loop}
+
+
+def startup_error(e: BaseException) -> "SystemExit":
+    for line in str(e).splitlines() or [type(e).__name__]:
+        print(f"veriseg: error: {line}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def flow_from_env(build=build_flow) -> Dataflow:
+    """The module-level ``flow`` of a dataflow module: one-line errors, exit status 2."""
+    try:
+        return build()
+    except (ConfigError, ModelRefused) as e:
+        raise startup_error(e) from None

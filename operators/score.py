@@ -1,0 +1,385 @@
+"""The score window: ONNX Runtime sessions and the per-stream scoring logic.
+
+- :func:`providers_for` maps ``VERISEG_PROVIDERS`` to ORT providers (auto: TensorRT > CUDA >
+  CPU); :func:`build_session` logs the provider actually loaded (``get_providers()``: the
+  GPU build silently falls back to CPU) and refuses to run when a GPU is required but none
+  loaded.
+- :data:`SESSIONS` caches sessions per model key in this process (the model reader warms it
+  in its own thread so a hot swap does not stall scoring); :data:`REVOKED` is the
+  process-wide set of revoked keys, checked right before every ``run``, so a revocation
+  stops scoring at once, even before its update reaches a stream.
+- :class:`ScoreLogic` is a ``stateful_batch`` logic per stream id: it receives the stream's
+  frames and model updates in order, holds frames that arrive while no valid model is
+  loaded in a bounded queue (oldest dropped and counted), and scores micro-batches.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from bytewax.operators import StatefulBatchLogic
+
+from .frames import Frame, ModelUpdate, Result
+from .preprocess import Preprocessor
+from .telemetry import STATS, log
+
+__all__ = ["ScoreError", "providers_for", "build_session", "SessionEntry", "SessionCache",
+           "SESSIONS", "REVOKED", "ScoreLogic", "cpu_threads"]
+
+_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class ScoreError(RuntimeError):
+    """A model that cannot be scored here (one line)."""
+
+
+def cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+_DRIVER = None
+
+
+def gpu_driver() -> bool:
+    """True when an NVIDIA driver is loadable (else auto skips the GPU providers, which the
+    GPU build of ORT lists even on machines without CUDA, with a noisy fallback)."""
+    global _DRIVER
+    if _DRIVER is None:
+        import ctypes
+        try:
+            ctypes.CDLL("libcuda.so.1")
+            _DRIVER = True
+        except OSError:
+            _DRIVER = False
+    return _DRIVER
+
+
+def providers_for(choice: str, available=None) -> list:
+    import onnxruntime as ort
+    avail = list(available if available is not None else ort.get_available_providers())
+    choice = (choice or "auto").lower()
+    if choice == "cpu":
+        want = ["CPUExecutionProvider"]
+    elif choice == "cuda":
+        want = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif choice == "tensorrt":
+        want = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        want = ([p for p in _GPU if p in avail] if gpu_driver() else []) + ["CPUExecutionProvider"]
+    return [p for p in want if p in avail or p == "CPUExecutionProvider"]
+
+
+@dataclass
+class SessionEntry:
+    key: str
+    session: object
+    input_name: str
+    output_name: str
+    provider: str
+    pre: Preprocessor
+    max_batch: Optional[int]     # None: dynamic batch dim
+    card: object = None
+
+
+def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
+                  require_gpu: bool = False, threads: int = 0, home=None) -> SessionEntry:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or cpu_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    spin = os.environ.get("VERISEG_ORT_SPIN")
+    if spin in ("0", "1"):
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    wanted = providers_for(providers)
+    opts = []
+    for p in wanted:
+        if p == "TensorrtExecutionProvider":
+            cache = os.path.join(str(home) if home else os.path.expanduser("~/.veriseg"), "trt-cache")
+            opts.append({"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
+                         "trt_engine_cache_path": cache})
+        else:
+            opts.append({})
+    try:
+        sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
+    except Exception as e:  # noqa: BLE001 - ORT raises several types
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ScoreError(f"model {key[:12]}: ONNX Runtime cannot build a session: {msg}") from None
+    got = sess.get_providers()
+    active = got[0] if got else "none"
+    if require_gpu and active not in _GPU:
+        raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
+                         f"(asked for {', '.join(wanted)}; available: "
+                         f"{', '.join(ort.get_available_providers())})")
+    if STATS.provider != active:
+        log.info("ONNX Runtime provider in use: %s (asked for %s; %d intra-op threads)",
+                 active, ", ".join(wanted), so.intra_op_num_threads)
+    STATS.provider = active
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    shp = list(inp.shape)
+    max_batch = None
+    if shp and isinstance(shp[0], int) and shp[0] > 0:
+        max_batch = shp[0]
+    if card is not None:
+        pre = Preprocessor.for_card(card)
+    else:
+        size = None
+        if len(shp) == 4 and all(isinstance(d, int) and d > 0 for d in shp[1:3]):
+            size = (shp[1], shp[2])
+        pre = Preprocessor(size, "RGB")
+    if inp.type != "tensor(uint8)":
+        log.warning("model %s takes %s, not uint8: frames are cast per batch (slower)", key[:12], inp.type)
+    return SessionEntry(key, sess, inp.name, out.name, active, pre, max_batch, card)
+
+
+class SessionCache:
+    """ORT sessions per model key (a few at most: hot swaps keep the old one briefly)."""
+
+    def __init__(self, keep: int = 3):
+        self.keep = keep
+        self._d: OrderedDict[str, SessionEntry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Event] = {}
+        self.options = dict(providers="auto", require_gpu=False, threads=0, home=None)
+
+    def configure(self, **kw):
+        self.options.update(kw)
+
+    def get(self, update: ModelUpdate) -> SessionEntry:
+        while True:
+            with self._lock:
+                e = self._d.get(update.key)
+                if e is not None:
+                    self._d.move_to_end(update.key)
+                    return e
+                ev = self._building.get(update.key)
+                if ev is None:
+                    ev = self._building[update.key] = threading.Event()
+                    mine = True
+                else:
+                    mine = False
+            if not mine:
+                ev.wait(120)
+                continue
+            try:
+                if update.onnx is None:
+                    raise ScoreError(f"model {update.key[:12]}: update carries no model bytes")
+                e = build_session(update.onnx, key=update.key, card=update.card, **self.options)
+                with self._lock:
+                    self._d[update.key] = e
+                    while len(self._d) > self.keep:
+                        self._d.popitem(last=False)
+                return e
+            finally:
+                with self._lock:
+                    self._building.pop(update.key, None)
+                ev.set()
+
+    def drop(self, key: str):
+        with self._lock:
+            self._d.pop(key, None)
+
+    def clear(self):
+        with self._lock:
+            self._d.clear()
+
+
+class _Revoked:
+    def __init__(self):
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, reason: str = ""):
+        with self._lock:
+            self._keys[key] = reason
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def reason(self, key) -> str:
+        return self._keys.get(key, "")
+
+    def clear(self):
+        with self._lock:
+            self._keys.clear()
+
+
+SESSIONS = SessionCache()
+REVOKED = _Revoked()
+
+
+class ScoreLogic(StatefulBatchLogic):
+    """Per-stream scoring state: the model in use and the frames waiting for one."""
+
+    def __init__(self, stream_id: str, *, batch: int = 4, pending: int = 64, resume=None):
+        self.sid = stream_id
+        self.max_batch = max(1, batch)
+        self.pending: deque = deque()
+        self.pending_cap = pending
+        self.entry: Optional[SessionEntry] = None
+        self.version = -1
+        self.name = ""
+        self.seen: set[int] = set()
+        self.waiting_logged = False
+        self.resume = resume or {}
+
+    # -- model updates ----------------------------------------------------------------
+    def _apply(self, u: ModelUpdate):
+        if u.uid in self.seen:
+            return
+        self.seen.add(u.uid)
+        if u.kind == "revoke":
+            REVOKED.add(u.key, u.reason)
+            SESSIONS.drop(u.key)
+            if self.entry is not None and self.entry.key == u.key:
+                log.warning("stream %s: model %s revoked (%s): scoring stopped until a valid model "
+                            "arrives", self.sid, u.key[:12], u.reason or "no reason given")
+                self.entry = None
+            return
+        if u.key in REVOKED:
+            log.warning("stream %s: refusing model %s: it is revoked", self.sid, u.key[:12])
+            return
+        if u.version and u.name == self.name and u.version < self.version:
+            log.warning("stream %s: refusing model %s: version %d is older than %d (no rollback)",
+                        self.sid, u.key[:12], u.version, self.version)
+            return
+        try:
+            entry = SESSIONS.get(u)
+        except ScoreError as e:
+            log.error("stream %s: %s", self.sid, e)
+            STATS.models_refused.append({"key": u.key, "reason": str(e)})
+            return
+        old = self.entry.key if self.entry is not None else None
+        self.entry, self.version, self.name = entry, u.version, u.name
+        if old != u.key and self.sid is not None:
+            what = f"{u.name} v{u.version}" if u.version else (u.name or "blob")
+            log.info("stream %s: scoring with model %s (%s)%s", self.sid, u.key[:12], what,
+                     f", replacing {old[:12]}" if old else "")
+        self.waiting_logged = False
+
+    # -- frames -----------------------------------------------------------------------
+    def _hold(self, frames):
+        for f in frames:
+            if self.pending_cap <= 0:
+                STATS.drop(self.sid, "no_model")
+                continue
+            if len(self.pending) >= self.pending_cap:
+                self.pending.popleft()
+                STATS.drop(self.sid, "no_model")
+            self.pending.append(f)
+        if frames and not self.waiting_logged:
+            log.warning("stream %s: no valid model: frames wait (up to %d, then the oldest are "
+                        "dropped)", self.sid, self.pending_cap)
+            self.waiting_logged = True
+
+    def _usable(self) -> bool:
+        e = self.entry
+        if e is None:
+            return False
+        if e.key in REVOKED:
+            log.warning("stream %s: model %s revoked (%s): scoring stopped", self.sid, e.key[:12],
+                        REVOKED.reason(e.key) or "no reason given")
+            self.entry = None
+            return False
+        return True
+
+    def _score(self, frames) -> list:
+        if not frames and not self.pending:
+            return []
+        if not self._usable():
+            self._hold(frames)
+            return []
+        if self.pending:
+            frames = list(self.pending) + list(frames)
+            self.pending.clear()
+        out = []
+        i = 0
+        while i < len(frames):
+            if not self._usable():
+                self._hold(frames[i:])
+                break
+            e = self.entry
+            cap = 1 if frames[i].live else self.max_batch
+            if e.max_batch is not None:
+                cap = min(cap, e.max_batch)
+            chunk = frames[i:i + cap]
+            i += len(chunk)
+            out.extend(self._run(e, chunk))
+        return out
+
+    def _run(self, e: SessionEntry, chunk) -> list:
+        imgs = []
+        for f in chunk:
+            if not e.pre.ready(f):
+                f = e.pre(f)
+            imgs.append(f.image)
+        shapes = {im.shape for im in imgs}
+        if len(shapes) > 1:   # mixed sizes (dynamic-size model, raw frames): one at a time
+            res = []
+            for f in chunk:
+                res.extend(self._run(e, [f]))
+            return res
+        x = imgs[0][None] if len(imgs) == 1 else np.stack(imgs)
+        t0 = time.perf_counter()
+        y = e.session.run([e.output_name], {e.input_name: x})[0]
+        t1 = time.perf_counter()
+        if y.dtype != np.uint8:
+            if y.ndim == 4 and y.shape[1] > 1:
+                y = np.argmax(y, axis=1).astype(np.uint8)
+            else:
+                y = y.astype(np.uint8)
+        if y.ndim == 4:
+            y = y[:, 0] if y.shape[1] == 1 else y[..., 0]
+        score_ms = (t1 - t0) * 1e3
+        n = len(chunk)
+        res = []
+        for j, f in enumerate(chunk):
+            wait_ms = (t0 - f.t_emit) * 1e3 if f.t_emit else 0.0
+            lat = {"decode": round(f.decode_ms, 3), "preprocess": round(f.preprocess_ms, 3),
+                   "wait": round(wait_ms, 3), "score": round(score_ms, 3),
+                   "score_per_frame": round(score_ms / n, 3)}
+            res.append(Result(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n, latency_ms=lat,
+                              image=f.image, colour=f.colour, orig_size=f.orig_size, label=f.label,
+                              raw=f.raw))
+        STATS.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
+                                                "preprocess": chunk[0].preprocess_ms,
+                                                "wait": res[0].latency_ms["wait"], "score": score_ms})
+        return res
+
+    # -- bytewax hooks ----------------------------------------------------------------
+    def on_batch(self, values):
+        out = []
+        frames = []
+        for v in values:
+            if isinstance(v, ModelUpdate):
+                out.extend(self._score(frames))
+                frames = []
+                self._apply(v)
+            elif isinstance(v, Frame):
+                frames.append(v)
+        out.extend(self._score(frames))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self):
+        out = self._score([])
+        if self.pending:
+            n = len(self.pending)
+            STATS.drop(self.sid, "no_model", n)
+            log.warning("stream %s: input ended with %d frames still waiting for a valid model: "
+                        "dropped", self.sid, n)
+            self.pending.clear()
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self):
+        return {"key": self.entry.key if self.entry else None, "version": self.version,
+                "name": self.name}

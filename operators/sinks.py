@@ -1,0 +1,439 @@
+"""The outputs: class-map PNGs, overlay video, per-frame JSON lines, metrics, anchors.
+
+``ResultSink`` is a ``FixedPartitionedSink`` with one partition per stream.  Each partition
+hands results to a writer thread (bounded queue: a slow disk slows the flow, it never drops
+results) that does the heavy work (PNG and MJPG encoding release the GIL), so the scoring
+thread only enqueues.  Output layout under ``VERISEG_OUT``::
+
+    <stream>/results.jsonl        one line per frame: ids, model key, class shares, latency
+    <stream>/masks/<seq>.png      single-channel class ids (seq zero-padded to 6 digits)
+    <stream>/overlay.avi          colour overlay video (MJPG; PyPI OpenCV has no H.264)
+    anchors/<stream>/<first>-<last>.json   chain.anchoring batch: leaves, proofs, root, tx
+    metrics.prom                  Prometheus text, rewritten every second
+    summary.json                  written at the end
+
+Recovery: the partition snapshot is the next sequence number and the byte length of
+``results.jsonl``; on resume the file is truncated back to that length and masks are
+rewritten by name, so outputs after a restart hold each frame once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import cv2
+import numpy as np
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from .frames import Result
+from .telemetry import STATS, log
+
+__all__ = ["ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
+
+_DEFAULT_CLASSES = (
+    ("Unlabeled", (0, 0, 0)), ("Building", (70, 70, 70)), ("Fence", (190, 153, 153)),
+    ("Other", (250, 170, 160)), ("Pedestrian", (220, 20, 60)), ("Pole", (153, 153, 153)),
+    ("RoadLine", (157, 234, 50)), ("Road", (128, 64, 128)), ("Sidewalk", (244, 35, 232)),
+    ("Vegetation", (107, 142, 35)), ("Car", (0, 0, 142)), ("Wall", (102, 102, 156)),
+    ("TrafficSign", (220, 220, 0)),
+)
+
+
+def classes_of(card) -> tuple:
+    if card is None or not getattr(card, "classes", None):
+        return _DEFAULT_CLASSES
+    return tuple((c.name, tuple(c.color)) for c in card.classes)
+
+
+def class_lut(classes: Sequence, order: str = "BGR") -> np.ndarray:
+    lut = np.full((256, 3), 255, np.uint8)
+    for i, (_, rgb) in enumerate(classes):
+        lut[i] = rgb[::-1] if order == "BGR" else rgb
+    return lut
+
+
+# --------------------------------------------------------------------------- metrics
+class MetricsPublisher:
+    """Writes ``metrics.prom`` every second and serves it over HTTP when a port is set."""
+
+    def __init__(self, out: Path, port: Optional[int] = None, progress: bool = False):
+        self.out = out
+        self.port = port
+        self.progress = progress
+        self.stop = threading.Event()
+        self.users = 0
+        self.lock = threading.Lock()
+        self.thread = None
+        self.server = None
+
+    def acquire(self):
+        with self.lock:
+            self.users += 1
+            if self.thread is not None:
+                return
+            self.stop.clear()
+            if self.port:
+                pub = self
+
+                class H(BaseHTTPRequestHandler):
+                    def do_GET(self):  # noqa: N802
+                        body = STATS.prometheus().encode()
+                        self.send_response(200 if self.path in ("/", "/metrics") else 404)
+                        self.send_header("Content-Type", "text/plain; version=0.0.4")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+
+                    def log_message(self, *a):
+                        pass
+                try:
+                    self.server = ThreadingHTTPServer(("0.0.0.0", self.port), H)
+                    threading.Thread(target=self.server.serve_forever, daemon=True,
+                                     name="veriseg-metrics-http").start()
+                    log.info("metrics on http://0.0.0.0:%d/metrics", self.port)
+                except OSError as e:
+                    log.error("VERISEG_METRICS_PORT=%d: cannot listen: %s", self.port, e.strerror or e)
+                    self.server = None
+            self.thread = threading.Thread(target=self._run, daemon=True, name="veriseg-metrics")
+            self.thread.start()
+
+    def release(self):
+        with self.lock:
+            self.users -= 1
+            last = self.users <= 0
+        if last:
+            self.stop.set()
+            if self.thread is not None:
+                self.thread.join(timeout=5)
+            self.thread = None
+            if self.server is not None:
+                self.server.shutdown()
+                self.server.server_close()
+                self.server = None
+            self._write()
+            if self.progress:
+                self._progress(final=True)
+        return last
+
+    def _write(self):
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.out / "metrics.prom.tmp"
+            tmp.write_text(STATS.prometheus())
+            os.replace(tmp, self.out / "metrics.prom")
+        except OSError as e:
+            log.error("cannot write %s: %s", self.out / "metrics.prom", e.strerror or e)
+
+    def _progress(self, final=False):
+        done = dict(STATS.written)
+        parts = []
+        for sid, n in sorted(done.items()):
+            tot = STATS.totals.get(sid)
+            parts.append(f"{sid} {n}/{tot}" if tot else f"{sid} {n}")
+        line = f"\r[veriseg] {' | '.join(parts) or 'starting'} frames, {STATS.fps_now():.1f} fps"
+        sys.stderr.write(line + ("\n" if final else "   "))
+        sys.stderr.flush()
+
+    def _run(self):
+        t_next = time.monotonic()
+        while not self.stop.wait(0.25):
+            if self.progress:
+                self._progress()
+            if time.monotonic() >= t_next:
+                self._write()
+                t_next = time.monotonic() + 1.0
+
+
+# --------------------------------------------------------------------------- anchors
+class AnchorSender:
+    """Sends Merkle roots of result batches to the registry, in order, retrying outages."""
+
+    def __init__(self, registry, out: Path):
+        self.reg = registry
+        self.out = out
+        self.q: "queue.Queue" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="veriseg-anchor")
+        self.thread.start()
+
+    def submit(self, batch_file: Path, batch):
+        self.q.put((batch_file, batch))
+
+    def close(self, timeout: float = 30.0):
+        self.q.put(None)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning("anchors still queued after %.0fs (chain down?); their batch files stay in "
+                        "%s without a tx hash", timeout, self.out / "anchors")
+
+    def _run(self):
+        import chain
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            path, batch = item
+            delay = 0.5
+            while True:
+                try:
+                    batch.anchor(self.reg)
+                    batch.write(path, include_proofs=True)
+                    STATS.anchors += 1
+                    break
+                except chain.errors.ChainUnavailable as e:
+                    STATS.anchor_failures += 1
+                    log.warning("anchor %s: chain unavailable (%s); retrying in %.1fs", path.name,
+                                str(e).splitlines()[0][:120], delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                except chain.errors.ChainError as e:
+                    STATS.anchor_failures += 1
+                    log.error("anchor %s refused: %s", path.name, str(e).splitlines()[0][:300])
+                    break
+
+
+def _write_json(path: Path, doc: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- results
+class _Partition(StatefulSinkPartition):
+    def __init__(self, sink: "ResultSink", sid: str, resume):
+        self.sink = sink
+        self.sid = sid
+        self.dir = sink.out / sid
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.masks_dir = self.dir / "masks"
+        if sink.masks:
+            self.masks_dir.mkdir(exist_ok=True)
+        resume = resume or {}
+        self.jsonl_path = self.dir / "results.jsonl"
+        self.jsonl = None
+        if sink.jsonl:
+            off = int(resume.get("jsonl_bytes", 0))
+            mode = "r+b" if (resume and self.jsonl_path.exists()) else "wb"
+            self.jsonl = open(self.jsonl_path, mode)
+            if mode == "r+b":
+                self.jsonl.truncate(off)
+                self.jsonl.seek(off)
+        self.video = None
+        self.video_n = int(resume.get("video_segment", -1)) + 1 if resume else 0
+        self.lut = class_lut(sink.classes, "BGR")
+        self.names = [n for n, _ in sink.classes]
+        self.leaves: list = list(resume.get("leaves", []))   # [(seq, leaf hex)] of the open batch
+        self.batch_key = resume.get("batch_key")
+        self.next_seq = int(resume.get("next_seq", 0))
+        self.q: "queue.Queue" = queue.Queue(maxsize=64)
+        self.err: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"veriseg-sink-{sid}")
+        self.thread.start()
+        sink.metrics.acquire()
+
+    # -- writer thread ----------------------------------------------------------------
+    def _run(self):
+        while True:
+            item = self.q.get()
+            try:
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    if self.jsonl is not None:
+                        self.jsonl.flush()
+                    item.set()
+                    continue
+                self._write(item)
+            except BaseException as e:  # noqa: BLE001 - surfaced on the next write_batch
+                self.err = e
+                log.error("stream %s: output failed: %s: %s", self.sid, type(e).__name__, e)
+            finally:
+                self.q.task_done()
+
+    def _write(self, r: Result):
+        t0 = time.perf_counter()
+        cm = r.class_map
+        rec = {"stream": r.stream_id, "seq": r.seq, "ts": round(r.ts, 6), "pos": r.pos,
+               "model_key": r.model_key, "batch": r.batch}
+        if self.sink.masks:
+            name = f"{r.seq:06d}.png"
+            if not cv2.imwrite(str(self.masks_dir / name), cm, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+                raise OSError(f"cannot write {self.masks_dir / name}")
+            rec["mask"] = f"masks/{name}"
+        if self.jsonl is not None:
+            counts = np.bincount(cm.ravel(), minlength=len(self.names))
+            tot = max(1, cm.size)
+            rec["shares"] = {(self.names[i] if i < len(self.names) else str(i)): round(c / tot, 5)
+                             for i, c in enumerate(counts.tolist()) if c}
+        if self.sink.video and r.image is not None:
+            self._video(r)
+        if self.sink.anchor_every:
+            self._leaf(r, rec)
+        lat = dict(r.latency_ms)
+        lat["sink"] = round((time.perf_counter() - t0) * 1e3, 3)
+        rec["latency_ms"] = lat
+        if self.jsonl is not None:
+            self.jsonl.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
+        STATS.latency("sink", lat["sink"])
+        STATS.add("written", self.sid)
+        self.next_seq = r.seq + 1
+
+    def _video(self, r: Result):
+        img = r.image
+        if r.colour == "RGB":
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        cm = r.class_map
+        if cm.shape != img.shape[:2]:
+            cm = cv2.resize(cm, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+        over = cv2.addWeighted(img, 0.5, self.lut[cm], 0.5, 0.0)
+        h, w = over.shape[:2]
+        if self.video is not None and self.video_size != (w, h):
+            self.video.release()
+            self.video = None
+            self.video_n += 1
+        if self.video is None:
+            name = "overlay.avi" if self.video_n == 0 else f"overlay.{self.video_n}.avi"
+            self.video = cv2.VideoWriter(str(self.dir / name), cv2.VideoWriter_fourcc(*"MJPG"),
+                                         self.sink.fps, (w, h))
+            self.video_size = (w, h)
+            if not self.video.isOpened():
+                raise OSError(f"cannot open {self.dir / name} for writing (MJPG)")
+        self.video.write(over)
+
+    def _leaf(self, r: Result, rec: dict):
+        anch = self.sink.anchoring
+        if anch is None:
+            return
+        if self.batch_key is not None and r.model_key != self.batch_key and self.leaves:
+            self._close_batch()
+        self.batch_key = r.model_key
+        leaf = anch.leaf_digest(r.stream_id, r.seq, r.model_key, r.class_map)
+        leaf_hex = leaf.hex() if isinstance(leaf, (bytes, bytearray)) else str(leaf)
+        rec["leaf"] = leaf_hex
+        self.leaves.append((r.seq, leaf_hex))
+        if len(self.leaves) >= self.sink.anchor_every:
+            self._close_batch()
+
+    def _close_batch(self):
+        anch = self.sink.anchoring
+        if not self.leaves or anch is None:
+            return
+        batch = anch.AnchorBatch(self.batch_key, [anch.Leaf(self.sid, s, bytes.fromhex(h))
+                                                  for s, h in self.leaves])
+        path = (self.sink.out / "anchors" / self.sid /
+                f"{batch.first_seq:06d}-{batch.last_seq:06d}.json")
+        batch.write(path, include_proofs=True)
+        if self.sink.sender is not None:
+            self.sink.sender.submit(path, batch)
+        self.leaves = []
+
+    # -- bytewax side -----------------------------------------------------------------
+    def _check(self):
+        if self.err is not None:
+            e, self.err = self.err, None
+            raise RuntimeError(f"stream {self.sid}: writing outputs to {self.dir} failed: "
+                               f"{type(e).__name__}: {e}") from e
+
+    def write_batch(self, values):
+        self._check()
+        for r in values:
+            self.q.put(r)
+
+    def _flush(self):
+        ev = threading.Event()
+        self.q.put(ev)
+        ev.wait()
+        self._check()
+
+    def snapshot(self):
+        self._flush()
+        return {"next_seq": self.next_seq,
+                "jsonl_bytes": self.jsonl.tell() if self.jsonl is not None else 0,
+                "video_segment": self.video_n, "leaves": list(self.leaves),
+                "batch_key": self.batch_key}
+
+    def close(self):
+        self._flush()
+        self.q.put(None)
+        self.thread.join()
+        if self.leaves:
+            self._close_batch()
+        if self.video is not None:
+            self.video.release()
+            self.video = None
+        if self.jsonl is not None:
+            self.jsonl.close()
+        self.sink.part_closed(self.sid)
+
+
+class ResultSink(FixedPartitionedSink):
+    def __init__(self, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True, video=True,
+                 jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
+                 progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None):
+        self.out = Path(out)
+        self.sids = list(stream_ids)
+        self.classes = tuple(classes or _DEFAULT_CLASSES)
+        self.masks, self.video, self.jsonl = masks, video, jsonl
+        self.anchor_every = anchor_every
+        self.registry = registry
+        self.fps = fps
+        self.summary_extra = summary_extra or {}
+        self.metrics = MetricsPublisher(self.out, metrics_port, progress)
+        self.anchoring = None
+        self.sender = None
+        self._closed: set = set()
+        self._lock = threading.Lock()
+        if anchor_every:
+            try:
+                from chain import anchoring
+                self.anchoring = anchoring
+            except ImportError:
+                log.warning("VERISEG_ANCHOR_EVERY=%d but chain.anchoring is not available: "
+                            "results are not anchored", anchor_every)
+                self.anchor_every = 0
+
+    def list_parts(self):
+        return list(self.sids)
+
+    def build_part(self, step_id, for_part, resume_state):
+        self.out.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if self.anchoring is not None and self.registry is not None and self.sender is None:
+                self.sender = AnchorSender(self.registry, self.out)
+        return _Partition(self, for_part, resume_state)
+
+    def part_closed(self, sid: str):
+        with self._lock:
+            self._closed.add(sid)
+            last = self.metrics.release()
+            sender = self.sender if last else None
+            if last:
+                self.sender = None
+        if sender is not None:
+            sender.close()
+        if last:
+            write_summary(self.out, self.summary_extra)
+
+
+def write_summary(out: Path, extra: Optional[dict] = None) -> dict:
+    snap = STATS.snapshot()
+    doc = {"fps": round(STATS.fps(), 3), "scored": sum(snap["frames_scored"].values()),
+           "dropped": sum(sum(d.values()) for d in snap["frames_dropped"].values()),
+           "bad": sum(snap["bad_frames"].values())}
+    doc.update(snap)
+    if extra:
+        doc.update(extra)
+    try:
+        _write_json(Path(out) / "summary.json", doc)
+    except OSError as e:
+        log.error("cannot write %s: %s", Path(out) / "summary.json", e.strerror or e)
+    log.info("done: %d frames scored at %.1f FPS, %d dropped, %d bad; outputs in %s",
+             doc["scored"], doc["fps"], doc["dropped"], doc["bad"], out)
+    return doc

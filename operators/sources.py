@@ -1,0 +1,603 @@
+"""The source window: Bytewax sources that decode frames in a background thread.
+
+One partition per stream id (``FixedPartitionedSource``), so every stream keeps its own
+position for Bytewax recovery (the snapshot is the next sequence number to read; file
+sources seek there on resume).  Each partition runs a decoder thread that fills a bounded
+buffer; ``next_batch`` never blocks, it only drains what is ready:
+
+- file replay (video, image folder, CSV) never drops: the decoder waits when the buffer
+  is full, and ``next_batch`` hands over up to ``batch`` frames (micro-batching);
+- live sources (``gst:`` pipelines, ``rtsp://``) drop the *oldest* buffered frame when the
+  buffer is full (counted as ``backpressure``), hand over one frame at a time (batch 1),
+  and reconnect with exponential backoff when the camera goes away.
+
+A frame that cannot be decoded is skipped, counted and reported in one line naming the
+file and position; it never stops the stream.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import threading
+import time
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import cv2
+import numpy as np
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from .config import IMAGE_EXTS, SourceSpec
+from .frames import Frame
+from .telemetry import STATS, log
+
+__all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
+           "gst_available", "stream_done", "streams_done", "reset_streams"]
+
+# --- which streams have finished in this process (the model reader ends with them) ---------
+_DONE: dict[str, threading.Event] = {}
+_DONE_LOCK = threading.Lock()
+
+
+def _done_event(sid: str) -> threading.Event:
+    with _DONE_LOCK:
+        ev = _DONE.get(sid)
+        if ev is None:
+            ev = _DONE[sid] = threading.Event()
+        return ev
+
+
+def stream_done(sid: str) -> bool:
+    return _done_event(sid).is_set()
+
+
+def streams_done(sids: Iterable[str]) -> bool:
+    return all(stream_done(s) for s in sids)
+
+
+def reset_streams(sids: Iterable[str]) -> None:
+    for s in sids:
+        _done_event(s).clear()
+
+
+# --- readers: the blocking decode side ------------------------------------------------------
+class _Skip(Exception):
+    """A frame that could not be decoded (message names file and position)."""
+
+
+class VideoReader:
+    """OpenCV video file. ``seq`` is the running frame count (keeps growing when looping)."""
+    live = False
+
+    def __init__(self, path: str, loop: bool = False):
+        self.path = path
+        self.loop = loop
+        self.cap = None
+        self.count = 0
+        self.idx = 0
+
+    @property
+    def total(self) -> Optional[int]:
+        return None if self.loop else (self.count or None)
+
+    def _open(self):
+        cap = cv2.VideoCapture(self.path)
+        if not cap.isOpened():
+            raise IOError(f"cannot open video {self.path!r}")
+        self.cap = cap
+        self.count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+
+    def open(self, start: int = 0):
+        self._open()
+        self.seq = start
+        self.idx = start % self.count if (self.loop and self.count) else start
+        self._fails = 0
+        if self.idx:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, self.idx)
+
+    def read(self):
+        """-> (seq, pos, image) | raises _Skip | returns None at the end."""
+        while True:
+            seq, idx = self.seq, self.idx
+            ok, img = self.cap.read()
+            if ok and img is not None and img.size:
+                self.seq += 1
+                self.idx += 1
+                self._fails = 0
+                return seq, f"{self.path}#{idx}", img
+            if self.count and idx < self.count - 1 and self._fails < 64:
+                # a frame in the middle failed to decode: skip it and carry on
+                self._fails += 1
+                self.seq += 1
+                self.idx += 1
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, self.idx)
+                raise _Skip(f"{self.path}#{idx}: frame could not be decoded")
+            if self.loop and (self.count or idx > 0):
+                self.cap.release()
+                self._open()
+                self.idx = 0
+                self._fails = 0
+                continue
+            return None
+
+    def close(self):
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+def _imread(path: str) -> np.ndarray:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise _Skip(f"{path}: cannot read ({e.strerror or e})")
+    if data.size == 0:
+        raise _Skip(f"{path}: empty file")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise _Skip(f"{path}: cannot decode ({str(e).strip().splitlines()[-1][:120]})")
+    if img is None or img.size == 0:
+        raise _Skip(f"{path}: not a decodable image")
+    if img.dtype != np.uint8:
+        if img.dtype == np.uint16:
+            img = (img >> 8).astype(np.uint8)
+        else:
+            raise _Skip(f"{path}: unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    elif img.shape[2] != 3:
+        raise _Skip(f"{path}: {img.shape[2]} channels (expected 1, 3 or 4)")
+    return img
+
+
+class ImageListReader:
+    """Sorted image folder or CSV rows: (position label, image path, label path, timestamp)."""
+    live = False
+
+    def __init__(self, entries: list, loop: bool = False, origin: str = ""):
+        self.entries = entries
+        self.loop = loop
+        self.origin = origin
+
+    @classmethod
+    def from_dir(cls, folder: str, loop: bool = False) -> "ImageListReader":
+        root = Path(folder)
+        sub = root / "images"
+        if sub.is_dir() and not any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):
+            root = sub   # a dataset folder (images/ + labels/)
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        labels_dir = root.parent / "labels" if root.name == "images" else None
+        entries = []
+        for p in files:
+            lab = None
+            if labels_dir is not None and labels_dir.is_dir():
+                for ext in (".png", p.suffix):
+                    c = labels_dir / (p.stem + ext)
+                    if c.is_file():
+                        lab = str(c)
+                        break
+            entries.append((str(p), str(p), lab, None))
+        return cls(entries, loop, origin=str(folder))
+
+    @classmethod
+    def from_csv(cls, path: str, loop: bool = False) -> "ImageListReader":
+        base = Path(path).parent
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+        dialect = "excel-tab" if ("\t" in text.splitlines()[0] if text else False) else "excel"
+        rows = list(csv.reader(text.splitlines(), dialect=dialect))
+        img_col, lab_col, ts_col = 0, 1, 2
+        start = 0
+        if rows:
+            head = [c.strip().lower() for c in rows[0]]
+            names_img = ("image", "path", "frame", "file", "filename", "image_path")
+            if any(h in names_img for h in head):
+                img_col = next(i for i, h in enumerate(head) if h in names_img)
+                lab_col = next((i for i, h in enumerate(head) if h in ("label", "mask", "label_path")), None)
+                ts_col = next((i for i, h in enumerate(head) if h in ("timestamp", "ts", "time")), None)
+                start = 1
+        entries = []
+        for n, row in enumerate(rows[start:], start=start + 1):
+            pos = f"{path}:row {n}"
+            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            if img_col >= len(row) or not row[img_col].strip():
+                entries.append((pos, None, None, "missing image column"))
+                continue
+            img = row[img_col].strip()
+            img_p = Path(img) if Path(img).is_absolute() else base / img
+            lab = row[lab_col].strip() if lab_col is not None and lab_col < len(row) else ""
+            lab_p = (str(Path(lab) if Path(lab).is_absolute() else base / lab)) if lab else None
+            ts = None
+            if ts_col is not None and ts_col < len(row) and row[ts_col].strip():
+                try:
+                    ts = float(row[ts_col])
+                except ValueError:
+                    ts = None   # a label column that is not a timestamp: keep going
+            entries.append((f"{pos} ({img})", str(img_p), lab_p, ts))
+        return cls(entries, loop, origin=str(path))
+
+    @property
+    def total(self) -> Optional[int]:
+        return None if self.loop else len(self.entries)
+
+    def open(self, start: int = 0):
+        self.seq = start
+
+    def read(self):
+        n = len(self.entries)
+        if n == 0 or (not self.loop and self.seq >= n):
+            return None
+        seq = self.seq
+        self.seq += 1
+        pos, img_path, label, ts = self.entries[seq % n]
+        if img_path is None:
+            raise _Skip(f"{pos}: {ts}")
+        try:
+            img = _imread(img_path)
+        except _Skip as e:
+            raise _Skip(f"{pos}: {e}" if pos != img_path else str(e)) from None
+        return seq, pos, img, label, ts
+
+    def close(self):
+        pass
+
+
+# --- GStreamer ------------------------------------------------------------------------------
+_GST = None
+_GST_ERR = None
+
+
+def _gst():
+    global _GST, _GST_ERR
+    if _GST is None and _GST_ERR is None:
+        try:
+            import gi
+            gi.require_version("Gst", "1.0")
+            from gi.repository import Gst
+            Gst.init(None)
+            _GST = Gst
+        except Exception as e:  # ImportError, ValueError (no typelib)
+            _GST_ERR = f"{type(e).__name__}: {e}"
+    if _GST is None:
+        raise RuntimeError(f"GStreamer/PyGObject not available ({_GST_ERR}); install the gst extra "
+                           "and the gstreamer1.0 packages")
+    return _GST
+
+
+def gst_available() -> bool:
+    try:
+        _gst()
+        return True
+    except RuntimeError:
+        return False
+
+
+class GstReader:
+    """A GStreamer launch string ending in an appsink (one is appended when missing).
+
+    Pulls with ``try_pull_sample`` (never the blocking ``pull-sample`` signal), checks
+    ``is_eos`` and the bus for errors.  ``rtsp://`` URLs become an ``rtspsrc`` pipeline.
+    """
+    live = True
+    total = None
+
+    def __init__(self, kind: str, target: str, colour: str = "BGR", reconnect_on_eos: bool = None):
+        self.kind = kind
+        self.target = target
+        self.colour = colour if colour in ("RGB", "BGR") else "BGR"
+        self.reconnect_on_eos = (kind == "rtsp") if reconnect_on_eos is None else reconnect_on_eos
+        self.pipeline = None
+        self.sink = None
+        self.seq = 0
+
+    def launch_string(self) -> str:
+        tail = (f"videoconvert ! video/x-raw,format={self.colour} ! "
+                f"appsink name=veriseg_sink")
+        if self.kind == "rtsp":
+            return (f"rtspsrc location={self.target} latency=100 ! decodebin ! {tail}")
+        desc = self.target
+        if "appsink" not in desc:
+            desc = f"{desc} ! {tail}"
+        return desc
+
+    def open(self, start: int = 0):
+        Gst = _gst()
+        self.seq = max(self.seq, start)
+        desc = self.launch_string()
+        try:
+            pipe = Gst.parse_launch(desc)
+        except Exception as e:
+            raise IOError(f"bad GStreamer pipeline {desc!r}: {e}") from None
+        sink = pipe.get_by_name("veriseg_sink")
+        if sink is None:
+            it = pipe.iterate_sinks()
+            while True:
+                res, el = it.next()
+                if res != Gst.IteratorResult.OK:
+                    break
+                if el.get_factory() and el.get_factory().get_name() == "appsink":
+                    sink = el
+                    break
+        if sink is None:
+            raise IOError(f"GStreamer pipeline has no appsink: {desc!r}")
+        sink.set_property("emit-signals", False)
+        sink.set_property("sync", False)
+        sink.set_property("max-buffers", 2)
+        sink.set_property("drop", True)
+        self.pipeline, self.sink = pipe, sink
+        self.bus = pipe.get_bus()
+        if pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            err = self._bus_error() or "state change to PLAYING failed"
+            self.close()
+            raise IOError(f"GStreamer pipeline {self.target!r}: {err}")
+
+    def _bus_error(self) -> Optional[str]:
+        Gst = _gst()
+        if self.bus is None:
+            return None
+        msg = self.bus.pop_filtered(Gst.MessageType.ERROR)
+        if msg is None:
+            return None
+        err, dbg = msg.parse_error()
+        return f"{err.message}"
+
+    def read(self, timeout: float = 0.1):
+        """-> (seq, pos, image) | "wait" (nothing yet) | None (end of stream) | raises IOError."""
+        Gst = _gst()
+        sample = self.sink.try_pull_sample(int(timeout * Gst.SECOND))
+        if sample is None:
+            err = self._bus_error()
+            if err:
+                raise IOError(f"{self.kind} {self.target!r}: {err}")
+            if self.sink.is_eos():
+                return None
+            return "wait"
+        seq = self.seq
+        self.seq += 1
+        buf = sample.get_buffer()
+        caps = sample.get_caps()
+        st = caps.get_structure(0)
+        w, h = st.get_value("width"), st.get_value("height")
+        fmt = st.get_value("format")
+        pts = buf.pts
+        ok, info = buf.map(Gst.MapFlags.READ)
+        if not ok:
+            raise _Skip(f"{self.kind} {self.target!r} frame {seq}: cannot map buffer")
+        try:
+            if fmt in ("RGB", "BGR"):
+                ch = 3
+            elif fmt == "GRAY8":
+                ch = 1
+            else:
+                raise _Skip(f"{self.kind} frame {seq}: unsupported format {fmt} (add videoconvert ! "
+                            "video/x-raw,format=BGR before the appsink)")
+            data = np.frombuffer(info.data, dtype=np.uint8)
+            if h <= 0 or w <= 0 or data.size < h * w * ch:
+                raise _Skip(f"{self.kind} frame {seq}: buffer of {data.size} bytes for {w}x{h} {fmt}")
+            stride = data.size // h
+            img = data[: h * stride].reshape(h, stride)[:, : w * ch].reshape(h, w, ch).copy()
+        finally:
+            buf.unmap(info)
+        if ch == 1:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+            fmt = "BGR"
+        pos = f"{self.kind}:{self.target[:60]}#pts={pts if pts != Gst.CLOCK_TIME_NONE else 'none'}"
+        return seq, pos, img, fmt
+
+    def close(self):
+        if self.pipeline is not None:
+            Gst = _gst()
+            self.pipeline.set_state(Gst.State.NULL)
+            self.pipeline.get_state(Gst.SECOND)
+        self.pipeline = self.sink = self.bus = None
+
+
+def open_reader(spec: SourceSpec, loop: bool = False, colour: str = "BGR"):
+    if spec.kind == "video":
+        return VideoReader(spec.target, loop=loop)
+    if spec.kind == "dir":
+        return ImageListReader.from_dir(spec.target, loop=loop)
+    if spec.kind == "csv":
+        return ImageListReader.from_csv(spec.target, loop=loop)
+    if spec.kind in ("gst", "rtsp"):
+        return GstReader(spec.kind, spec.target, colour=colour)
+    raise ValueError(f"unknown source kind {spec.kind!r}")
+
+
+# --- the Bytewax partition ------------------------------------------------------------------
+class _Partition(StatefulSourcePartition):
+    def __init__(self, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
+                 max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
+                 reconnect_max: float, colour: str, reader_factory=None):
+        self.spec = spec
+        self.sid = spec.stream_id
+        self.live = spec.live
+        self.batch = 1 if self.live else max(1, batch)
+        self.cap = max(1, queue if not self.live else min(queue, 2))
+        self.max_frames = max_frames
+        self.prepare = prepare
+        self.reconnect_max = reconnect_max
+        self.buf: deque = deque()
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.finished = False
+        self.next_seq = start        # snapshot: the next position not yet handed over
+        self.emitted = 0
+        self.idle_until = None
+        self.reader = (reader_factory or open_reader)(spec, loop=loop, colour=colour)
+        self.total = None
+        _done_event(self.sid).clear()
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True,
+                                       name=f"veriseg-src-{self.sid}")
+        self.thread.start()
+
+    # decoder thread -------------------------------------------------------------------------
+    def _put(self, item):
+        with self.cond:
+            if self.live:
+                while len(self.buf) >= self.cap:
+                    old = self.buf.popleft()
+                    if isinstance(old, Frame):
+                        STATS.drop(self.sid, "backpressure")
+            else:
+                while len(self.buf) >= self.cap and not self.stop.is_set():
+                    self.cond.wait(0.2)
+            self.buf.append(item)
+
+    def _run(self, start: int):
+        backoff = 0.5
+        attempt = 0
+        produced = 0
+        opened = False
+        try:
+            while not self.stop.is_set():
+                if not opened:
+                    try:
+                        self.reader.open(start if attempt == 0 else self.reader.seq)
+                        opened = True
+                        if self.total is None and self.reader.total is not None:
+                            self.total = self.reader.total
+                            STATS.totals[self.sid] = self.total
+                        if attempt:
+                            log.info("stream %s: reconnected", self.sid)
+                        backoff = 0.5
+                    except (IOError, OSError, RuntimeError) as e:
+                        if not self.live:
+                            log.error("stream %s: %s", self.sid, e)
+                            return
+                        attempt += 1
+                        STATS.add("reconnects", self.sid)
+                        log.warning("stream %s: %s; retrying in %.1fs", self.sid, e, backoff)
+                        if self.stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, self.reconnect_max)
+                        continue
+                try:
+                    t0 = time.perf_counter()
+                    got = self.reader.read()
+                except _Skip as e:
+                    STATS.bad_frame(self.sid, str(e))
+                    continue
+                except (IOError, OSError) as e:
+                    if not self.live:
+                        log.error("stream %s: %s", self.sid, e)
+                        return
+                    self.reader.close()
+                    opened = False
+                    attempt += 1
+                    STATS.add("reconnects", self.sid)
+                    log.warning("stream %s: %s; reconnecting in %.1fs", self.sid, e, backoff)
+                    if self.stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, self.reconnect_max)
+                    continue
+                if got == "wait":
+                    continue
+                if got is None:
+                    if self.live and getattr(self.reader, "reconnect_on_eos", False):
+                        self.reader.close()
+                        opened = False
+                        attempt += 1
+                        STATS.add("reconnects", self.sid)
+                        log.warning("stream %s: end of stream; reconnecting in %.1fs", self.sid, backoff)
+                        if self.stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, self.reconnect_max)
+                        continue
+                    return
+                dec_ms = (time.perf_counter() - t0) * 1e3
+                seq, pos, img = got[0], got[1], got[2]
+                label = ts = None
+                colour = "BGR"
+                if len(got) == 5:
+                    label, ts = got[3], got[4]
+                elif len(got) == 4:
+                    colour = got[3]
+                frame = Frame(self.sid, seq, ts if ts is not None else time.time(), pos, img,
+                              colour=colour, live=self.live, decode_ms=dec_ms,
+                              orig_size=img.shape[:2], label=label)
+                if self.prepare is not None:
+                    try:
+                        frame = self.prepare(frame)
+                    except Exception as e:   # noqa: BLE001 - a bad frame must not stop the stream
+                        STATS.bad_frame(self.sid, f"{pos}: preprocessing failed: {e}")
+                        continue
+                STATS.add("decoded", self.sid)
+                frame.t_emit = time.perf_counter()
+                self._put(frame)
+                produced += 1
+                if self.max_frames is not None and produced >= self.max_frames:
+                    return
+        except Exception as e:  # noqa: BLE001 - report, end this stream, keep the flow alive
+            log.error("stream %s: decoder stopped: %s: %s", self.sid, type(e).__name__, e)
+        finally:
+            try:
+                self.reader.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._put(None)   # end marker
+
+    # Bytewax side ---------------------------------------------------------------------------
+    def next_batch(self):
+        if self.finished:
+            raise StopIteration()
+        out = []
+        with self.cond:
+            while self.buf and len(out) < self.batch:
+                item = self.buf.popleft()
+                if item is None:
+                    self.finished = True
+                    break
+                out.append(item)
+            self.cond.notify_all()
+        if out:
+            self.next_seq = out[-1].seq + 1
+            self.emitted += len(out)
+            self.idle_until = None
+            return [(self.sid, f) for f in out]
+        if self.finished:
+            _done_event(self.sid).set()
+            raise StopIteration()
+        self.idle_until = datetime.now(timezone.utc) + timedelta(milliseconds=2)
+        return []
+
+    def next_awake(self):
+        return self.idle_until
+
+    def snapshot(self):
+        return self.next_seq
+
+    def close(self):
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        self.thread.join(timeout=5)
+        _done_event(self.sid).set()
+
+
+class FrameSource(FixedPartitionedSource):
+    """Frames of every configured stream, as ``(stream_id, Frame)``."""
+
+    def __init__(self, specs: Iterable[SourceSpec], *, queue: int = 8, batch: int = 4,
+                 loop: bool = False, max_frames: Optional[int] = None,
+                 prepare: Optional[Callable[[Frame], Frame]] = None, reconnect_max: float = 30.0,
+                 colour: str = "BGR", reader_factory=None):
+        self.specs = {s.stream_id: s for s in specs}
+        self.kw = dict(queue=queue, batch=batch, loop=loop, max_frames=max_frames, prepare=prepare,
+                       reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory)
+
+    def list_parts(self):
+        return list(self.specs)
+
+    def build_part(self, step_id, for_part, resume_state):
+        start = int(resume_state or 0)
+        if resume_state:
+            log.info("stream %s: resuming at position %d", for_part, start)
+        return _Partition(self.specs[for_part], start, **self.kw)
