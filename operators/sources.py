@@ -110,10 +110,10 @@ class VideoReader:
                 return seq, f"{self.path}#{idx}", img
             if self.count and idx < self.count - 1 and self._fails < 64:
                 # a frame in the middle failed to decode: skip it and carry on
+                # (FFmpeg moves past the bad packet; the next read gives the next frame)
                 self._fails += 1
                 self.seq += 1
                 self.idx += 1
-                self.cap.set(cv2.CAP_PROP_POS_FRAMES, self.idx)
                 raise _Skip(f"{self.path}#{idx}: frame could not be decoded")
             if self.loop and (self.count or idx > 0):
                 self.cap.release()

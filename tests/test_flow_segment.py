@@ -1,0 +1,402 @@
+"""End-to-end tests of dataflows.segment with tiny ONNX models and a fake registry."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from bytewax.testing import run_main
+
+from flow_fixtures import (FakeRegistry, env_for, expected_classes, make_blob, make_clip,
+                           make_folder, read_jsonl)
+from operators.config import ConfigError, load_config
+from operators.model_reader import ModelRefused
+from operators.pipeline import build_flow
+from operators.sources import open_reader
+from operators.telemetry import STATS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path, source, model, reg, **extra):
+    cfg = load_config(env_for(tmp_path, source, model, **extra))
+    flow = build_flow(cfg, registry=reg)
+    run_main(flow)
+    return cfg
+
+
+def _registered(tmp_path, shift=0, name="tiny.vsb", reg=None, **kw):
+    reg = reg or FakeRegistry()
+    blob = tmp_path / "models" / name
+    key = make_blob(blob, shift=shift, **kw)
+    reg.register(key, "tiny", blob.as_uri())
+    return reg, blob, key
+
+
+def _dominant(mask_path) -> int:
+    m = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    assert m is not None and m.ndim == 2 and m.dtype == np.uint8
+    return int(np.bincount(m.ravel()).argmax())
+
+
+# --------------------------------------------------------------------------- config
+def test_config_reports_each_bad_value_on_its_own_line(tmp_path):
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    env = {"VERISEG_SOURCE": str(clip), "VERISEG_MODEL": str(tmp_path / "missing.vsb"),
+           "VERISEG_BATCH": "zero", "VERISEG_PROVIDERS": "gpu", "VERISEG_LOOP": "maybe",
+           "VERISEG_CHAIN": "ftp://x", "VERISEG_ANCHOR_EVERY": "-3", "VERISEG_REGISTRY": "0x12"}
+    with pytest.raises(ConfigError) as ei:
+        load_config(env)
+    lines = str(ei.value).splitlines()
+    assert len(lines) == 7, lines
+    for var in ("VERISEG_MODEL", "VERISEG_BATCH", "VERISEG_PROVIDERS", "VERISEG_LOOP",
+                "VERISEG_CHAIN", "VERISEG_ANCHOR_EVERY", "VERISEG_REGISTRY"):
+        assert sum(line.startswith(var + ":") for line in lines) == 1, (var, lines)
+    assert "'zero'" in str(ei.value)
+
+
+def test_config_several_sources_get_their_own_stream_ids(tmp_path):
+    a = make_clip(tmp_path / "a.avi", n=2)
+    d = make_folder(tmp_path / "frames", n=2)
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    cfg = load_config({"VERISEG_SOURCE": f"{a}; front@dir:{d}; gst:videotestsrc ; rtsp://h/x",
+                       "VERISEG_MODEL": str(blob)})
+    assert [(s.stream_id, s.kind) for s in cfg.sources] == [
+        ("a", "video"), ("front", "dir"), ("gst0", "gst"), ("rtsp0", "rtsp")]
+    assert cfg.sources[2].live and not cfg.sources[0].live
+    with pytest.raises(ConfigError, match="used twice"):
+        load_config({"VERISEG_SOURCE": f"x@{a};x@{a}", "VERISEG_MODEL": str(blob)})
+
+
+# --------------------------------------------------------------------------- end to end
+def test_video_end_to_end_outputs_and_keys(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    clip = make_clip(tmp_path / "clip.avi", n=20)
+    cfg = _run(tmp_path, clip, blob, reg, VERISEG_ANCHOR_EVERY=8)
+    out = cfg.out
+    rows = read_jsonl(out / "clip" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(20))
+    assert {r["model_key"] for r in rows} == {key}
+    for r in rows:
+        assert r["stream"] == "clip" and r["pos"].endswith(f"#{r['seq']}")
+        assert abs(sum(r["shares"].values()) - 1) < 1e-3
+        assert {"decode", "score", "sink", "wait"} <= set(r["latency_ms"])
+        # the tiny model's class is (R // 20) % 13 and frame i has R = (i % 13) * 20 + 5
+        assert _dominant(out / "clip" / r["mask"]) == r["seq"] % 13
+    masks = sorted((out / "clip" / "masks").glob("*.png"))
+    assert len(masks) == 20 and cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == (32, 32)
+    cap = cv2.VideoCapture(str(out / "clip" / "overlay.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 20 and summary["dropped"] == 0 and summary["bad"] == 0
+    assert summary["frames_by_model_key"] == {key: 20}
+    assert summary["provider"] == "CPUExecutionProvider"
+    prom = (out / "metrics.prom").read_text()
+    assert 'veriseg_frames_total{stream="clip",stage="scored"} 20' in prom
+    assert f'veriseg_model_in_use{{stream="clip",key="{key}"}} 1' in prom
+    # anchors: 8 + 8 + 4 frames, each batch anchored once on the (fake) chain
+    batches = sorted((out / "anchors" / "clip").glob("*.json"))
+    assert [b.name for b in batches] == ["000000-000007.json", "000008-000015.json",
+                                         "000016-000019.json"]
+    assert len(reg.anchors) == 3
+    doc = json.loads(batches[1].read_text())
+    assert doc["model_key"] == key and doc["chain"]["tx_hash"]
+    leaves = {x["seq"]: x["digest"] for x in doc["leaves"]}
+    assert leaves[9] == rows[9]["leaf"]
+
+
+def test_preprocess_resizes_and_converts_colour_once(tmp_path):
+    from operators.frames import Frame
+    from operators.preprocess import Preprocessor
+    pre = Preprocessor((32, 32), "RGB")
+    img = np.zeros((24, 40, 3), np.uint8)
+    img[..., 2] = 200   # red in BGR
+    f = pre(Frame("s", 0, 0.0, "p", img))
+    assert f.image.shape == (32, 32, 3) and f.colour == "RGB" and f.image[..., 0].min() == 200
+    assert pre.ready(f) and pre(f) is f and f.orig_size == (24, 40)
+
+
+def test_folder_with_a_corrupt_image_skips_counts_and_reports_it(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "frames", n=10, bad=4)
+    cfg = _run(tmp_path, f"dir:{folder}", blob, reg, VERISEG_ANCHOR_EVERY=0)
+    rows = read_jsonl(cfg.out / "frames" / "results.jsonl")
+    assert [r["seq"] for r in rows] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert summary["bad"] == 1 and summary["bad_frames"] == {"frames": 1}
+    assert "0004.png" in summary["bad_frame_reports"][0]
+    assert all(_dominant(cfg.out / "frames" / r["mask"]) == r["seq"] % 13 for r in rows)
+
+
+def test_video_with_an_undecodable_frame_in_the_middle(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    clip = make_clip(tmp_path / "bad.avi", n=16, zero_frame=7)
+    cfg = _run(tmp_path, clip, blob, reg, VERISEG_ANCHOR_EVERY=0)
+    rows = read_jsonl(cfg.out / "bad" / "results.jsonl")
+    assert [r["seq"] for r in rows] == [i for i in range(16) if i != 7]
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert summary["bad"] == 1 and summary["bad_frame_reports"][0].endswith(
+        "bad.avi#7: frame could not be decoded")
+    assert all(_dominant(cfg.out / "bad" / r["mask"]) == r["seq"] % 13 for r in rows)
+
+
+def test_csv_source_with_labels_timestamps_and_bad_rows(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "imgs", n=4)
+    csv = tmp_path / "frames.csv"
+    csv.write_text("image,label,timestamp\n"
+                   "imgs/0000.png,labels/0000.png,100.5\n"
+                   "imgs/0001.png,,101.5\n"
+                   "imgs/missing.png,,102\n"
+                   ",,\n"
+                   f"{folder / '0003.png'},,103.5\n")
+    cfg = _run(tmp_path, f"csv:{csv}", blob, reg, VERISEG_ANCHOR_EVERY=0)
+    rows = read_jsonl(cfg.out / "frames" / "results.jsonl")
+    assert [(r["seq"], r["ts"]) for r in rows] == [(0, 100.5), (1, 101.5), (3, 103.5)]
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert summary["bad"] == 1 and "row 4" in summary["bad_frame_reports"][0]
+    assert "missing.png" in summary["bad_frame_reports"][0]
+
+
+def test_two_streams_and_micro_batches(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    a = make_clip(tmp_path / "a.avi", n=12)
+    d = make_folder(tmp_path / "b", n=7)
+    cfg = _run(tmp_path, f"{a};cam2@dir:{d}", blob, reg, VERISEG_ANCHOR_EVERY=0,
+               VERISEG_BATCH=4, VERISEG_MASKS=0, VERISEG_VIDEO=0)
+    ra = read_jsonl(cfg.out / "a" / "results.jsonl")
+    rb = read_jsonl(cfg.out / "cam2" / "results.jsonl")
+    assert [r["seq"] for r in ra] == list(range(12)) and [r["seq"] for r in rb] == list(range(7))
+    assert max(r["batch"] for r in ra) > 1 and all(r["batch"] <= 4 for r in ra)
+    assert not (cfg.out / "a" / "masks").exists()
+
+
+# --------------------------------------------------------------------------- refusals
+def test_unregistered_blob_refuses_to_start_with_one_line(tmp_path):
+    reg = FakeRegistry()
+    blob = tmp_path / "m.vsb"
+    key = make_blob(blob)
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    with pytest.raises(ModelRefused) as ei:
+        build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
+    msg = str(ei.value)
+    assert "\n" not in msg and key in msg and "not registered" in msg
+
+
+def test_tampered_blob_refuses_to_start(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    with pytest.raises(ModelRefused) as ei:
+        build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
+    assert "\n" not in str(ei.value) and "VERISEG_MODEL" in str(ei.value)
+
+
+def test_revoked_blob_and_unknown_deployment_refuse(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    reg.revoke(key, "leaked")
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    with pytest.raises(ModelRefused, match="revoked.*leaked"):
+        build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
+    with pytest.raises(ModelRefused, match="deployment 'nope' is unknown"):
+        build_flow(load_config(env_for(tmp_path, clip, "nope")), registry=reg)
+
+
+def test_deployment_whose_blob_is_missing_refuses(tmp_path):
+    reg = FakeRegistry()
+    reg.register("ab" * 32, "ghost", "")
+    reg.deploy("ghost", "ab" * 32)
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    with pytest.raises(ModelRefused, match="no blob with that key"):
+        build_flow(load_config(env_for(tmp_path, clip, "ghost")), registry=reg)
+
+
+# --------------------------------------------------------------------------- live changes
+class _Slow:
+    """Wraps a reader so a small folder takes a while (hot swap happens mid-stream)."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+
+    def __getattr__(self, k):
+        return getattr(self.inner, k)
+
+    def read(self, *a):
+        time.sleep(self.delay)
+        return self.inner.read(*a)
+
+
+def _slow_factory(delay):
+    return lambda spec, **kw: _Slow(open_reader(spec, **kw), delay)
+
+
+def _when_scored(n, action, timeout=30):
+    def run():
+        t0 = time.time()
+        while sum(STATS.scored.values()) < n and time.time() - t0 < timeout:
+            time.sleep(0.005)
+        action()
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th
+
+
+def test_hot_swap_on_new_deploy_mid_stream(tmp_path):
+    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
+    blob_b = tmp_path / "models" / "b.vsb"
+    key_b = make_blob(blob_b, shift=1)
+    reg.register(key_b, "tiny", "")        # found by scanning the model folder
+    reg.deploy("tiny", key_a)
+    folder = make_folder(tmp_path / "f", n=40)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_MODEL_DIRS=str(tmp_path / "models")))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
+    th = _when_scored(10, lambda: reg.deploy("tiny", key_b))
+    run_main(flow)
+    th.join()
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(40))
+    keys = [r["model_key"] for r in rows]
+    switch = keys.index(key_b)
+    assert 10 <= switch < 40 and keys == [key_a] * switch + [key_b] * (40 - switch)
+    for r in rows:   # each frame's mask is what its model computes
+        shift = 0 if r["model_key"] == key_a else 1
+        assert _dominant(cfg.out / "f" / r["mask"]) == (r["seq"] % 13 + shift) % 13
+
+
+def test_revocation_mid_stream_stops_scoring_until_a_new_deploy(tmp_path):
+    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
+    blob_b = tmp_path / "models" / "b.vsb"
+    key_b = make_blob(blob_b, shift=1)
+    reg.register(key_b, "tiny", blob_b.as_uri())
+    reg.deploy("tiny", key_a)
+    folder = make_folder(tmp_path / "f", n=60)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_PENDING=8))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.01))
+    marks = {}
+
+    def revoke():
+        reg.revoke(key_a, "compromised")
+        marks["revoked_at"] = sum(STATS.scored.values())
+        time.sleep(0.4)   # ~40 frames arrive with no valid model: 8 wait, the rest are dropped
+        marks["deployed_at"] = sum(STATS.scored.values())
+        reg.deploy("tiny", key_b)
+    th = _when_scored(10, revoke)
+    run_main(flow)
+    th.join()
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    keys = [r["model_key"] for r in rows]
+    # scoring stops once the reader sees the event: one poll (50 ms here, ~5 frames) at most
+    assert marks["deployed_at"] <= marks["revoked_at"] + 12
+    n_a = keys.count(key_a)
+    assert keys == [key_a] * n_a + [key_b] * (len(keys) - n_a)
+    assert key_b in keys
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    dropped = summary["frames_dropped"].get("f", {}).get("no_model", 0)
+    assert dropped > 0 and len(rows) + dropped == 60
+    assert summary["revoked"][0]["key"] == key_a
+
+
+def test_chain_outage_mid_stream_keeps_scoring_with_the_verified_model(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "f", n=30)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=10))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.01))
+
+    def outage():
+        reg.down = True
+        time.sleep(0.3)
+        reg.down = False
+    th = _when_scored(5, outage)
+    run_main(flow)
+    th.join()
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(30)) and {r["model_key"] for r in rows} == {key}
+    assert len(reg.anchors) == 3   # queued anchors went out once the node was back
+
+
+# --------------------------------------------------------------------------- bytewax.run
+def _embedded_env(tmp_path, source, model=None, **extra):
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith("VERISEG_")}
+    env.update(env_for(tmp_path, source, model or "", **extra))
+    if model is None:
+        env.pop("VERISEG_MODEL")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _register_embedded(home, blob):
+    import chain
+    reg = chain.connect(chain="embedded", home=home)
+    key = __import__("model_store").verify(str(blob))
+    reg.register(key, "tiny", Path(blob).resolve().as_uri())
+    return key
+
+
+@pytest.mark.slow
+def test_bytewax_run_subprocess_two_workers_embedded_chain(tmp_path):
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    key = _register_embedded(tmp_path / "home", blob)
+    a = make_clip(tmp_path / "a.avi", n=10)
+    b = make_folder(tmp_path / "b", n=6)
+    env = _embedded_env(tmp_path, f"{a};dir:{b}", blob, VERISEG_ANCHOR_EVERY=5)
+    p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment", "-w", "2"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / "out"
+    assert len(read_jsonl(out / "a" / "results.jsonl")) == 10
+    assert len(read_jsonl(out / "b" / "results.jsonl")) == 6
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_by_model_key"] == {key: 16}
+    assert len(list((out / "anchors").rglob("*.json"))) == 4
+    assert "scoring with model" in p.stderr or "verified" in p.stderr
+
+
+@pytest.mark.slow
+def test_bytewax_run_subprocess_refuses_unregistered_model_with_one_line(tmp_path):
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    a = make_clip(tmp_path / "a.avi", n=2)
+    env = _embedded_env(tmp_path, a, blob, VERISEG_BATCH="x")
+    p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    errs = [line for line in p.stderr.splitlines() if line.startswith("veriseg: error:")]
+    assert errs == ["veriseg: error: VERISEG_BATCH: expected a whole number, got 'x'"], p.stderr
+    env = _embedded_env(tmp_path, a, blob)
+    p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    errs = [line for line in p.stderr.splitlines() if line.startswith("veriseg: error:")]
+    assert len(errs) == 1 and "not registered" in errs[0], p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REPO / "models" / "carla-enet.vsb").exists(),
+                    reason="the trained blob models/carla-enet.vsb is not committed yet")
+def test_default_run_on_the_committed_blob_and_sample_clip(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
+    env.update({"VERISEG_HOME": str(tmp_path / "home"), "VERISEG_MAX_FRAMES": "6",
+                "PYTHONPATH": str(REPO)})
+    p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "registered the committed blob" in p.stderr
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 6
+    stream = next(d for d in out.iterdir() if (d / "results.jsonl").exists())
+    assert len(list((stream / "masks").glob("*.png"))) == 6 and (stream / "overlay.avi").exists()
