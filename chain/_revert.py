@@ -53,9 +53,13 @@ class ErrorDecoder:
             return None
         name, types, names = self.by_selector[sel]
         try:
-            values = abi_decode(types, data[4:])
+            values = list(abi_decode(types, data[4:]))
         except Exception:
             values = [None] * len(types)
+        from eth_utils import to_checksum_address
+        for i, t in enumerate(types):
+            if t == "address" and isinstance(values[i], str):
+                values[i] = to_checksum_address(values[i])
         return name, dict(zip(names, values))
 
 

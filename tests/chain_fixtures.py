@@ -182,11 +182,17 @@ class ChainEnv:
 
     def cli_env(self, account: int = 0) -> dict:
         """Environment for the CLI (anvil: a key file for ``account``)."""
-        env = {"VERISEG_HOME": str(self.home)}
-        if self.kind == "anvil":
+        env = {"VERISEG_HOME": str(self.home), "VERISEG_KEYFILE": "", "VERISEG_KEYFILE_PASSWORD": ""}
+        if self.kind == "anvil" or account != 0:
+            if self.kind == "anvil":
+                key = self.keys[account]
+            else:
+                from chain.embedded import DEV_KEYS
+                key = "0x" + DEV_KEYS[account].hex()
+            self.home.mkdir(parents=True, exist_ok=True)
             kf = self.home / f"key{account}.json"
             if not kf.exists():
-                make_keyfile(kf, self.keys[account])
+                make_keyfile(kf, key)
             env.update({"VERISEG_KEYFILE": str(kf), "VERISEG_KEYFILE_PASSWORD": "pw"})
         return env
 

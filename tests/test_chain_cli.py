@@ -1,0 +1,195 @@
+"""``python -m chain`` on both chains: exit codes, one-line refusals, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from chain.cli import main
+from chain_fixtures import *  # noqa: F401,F403
+
+GOLDEN = REPO / "tests" / "data" / "golden.vsb"
+
+
+@pytest.fixture
+def blob(tmp_path):
+    p = tmp_path / "model.vsb"
+    shutil.copy(GOLDEN, p)
+    return p
+
+
+@pytest.fixture
+def cli(chain_env, monkeypatch, capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    def run(*argv, account: int = 0):
+        for k, v in chain_env.cli_env(account).items():
+            monkeypatch.setenv(k, v)
+        rc = main([*chain_env.cli_args(), *map(str, argv)])
+        out, err = capsys.readouterr()
+        return rc, out, err
+    run.env = chain_env
+    return run
+
+
+def refused(res, *words):
+    rc, out, err = res
+    assert rc == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_register_status_revoke_status(cli, blob):
+    import model_store
+    key = model_store.verify(blob)
+    rc, out, _ = cli("register", blob, "--uri", "file:///m.vsb")
+    assert rc == 0 and key in out and "'tiny'" in out
+    rc, out, _ = cli("status", blob)
+    assert rc == 0 and f"{key}: active" in out
+    rc, out, _ = cli("status", key, "--json")
+    st = json.loads(out)
+    assert st["state"] == "active" and st["uri"] == "file:///m.vsb" and st["name"] == "tiny"
+    rc, out, _ = cli("deploy", "carla-enet", blob)
+    assert rc == 0 and "version 1" in out
+    rc, out, _ = cli("current", "carla-enet", "--json")
+    assert json.loads(out) == {"deployment": "carla-enet", "key": key, "version": 1}
+    rc, out, _ = cli("revoke", blob, "--reason", "leaked test set")
+    assert rc == 0
+    rc, out, _ = cli("status", blob)
+    assert "revoked" in out and "leaked test set" in out
+    rc, out, err = cli("events", "--json")
+    kinds = [json.loads(line)["kind"] for line in out.splitlines()]
+    assert kinds == ["Deployed", "Revoked"]
+
+
+def test_refusals_are_one_line_exit_1(cli, blob, tmp_path):
+    cli("register", blob)
+    refused(cli("register", blob), "already registered")
+    refused(cli("deploy", "d", "ab" * 32), "not registered")
+    refused(cli("current", "nope"), "'nope' does not exist")
+    refused(cli("status", "12345"), "neither a model key")
+    refused(cli("register", tmp_path / "missing.vsb"), "does not exist")
+    bad = tmp_path / "bad.vsb"
+    data = bytearray(blob.read_bytes())
+    data[-40] ^= 1
+    bad.write_bytes(bytes(data))
+    refused(cli("status", bad), "bad.vsb")           # model_store refuses the tampered blob
+    refused(cli("grant", "publisher", "0x12"), "not an address")
+    # an account without roles
+    other = cli.env.address(1)
+    refused(cli("register", blob, account=1), "lacks the PUBLISHER role", other)
+    refused(cli("grant", "publisher", other, account=1), "not the owner")
+    assert cli("grant", "publisher", other)[0] == 0
+    key2 = "cd" * 32
+    refused(cli("deploy", "d", key2, account=1), "not registered")
+    refused(cli("revoke", "ef" * 32, "--reason", "x", account=1), "not registered")
+
+
+def test_rollback_refused_on_cli(cli, tmp_path, blob):
+    import blake3
+    import model_store
+    data = bytearray(blob.read_bytes())
+    data[-40] ^= 1
+    resealed = bytes(data[:-32]) + blake3.blake3(bytes(data[:-32])).digest()
+    b2 = tmp_path / "m2.vsb"
+    b2.write_bytes(resealed)
+    for b in (blob, b2):
+        assert cli("register", b, "--name", b.stem)[0] == 0
+    assert cli("deploy", "d", blob)[0] == 0
+    assert cli("deploy", "d", b2)[0] == 0
+    refused(cli("deploy", "d", blob), "rollback is refused")
+    assert model_store.verify(b2) in cli("current", "d")[1]
+
+
+def test_anchor_verify_cli(cli, tmp_path, blob):
+    cv2 = pytest.importorskip("cv2")
+    import model_store
+    from chain.anchoring import AnchorBatcher
+    key = model_store.verify(blob)
+    cli("register", blob)
+    reg = cli.env.reg()
+    rng = np.random.default_rng(0)
+    masks = {}
+    batcher = AnchorBatcher(tmp_path / "anchors", every=8, registry=reg)
+    for seq in range(8):
+        cm = rng.integers(0, 13, size=(16, 24), dtype=np.uint8)
+        masks[seq] = tmp_path / f"{seq:06d}.png"
+        cv2.imwrite(str(masks[seq]), cm)
+        batcher.add("cam0", seq, key, cm)
+    assert len(batcher.written) == 1
+    batch = batcher.written[0]
+    rc, out, err = cli("anchor-verify", batch, "--stream", "cam0", "--seq", 5, "--mask", masks[5])
+    assert rc == 0 and out.startswith("verified:"), err
+    refused(cli("anchor-verify", batch, "--stream", "cam0", "--seq", 5, "--mask", masks[4]),
+            "[leaf_mismatch]")
+    refused(cli("anchor-verify", batch, "--stream", "cam1", "--seq", 5, "--mask", masks[5]),
+            "[leaf_missing]")
+    # a batch written without a chain, then anchored by the CLI
+    loose = AnchorBatcher(tmp_path / "loose", every=100)
+    cm = np.zeros((4, 4), np.uint8)
+    cv2.imwrite(str(tmp_path / "z.png"), cm)
+    loose.add("cam9", 1, key, cm)
+    path = loose.flush()
+    refused(cli("anchor-verify", path, "--stream", "cam9", "--seq", 1, "--mask", tmp_path / "z.png"),
+            "[root_not_anchored]")
+    assert cli("anchor", path)[0] == 0
+    refused(cli("anchor", path), "already anchored")
+    assert cli("anchor-verify", path, "--stream", "cam9", "--seq", 1,
+               "--mask", tmp_path / "z.png")[0] == 0
+    refused(cli("anchor-verify", tmp_path / "nope.json", "--stream", "a", "--seq", 1,
+                "--mask", tmp_path / "z.png"), "does not exist")
+
+
+def _run(home, *argv, env=None):
+    e = {**os.environ, "VERISEG_HOME": str(home), **(env or {})}
+    e.pop("VERISEG_CHAIN", None)
+    return subprocess.run([sys.executable, "-m", "chain", *map(str, argv)], capture_output=True,
+                          text=True, env=e, cwd=REPO, timeout=120)
+
+
+def test_cli_processes_survive_restart_embedded(tmp_path, blob):
+    """Done-when: register then status shows active; revoke shows revoked with the reason;
+    each step a separate process on the embedded chain."""
+    home = tmp_path / "home"
+    r = _run(home, "register", blob)
+    assert r.returncode == 0, r.stderr
+    r = _run(home, "status", blob)
+    assert r.returncode == 0 and ": active" in r.stdout
+    r = _run(home, "revoke", blob, "--reason", "bad calibration")
+    assert r.returncode == 0, r.stderr
+    r = _run(home, "status", blob, "--json")
+    st = json.loads(r.stdout)
+    assert st["state"] == "revoked" and st["reason"] == "bad calibration"
+    r = _run(home, "deploy", "x", blob)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "revoked" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _run(home, "deploy-registry")
+    assert r.returncode == 0 and r.stdout.strip().startswith("0x")
+
+
+def test_cli_unreachable_node_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "chain", "--chain", f"http://127.0.0.1:{free_port()}",
+                        "--registry", "0x" + "11" * 20, "status", "ab" * 32],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "unavailable" in r.stderr
+
+
+def test_cli_deploy_registry_on_anvil(anvil_node, tmp_path):
+    kf = make_keyfile(tmp_path / "k.json", ANVIL_KEYS[0])
+    env = {"VERISEG_KEYFILE": str(kf), "VERISEG_KEYFILE_PASSWORD": "pw"}
+    r = _run(tmp_path, "--chain", anvil_node.url, "deploy-registry", env=env)
+    assert r.returncode == 0, r.stderr
+    addr = r.stdout.strip()
+    r = _run(tmp_path, "--chain", anvil_node.url, "status", "ab" * 32, env={**env, "VERISEG_REGISTRY": addr})
+    assert r.returncode == 0 and "unregistered" in r.stdout
+    r = _run(tmp_path, "--chain", anvil_node.url, "status", "ab" * 32)
+    assert r.returncode == 1 and "VERISEG_REGISTRY" in r.stderr
