@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -40,6 +42,8 @@ DEV_KEYS = tuple(i.to_bytes(32, "big") for i in range(1, 11))
 DEPLOY_GAS = 3_000_000
 MAX_FEE = 10**10  # 10 gwei; dev accounts hold 1e6 ether
 PRIORITY_FEE = 1
+SNAPSHOT_MAGIC = b"VSEGSNAP1"
+SNAPSHOT_AFTER = 100  # write a snapshot when a start had to replay this many entries
 
 _warned: set[str] = set()
 
@@ -81,7 +85,9 @@ class EmbeddedChain:
         self.w3 = Web3(EthereumTesterProvider(self.tester))
         self.chain_id = self.w3.eth.chain_id
         self._offset = 0
-        self.replayed = 0
+        self.replayed = 0        # journal entries executed by this process
+        self.restored = 0        # journal bytes covered by the snapshot we loaded
+        self.snapshot = self.dir / "snapshot.bin"
         self.registry = registry_address()
         if str(self.home) not in _warned:
             _warned.add(str(self.home))
@@ -89,10 +95,18 @@ class EmbeddedChain:
                         "keys, local use only); use --chain http://... with a key file for a "
                         "real node", self.dir)
         t0 = time.perf_counter()
-        with self.locked():
-            if self._offset == 0 and not self._has_entries():
-                self._write_header()
-                self._deploy_registry()
+        with open(self.lockfile, "a+") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            try:
+                self._load_snapshot()
+                self._sync()
+                if self._offset == 0 and not self._has_entries():
+                    self._write_header()
+                    self._deploy_registry()
+                if self.replayed >= SNAPSHOT_AFTER:
+                    self._write_snapshot()
+            finally:
+                fcntl.flock(lf, fcntl.LOCK_UN)
         self.startup_s = time.perf_counter() - t0
         log.info("embedded chain: replayed %d transactions in %.2fs", self.replayed, self.startup_s)
 
@@ -189,6 +203,71 @@ class EmbeddedChain:
                 f"status {got_status} (journal says {want_status}); the eth-tester/py-evm "
                 "version changed? move the journal away to start fresh")
         self.replayed += 1
+
+    # ---------------------------------------------------------------- snapshot
+    # A cache of the py-evm database at a journal offset, so a start replays only the
+    # tail. The journal stays the source of truth: a snapshot that does not match the
+    # journal's prefix (by SHA-256) is ignored.
+    def _base_db(self):
+        return self.backend.chain.chaindb.db
+
+    def _journal_digest(self, offset: int) -> bytes:
+        h = hashlib.sha256()
+        with open(self.journal, "rb") as f:
+            remaining = offset
+            while remaining:
+                chunk = f.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                h.update(chunk)
+                remaining -= len(chunk)
+        return h.digest()
+
+    def _write_snapshot(self) -> None:
+        kv = self._base_db().wrapped_db.kv_store
+        tmp = self.snapshot.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(SNAPSHOT_MAGIC + struct.pack(">Q", self._offset)
+                    + self._journal_digest(self._offset) + struct.pack(">Q", len(kv)))
+            for k, v in kv.items():
+                f.write(struct.pack(">II", len(k), len(v)))
+                f.write(k)
+                f.write(v)
+        os.replace(tmp, self.snapshot)
+        log.info("embedded chain: snapshot at journal byte %d (%d db entries)", self._offset, len(kv))
+
+    def _load_snapshot(self) -> None:
+        if not self.snapshot.exists() or not self.journal.exists():
+            return
+        try:
+            data = self.snapshot.read_bytes()
+            if not data.startswith(SNAPSHOT_MAGIC):
+                raise ValueError("bad magic")
+            pos = len(SNAPSHOT_MAGIC)
+            (offset,) = struct.unpack_from(">Q", data, pos)
+            digest = data[pos + 8:pos + 40]
+            (n,) = struct.unpack_from(">Q", data, pos + 40)
+            pos += 48
+            if offset > self.journal.stat().st_size or self._journal_digest(offset) != digest:
+                raise ValueError("it does not match the journal")
+            kv = {}
+            for _ in range(n):
+                kl, vl = struct.unpack_from(">II", data, pos)
+                pos += 8
+                kv[data[pos:pos + kl]] = data[pos + kl:pos + kl + vl]
+                pos += kl + vl
+            if pos != len(data):
+                raise ValueError("trailing bytes")
+        except (OSError, ValueError, struct.error) as exc:
+            log.warning("embedded chain: ignoring snapshot %s (%s); replaying the journal",
+                        self.snapshot, exc)
+            return
+        from eth.db.atomic import AtomicDB
+        from eth.db.backends.memory import MemoryDB
+        chain_class = type(self.backend.chain)
+        self.backend.chain = chain_class(AtomicDB(MemoryDB(kv)))
+        self._offset = offset
+        self.restored = offset
 
     # ---------------------------------------------------------------- execution
     def _execute(self, raw: bytes, ts: int) -> tuple[str, int]:

@@ -1,0 +1,146 @@
+"""The embedded chain's journal: replay, torn writes, corruption, sharing, speed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from chain import connect, errors
+from chain._revert import ErrorDecoder, revert_data
+from chain.artifact import load_artifact
+from chain.embedded import EmbeddedChain, registry_address
+
+
+def test_registry_at_fixed_address_and_dev_account_warning(tmp_path, caplog):
+    reg = connect("embedded", home=tmp_path / "h1")
+    reg2 = connect("embedded", home=tmp_path / "h2")
+    assert reg.address == reg2.address == registry_address()
+    assert reg.owner() == reg.sender
+    assert any("deterministic dev accounts" in r.message for r in caplog.records)
+
+
+def test_replay_gives_identical_state(tmp_path):
+    home = tmp_path / "h"
+    reg = connect("embedded", home=home)
+    hashes = [reg.register(f"{i:064x}", f"m{i}") for i in range(1, 6)]
+    st = [reg.status(f"{i:064x}") for i in range(1, 6)]
+    reg2 = connect("embedded", home=home)
+    assert reg2.embedded.replayed == 6  # registry deployment + 5 registrations
+    assert [reg2.status(f"{i:064x}") for i in range(1, 6)] == st
+    evs, _ = reg2.events(0, kinds=("Registered",))
+    assert [("0x" + e.tx_hash) for e in evs] == hashes
+
+
+def test_torn_last_line_is_dropped(tmp_path):
+    home = tmp_path / "h"
+    reg = connect("embedded", home=home)
+    reg.register("11" * 32, "m")
+    journal = home / "chain" / "journal.jsonl"
+    with open(journal, "ab") as f:
+        f.write(b'{"ts": 1, "raw": "0x02f8')  # crashed mid-write: never acknowledged
+    reg2 = connect("embedded", home=home)
+    assert reg2.status("11" * 32).active
+    reg2.register("22" * 32, "m")
+    assert connect("embedded", home=home).status("22" * 32).active
+
+
+def test_corrupt_journal_is_refused_with_advice(tmp_path):
+    home = tmp_path / "h"
+    connect("embedded", home=home).register("11" * 32, "m")
+    journal = home / "chain" / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
+    with pytest.raises(errors.JournalError, match="corrupt.*move it away"):
+        connect("embedded", home=home)
+    entry = json.loads(lines[2])
+    entry["hash"] = "0x" + "00" * 32
+    journal.write_bytes(lines[0] + lines[1] + (json.dumps(entry) + "\n").encode())
+    with pytest.raises(errors.JournalError, match="does not replay"):
+        connect("embedded", home=home)
+    journal.write_bytes(b'{"format": "something-else"}\n')
+    with pytest.raises(errors.JournalError, match="not a version-1"):
+        connect("embedded", home=home)
+
+
+def test_two_clients_share_one_home(tmp_path):
+    """Two processes on one VERISEG_HOME: each sees the other's writes (flock + catch-up)."""
+    home = tmp_path / "h"
+    a = connect("embedded", home=home)
+    b = connect("embedded", home=home)
+    a.register("11" * 32, "a")
+    assert b.status("11" * 32).active          # b replays a's entry before reading
+    b.register("22" * 32, "b")                 # b's nonce accounts for a's transaction
+    a.deploy("d", "22" * 32)
+    assert b.current("d") == ("22" * 32, 1)
+    evs, _ = b.events(0)
+    assert [e.kind for e in evs] == ["Deployed"]
+    assert connect("embedded", home=home).embedded.replayed == 4
+
+
+def test_unwritable_home_is_one_clear_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(errors.JournalError, match="VERISEG_HOME"):
+        EmbeddedChain(f / "sub")
+
+
+@pytest.mark.slow
+def test_replay_speed(tmp_path):
+    """Startup replays the journal: report the cost per transaction."""
+    home = tmp_path / "h"
+    reg = connect("embedded", home=home)
+    n = 150
+    for i in range(n):
+        reg.register(f"{i + 1:064x}", "m")
+    t0 = time.perf_counter()
+    reg2 = connect("embedded", home=home)
+    dt = time.perf_counter() - t0
+    assert reg2.embedded.replayed == n + 1
+    per_tx = dt / (n + 1)
+    print(f"replayed {n + 1} transactions in {dt:.2f}s ({per_tx * 1000:.1f} ms/tx)")
+    assert per_tx < 0.05
+
+
+def test_error_decoder_knows_every_custom_error():
+    from eth_abi import encode
+    from eth_utils import keccak
+    abi = load_artifact()["abi"]
+    dec = ErrorDecoder(abi)
+    names = {i["name"] for i in abi if i["type"] == "error"}
+    assert names == set(errors.CONTRACT_ERRORS)
+    data = keccak(text="UnknownKey(bytes32)")[:4] + encode(["bytes32"], [b"\x01" * 32])
+    assert dec.decode(data) == ("UnknownKey", {"key": b"\x01" * 32})
+    assert dec.decode(b"\xde\xad\xbe\xef") is None
+    from eth_tester.exceptions import TransactionFailed
+    assert revert_data(TransactionFailed(f"execution reverted: {data!r}")) == data
+    from web3.exceptions import ContractCustomError
+    assert revert_data(ContractCustomError("0x" + data.hex(), data="0x" + data.hex())) == data
+
+
+def test_snapshot_restores_the_same_state_and_is_checked_against_the_journal(tmp_path, monkeypatch):
+    import chain.embedded as emb
+    monkeypatch.setattr(emb, "SNAPSHOT_AFTER", 10)
+    home = tmp_path / "h"
+    reg = connect("embedded", home=home)
+    keys = [f"{i + 1:064x}" for i in range(12)]
+    for k in keys:
+        reg.register(k, "m")
+    reg.deploy("d", keys[0])
+    r2 = connect("embedded", home=home)           # full replay, writes the snapshot
+    assert r2.embedded.replayed == 14 and (home / "chain" / "snapshot.bin").exists()
+    r2.register("ff" * 32, "after snapshot")       # journal tail beyond the snapshot
+    r3 = connect("embedded", home=home)
+    assert r3.embedded.restored > 0 and r3.embedded.replayed == 1
+    assert [r3.status(k) for k in keys] == [reg.status(k) for k in keys]
+    assert r3.status("ff" * 32).active and r3.current("d") == (keys[0], 1)
+    assert [e.kind for e in r3.events(0)[0]] == ["Deployed"]
+    r3.deploy("d", keys[1])
+    # a snapshot that no longer matches the journal is ignored, not trusted
+    j = home / "chain" / "journal.jsonl"
+    lines = j.read_bytes().splitlines(keepends=True)
+    j.write_bytes(b"".join(lines[:5]))
+    r4 = connect("embedded", home=home)
+    assert r4.embedded.restored == 0 and r4.embedded.replayed == 4
+    assert not r4.status(keys[-1]).registered
