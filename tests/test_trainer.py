@@ -1,0 +1,234 @@
+"""trainer: architecture shapes, datasets/label formats, metrics, a tiny training run,
+ONNX export equivalence.  Runs in well under a minute on 2 CPU cores."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from trainer.data import (DataError, augment, find_pairs, load_folder, read_label, synthetic_data,
+                          time_split, write_folder)
+from trainer.metrics import ConfusionMatrix, confusion_image, grid_image, hood_mask
+from trainer.palette import CLASS_COLORS, NUM_CLASSES, colorize, rgb_palette_to_ids
+
+torch = pytest.importorskip("torch")
+
+
+# --- architecture -------------------------------------------------------------------------
+
+def test_stage_shapes_match_appendix_at_512():
+    from trainer.enet import ENet, STAGE_SHAPES
+    torch.set_num_threads(2)
+    net = ENet().eval()
+    with torch.no_grad():
+        shapes = {name: tuple(x.shape) for name, x in net.stages(torch.zeros(1, 3, 512, 512))}
+    expect = {"initial": (1, 16, 256, 256), "stage1": (1, 64, 128, 128), "stage2": (1, 128, 64, 64),
+              "stage3": (1, 128, 64, 64), "stage4": (1, 64, 128, 128), "stage5": (1, 16, 256, 256),
+              "stage6": (1, 16, 512, 512), "classifier": (1, 13, 512, 512)}
+    assert shapes == expect
+    for name, (c, f) in STAGE_SHAPES.items():
+        assert shapes[name] == (1, c, 512 // f, 512 // f)
+
+
+@pytest.mark.parametrize("variant", ["prelu", "relu"])
+def test_params_and_every_conv_has_batchnorm(variant):
+    from trainer.enet import ENet, count_params
+    net = ENet(variant=variant)
+    n = count_params(net)
+    assert 150_000 < n < 260_000, n          # the paper: 0.2M
+    mods = list(net.modules())
+    convs = [m for m in mods if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    bns = [m for m in mods if isinstance(m, torch.nn.BatchNorm2d)]
+    # every conv but the classifier feeds a BN (the initial block's conv shares one BN with the pool)
+    assert len(bns) == len(convs) - 1
+    assert all(c.bias is None for c in convs if c is not net.classifier)
+    acts = {type(m).__name__ for m in mods} & {"PReLU", "ReLU"}
+    assert acts == {"PReLU" if variant == "prelu" else "ReLU"}
+
+
+def test_unknown_variant():
+    from trainer.enet import ENet
+    with pytest.raises(ValueError, match="variant"):
+        ENet(variant="gelu")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+def _scene(seed=0, h=48, w=64):
+    d = synthetic_data(1, h, w, seed)
+    return d.images[0], d.labels[0]
+
+
+def _write_pair(root: Path, stem: str, img, label_bgr_or_gray):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / "images" / f"{stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(root / "labels" / f"{stem}.png"), label_bgr_or_gray)
+
+
+def test_label_formats_single_channel_lyft_red_and_palette(tmp_path):
+    img, lab = _scene()
+    _write_pair(tmp_path, "a_ids", img, lab)
+    lyft = np.zeros(lab.shape + (3,), np.uint8)                  # RGB, id in red, noise in G/B
+    lyft[..., 0] = lab
+    lyft[..., 1] = (lab * 7) % 200
+    lyft[..., 2] = 5
+    _write_pair(tmp_path, "b_lyft", img, cv2.cvtColor(lyft, cv2.COLOR_RGB2BGR))
+    pal = colorize(lab)
+    _write_pair(tmp_path, "c_palette", img, cv2.cvtColor(pal, cv2.COLOR_RGB2BGR))
+    d = load_folder(tmp_path, None)
+    assert d.names == ["a_ids", "b_lyft", "c_palette"]
+    for i in range(3):
+        np.testing.assert_array_equal(d.labels[i], lab)
+    np.testing.assert_array_equal(d.images[0], img)
+    assert rgb_palette_to_ids(np.array([[CLASS_COLORS[7], (1, 2, 3)]], np.uint8)) is None
+
+
+def test_resize_on_load_and_split(tmp_path):
+    data = synthetic_data(5, 40, 56, seed=1)
+    write_folder(data, tmp_path)
+    d = load_folder(tmp_path, 32)
+    assert d.images.shape == (5, 32, 32, 3) and d.labels.shape == (5, 32, 32)
+    assert d.labels.max() < NUM_CLASSES
+    tr, va = time_split(479, 0.2, 10)
+    assert (tr[0], tr[-1], va[0], va[-1]) == (0, 372, 383, 478)
+    assert va[0] - tr[-1] == 11
+
+
+def test_bad_files_name_the_file(tmp_path):
+    img, lab = _scene()
+    _write_pair(tmp_path, "0001", img, lab)
+    (tmp_path / "images" / "0002.png").write_bytes(b"not a png")
+    cv2.imwrite(str(tmp_path / "labels" / "0002.png"), lab)
+    with pytest.raises(DataError, match=r"0002\.png.*cannot read image"):
+        load_folder(tmp_path, None)
+    # size mismatch
+    _write_pair(tmp_path, "0002", img, cv2.resize(lab, (10, 10), interpolation=cv2.INTER_NEAREST))
+    with pytest.raises(DataError, match=r"labels.0002\.png.*does not match"):
+        load_folder(tmp_path, None)
+    # class id > 12
+    bad = lab.copy()
+    bad[3, 4] = 200
+    _write_pair(tmp_path, "0002", img, bad)
+    with pytest.raises(DataError, match=r"0002\.png: class id 200 > 12"):
+        load_folder(tmp_path, None)
+    with pytest.raises(DataError, match="class id"):
+        read_label(tmp_path / "labels" / "0002.png")
+    # missing label
+    cv2.imwrite(str(tmp_path / "images" / "0003.png"), img)
+    with pytest.raises(DataError, match="no label"):
+        find_pairs(tmp_path)
+    with pytest.raises(DataError, match="folder not found"):
+        find_pairs(tmp_path / "nope")
+
+
+def test_augment_shapes_and_label_values():
+    img, lab = _scene(2, 128, 128)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        a, b = augment(img, lab, rng, 64)
+        assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and b.shape == (64, 64)
+        assert set(np.unique(b)) <= set(np.unique(lab))
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+def test_confusion_matrix_figures():
+    t = np.array([[0, 0, 1, 1], [2, 2, 2, 2]], np.uint8)
+    p = np.array([[0, 1, 1, 1], [2, 2, 0, 2]], np.uint8)
+    cm = ConfusionMatrix()
+    cm.update(p, t)
+    assert cm.pixel_accuracy() == pytest.approx(6 / 8)
+    acc, iou = cm.class_accuracy(), cm.iou()
+    assert acc[0] == pytest.approx(0.5) and acc[1] == 1.0 and acc[2] == pytest.approx(0.75)
+    assert iou[0] == pytest.approx(1 / 3) and iou[1] == pytest.approx(2 / 3) and iou[2] == pytest.approx(0.75)
+    assert np.isnan(iou[5])
+    assert cm.mean_iou() == pytest.approx(np.mean([1 / 3, 2 / 3, 0.75]))
+    s = cm.summary()
+    assert s["per_class"]["Building"]["accuracy"] == 1.0 and s["per_class"]["Pole"]["iou"] is None
+    json.dumps(s)
+    cm2 = ConfusionMatrix()
+    cm2.update(p, t, mask=np.array([[1, 1, 1, 1], [0, 0, 0, 0]], bool))
+    assert cm2.total == 4
+    assert hood_mask(600, 800)[495:].all() and not hood_mask(600, 800)[:495].any()
+    assert confusion_image(cm).ndim == 3
+    assert grid_image([np.zeros((2, 4, 3), np.uint8)], [t], [p], tile_width=8).shape[1] == 12
+
+
+def test_metrics_module_imports_without_torch():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import trainer.metrics, trainer.palette, trainer.data\n"
+            "print(trainer.metrics.ConfusionMatrix().n)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "13"
+
+
+# --- training -----------------------------------------------------------------------------
+
+def test_tiny_training_run_lowers_loss(tmp_path):
+    from trainer.train import TrainConfig, train
+    cfg = TrainConfig(data="synthetic", synthetic_n=36, out=str(tmp_path / "run"), epochs=5, size=64,
+                      load_size=64, eval_size=64, batch=8, lr=5e-3, gap=2, val_fraction=0.2, ema=0,
+                      amp="off", progress=False, seed=0)
+    summary = train(cfg, log=lambda *a: None)
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 5 and summary["epochs"] == 5
+    assert recs[-1]["loss"] < 0.8 * recs[0]["loss"], [r["loss"] for r in recs]
+    assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "best.pt").exists()
+    # resume: two more epochs continue from the checkpoint
+    cfg.epochs = 6
+    train(cfg, resume=True, log=lambda *a: None)
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == list(range(1, 7))
+
+
+def test_enet_class_weights():
+    from trainer.train import enet_class_weights
+    lab = np.zeros((10, 10), np.uint8)
+    lab[:, :1] = 3
+    w = enet_class_weights(lab)
+    assert w[0] == pytest.approx(1 / np.log(1.02 + 0.9), rel=1e-5)
+    assert w[3] == pytest.approx(1 / np.log(1.02 + 0.1), rel=1e-5)
+    assert w[5] == pytest.approx(1 / np.log(1.02), rel=1e-5)
+
+
+# --- export -------------------------------------------------------------------------------
+
+def test_export_equivalence_small_input():
+    pytest.importorskip("onnxruntime")
+    from trainer.enet import ENet
+    from trainer.export import Deployable, check_equivalence, export_onnx, ort_session
+    torch.manual_seed(0)
+    net = ENet(variant="prelu").eval()
+    for m in net.modules():   # non-trivial BN statistics so folding is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    onnx_bytes = export_onnx(net, size=64)
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert check_equivalence(net, onnx_bytes, imgs) >= 0.999
+    sess = ort_session(onnx_bytes)
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert (inp.name, inp.type, inp.shape[1:]) == ("image", "tensor(uint8)", [64, 64, 3])
+    assert (out.name, out.type, out.shape[1:]) == ("classes", "tensor(uint8)", [64, 64])
+    got = sess.run(["classes"], {"image": imgs})[0]          # dynamic batch
+    assert got.shape == (2, 64, 64)
+    with torch.no_grad():
+        ref = Deployable(net)(torch.from_numpy(imgs)).numpy()
+    assert (got == ref).mean() >= 0.999
+
+
+@pytest.mark.carla
+def test_carla_folder_loads():
+    root = os.environ.get("VERISEG_CARLA_DIR")
+    if not root:
+        pytest.skip("VERISEG_CARLA_DIR is not set")
+    d = load_folder(root, 128, limit=5)
+    assert d.images.shape == (5, 128, 128, 3) and d.labels.max() <= 12

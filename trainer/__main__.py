@@ -1,0 +1,88 @@
+"""python -m trainer train | evaluate | export"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train ENet")
+    t.add_argument("--data", default="synthetic", help="folder with images/ + labels/, or 'synthetic'")
+    t.add_argument("--out", default="runs/enet")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--minutes", type=float, help="wall-clock budget; fits the epoch count to it")
+    t.add_argument("--size", type=int, default=320, help="training crop size")
+    t.add_argument("--load-size", type=int, default=512)
+    t.add_argument("--eval-size", type=int, default=512)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
+    t.add_argument("--weight-c", type=float, default=1.02, help="class weights 1/ln(c+p)")
+    t.add_argument("--variant", choices=("prelu", "relu"), default="relu")
+    t.add_argument("--dropout", type=float, default=0.1)
+    t.add_argument("--ema", type=float, default=0.998)
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--gap", type=int, default=10)
+    t.add_argument("--val-every", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--no-channels-last", action="store_true")
+    t.add_argument("--limit", type=int)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint or an .onnx/.vsb model on a folder")
+    e.add_argument("--model", required=True, help="checkpoint .pt, .onnx or .vsb")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", choices=("val", "train", "all"), default="val")
+    e.add_argument("--val-fraction", type=float, default=0.2)
+    e.add_argument("--gap", type=int, default=10)
+    e.add_argument("--size", type=int, default=512, help="network input size")
+    e.add_argument("--out", default="runs/eval")
+    e.add_argument("--grid", type=int, default=6, help="frames in the Figure-6 grid")
+    e.add_argument("--threads", type=int, default=2)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX and pack a .vsb blob")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("-o", "--output", required=True, help=".vsb (packed) or .onnx")
+    x.add_argument("--size", type=int, default=512)
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--no-ema", action="store_true")
+    x.add_argument("--check-data", help="folder of real frames for the equivalence check")
+    x.add_argument("--metrics", help="evaluation JSON to put in the model card")
+    x.add_argument("--name", default="carla-enet")
+    x.add_argument("--register", action="store_true", help="register the key on the chain")
+    x.add_argument("--deploy", metavar="NAME", help="also point deployment NAME at the key")
+    x.add_argument("--chain", default="embedded")
+    x.add_argument("--registry")
+
+    a = ap.parse_args(argv)
+    if a.cmd == "train":
+        from .train import TrainConfig, train
+        cfg = TrainConfig(data=a.data, out=a.out, epochs=a.epochs, minutes=a.minutes, size=a.size,
+                          load_size=a.load_size, eval_size=a.eval_size, batch=a.batch, lr=a.lr,
+                          weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
+                          weight_c=a.weight_c, variant=a.variant, dropout=a.dropout, ema=a.ema,
+                          val_fraction=a.val_fraction, gap=a.gap, val_every=a.val_every, seed=a.seed,
+                          device=a.device, amp=a.amp, threads=a.threads, limit=a.limit,
+                          channels_last=not a.no_channels_last,
+                          progress=not a.no_progress)
+        train(cfg, resume=a.resume)
+        return 0
+    if a.cmd == "evaluate":
+        from .evaluate import main as ev
+        return ev(a)
+    if a.cmd == "export":
+        from .export import main as ex
+        return ex(a)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
