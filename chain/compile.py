@@ -80,13 +80,17 @@ def compile_source(solcjs: str | None = None) -> dict:
         "sources": {"ModelRegistry.sol": {"content": text}},
         "settings": SETTINGS,
     }
-    proc = subprocess.run(
-        [solcjs, "--standard-json"], input=json.dumps(std_in), capture_output=True,
-        text=True, timeout=300,
-    )
+    # solcjs exits right after writing; through a pipe node may cut its output at 64 KiB,
+    # so it writes to a file
+    import tempfile
+    with tempfile.TemporaryFile(mode="w+") as out_f:
+        proc = subprocess.run([solcjs, "--standard-json"], input=json.dumps(std_in),
+                              stdout=out_f, stderr=subprocess.PIPE, text=True, timeout=300)
+        out_f.seek(0)
+        stdout = out_f.read()
     if proc.returncode != 0:
-        raise CompileError(f"solcjs failed: {proc.stderr.strip() or proc.stdout[:500]}")
-    out = _parse_solcjs_json(proc.stdout)
+        raise CompileError(f"solcjs failed: {proc.stderr.strip() or stdout[:500]}")
+    out = _parse_solcjs_json(stdout)
     errors = [e for e in out.get("errors", []) if e.get("severity") == "error"]
     if errors:
         raise CompileError("\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors))

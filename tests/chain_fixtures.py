@@ -197,7 +197,7 @@ class ChainEnv:
         return env
 
 
-@pytest.fixture(params=["embedded", "anvil"])
+@pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
 def chain_env(request, tmp_path, monkeypatch):
     for var in ("VERISEG_CHAIN", "VERISEG_REGISTRY", "VERISEG_KEYFILE",
                 "VERISEG_KEYFILE_PASSWORD"):

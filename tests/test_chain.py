@@ -262,6 +262,7 @@ def test_tampered_blob_key_is_not_the_registered_one(chain_env, tmp_path):
 # ------------------------------------------------------------------ anvil-only
 
 
+@pytest.mark.anvil
 def test_anvil_state_survives_restart(anvil_bin, tmp_path):
     from chain import connect, deploy_registry
     state = tmp_path / "anvil-state.json"
@@ -286,6 +287,7 @@ def test_anvil_state_survives_restart(anvil_bin, tmp_path):
         node.stop()
 
 
+@pytest.mark.anvil
 def test_node_down_mid_call_is_chain_unavailable(anvil_bin):
     from chain import connect, deploy_registry
     node = Anvil(anvil_bin).start()
@@ -338,12 +340,14 @@ def test_real_node_needs_a_registry_address(monkeypatch):
         connect("ftp://x", registry="0x" + "11" * 20)
 
 
+@pytest.mark.anvil
 def test_registry_address_without_contract(anvil_node):
     from chain import connect
     with pytest.raises(errors.RegistryNotFound, match="deploy-registry"):
         connect(anvil_node.url, registry="0x" + "11" * 20)
 
 
+@pytest.mark.anvil
 def test_writes_need_an_account(anvil_node, monkeypatch):
     from chain import connect, deploy_registry
     monkeypatch.delenv("VERISEG_KEYFILE", raising=False)
@@ -354,6 +358,7 @@ def test_writes_need_an_account(anvil_node, monkeypatch):
         reg.register(K1, "m")
 
 
+@pytest.mark.anvil
 def test_keyfile_signs_and_bad_password_is_refused(anvil_node, tmp_path, monkeypatch):
     from chain import connect, deploy_registry
     kf = make_keyfile(tmp_path / "k.json", ANVIL_KEYS[0], "secret")

@@ -183,6 +183,7 @@ def test_cli_unreachable_node_is_one_line():
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "unavailable" in r.stderr
 
 
+@pytest.mark.anvil
 def test_cli_deploy_registry_on_anvil(anvil_node, tmp_path):
     kf = make_keyfile(tmp_path / "k.json", ANVIL_KEYS[0])
     env = {"VERISEG_KEYFILE": str(kf), "VERISEG_KEYFILE_PASSWORD": "pw"}

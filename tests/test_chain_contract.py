@@ -1,0 +1,46 @@
+"""The committed contract artifact is fresh, and forge's unit + fuzz tests pass."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from chain import compile as cc
+from chain_fixtures import REPO, need, tool
+
+
+def test_artifact_matches_the_source_text():
+    """Cheap check that needs no compiler: the artifact was built from this source."""
+    art = cc.load_artifact()
+    assert art["sourceSha256"] == cc.source_sha256(), (
+        "chain/contracts/src/ModelRegistry.sol changed after the artifact was built; "
+        "run `python -m chain.compile`")
+    assert art["abi"] and art["bytecode"].startswith("0x60")
+
+
+def test_artifact_is_not_stale():
+    solcjs = cc.find_solcjs()
+    need(solcjs is not None, f"solcjs (npm solc@{cc.SOLC_VERSION})")
+    version = cc.solcjs_version(solcjs)
+    need(version.startswith(cc.SOLC_VERSION + "+"),
+         f"solcjs {cc.SOLC_VERSION} (found {version})")
+    fresh = cc.compile_source(solcjs)
+    stale = cc.stale_reasons(fresh, cc.load_artifact())
+    assert not stale, f"chain/artifacts/ModelRegistry.json is stale ({stale}); run `python -m chain.compile`"
+
+
+@pytest.mark.forge
+def test_forge_unit_and_fuzz_tests(tmp_path):
+    forge = tool("forge")
+    need(forge is not None, "forge (npm @foundry-rs/forge)")
+    need(cc.find_solcjs() is not None, "solcjs (npm solc)")
+    proj = REPO / "chain" / "contracts"
+    r = subprocess.run(
+        [forge, "test", "--offline", "--use", str(REPO / "chain" / "tools" / "solc"),
+         "--out", str(tmp_path / "out"), "--cache-path", str(tmp_path / "cache")],
+        cwd=proj, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "[FAIL" not in out and "passed; 0 failed" in out
+    assert out.count("[PASS] testFuzz_") >= 8, out[-2000:]
