@@ -44,6 +44,7 @@ MAX_FEE = 10**10  # 10 gwei; dev accounts hold 1e6 ether
 PRIORITY_FEE = 1
 SNAPSHOT_MAGIC = b"VSEGSNAP1"
 SNAPSHOT_AFTER = 100  # write a snapshot when a start had to replay this many entries
+SNAPSHOT_EVERY = 500  # ... and after this many transactions written by one process
 
 _warned: set[str] = set()
 
@@ -87,6 +88,7 @@ class EmbeddedChain:
         self._offset = 0
         self.replayed = 0        # journal entries executed by this process
         self.restored = 0        # journal bytes covered by the snapshot we loaded
+        self._since_snapshot = 0
         self.snapshot = self.dir / "snapshot.bin"
         self.registry = registry_address()
         if str(self.home) not in _warned:
@@ -234,6 +236,7 @@ class EmbeddedChain:
                 f.write(k)
                 f.write(v)
         os.replace(tmp, self.snapshot)
+        self._since_snapshot = 0
         log.info("embedded chain: snapshot at journal byte %d (%d db entries)", self._offset, len(kv))
 
     def _load_snapshot(self) -> None:
@@ -289,6 +292,9 @@ class EmbeddedChain:
         except errors.JournalError:
             raise
         self._append({"ts": ts, "raw": "0x" + raw.hex(), "hash": tx_hash, "status": status})
+        self._since_snapshot += 1
+        if self._since_snapshot >= SNAPSHOT_EVERY:
+            self._write_snapshot()
         return tx_hash
 
     def _deploy_registry(self) -> None:
