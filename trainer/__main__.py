@@ -62,7 +62,20 @@ def main(argv=None) -> int:
     x.add_argument("--chain", default="embedded")
     x.add_argument("--registry")
 
+    c = sub.add_parser("clip", help="write a sample MJPG clip from consecutive frames")
+    c.add_argument("--data", required=True)
+    c.add_argument("-o", "--output", default="models/sample.avi")
+    c.add_argument("--first", help="stem of the first frame (default: the last --frames frames)")
+    c.add_argument("--frames", type=int, default=60)
+    c.add_argument("--fps", type=float, default=10.0)
+    c.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    c.add_argument("--quality", type=int, default=90)
+
     a = ap.parse_args(argv)
+    if a.cmd == "clip":
+        from .clip import write_clip
+        print(write_clip(a.data, a.output, a.first, a.frames, a.fps, tuple(a.size) if a.size else None, a.quality))
+        return 0
     if a.cmd == "train":
         from .train import TrainConfig, train
         cfg = TrainConfig(data=a.data, out=a.out, epochs=a.epochs, minutes=a.minutes, size=a.size,

@@ -211,13 +211,17 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     log(f"model: ENet/{cfg.variant}, {meta['params']} params, {meta['gmacs_512']:.3f} GMAC at 512x512; device {device}")
 
     t_start = time.time() - state["elapsed"]
+    time_based = cfg.minutes is not None and state["epochs"] is None
+    if cfg.minutes is None and state["epochs"] is None:
+        raise ValueError("give --epochs or --minutes (or both)")
     metrics_f = open(out / "metrics.jsonl", "a")
     epoch = state["epoch"]
     while True:
         total_epochs = state["epochs"]
         if total_epochs is not None and epoch >= total_epochs:
             break
-        if cfg.minutes is not None and time.time() - t_start > cfg.minutes * 60:
+        if cfg.minutes is not None and epoch > 0 and \
+                time.time() - t_start + 0.5 * state.get("last_epoch_s", 0) > cfg.minutes * 60:
             log("time budget used up")
             break
         model.train()
@@ -237,7 +241,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device).long()
-            f = _lr_factor(state["step"], total_steps, warm) if total_epochs else (min(1.0, (state["step"] + 1) / max(1, warm)))
+            if time_based:   # --minutes without --epochs: cosine over the wall-clock budget
+                frac = (time.time() - t_start) / (cfg.minutes * 60)
+                f = _lr_factor(int(frac * 100000), 100000, 0) if state["step"] >= warm \
+                    else (state["step"] + 1) / max(1, warm)
+            else:
+                f = _lr_factor(state["step"], total_steps, warm)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * f
             with ctx:
@@ -260,14 +269,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         epoch += 1
         state["epoch"] = epoch
         t_train = time.time() - t_ep
-        if state["epochs"] is None and cfg.minutes is not None:
-            # fit the schedule to the budget: epoch time + validation share
-            per = t_train * (1 + 0.25 / cfg.val_every)
-            state["epochs"] = max(1, int((cfg.minutes * 60 - (time.time() - t_start)) / per) + epoch)
-            log(f"budget {cfg.minutes} min, {t_train:.1f}s/epoch -> {state['epochs']} epochs")
+        state["last_epoch_s"] = time.time() - t_ep
         rec = {"epoch": epoch, "step": state["step"], "loss": loss_sum / steps_per_epoch,
                "lr": opt.param_groups[0]["lr"], "train_s": round(t_train, 1)}
-        if epoch % cfg.val_every == 0 or epoch == state["epochs"]:
+        if epoch % cfg.val_every == 0 or epoch == state["epochs"] or \
+                (time_based and time.time() - t_start + 1.5 * t_train > cfg.minutes * 60):
             t_v = time.time()
             emodel = model
             if ema is not None:
