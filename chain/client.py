@@ -206,6 +206,11 @@ class Registry:
     def _read(self, fn: Callable[[], T], what: str, *, call: str | None = None) -> T:
         if self.embedded is not None:
             self.embedded.sync()
+            inner = fn
+
+            def fn():
+                with self.embedded.mutex:
+                    return inner()
         try:
             return retry(fn, attempts=3, deadline=10.0, on_error=self._unavailable(what))
         except errors.ChainError:
@@ -294,7 +299,8 @@ class Registry:
 
     def _wait(self, tx_hash: str, name: str) -> dict:
         if self.embedded is not None:
-            return dict(self.w3.eth.get_transaction_receipt(tx_hash))
+            with self.embedded.mutex:
+                return dict(self.w3.eth.get_transaction_receipt(tx_hash))
         from web3.exceptions import TimeExhausted
         try:
             return dict(self.w3.eth.wait_for_transaction_receipt(

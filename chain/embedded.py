@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +90,7 @@ class EmbeddedChain:
         self.replayed = 0        # journal entries executed by this process
         self.restored = 0        # journal bytes covered by the snapshot we loaded
         self._since_snapshot = 0
+        self.mutex = threading.RLock()  # py-evm is not thread-safe: one caller at a time
         self.snapshot = self.dir / "snapshot.bin"
         self.registry = registry_address()
         if str(self.home) not in _warned:
@@ -132,7 +134,7 @@ class EmbeddedChain:
     @contextlib.contextmanager
     def locked(self):
         """Exclusive lock over the journal; replays entries other processes appended."""
-        with open(self.lockfile, "a+") as lf:
+        with self.mutex, open(self.lockfile, "a+") as lf:
             fcntl.flock(lf, fcntl.LOCK_EX)
             try:
                 self._sync()

@@ -144,3 +144,29 @@ def test_snapshot_restores_the_same_state_and_is_checked_against_the_journal(tmp
     r4 = connect("embedded", home=home)
     assert r4.embedded.restored == 0 and r4.embedded.replayed == 4
     assert not r4.status(keys[-1]).registered
+
+
+def test_threads_share_one_embedded_chain(tmp_path):
+    """The scoring flow reads (follow/status) while a sink anchors: py-evm is guarded."""
+    import threading
+    reg = connect("embedded", home=tmp_path / "h")
+    reg.register("11" * 32, "m")
+    errs = []
+
+    def reader():
+        try:
+            for _ in range(40):
+                assert reg.status("11" * 32).active
+                reg.events(0)
+        except Exception as exc:  # noqa: BLE001
+            errs.append(exc)
+
+    ts = [threading.Thread(target=reader) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for i in range(15):
+        reg.anchor(bytes([i + 1]) * 32, "11" * 32, i, i)
+    for t in ts:
+        t.join()
+    assert not errs
+    assert len(reg.events(0, kinds=("Anchored",))[0]) == 15
