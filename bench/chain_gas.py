@@ -143,6 +143,7 @@ def replay_timing(n: int) -> dict:
         for i in range(n):
             reg.register(f"{i + 1:064x}", "m")
         write_s = time.perf_counter() - t0
+        (home / "chain" / "snapshot.bin").unlink(missing_ok=True)  # the writer made one
         t0 = time.perf_counter()
         r2 = connect("embedded", home=home)       # full replay (then writes a snapshot)
         replay_s = time.perf_counter() - t0
