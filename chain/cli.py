@@ -46,7 +46,7 @@ def _blob_name(path: Path) -> str:
         return path.stem
 
 
-def _connect(args, *, need_signer: bool = False):
+def _connect(args):
     from .client import connect
     return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile)
 
@@ -109,7 +109,7 @@ def cmd_status(args) -> int:
         if st.revoked:
             line += f" reason: {st.reason}"
         print(line)
-    return 0 if st.registered or args.json else 0
+    return 0  # a query: "unregistered" is an answer, not a refusal
 
 
 def cmd_current(args) -> int:
@@ -175,8 +175,15 @@ def cmd_anchor_verify(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are refusals too: one line on stderr, exit 1."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m chain",
+    ap = _Parser(prog="python -m chain",
                                  description="VeriSeg model registry on an Ethereum chain.")
     ap.add_argument("--chain", default=None,
                     help="'embedded' (default) or an http:// JSON-RPC URL [VERISEG_CHAIN]")
@@ -187,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="encrypted JSON keystore that signs [VERISEG_KEYFILE; password in "
                          "VERISEG_KEYFILE_PASSWORD]")
     ap.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                            parser_class=_Parser)
 
     p = sub.add_parser("deploy-registry", help="deploy a ModelRegistry and print its address")
     p.set_defaults(fn=cmd_deploy_registry)
@@ -198,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name (default: the card's name)")
     p.set_defaults(fn=cmd_register)
 
-    p = sub.add_parser("deploy", help="point a deployment name at a key (hot swap, no rollback)")
+    p = sub.add_parser("deploy", aliases=["deploy-model"],
+                       help="point a deployment name at a key (hot swap, no rollback)")
     p.add_argument("name")
     p.add_argument("model", metavar="KEY|BLOB")
     p.set_defaults(fn=cmd_deploy)

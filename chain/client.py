@@ -104,6 +104,16 @@ def retry(fn: Callable[[], T], *, attempts: int = 3, base_delay: float = 0.2,
     raise AssertionError("unreachable")
 
 
+def unavailable(endpoint: str, what: str) -> Callable[[BaseException], errors.ChainError]:
+    """A converter of transport errors into a one-line ChainUnavailable."""
+    def conv(exc: BaseException) -> errors.ChainError:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        return errors.ChainUnavailable(
+            f"chain node {endpoint} unavailable while {what} ({type(exc).__name__}: "
+            f"{reason}); check that the node runs and the URL is right")
+    return conv
+
+
 @dataclass(frozen=True)
 class KeyStatus:
     registered: bool
@@ -192,12 +202,7 @@ class Registry:
                         poll_latency=self.poll_latency, check_code=False)
 
     def _unavailable(self, what: str) -> Callable[[BaseException], errors.ChainError]:
-        def conv(exc: BaseException) -> errors.ChainError:
-            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            return errors.ChainUnavailable(
-                f"chain node {self.endpoint} unavailable while {what} ({type(exc).__name__}: "
-                f"{reason}); check that the node runs and the URL is right")
-        return conv
+        return unavailable(self.endpoint, what)
 
     def _ctx(self, call: str) -> dict:
         return {"registry": self.address, "account": self.sender, "call": call,
@@ -253,7 +258,7 @@ class Registry:
         fn = getattr(self.contract.functions, name)(*args)
         ctx = self._ctx(name)
         frm = self.account.address
-        unavailable = self._unavailable(f"sending {name}")
+        down = self._unavailable(f"sending {name}")
         with self._write_lock():
             def prepare():
                 try:
@@ -268,7 +273,7 @@ class Registry:
                 nonce = self.w3.eth.get_transaction_count(frm, "pending")
                 return gas, nonce, self._fees(), self.w3.eth.chain_id
             gas, nonce, fees, chain_id = retry(prepare, attempts=3, deadline=10.0,
-                                               on_error=unavailable)
+                                               on_error=down)
             tx = {"to": self.address, "data": fn._encode_transaction_data(), "value": 0,
                   "gas": int(gas * 1.25) + 10_000, "nonce": nonce, "chainId": chain_id, **fees}
             signed = self.account.sign_transaction(tx)
@@ -280,7 +285,7 @@ class Registry:
                     tx_hash = self.w3.eth.send_raw_transaction(raw).to_0x_hex()
                 except Exception as exc:  # noqa: BLE001
                     if is_transient(exc):
-                        raise unavailable(exc) from exc
+                        raise down(exc) from exc
                     if is_revert(exc):
                         raise to_chain_error(exc, self.decoder, ctx) from exc
                     raise
@@ -569,9 +574,7 @@ def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
         raise errors.ChainError(f"unknown chain '{chain}'; use 'embedded' or an http:// URL")
     w3 = http_web3(chain, timeout)
     art = load_artifact()
-    probe = Registry.__new__(Registry)  # only for the transient-error message
-    probe.endpoint = chain
-    unavailable = Registry._unavailable(probe, "deploying the registry")
+    down = unavailable(chain, "deploying the registry")
 
     def send():
         nonce = w3.eth.get_transaction_count(account.address, "pending")
@@ -583,7 +586,7 @@ def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
         tx = {"data": art["bytecode"], "value": 0, "nonce": nonce, "gas": int(gas * 1.2),
               "chainId": w3.eth.chain_id, **fees}
         return w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-    tx_hash = retry(send, attempts=3, deadline=timeout, on_error=unavailable)
+    tx_hash = retry(send, attempts=3, deadline=timeout, on_error=down)
     from web3.exceptions import TimeExhausted
     try:
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=receipt_timeout,
@@ -594,7 +597,7 @@ def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
             f"on {chain}; check the node") from exc
     except Exception as exc:  # noqa: BLE001
         if is_transient(exc):
-            raise unavailable(exc) from exc
+            raise down(exc) from exc
         raise
     if receipt["status"] != 1 or not receipt["contractAddress"]:
         raise errors.ChainError(f"registry deployment {tx_hash.to_0x_hex()} failed on {chain}")

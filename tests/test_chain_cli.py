@@ -194,3 +194,20 @@ def test_cli_deploy_registry_on_anvil(anvil_node, tmp_path):
     assert r.returncode == 0 and "unregistered" in r.stdout
     r = _run(tmp_path, "--chain", anvil_node.url, "status", "ab" * 32)
     assert r.returncode == 1 and "VERISEG_REGISTRY" in r.stderr
+
+
+def test_usage_errors_are_one_line_exit_1(capsys):
+    for argv in ([], ["frobnicate"], ["status"], ["grant", "admin", "0x" + "11" * 20],
+                 ["anchor-verify", "b.json", "--stream", "s", "--seq", "x", "--mask", "m.png"]):
+        with pytest.raises(SystemExit) as ei:
+            main(argv)
+        err = capsys.readouterr().err
+        assert ei.value.code == 1 and err.count("\n") == 1 and err.startswith("error:"), (argv, err)
+
+
+def test_deploy_model_alias(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("VERISEG_KEYFILE", raising=False)
+    home = ["--home", str(tmp_path)]
+    assert main([*home, "register", str(GOLDEN)]) == 0
+    assert main([*home, "deploy-model", "d", str(GOLDEN)]) == 0
+    assert "version 1" in capsys.readouterr().out
