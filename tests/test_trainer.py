@@ -22,7 +22,6 @@ torch = pytest.importorskip("torch")
 
 def test_stage_shapes_match_appendix_at_512():
     from trainer.enet import ENet, STAGE_SHAPES
-    torch.set_num_threads(2)
     net = ENet().eval()
     with torch.no_grad():
         shapes = {name: tuple(x.shape) for name, x in net.stages(torch.zeros(1, 3, 512, 512))}
@@ -174,9 +173,9 @@ def test_metrics_module_imports_without_torch():
 
 def test_tiny_training_run_lowers_loss(tmp_path):
     from trainer.train import TrainConfig, train
-    cfg = TrainConfig(data="synthetic", synthetic_n=36, out=str(tmp_path / "run"), epochs=5, size=64,
-                      load_size=64, eval_size=64, batch=8, lr=5e-3, gap=2, val_fraction=0.2, ema=0,
-                      amp="off", progress=False, seed=0)
+    cfg = TrainConfig(data="synthetic", synthetic_n=40, out=str(tmp_path / "run"), epochs=5, size=64,
+                      load_size=64, eval_size=64, batch=4, lr=1e-2, gap=2, val_fraction=0.2, ema=0,
+                      amp="off", progress=False, seed=0, threads=1)
     summary = train(cfg, log=lambda *a: None)
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 5 and summary["epochs"] == 5

@@ -168,7 +168,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, size: int = 512) -> float:
-    """Multiply-accumulates of one forward pass at size x size (FlopCounterMode / 2)."""
+    """Multiply-accumulates of one forward pass at size x size (FlopCounterMode / 2).
+
+    The network is fully convolutional, so MACs scale exactly with the pixel count:
+    count_macs(m, 64) * 64 == count_macs(m, 512)."""
     from torch.utils.flop_counter import FlopCounterMode
     was = model.training
     model.eval()

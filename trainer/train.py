@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         log(f"resumed from {last}: epoch {state['epoch']}, best mIoU {state['best_miou']:.4f}")
     rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
     w_t = torch.tensor(weights, device=device)
-    meta = {"params": count_params(model), "gmacs_512": count_macs(copy.deepcopy(model).cpu(), 512) / 1e9,
+    meta = {"params": count_params(model), "gmacs_512": count_macs(build_model(cfg), 64) * 64 / 1e9,
             "device": str(device), "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
