@@ -37,7 +37,8 @@ LEAF_DOMAIN = b"veriseg/anchor/leaf/v1"
 BATCH_FORMAT = "veriseg-anchor-batch"
 BATCH_VERSION = 1
 
-__all__ = ["leaf_digest", "MerkleTree", "verify_proof", "AnchorBatch", "AnchorBatcher",
+__all__ = ["leaf_digest", "node_digest", "MerkleTree", "verify_proof", "Leaf", "AnchorBatch",
+           "AnchorBatcher", "Verification",
            "read_mask", "verify_frame", "proof_to_json", "proof_from_json"]
 
 
@@ -197,7 +198,7 @@ class AnchorBatch:
         """Send the root to the registry (one transaction); records the tx in ``chain``."""
         tx = registry.anchor(self.root, self.model_key, self.first_seq, self.last_seq)
         self.chain = {"tx_hash": tx, "registry": registry.address,
-                      "chain_id": int(registry.w3.eth.chain_id), "endpoint": registry.endpoint}
+                      "chain_id": registry.chain_id, "endpoint": registry.endpoint}
         return tx
 
     def to_json(self, include_proofs: bool = False) -> dict:

@@ -401,6 +401,12 @@ class Registry:
     def owner(self) -> str:
         return self._call("owner")
 
+    @property
+    def chain_id(self) -> int:
+        if getattr(self, "_chain_id", None) is None:
+            self._chain_id = int(self._read(lambda: self.w3.eth.chain_id, "reading the chain id"))
+        return self._chain_id
+
     def block_number(self) -> int:
         return self._read(lambda: self.w3.eth.block_number, "reading the block number")
 

@@ -44,8 +44,8 @@ DEPLOY_GAS = 3_000_000
 MAX_FEE = 10**10  # 10 gwei; dev accounts hold 1e6 ether
 PRIORITY_FEE = 1
 SNAPSHOT_MAGIC = b"VSEGSNAP1"
-SNAPSHOT_AFTER = 100  # write a snapshot when a start had to replay this many entries
-SNAPSHOT_EVERY = 500  # ... and after this many transactions written by one process
+SNAPSHOT_AFTER = 50  # write a snapshot when a start had to replay this many entries
+SNAPSHOT_EVERY = 100  # ... and after this many transactions written by one process (~ms each)
 
 _warned: set[str] = set()
 

@@ -87,8 +87,10 @@ def test_unwritable_home_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_replay_speed(tmp_path):
-    """Startup replays the journal: report the cost per transaction."""
+def test_replay_speed(tmp_path, monkeypatch):
+    """Startup replays the journal: report the cost per transaction (no snapshot)."""
+    import chain.embedded as emb
+    monkeypatch.setattr(emb, "SNAPSHOT_EVERY", 10**9)
     home = tmp_path / "h"
     reg = connect("embedded", home=home)
     n = 150
@@ -122,6 +124,7 @@ def test_error_decoder_knows_every_custom_error():
 def test_snapshot_restores_the_same_state_and_is_checked_against_the_journal(tmp_path, monkeypatch):
     import chain.embedded as emb
     monkeypatch.setattr(emb, "SNAPSHOT_AFTER", 10)
+    monkeypatch.setattr(emb, "SNAPSHOT_EVERY", 10**9)
     home = tmp_path / "h"
     reg = connect("embedded", home=home)
     keys = [f"{i + 1:064x}" for i in range(12)]
@@ -170,3 +173,15 @@ def test_threads_share_one_embedded_chain(tmp_path):
         t.join()
     assert not errs
     assert len(reg.events(0, kinds=("Anchored",))[0]) == 15
+
+
+def test_writer_snapshots_periodically(tmp_path, monkeypatch):
+    import chain.embedded as emb
+    monkeypatch.setattr(emb, "SNAPSHOT_EVERY", 5)
+    home = tmp_path / "h"
+    reg = connect("embedded", home=home)
+    for i in range(12):
+        reg.register(f"{i + 1:064x}", "m")
+    r2 = connect("embedded", home=home)
+    assert r2.embedded.restored > 0 and r2.embedded.replayed <= 5
+    assert r2.status(f"{12:064x}").active
