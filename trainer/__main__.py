@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     x.add_argument("--check-data", help="folder of real frames for the equivalence check")
     x.add_argument("--metrics", help="evaluation JSON to put in the model card")
     x.add_argument("--name", default="carla-enet")
+    x.add_argument("--record", help="write the training record JSON here (e.g. models/carla-enet.json)")
+    x.add_argument("--fps", type=float, default=0, help="measure ORT CPU FPS for this many seconds")
     x.add_argument("--register", action="store_true", help="register the key on the chain")
     x.add_argument("--deploy", metavar="NAME", help="also point deployment NAME at the key")
     x.add_argument("--chain", default="embedded")

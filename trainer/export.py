@@ -145,13 +145,24 @@ def main(a) -> int:
         out.write_bytes(onnx_bytes)
         print(f"wrote {out}")
         return 0
-    metrics = json.loads(Path(a.metrics).read_text()) if a.metrics else {
-        k: v for k, v in ck.get("metrics", {}).items() if not isinstance(v, dict)}
+    report = json.loads(Path(a.metrics).read_text()) if a.metrics else None
+    if report is not None:
+        metrics = {k: report[k] for k in ("pixel_accuracy", "mean_iou", "mean_class_accuracy", "per_class",
+                                          "without_hood", "split", "frames") if k in report}
+        metrics["evaluated_at"] = "label native resolution (800x600), prediction resized back with nearest"
+    else:
+        metrics = {k: v for k, v in ck.get("metrics", {}).items() if not isinstance(v, dict)}
     metrics = dict(metrics, onnx_equivalence={k: round(v, 6) for k, v in eq.items()})
     from model_store import write
     card = build_card(ck, a.size, a.opset, metrics, a.name)
     key = write(out, onnx_bytes, card)
     print(f"wrote {out} ({out.stat().st_size} bytes), key {key}")
+    fps = None
+    if a.fps:
+        fps = {"ort_cpu_fps_batch1": round(ort_fps(onnx_bytes, a.size, seconds=a.fps), 2), "threads": 2}
+        print(f"ONNX Runtime CPU: {fps['ort_cpu_fps_batch1']} FPS at {a.size}x{a.size}, batch 1, 2 threads")
+    if a.record:
+        write_record(a, ck, key, out, card, report, eq, fps)
     if a.register or a.deploy:
         from chain import connect
         reg = connect(chain=a.chain, registry=a.registry)
@@ -161,3 +172,71 @@ def main(a) -> int:
             v = reg.deploy(a.deploy, key)
             print(f"deployed {a.deploy} -> {key} (version {v})")
     return 0
+
+
+ANTI_OVERFITTING = [
+    "time split: train on frames 0021-0393, validate on 0404-0499 (10-frame gap), never a random split",
+    "random scale (x0.5-1.5 of the 512x512 frame, clipped to the frame), aspect jitter (+-15%) and "
+    "random crops of 384x384 (the net is fully convolutional; it is evaluated on the whole 512x512 frame)",
+    "horizontal flips",
+    "colour jitter: hue +-8/180, saturation x0.6-1.4, brightness x0.65-1.35, contrast x0.75-1.25, "
+    "Gaussian blur (30%), Gaussian pixel noise",
+    "spatial dropout (Dropout2d) in every bottleneck as in ENet: 0.01 in stage 1/4/5, 0.1 in stages 2-3",
+    "AdamW decoupled weight decay",
+    "exponential moving average of the weights (the EMA weights are exported)",
+    "best checkpoint chosen by time-split validation mIoU, not by training loss",
+    "class weights 1/ln(c + p) limit the dominance of sky/road/building",
+]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def write_record(a, ck, key, out, card, report, eq, fps) -> None:
+    """The training record next to the blob (models/carla-enet.json)."""
+    import os
+    import sys
+    cfg, meta, state = ck["config"], ck.get("meta", {}), ck.get("state", {})
+    rec = {
+        "blob": {"path": str(out), "key": key, "bytes": out.stat().st_size, "name": card.name},
+        "model": {"architecture": "ENet, paper appendix (stages 0-6), batch norm after every conv",
+                  "variant": cfg["variant"], "params": meta.get("params"),
+                  "gmacs_512": round(meta.get("gmacs_512", 0), 4),
+                  "gflops_512": round(2 * meta.get("gmacs_512", 0), 4),
+                  "paper": {"params": "0.2M", "gflops": 1.88}},
+        "training": {"command": " ".join(["python -m trainer"] + [x for x in meta.get("argv", [])[1:]]),
+                     "config": cfg, "epochs": state.get("epoch"), "steps": state.get("step"),
+                     "best_epoch": state.get("best_epoch"), "best_val_miou_during_training": state.get("best_miou"),
+                     "wall_clock_minutes": round(state.get("elapsed", 0) / 60, 1),
+                     "hardware": {"device": meta.get("device"), "cpu": _cpu_name(), "threads": meta.get("threads"),
+                                  "cuda": meta.get("cuda"), "torch": meta.get("torch")},
+                     "data": {"source": "../shared/data/carla (pohsu/Lyft-Challenge stream1 frames 0021-0499, "
+                                        "800x600, one CARLA drive)",
+                              "train_frames": meta.get("train_frames"), "train_range": meta.get("train_range"),
+                              "val_frames": meta.get("val_frames"), "val_range": meta.get("val_range")},
+                     "class_weights": meta.get("class_weights"),
+                     "against_overfitting": ANTI_OVERFITTING},
+        "export": {"command": "python -m trainer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
+                   else " ".join(sys.argv), "onnx_opset": a.opset,
+                   "onnx_vs_pytorch_identical_pixels": {k: round(v, 6) for k, v in eq.items()},
+                   "weights": "EMA" if not a.no_ema and ck.get("ema") is not None else "raw"},
+        "validation": report,
+        "speed": fps,
+        "paper": {"pixel_accuracy": 0.921, "road_accuracy": 0.942, "car_accuracy": 0.971},
+    }
+    if report is not None:
+        pc = report["per_class"]
+        rec["vs_paper"] = {"pixel_accuracy": [report["pixel_accuracy"], 0.921],
+                           "road_accuracy": [pc["Road"]["accuracy"], 0.942],
+                           "car_accuracy": [pc["Car"]["accuracy"], 0.971],
+                           "car_accuracy_without_hood_rows": report.get("without_hood", {}).get("car_accuracy")}
+    Path(a.record).write_text(json.dumps(rec, indent=1, default=str) + "\n")
+    print(f"wrote {a.record}")
