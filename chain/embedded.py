@@ -43,7 +43,7 @@ DEV_KEYS = tuple(i.to_bytes(32, "big") for i in range(1, 11))
 DEPLOY_GAS = 3_000_000
 MAX_FEE = 10**10  # 10 gwei; dev accounts hold 1e6 ether
 PRIORITY_FEE = 1
-SNAPSHOT_MAGIC = b"VSEGSNAP1"
+SNAPSHOT_MAGIC = b"VSEGSNAP2"
 SNAPSHOT_AFTER = 50  # write a snapshot when a start had to replay this many entries
 SNAPSHOT_EVERY = 100  # ... and after this many transactions written by one process (~ms each)
 
@@ -229,14 +229,18 @@ class EmbeddedChain:
 
     def _write_snapshot(self) -> None:
         kv = self._base_db().wrapped_db.kv_store
+        parts = [struct.pack(">Q", len(kv))]
+        for k, v in kv.items():
+            parts.append(struct.pack(">II", len(k), len(v)))
+            parts.append(k)
+            parts.append(v)
+        body = b"".join(parts)
+        head = self.backend.chain.get_canonical_head().block_number
         tmp = self.snapshot.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(SNAPSHOT_MAGIC + struct.pack(">Q", self._offset)
-                    + self._journal_digest(self._offset) + struct.pack(">Q", len(kv)))
-            for k, v in kv.items():
-                f.write(struct.pack(">II", len(k), len(v)))
-                f.write(k)
-                f.write(v)
+            f.write(SNAPSHOT_MAGIC + struct.pack(">QQ", self._offset, head)
+                    + self._journal_digest(self._offset) + hashlib.sha256(body).digest())
+            f.write(body)
         os.replace(tmp, self.snapshot)
         self._since_snapshot = 0
         log.info("embedded chain: snapshot at journal byte %d (%d db entries)", self._offset, len(kv))
@@ -249,12 +253,20 @@ class EmbeddedChain:
             if not data.startswith(SNAPSHOT_MAGIC):
                 raise ValueError("bad magic")
             pos = len(SNAPSHOT_MAGIC)
-            (offset,) = struct.unpack_from(">Q", data, pos)
-            digest = data[pos + 8:pos + 40]
-            (n,) = struct.unpack_from(">Q", data, pos + 40)
-            pos += 48
+            offset, head = struct.unpack_from(">QQ", data, pos)
+            digest = data[pos + 16:pos + 48]
+            body_digest = data[pos + 48:pos + 80]
+            pos += 80
+            if hashlib.sha256(memoryview(data)[pos:]).digest() != body_digest:
+                raise ValueError("its checksum is wrong")
             if offset > self.journal.stat().st_size or self._journal_digest(offset) != digest:
                 raise ValueError("it does not match the journal")
+            with open(self.journal, "rb") as jf:
+                entries = jf.read(offset).count(b"\n") - 1  # minus the header line
+            if head != entries:  # one block per journaled transaction
+                raise ValueError(f"its head block {head} is not the journal's {entries}")
+            (n,) = struct.unpack_from(">Q", data, pos)
+            pos += 8
             kv = {}
             for _ in range(n):
                 kl, vl = struct.unpack_from(">II", data, pos)
@@ -270,7 +282,12 @@ class EmbeddedChain:
         from eth.db.atomic import AtomicDB
         from eth.db.backends.memory import MemoryDB
         chain_class = type(self.backend.chain)
-        self.backend.chain = chain_class(AtomicDB(MemoryDB(kv)))
+        chain = chain_class(AtomicDB(MemoryDB(kv)))
+        if chain.get_canonical_head().block_number != head:
+            log.warning("embedded chain: ignoring snapshot %s (its database does not hold block "
+                        "%d); replaying the journal", self.snapshot, head)
+            return
+        self.backend.chain = chain
         self._offset = offset
         self.restored = offset
 

@@ -185,3 +185,20 @@ def test_writer_snapshots_periodically(tmp_path, monkeypatch):
     r2 = connect("embedded", home=home)
     assert r2.embedded.restored > 0 and r2.embedded.replayed <= 5
     assert r2.status(f"{12:064x}").active
+
+
+def test_damaged_snapshot_is_ignored(tmp_path, monkeypatch, caplog):
+    import chain.embedded as emb
+    monkeypatch.setattr(emb, "SNAPSHOT_EVERY", 3)
+    home = tmp_path / "h"
+    reg = connect("embedded", home=home)
+    for i in range(4):
+        reg.register(f"{i + 1:064x}", "m")
+    snap = home / "chain" / "snapshot.bin"
+    data = bytearray(snap.read_bytes())
+    data[-5] ^= 0xFF
+    snap.write_bytes(bytes(data))
+    r2 = connect("embedded", home=home)
+    assert r2.embedded.restored == 0 and r2.embedded.replayed == 5
+    assert "checksum" in caplog.text
+    assert r2.status(f"{4:064x}").active
