@@ -49,7 +49,20 @@ def export_onnx(net: nn.Module, size: int = 512, opset: int = 17) -> bytes:
             torch.onnx.export(model, (dummy,), buf, input_names=["image"], output_names=["classes"],
                               dynamic_axes={"image": {0: "N"}, "classes": {0: "N"}}, opset_version=opset,
                               do_constant_folding=True)
-    return buf.getvalue()
+    return _static_output_dims(buf.getvalue(), size)
+
+
+def _static_output_dims(onnx_bytes: bytes, size: int) -> bytes:
+    """The exporter leaves the output's H and W symbolic; they are fixed (size x size)."""
+    import onnx
+    m = onnx.load_from_string(onnx_bytes)
+    dims = m.graph.output[0].type.tensor_type.shape.dim
+    dims[0].dim_param = "N"
+    for d in dims[1:]:
+        d.Clear()
+        d.dim_value = size
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
 
 
 def ort_session(onnx_bytes: bytes, threads: int = 2, providers=("CPUExecutionProvider",)):
