@@ -77,6 +77,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _transient_types())
 
 
+def _is_funds_error(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return "cannot afford" in msg or "insufficient funds" in msg
+
+
 def retry(fn: Callable[[], T], *, attempts: int = 3, base_delay: float = 0.2,
           max_delay: float = 2.0, deadline: float | None = None,
           on_error: Callable[[BaseException], errors.ChainError] | None = None) -> T:
@@ -259,6 +264,19 @@ class Registry:
         ctx = self._ctx(name)
         frm = self.account.address
         down = self._unavailable(f"sending {name}")
+        try:
+            return self._transact_inner(name, fn, ctx, frm, down)
+        except errors.ChainError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if _is_funds_error(exc):
+                raise errors.InsufficientFunds(
+                    f"account {frm} cannot pay for gas on {self.endpoint}; fund it, or sign with "
+                    "another account (VERISEG_KEYFILE; the embedded chain funds only its dev "
+                    "accounts)") from exc
+            raise
+
+    def _transact_inner(self, name, fn, ctx, frm, down) -> dict:
         with self._write_lock():
             def prepare():
                 try:

@@ -84,6 +84,10 @@ class NoAccount(ChainError):
     """A write was attempted without an account (no key file configured)."""
 
 
+class InsufficientFunds(ChainError):
+    """The signing account cannot pay for gas."""
+
+
 class KeyfileError(ChainError):
     """The key file is missing, unreadable or the password is wrong."""
 

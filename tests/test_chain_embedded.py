@@ -202,3 +202,9 @@ def test_damaged_snapshot_is_ignored(tmp_path, monkeypatch, caplog):
     assert r2.embedded.restored == 0 and r2.embedded.replayed == 5
     assert "checksum" in caplog.text
     assert r2.status(f"{4:064x}").active
+
+
+def test_unfunded_account_is_one_clear_error(tmp_path):
+    reg = connect("embedded", home=tmp_path / "h", private_key="0x" + "77" * 32)
+    with pytest.raises(errors.InsufficientFunds, match="cannot pay for gas"):
+        reg.register("ab" * 32, "m")
