@@ -90,6 +90,7 @@ class EmbeddedChain:
         self.replayed = 0        # journal entries executed by this process
         self.restored = 0        # journal bytes covered by the snapshot we loaded
         self._since_snapshot = 0
+        self._broken: str | None = None
         self.mutex = threading.RLock()  # py-evm is not thread-safe: one caller at a time
         self.snapshot = self.dir / "snapshot.bin"
         self.registry = registry_address()
@@ -306,11 +307,17 @@ class EmbeddedChain:
         """Execute a signed transaction and journal it. Caller must hold :meth:`locked`."""
         parent_ts = self.backend.chain.get_canonical_head().timestamp
         ts = max(int(time.time()), parent_ts + 1)
+        if self._broken:
+            raise errors.JournalError(self._broken)
+        tx_hash, status = self._execute(raw, ts)
         try:
-            tx_hash, status = self._execute(raw, ts)
-        except errors.JournalError:
-            raise
-        self._append({"ts": ts, "raw": "0x" + raw.hex(), "hash": tx_hash, "status": status})
+            self._append({"ts": ts, "raw": "0x" + raw.hex(), "hash": tx_hash, "status": status})
+        except OSError as exc:
+            # executed in memory but not journaled: this process's chain is now ahead of
+            # the journal, so it must not write anything else
+            self._broken = (f"could not journal transaction {tx_hash} to {self.journal} "
+                            f"({exc.strerror or exc}); it is lost; restart the process")
+            raise errors.JournalError(self._broken) from exc
         self._since_snapshot += 1
         if self._since_snapshot >= SNAPSHOT_EVERY:
             self._write_snapshot()

@@ -208,3 +208,18 @@ def test_unfunded_account_is_one_clear_error(tmp_path):
     reg = connect("embedded", home=tmp_path / "h", private_key="0x" + "77" * 32)
     with pytest.raises(errors.InsufficientFunds, match="cannot pay for gas"):
         reg.register("ab" * 32, "m")
+
+
+def test_failed_journal_write_stops_further_writes(tmp_path, monkeypatch):
+    reg = connect("embedded", home=tmp_path / "h")
+    emb = reg.embedded
+
+    def full(obj):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(emb, "_append", full)
+    with pytest.raises(errors.JournalError, match="No space left.*restart"):
+        reg.register("11" * 32, "m")
+    monkeypatch.undo()
+    with pytest.raises(errors.JournalError, match="restart the process"):
+        reg.register("22" * 32, "m")
+    assert not connect("embedded", home=tmp_path / "h").status("11" * 32).registered
