@@ -223,3 +223,21 @@ def test_failed_journal_write_stops_further_writes(tmp_path, monkeypatch):
     with pytest.raises(errors.JournalError, match="restart the process"):
         reg.register("22" * 32, "m")
     assert not connect("embedded", home=tmp_path / "h").status("11" * 32).registered
+
+
+def test_concurrent_processes_on_one_home(tmp_path):
+    """Two processes write at the same time; the journal stays consistent (flock)."""
+    import subprocess
+    import sys
+    home = tmp_path / "h"
+    connect("embedded", home=home)  # create the chain first
+    code = ("import sys; from chain import connect; r = connect('embedded', home=sys.argv[1]); "
+            "[r.register(f'{int(sys.argv[2]) + i:064x}', 'm') for i in range(15)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(home), str(base)],
+                              stderr=subprocess.PIPE, text=True) for base in (1, 1001)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    reg = connect("embedded", home=home)
+    assert all(reg.status(f"{b + i:064x}").active for b in (1, 1001) for i in range(15))
+    assert reg.embedded.replayed + reg.embedded.restored >= 1
