@@ -272,7 +272,13 @@ def test_anvil_state_survives_restart(anvil_bin, tmp_path):
         reg = connect(node.url, registry=addr, private_key=ANVIL_KEYS[0], timeout=5)
         reg.register(K1, "m")
         reg.deploy("d", K1)
-        time.sleep(2.2)  # --state-interval 1: dumped within a second or two
+        done = time.time()
+        deadline = time.monotonic() + 15  # --state-interval 1: a dump after the last write
+        while time.monotonic() < deadline:
+            if state.exists() and state.stat().st_mtime > done + 0.05:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)  # let that dump finish writing
     finally:
         node.stop(signal.SIGKILL)  # a crash, not a clean shutdown
     assert state.exists()
