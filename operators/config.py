@@ -51,6 +51,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_PROGRESS": "auto | 1 | 0: progress line on stderr for file replay (default auto)",
     "VERISEG_PREPROCESS": "auto | off: resize/colour-convert frames to the model input (default auto)",
     "VERISEG_RECONNECT_MAX": "largest reconnect backoff for live sources, seconds (default 30)",
+    "VERISEG_STALL": "reconnect a live source that sent no frame for this many seconds (default 10)",
+    "VERISEG_MODEL_DIRS": "extra folders (':'-separated) searched for the blob of a deployed key",
 }
 
 
@@ -104,6 +106,7 @@ class Config:
     progress: str = "auto"
     preprocess: bool = True
     reconnect_max: float = 30.0
+    stall: float = 10.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -331,8 +334,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         progress=progress,
         preprocess=pre not in ("off", "0"),
         reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
-        extra={k: v for k, v in env.items() if k.startswith("VERISEG_") and k not in ENV_DOC
-               and k not in ("VERISEG_HOME", "VERISEG_REGISTRY")},
+        stall=_float(env, "VERISEG_STALL", 10.0, problems),
+        extra={k: v for k, v in env.items() if k.startswith("VERISEG_")},
     )
     if problems:
         raise ConfigError(problems)

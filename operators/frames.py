@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["Frame", "ModelUpdate", "Result"]
+__all__ = ["Frame", "ModelUpdate", "Result", "StreamEnd"]
 
 
 @dataclass(eq=False)
@@ -62,3 +62,10 @@ class Result:
     orig_size: tuple = ()
     label: Optional[str] = None
     raw: Optional[np.ndarray] = None
+
+
+@dataclass(eq=False)
+class StreamEnd:
+    """Emitted by the score step when its input ends: makes sure every stream's sink
+    partition exists (Bytewax builds them on the first item) so its summary is written."""
+    stream_id: str

@@ -20,7 +20,7 @@ from .model_reader import ModelRefused, ModelReaderSource, ModelWatcher, connect
 from .preprocess import Preprocessor
 from .score import REVOKED, SESSIONS, ScoreLogic
 from .sinks import ResultSink, classes_of
-from .sources import FrameSource, reset_streams
+from .sources import FrameSource, check_pipeline, reset_streams
 from .telemetry import STATS, log
 
 __all__ = ["build_flow", "LockedRegistry", "startup_error", "flow_from_env", "flow_parts"]
@@ -55,6 +55,16 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
                keep_raw: bool = False, reader_factory=None) -> Dataflow:
     """Build the segmentation flow; raises ConfigError / ModelRefused (one line each)."""
     cfg = cfg or load_config()
+    problems = []
+    for s in cfg.sources:
+        if s.kind == "gst":
+            try:
+                check_pipeline(s.kind, s.target)
+            except (ValueError, RuntimeError) as e:
+                problems.append(str(e) if str(e).startswith("VERISEG_SOURCE") else
+                                f"VERISEG_SOURCE: {e}")
+    if problems:
+        raise ConfigError(problems)
     STATS.reset()
     REVOKED.clear()
     SESSIONS.clear()
@@ -76,7 +86,7 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
     frames = op.input("source", flow, FrameSource(
         cfg.sources, queue=cfg.queue, batch=cfg.batch, loop=cfg.loop, max_frames=cfg.max_frames,
         prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,
-        reader_factory=reader_factory))
+        reader_factory=reader_factory, stall=cfg.stall))
     if pre is not None:
         # the image-processing window; a no-op check when the decoder already did the work
         def preprocess(kv, _pre=pre):

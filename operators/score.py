@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from .frames import Frame, ModelUpdate, Result
+from .frames import Frame, ModelUpdate, Result, StreamEnd
 from .preprocess import Preprocessor
 from .telemetry import STATS, log
 
@@ -378,6 +378,8 @@ class ScoreLogic(StatefulBatchLogic):
             log.warning("stream %s: input ended with %d frames still waiting for a valid model: "
                         "dropped", self.sid, n)
             self.pending.clear()
+        if self.sid is not None:
+            out.append(StreamEnd(self.sid))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):

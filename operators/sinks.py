@@ -211,6 +211,11 @@ class AnchorSender:
                     STATS.anchor_failures += 1
                     log.error("anchor %s refused: %s", path.name, str(e).splitlines()[0][:300])
                     break
+                except Exception as e:  # noqa: BLE001 - keep the sender alive for later batches
+                    STATS.anchor_failures += 1
+                    log.error("anchor %s failed: %s: %s (batch file kept; anchor it later with "
+                              "python -m chain anchor)", path.name, type(e).__name__, e)
+                    break
 
 
 def _write_json(path: Path, doc: dict):
@@ -359,6 +364,8 @@ class _Partition(StatefulSinkPartition):
     def write_batch(self, values):
         self._check()
         for r in values:
+            if not isinstance(r, Result):
+                continue   # StreamEnd
             if r.stream_id != self.sid:
                 raise RuntimeError(f"result of stream {r.stream_id} routed to partition {self.sid}")
             self.q.put(r)

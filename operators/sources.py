@@ -34,7 +34,7 @@ from .frames import Frame
 from .telemetry import STATS, log
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
-           "gst_available", "stream_done", "streams_done", "reset_streams"]
+           "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams"]
 
 # --- which streams have finished in this process (the model reader ends with them) ---------
 _DONE: dict[str, threading.Event] = {}
@@ -260,7 +260,8 @@ def _gst():
         try:
             import gi
             gi.require_version("Gst", "1.0")
-            from gi.repository import Gst
+            gi.require_version("GstApp", "1.0")
+            from gi.repository import Gst, GstApp  # noqa: F401 - GstApp gives appsink its methods
             Gst.init(None)
             _GST = Gst
         except Exception as e:  # ImportError, ValueError (no typelib)
@@ -269,6 +270,21 @@ def _gst():
         raise RuntimeError(f"GStreamer/PyGObject not available ({_GST_ERR}); install the gst extra "
                            "and the gstreamer1.0 packages")
     return _GST
+
+
+def _gerr(e) -> str:
+    return str(getattr(e, "message", None) or e).strip().splitlines()[0]
+
+
+def check_pipeline(kind: str, target: str, colour: str = "BGR") -> None:
+    """Parse a ``gst:`` launch string without running it; ValueError (one line) if bad."""
+    r = GstReader(kind, target, colour)
+    Gst = _gst()
+    try:
+        pipe = Gst.parse_launch(r.launch_string())
+    except Exception as e:
+        raise ValueError(f"VERISEG_SOURCE: bad GStreamer pipeline {target!r}: {_gerr(e)}") from None
+    pipe.set_state(Gst.State.NULL)
 
 
 def gst_available() -> bool:
@@ -296,6 +312,7 @@ class GstReader:
         self.pipeline = None
         self.sink = None
         self.seq = 0
+        self.is_live = True
 
     def launch_string(self) -> str:
         tail = (f"videoconvert ! video/x-raw,format={self.colour} ! "
@@ -314,7 +331,7 @@ class GstReader:
         try:
             pipe = Gst.parse_launch(desc)
         except Exception as e:
-            raise IOError(f"bad GStreamer pipeline {desc!r}: {e}") from None
+            raise ValueError(f"bad GStreamer pipeline {desc!r}: {_gerr(e)}") from None
         sink = pipe.get_by_name("veriseg_sink")
         if sink is None:
             it = pipe.iterate_sinks()
@@ -329,14 +346,25 @@ class GstReader:
             raise IOError(f"GStreamer pipeline has no appsink: {desc!r}")
         sink.set_property("emit-signals", False)
         sink.set_property("sync", False)
+        # no silent drops inside GStreamer: the decoder thread pulls continuously and the
+        # bounded buffer behind it drops the oldest frame, counted
         sink.set_property("max-buffers", 2)
-        sink.set_property("drop", True)
+        sink.set_property("drop", False)
         self.pipeline, self.sink = pipe, sink
         self.bus = pipe.get_bus()
-        if pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+        ret = pipe.set_state(Gst.State.PAUSED)
+        if ret != Gst.StateChangeReturn.FAILURE:
+            live = ret == Gst.StateChangeReturn.NO_PREROLL
+            ret = pipe.set_state(Gst.State.PLAYING)
+            if ret == Gst.StateChangeReturn.NO_PREROLL:
+                live = True
+        if ret == Gst.StateChangeReturn.FAILURE:
             err = self._bus_error() or "state change to PLAYING failed"
             self.close()
             raise IOError(f"GStreamer pipeline {self.target!r}: {err}")
+        # a live source (camera, RTSP, is-live=true) does not preroll: it drops under
+        # backpressure; a non-live pipeline (a file) is replayed without drops
+        self.is_live = self.kind == "rtsp" or live
 
     def _bus_error(self) -> Optional[str]:
         Gst = _gst()
@@ -415,7 +443,7 @@ def open_reader(spec: SourceSpec, loop: bool = False, colour: str = "BGR"):
 class _Partition(StatefulSourcePartition):
     def __init__(self, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
                  max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
-                 reconnect_max: float, colour: str, reader_factory=None):
+                 reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0):
         self.spec = spec
         self.sid = spec.stream_id
         self.live = spec.live
@@ -424,6 +452,7 @@ class _Partition(StatefulSourcePartition):
         self.max_frames = max_frames
         self.prepare = prepare
         self.reconnect_max = reconnect_max
+        self.stall = stall
         self.buf: deque = deque()
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -441,7 +470,7 @@ class _Partition(StatefulSourcePartition):
     # decoder thread -------------------------------------------------------------------------
     def _put(self, item):
         with self.cond:
-            if self.live:
+            if self.live and getattr(self.reader, "is_live", True):
                 while len(self.buf) >= self.cap:
                     old = self.buf.popleft()
                     if isinstance(old, Frame):
@@ -456,6 +485,7 @@ class _Partition(StatefulSourcePartition):
         attempt = 0
         produced = 0
         opened = False
+        last_frame = time.monotonic()
         try:
             while not self.stop.is_set():
                 if not opened:
@@ -468,6 +498,10 @@ class _Partition(StatefulSourcePartition):
                         if attempt:
                             log.info("stream %s: reconnected", self.sid)
                         backoff = 0.5
+                        last_frame = time.monotonic()
+                    except ValueError as e:
+                        log.error("stream %s: %s", self.sid, e)
+                        return
                     except (IOError, OSError, RuntimeError) as e:
                         if not self.live:
                             log.error("stream %s: %s", self.sid, e)
@@ -499,7 +533,16 @@ class _Partition(StatefulSourcePartition):
                     backoff = min(backoff * 2, self.reconnect_max)
                     continue
                 if got == "wait":
+                    if self.live and opened and time.monotonic() - last_frame > self.stall:
+                        # a camera that stopped sending without an error: reconnect
+                        self.reader.close()
+                        opened = False
+                        attempt += 1
+                        STATS.add("reconnects", self.sid)
+                        log.warning("stream %s: no frame for %.0fs; reconnecting", self.sid, self.stall)
+                        last_frame = time.monotonic()
                     continue
+                last_frame = time.monotonic()
                 if got is None:
                     if self.live and getattr(self.reader, "reconnect_on_eos", False):
                         self.reader.close()
@@ -588,10 +631,11 @@ class FrameSource(FixedPartitionedSource):
     def __init__(self, specs: Iterable[SourceSpec], *, queue: int = 8, batch: int = 4,
                  loop: bool = False, max_frames: Optional[int] = None,
                  prepare: Optional[Callable[[Frame], Frame]] = None, reconnect_max: float = 30.0,
-                 colour: str = "BGR", reader_factory=None):
+                 colour: str = "BGR", reader_factory=None, stall: float = 10.0):
         self.specs = {s.stream_id: s for s in specs}
         self.kw = dict(queue=queue, batch=batch, loop=loop, max_frames=max_frames, prepare=prepare,
-                       reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory)
+                       reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory,
+                       stall=stall)
 
     def list_parts(self):
         return list(self.specs)

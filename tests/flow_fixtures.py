@@ -136,6 +136,7 @@ class FakeRegistry:
 
     address = "0x" + "11" * 20
     endpoint = "fake"
+    chain_id = 1337
 
     class _W3:
         class eth:
