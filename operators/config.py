@@ -36,7 +36,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_PROVIDERS": "auto | tensorrt | cuda | cpu (auto: TensorRT > CUDA > CPU)",
     "VERISEG_REQUIRE_GPU": "1: refuse to run unless a GPU provider loaded (default 0)",
     "VERISEG_THREADS": "ONNX Runtime intra-op threads (default: CPU cores available)",
-    "VERISEG_BATCH": "largest micro-batch for file replay (default 4; live sources use 1)",
+    "VERISEG_BATCH": "largest micro-batch for file replay (default auto: 4 on a GPU provider, 1 on "
+                     "CPU where batching measured slower; live sources always use 1)",
     "VERISEG_LOOP": "1: loop file sources forever (default 0)",
     "VERISEG_MAX_FRAMES": "stop each stream after N frames (default: no limit)",
     "VERISEG_QUEUE": "decoded frames buffered per source (default 8)",
@@ -92,7 +93,7 @@ class Config:
     providers: str = "auto"
     require_gpu: bool = False
     threads: int = 0                # 0: all cores available
-    batch: int = 4
+    batch: int = 0                  # 0: auto (4 on GPU providers, 1 on CPU)
     loop: bool = False
     max_frames: Optional[int] = None
     queue: int = 8
@@ -245,6 +246,13 @@ def _float(env, name, default, problems, lo=0.0):
     return v
 
 
+def _batch(env, problems) -> int:
+    raw = (env.get("VERISEG_BATCH") or "").strip().lower()
+    if raw in ("", "auto"):
+        return 0
+    return _int(env, "VERISEG_BATCH", 0, problems, lo=1, hi=256)
+
+
 def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
     """Parse the ``VERISEG_*`` variables of ``env`` (default ``os.environ``)."""
     env = dict(os.environ if env is None else env)
@@ -320,7 +328,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         providers=providers,
         require_gpu=_bool(env, "VERISEG_REQUIRE_GPU", False, problems),
         threads=_int(env, "VERISEG_THREADS", 0, problems, lo=0, hi=1024),
-        batch=_int(env, "VERISEG_BATCH", 4, problems, lo=1, hi=256),
+        batch=_batch(env, problems),
         loop=_bool(env, "VERISEG_LOOP", False, problems),
         max_frames=_int(env, "VERISEG_MAX_FRAMES", None, problems, lo=1),
         queue=_int(env, "VERISEG_QUEUE", 8, problems, lo=1, hi=10000),

@@ -75,6 +75,10 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
     watcher = ModelWatcher(cfg, reg, decrypt_key=decrypt_key)
     first = watcher.resolve()
     pre = Preprocessor.for_card(first.card) if cfg.preprocess else None
+    batch = cfg.batch
+    if not batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
+        entry = SESSIONS.get(first)
+        batch = 4 if entry.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else 1
     colour = pre.colour if pre is not None else "BGR"
     prepare = pre
     if keep_raw:
@@ -84,7 +88,7 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
 
     flow = Dataflow(flow_id)
     frames = op.input("source", flow, FrameSource(
-        cfg.sources, queue=cfg.queue, batch=cfg.batch, loop=cfg.loop, max_frames=cfg.max_frames,
+        cfg.sources, queue=cfg.queue, batch=batch, loop=cfg.loop, max_frames=cfg.max_frames,
         prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,
         reader_factory=reader_factory, stall=cfg.stall))
     if pre is not None:
@@ -97,7 +101,7 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
     merged = op.merge("merge", frames, models)
     tagged = op.map("tag", merged, _tag)
 
-    batch, pending = cfg.batch, cfg.pending
+    pending = cfg.pending
 
     class _Logic(ScoreLogic):
         def on_batch(self, values):

@@ -51,7 +51,7 @@ class Stats:
             self.revoked: list[dict] = []
             self.anchors = 0
             self.anchor_failures = 0
-            self.provider = None
+            self.provider = getattr(self, "provider", None)   # sessions outlive a reset
             self.batches = defaultdict(int)
             self.lat = {s: deque(maxlen=20000) for s in _STAGES}
             self.totals = {}     # stream -> expected frames (file replay)

@@ -1,0 +1,128 @@
+"""End-to-end FPS of the segment flow next to raw ONNX Runtime on the same frames, same run.
+
+    python -m dataflows.measure            # sample clip + committed blob (VERISEG_* apply)
+
+1. decodes and preprocesses every frame of the (first) source into memory;
+2. raw ORT: the flow's own session (same providers and threads) scores the preloaded
+   frames one by one (the model-only ceiling);
+3. the full flow (decode + preprocess + score + every enabled sink) on the same source,
+   through ``bytewax.testing.run_main`` in this process;
+4. raw ORT again (the machine is shared: the two raw runs bracket the flow run).
+
+Prints one table and writes ``<VERISEG_OUT>/measure.json``.  ``VERISEG_MEASURE_REPEAT``
+(default 1) replays the source that many times in each phase.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def _pct(a, q):
+    return round(float(np.percentile(np.asarray(a), q)), 3) if len(a) else None
+
+
+def raw_ort(entry, frames, repeat=1) -> dict:
+    sess, i_name, o_name = entry.session, entry.input_name, entry.output_name
+    for f in frames[:3]:
+        sess.run([o_name], {i_name: f[None]})
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for f in frames:
+            t = time.perf_counter()
+            sess.run([o_name], {i_name: f[None]})
+            lat.append((time.perf_counter() - t) * 1e3)
+    wall = time.perf_counter() - t0
+    return {"frames": len(lat), "fps": round(len(lat) / wall, 3), "p50_ms": _pct(lat, 50),
+            "p99_ms": _pct(lat, 99)}
+
+
+def main() -> int:
+    from bytewax.testing import run_main
+
+    from operators.config import ConfigError, load_config
+    from operators.model_reader import ModelRefused
+    from operators.pipeline import build_flow, flow_parts, startup_error
+    from operators.score import SESSIONS
+    from operators.sources import open_reader
+    from operators.telemetry import STATS
+
+    repeat = int(os.environ.get("VERISEG_MEASURE_REPEAT", "1") or 1)
+    try:
+        cfg = load_config()
+        flow = build_flow(cfg)
+    except (ConfigError, ModelRefused) as e:
+        raise startup_error(e) from None
+    first = flow_parts(flow)["first"]
+    entry = SESSIONS.get(first)
+    spec = cfg.sources[0]
+    if spec.live:
+        print("veriseg: error: measure needs a file source (video, dir:, csv:)", file=sys.stderr)
+        return 2
+    reader = open_reader(spec, colour=entry.pre.colour)
+    reader.open(0)
+    frames = []
+    while True:
+        try:
+            got = reader.read()
+        except Exception:   # noqa: BLE001 - bad frames are skipped by the flow too
+            continue
+        if got is None:
+            break
+        from operators.frames import Frame
+        f = entry.pre(Frame(spec.stream_id, got[0], 0.0, got[1], got[2]))
+        frames.append(f.image)
+        if cfg.max_frames and len(frames) >= cfg.max_frames:
+            break
+    reader.close()
+    if not frames:
+        print("veriseg: error: the source has no decodable frames", file=sys.stderr)
+        return 2
+    raw1 = raw_ort(entry, frames, repeat)
+
+    runs = []
+    for _ in range(repeat):
+        flow = build_flow(cfg)     # fresh counters, same verified model (session cached)
+        t0 = time.perf_counter()
+        run_main(flow)
+        wall = time.perf_counter() - t0
+        snap = STATS.snapshot()
+        n = sum(snap["frames_scored"].values())
+        runs.append({"frames": n, "fps_steady": round(STATS.fps(), 3),
+                     "fps_wall": round(n / wall, 3), "wall_s": round(wall, 3),
+                     "latency": snap["latency"], "batch_sizes": snap["batch_sizes"],
+                     "dropped": sum(sum(d.values()) for d in snap["frames_dropped"].values())})
+    raw2 = raw_ort(entry, frames, repeat)
+    raw_fps = (raw1["fps"] + raw2["fps"]) / 2
+    flow_fps = float(np.mean([r["fps_steady"] for r in runs]))
+    h, w = frames[0].shape[:2]
+    doc = {
+        "source": spec.describe(), "frames": len(frames), "input": [h, w],
+        "model": {"key": first.key, "name": getattr(first.card, "name", None)},
+        "provider": entry.provider, "threads": cfg.threads or os.cpu_count(),
+        "batch": cfg.batch or "auto", "sinks": {"masks": cfg.masks, "video": cfg.video, "jsonl": cfg.jsonl,
+                                      "anchor_every": cfg.anchor_every},
+        "raw_ort_before": raw1, "raw_ort_after": raw2, "flow": runs,
+        "flow_over_raw": round(flow_fps / raw_fps, 3) if raw_fps else None,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_avg": os.getloadavg(), "python": platform.python_version()},
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "measure.json").write_text(json.dumps(doc, indent=1))
+    print(f"frames {len(frames)} at {w}x{h}, provider {entry.provider}, model {first.key[:12]}")
+    print(f"raw ORT (preloaded frames, batch 1): {raw1['fps']:.2f} FPS before, {raw2['fps']:.2f} after")
+    for r in runs:
+        print(f"flow (decode+preprocess+score+sinks): {r['fps_steady']:.2f} FPS steady, "
+              f"{r['fps_wall']:.2f} FPS wall incl. start-up ({r['wall_s']:.1f} s)")
+    print(f"flow / raw ORT = {doc['flow_over_raw']}   (load average {os.getloadavg()[0]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
