@@ -438,7 +438,25 @@ class ResultSink(FixedPartitionedSink):
         with self._lock:
             if self.anchoring is not None and self.registry is not None and self.sender is None:
                 self.sender = AnchorSender(self.registry, self.out)
+            if self.sender is not None:
+                self._resubmit(for_part)
         return _Partition(self, for_part, resume_state)
+
+    def _resubmit(self, sid: str):
+        """Batch files left without a transaction (crash, node down at exit) are sent now,
+        in order; the chain refuses nothing twice (an identical root counts as anchored)."""
+        folder = self.out / "anchors" / sid
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("*.json")):
+            try:
+                batch, raw = self.anchoring.AnchorBatch.read(path)
+            except Exception as e:  # noqa: BLE001 - a damaged file is reported, not fatal
+                log.warning("anchor batch %s unreadable: %s", path, e)
+                continue
+            if not raw.get("chain"):
+                log.info("anchor batch %s was never sent: sending it now", path.name)
+                self.sender.submit(path, batch)
 
     def part_closed(self, sid: str):
         with self._lock:
