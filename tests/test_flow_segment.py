@@ -400,3 +400,51 @@ def test_default_run_on_the_committed_blob_and_sample_clip(tmp_path):
     assert summary["scored"] == 6
     stream = next(d for d in out.iterdir() if (d / "results.jsonl").exists())
     assert len(list((stream / "masks").glob("*.png"))) == 6 and (stream / "overlay.avi").exists()
+
+
+def test_default_run_registers_the_committed_blob_once(tmp_path, monkeypatch, caplog):
+    """No VERISEG_MODEL / VERISEG_SOURCE: the blob and clip in models/ (patched to a tmp
+    folder here) are used, and the blob is registered on the embedded chain the first time."""
+    import operators.config as config
+    import operators.model_reader as model_reader
+    models = tmp_path / "models"
+    blob = models / "carla-enet.vsb"
+    key = make_blob(blob)
+    make_clip(models / "sample.avi", n=6)
+    monkeypatch.setattr(config, "MODELS_DIR", models)
+    monkeypatch.setattr(config, "DEFAULT_MODEL", blob)
+    monkeypatch.setattr(model_reader, "MODELS_DIR", models)
+    env = env_for(tmp_path, "", "", VERISEG_ANCHOR_EVERY=3)
+    del env["VERISEG_SOURCE"], env["VERISEG_MODEL"]
+    for run in (1, 2):
+        caplog.clear()
+        cfg = load_config(env)
+        assert cfg.model_is_default and cfg.sources[0].stream_id == "sample"
+        run_main(build_flow(cfg))
+        said = any("registered the committed blob" in r.getMessage() for r in caplog.records)
+        assert said == (run == 1)
+        rows = read_jsonl(cfg.out / "sample" / "results.jsonl")
+        assert len(rows) == 6 and {r["model_key"] for r in rows} == {key}
+
+
+def test_metrics_http_endpoint_while_running(tmp_path):
+    import socket
+    import urllib.request
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "f", n=30)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_METRICS_PORT=port))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
+    got = {}
+
+    def fetch():
+        got["body"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    th = _when_scored(5, fetch)
+    run_main(flow)
+    th.join()
+    assert "veriseg_fps" in got["body"] and f'key="{key}"' in got["body"]
+    assert 'veriseg_frames_total{stream="f",stage="scored"}' in got["body"]

@@ -1,0 +1,105 @@
+"""Sources and preprocessing on their own: looping, resume positions, datasets, CSV."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from flow_fixtures import frame_image, make_clip, make_folder
+from operators.config import SourceSpec
+from operators.sources import FrameSource, ImageListReader, VideoReader
+from operators.telemetry import STATS
+
+
+def _drain(part, timeout=10):
+    got = []
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            got += part.next_batch()
+        except StopIteration:
+            return got
+        time.sleep(0.001)
+    raise AssertionError("source did not finish")
+
+
+def test_video_source_resumes_at_its_snapshot_position(tmp_path):
+    clip = make_clip(tmp_path / "c.avi", n=12)
+    src = FrameSource([SourceSpec("c", "video", str(clip))], batch=3)
+    part = src.build_part("source", "c", None)
+    first = []
+    while len(first) < 5:
+        first += part.next_batch()
+        time.sleep(0.001)
+    snap = part.snapshot()
+    part.close()
+    assert snap == first[-1][1].seq + 1
+    part2 = src.build_part("source", "c", snap)
+    rest = _drain(part2)
+    assert [f.seq for _, f in rest] == list(range(snap, 12))
+    assert rest[0][1].pos.endswith(f"#{snap}")
+    # the decoded pixels are the frame at that position
+    assert abs(int(rest[0][1].image[0, 0, 2]) - int(frame_image(snap)[0, 0, 2])) < 6
+
+
+def test_looping_video_with_max_frames(tmp_path):
+    clip = make_clip(tmp_path / "c.avi", n=5)
+    src = FrameSource([SourceSpec("c", "video", str(clip))], loop=True, max_frames=13, batch=4)
+    got = _drain(src.build_part("source", "c", None))
+    assert [f.seq for _, f in got] == list(range(13))
+    assert [f.pos.rsplit("#", 1)[1] for _, f in got] == [str(i % 5) for i in range(13)]
+
+
+def test_file_replay_never_drops_with_a_tiny_buffer(tmp_path):
+    folder = make_folder(tmp_path / "f", n=30)
+    STATS.reset()
+    src = FrameSource([SourceSpec("f", "dir", str(folder))], queue=1, batch=1)
+    part = src.build_part("source", "f", None)
+    time.sleep(0.3)     # the decoder waits instead of dropping
+    got = _drain(part)
+    assert [f.seq for _, f in got] == list(range(30)) and not STATS.dropped.get("f")
+
+
+def test_dataset_folder_pairs_images_with_labels_by_stem(tmp_path):
+    root = tmp_path / "ds"
+    make_folder(root / "images", n=3)
+    (root / "labels").mkdir()
+    for i in (0, 2):
+        (root / "labels" / f"{i:04d}.png").write_bytes(b"x")
+    r = ImageListReader.from_dir(str(root))
+    assert [e[2] is not None for e in r.entries] == [True, False, True]
+    r.open()
+    seq, pos, img, label, ts = r.read()
+    assert seq == 0 and label.endswith("labels/0000.png") and img.shape == (24, 40, 3)
+
+
+def test_csv_header_variants_and_tab_separated(tmp_path):
+    make_folder(tmp_path / "i", n=2)
+    p = tmp_path / "f.tsv.csv"
+    p.write_text("index\timage\tlabel\n0\ti/0000.png\tl/0.png\n1\ti/0001.png\t\n")
+    r = ImageListReader.from_csv(str(p))
+    assert len(r.entries) == 2 and r.entries[0][2].endswith("l/0.png") and r.entries[1][2] is None
+    q = tmp_path / "plain.csv"
+    q.write_text("i/0000.png\ni/0001.png,,12.5\n")
+    r = ImageListReader.from_csv(str(q))
+    assert [e[3] for e in r.entries] == [None, 12.5]
+
+
+def test_grey_and_alpha_images_become_three_channels(tmp_path):
+    import cv2
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((5, 6), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((5, 6, 4), np.uint8))
+    r = ImageListReader.from_dir(str(tmp_path))
+    r.open()
+    assert r.read()[2].shape == (5, 6, 3) and r.read()[2].shape == (5, 6, 3)
+
+
+def test_unreadable_video_ends_its_stream_with_one_error_line(tmp_path, caplog):
+    clip = tmp_path / "c.avi"
+    clip.write_bytes(b"RIFF" + bytes(100))
+    STATS.reset()
+    src = FrameSource([SourceSpec("c", "video", str(clip))])
+    assert _drain(src.build_part("source", "c", None)) == []
+    msgs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert msgs == [f"stream c: cannot open video {str(clip)!r}"]
