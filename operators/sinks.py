@@ -33,7 +33,7 @@ import numpy as np
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from .frames import Result
-from .telemetry import STATS, log
+from .telemetry import STATS, log, lower_thread_priority
 
 __all__ = ["ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
 
@@ -261,6 +261,7 @@ class _Partition(StatefulSinkPartition):
 
     # -- writer thread ----------------------------------------------------------------
     def _run(self):
+        lower_thread_priority()
         while True:
             item = self.q.get()
             try:

@@ -31,7 +31,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import IMAGE_EXTS, SourceSpec
 from .frames import Frame
-from .telemetry import STATS, log
+from .telemetry import STATS, log, lower_thread_priority
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
            "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams"]
@@ -481,6 +481,7 @@ class _Partition(StatefulSourcePartition):
             self.buf.append(item)
 
     def _run(self, start: int):
+        lower_thread_priority()
         backoff = 0.5
         attempt = 0
         produced = 0

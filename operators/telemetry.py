@@ -14,7 +14,23 @@ from collections import defaultdict, deque
 
 import numpy as np
 
-__all__ = ["Stats", "STATS", "log"]
+__all__ = ["Stats", "STATS", "log", "lower_thread_priority"]
+
+
+def lower_thread_priority() -> None:
+    """Make the calling helper thread (decoder, writer) yield to ORT's threads: they then
+    run in the gaps of inference instead of stalling its parallel loops.
+    ``VERISEG_AUX_NICE`` (default 0 = off) is the niceness added on Linux."""
+    import os
+    try:
+        n = int(os.environ.get("VERISEG_AUX_NICE", "0") or 0)
+    except ValueError:
+        n = 0
+    if n > 0 and hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, n))
+        except OSError:
+            pass
 
 log = logging.getLogger("veriseg.flow")
 if not log.handlers:
