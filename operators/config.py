@@ -54,6 +54,10 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_RECONNECT_MAX": "largest reconnect backoff for live sources, seconds (default 30)",
     "VERISEG_STALL": "reconnect a live source that sent no frame for this many seconds (default 10)",
     "VERISEG_MODEL_DIRS": "extra folders (':'-separated) searched for the blob of a deployed key",
+    "VERISEG_ORT_SPIN": "1: let ONNX Runtime threads spin-wait (default 0: they would burn the CPU "
+                        "the decoder and writers need)",
+    "VERISEG_AUX_NICE": "niceness added to the decoder and writer threads so they run in the gaps "
+                        "of inference (default 0)",
 }
 
 
@@ -316,6 +320,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         problems.append(f"VERISEG_PREPROCESS: expected auto or off, got {pre!r}")
 
     port = _int(env, "VERISEG_METRICS_PORT", None, problems, lo=0, hi=65535)
+    _bool(env, "VERISEG_ORT_SPIN", False, problems)      # read where the session is built
+    _int(env, "VERISEG_AUX_NICE", 0, problems, lo=0, hi=19)
     cfg = Config(
         sources=sources,
         model=model,
