@@ -1,0 +1,649 @@
+"""Scoring speed: raw ONNX Runtime vs PyTorch eager vs the full Bytewax flow, same frames.
+
+    python -m bench perf [--frames N] [--size 512] [--quick] [--skip-experiments]
+
+One run, on the same decoded frames:
+
+- **raw ORT**: the model's ONNX Runtime session on frames preloaded in memory (the
+  model-only ceiling), batch 1 and micro-batch 4;
+- **PyTorch eager**: what a user writes by hand (uint8 -> float, normalise, forward,
+  argmax) on the same ENet architecture and variant, *random weights* (speed does not
+  depend on them);
+- **flow**: ``python -m bytewax.run dataflows.segment`` (decode + preprocess + score +
+  every sink: masks, overlay video, JSON lines, anchoring) on the clip, 1 and 2 workers;
+  its own ``summary.json`` gives the steady scoring rate and latencies;
+- the cost curve: raw ORT at 256², 512², 1024² (random-weight ENet exported at each
+  size) and the flow with 1, 2, 4 streams;
+- the experiments (ORT optimisation level, threads, execution mode, spinning, ReLU vs
+  PReLU, int8 static QDQ, offline-optimised graph, flow settings).
+
+Every measurement runs in its own subprocess so that its peak RSS (``os.wait4``) is its
+own.  The machine's 1-minute load average is stored before and after each one, and the
+processes that were competing for the CPU (a training run...) are named, so readers can
+judge contamination.  Frames: the committed clip ``models/*.avi`` when there is one, else
+the first N CARLA frames (``../shared/data/carla`` or ``VERISEG_CARLA_DIR``) resized and
+written to an MJPG clip, else synthetic scenes.  Model: ``models/carla-enet.vsb`` (loaded
+through model_store with its own key) when it exists, else a random-weight ENet (relu)
+exported at the size.  Results: ``bench/results/perf.json`` (``--out`` to change).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+PAPER = {"jetson_agx_xavier_fps": 21.0, "jetson_tx2_fps": 10.0,
+         "note": "paper (Wang et al.), full pipeline on the Jetsons, 512x512"}
+
+
+# =========================================================================== child side
+def _pct(a, q):
+    return round(float(np.percentile(np.asarray(a), q)), 2) if len(a) else None
+
+
+def _ort_session(model_path: str, o: dict):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[o.get("level", "all")]
+    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if o.get("mode") == "parallel"
+                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    so.intra_op_num_threads = int(o.get("intra", 2))
+    so.inter_op_num_threads = int(o.get("inter", 1))
+    so.log_severity_level = 3
+    if o.get("spin") is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", str(int(o["spin"])))
+        so.add_session_config_entry("session.inter_op.allow_spinning", str(int(o["spin"])))
+    t = time.perf_counter()
+    sess = ort.InferenceSession(model_path, so, providers=o.get("providers") or ["CPUExecutionProvider"])
+    return sess, (time.perf_counter() - t) * 1e3
+
+
+def _timed_loop(step, frames: np.ndarray, batch: int, seconds: float, min_frames: int):
+    """Run ``step(x)`` over the frames in chunks of ``batch`` (cycling) for at least
+    ``seconds`` and ``min_frames``; returns (fps, per-call latencies ms)."""
+    n = len(frames)
+    for i in range(min(2, n)):                                   # warm-up
+        step(frames[i:i + 1] if batch == 1 else np.stack([frames[(i + j) % n] for j in range(batch)]))
+    chunks = [np.ascontiguousarray(frames[i:i + batch]) for i in range(0, n - batch + 1, batch)] or \
+        [np.stack([frames[j % n] for j in range(batch)])]
+    lat, done, i = [], 0, 0
+    t0 = time.perf_counter()
+    while True:
+        x = chunks[i % len(chunks)]
+        t = time.perf_counter()
+        step(x)
+        lat.append((time.perf_counter() - t) * 1e3)
+        done += len(x)
+        i += 1
+        el = time.perf_counter() - t0
+        if (el >= seconds and done >= min_frames) or el > 4 * seconds + 60:
+            break
+    return done / (time.perf_counter() - t0), lat
+
+
+def child_ort(spec: dict) -> dict:
+    frames = np.load(spec["frames"], mmap_mode="r")
+    frames = np.ascontiguousarray(frames[: spec.get("limit", len(frames))])
+    sess, load_ms = _ort_session(spec["model"], spec.get("ort", {}))
+    iname, oname = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    batch = int(spec.get("batch", 1))
+    fps, lat = _timed_loop(lambda x: sess.run([oname], {iname: x}), frames, batch,
+                           spec.get("seconds", 6.0), spec.get("min_frames", 20))
+    return {"fps": round(fps, 2), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "batch": batch,
+            "session_ms": round(load_ms, 1), "providers": sess.get_providers()}
+
+
+def child_torch(spec: dict) -> dict:
+    import torch
+    torch.set_num_threads(int(spec.get("threads", 2)))
+    sys.path.insert(0, str(REPO))
+    from trainer.data import MEAN, STD
+    from trainer.optimize import random_enet
+    net = random_enet(spec.get("variant", "relu"))
+    cl = bool(spec.get("channels_last"))
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    inv = (1.0 / torch.tensor(STD)).view(1, 3, 1, 1)
+    frames = np.load(spec["frames"], mmap_mode="r")
+    frames = np.ascontiguousarray(frames[: spec.get("limit", len(frames))])
+    bf16 = bool(spec.get("bf16"))
+
+    def step(x):   # what a user writes by hand
+        with torch.inference_mode():
+            t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+            t = (t - mean) * inv
+            if cl:
+                t = t.contiguous(memory_format=torch.channels_last)
+            if bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    y = net(t)
+            else:
+                y = net(t)
+            return y.argmax(1).to(torch.uint8).numpy()
+
+    fps, lat = _timed_loop(step, frames, int(spec.get("batch", 1)), spec.get("seconds", 6.0),
+                           spec.get("min_frames", 10))
+    return {"fps": round(fps, 2), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+            "batch": int(spec.get("batch", 1)), "weights": "random init (trainer.enet.ENet)",
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def child_decode(spec: dict) -> dict:
+    """Decode (+ resize/colour conversion as the flow does) of the clip alone."""
+    import cv2
+    sys.path.insert(0, str(REPO))
+    from operators.frames import Frame
+    from operators.preprocess import Preprocessor
+    cv2.setNumThreads(int(spec.get("cv_threads", 0)) or cv2.getNumThreads())
+    pre = Preprocessor((spec["size"], spec["size"]), "RGB")
+    cap = cv2.VideoCapture(spec["clip"])
+    lat, n = [], 0
+    t0 = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        ok, img = cap.read()
+        if not ok:
+            break
+        pre(Frame("s", n, 0.0, "", img))
+        lat.append((time.perf_counter() - t) * 1e3)
+        n += 1
+    el = time.perf_counter() - t0
+    return {"fps": round(n / el, 1) if el else None, "frames": n, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+
+
+def child_main(path: str) -> int:
+    spec = json.loads(Path(path).read_text())
+    fn = {"ort": child_ort, "torch": child_torch, "decode": child_decode}[spec["kind"]]
+    res = fn(spec)
+    Path(spec["result"]).write_text(json.dumps(res))
+    return 0
+
+
+# =========================================================================== parent side
+def _busy() -> list[str]:
+    """Other processes using the CPU right now (name and %CPU), e.g. a training run."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True,
+                             text=True, timeout=5).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    me = {os.getpid()}
+    res = []
+    for line in out[:8]:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and int(parts[0]) not in me and float(parts[1]) >= 20:
+            res.append(f"{parts[1]}% {parts[2][:90]}")
+    return res
+
+
+# A fresh, small process starts every measured one: Linux carries the peak RSS of the
+# process image that calls exec into the child's ru_maxrss, so children forked from this
+# (torch-sized) parent would all report at least its size.
+_LAUNCHER = r"""
+import json, os, subprocess, sys, time
+spec = json.loads(sys.argv[1])
+out = open(spec["log"], "wb") if spec.get("log") else subprocess.DEVNULL
+t0 = time.perf_counter()
+p = subprocess.Popen(spec["argv"], env=spec.get("env"), cwd=spec.get("cwd"), stdout=out, stderr=subprocess.STDOUT)
+deadline = time.monotonic() + spec["timeout"]
+while True:
+    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+    if pid:
+        break
+    if time.monotonic() > deadline:
+        p.kill()
+        pid, status, ru = os.wait4(p.pid, 0)
+        break
+    time.sleep(0.02)
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - t0,
+                  "maxrss_kib": ru.ru_maxrss, "cpu_s": ru.ru_utime + ru.ru_stime}))
+"""
+
+
+def _spawn(argv: list[str], env=None, cwd=None, timeout: float = 600, log: Optional[Path] = None) -> dict:
+    """Run argv (through the small launcher); wall time, exit status, its own peak RSS (MiB)."""
+    la0 = os.getloadavg()[0]
+    spec = {"argv": argv, "env": env, "cwd": cwd, "timeout": timeout, "log": str(log) if log else None}
+    p = subprocess.run([PY, "-S", "-c", _LAUNCHER, json.dumps(spec)], capture_output=True, text=True,
+                       timeout=timeout + 60)
+    try:
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        r = {"rc": 1, "wall_s": 0.0, "maxrss_kib": 0, "cpu_s": 0.0}
+        if log:
+            Path(log).write_text(p.stderr[-2000:])
+    return {"rc": r["rc"], "wall_s": round(r["wall_s"], 2), "peak_rss_mib": round(r["maxrss_kib"] / 1024, 1),
+            "cpu_s": round(r["cpu_s"], 2), "load_1min_before": round(la0, 2),
+            "load_1min_after": round(os.getloadavg()[0], 2)}
+
+
+class Suite:
+    def __init__(self, a, work: Path):
+        self.a, self.work = a, work
+        self.n = 0
+        self.env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.env = {k: v for k, v in self.env.items() if not k.startswith("VERISEG_")}
+        self.env.update(OMP_NUM_THREADS=str(a.threads))
+
+    def log(self, msg: str):
+        print(msg, flush=True)
+
+    def child(self, spec: dict, label: str) -> dict:
+        self.n += 1
+        sp = self.work / f"spec{self.n}.json"
+        spec = dict(spec, result=str(self.work / f"res{self.n}.json"))
+        sp.write_text(json.dumps(spec))
+        logf = self.work / f"child{self.n}.log"
+        proc = _spawn([PY, "-m", "bench.perf", "--child", str(sp)], env=self.env, cwd=str(REPO), log=logf)
+        res = {"label": label}
+        if proc["rc"] == 0 and Path(spec["result"]).exists():
+            res.update(json.loads(Path(spec["result"]).read_text()))
+        else:
+            res["error"] = logf.read_text(errors="replace")[-600:]
+        res.update({k: proc[k] for k in ("peak_rss_mib", "load_1min_before", "load_1min_after")})
+        self.log(_line(res))
+        return res
+
+
+def _line(r: dict) -> str:
+    if "error" in r:
+        return f"  {r['label']:<44} FAILED: {r['error'].strip().splitlines()[-1] if r['error'].strip() else '?'}"
+    extra = f" acc {r['pixel_accuracy']:.4f}" if r.get("pixel_accuracy") is not None else ""
+    return (f"  {r['label']:<44} {r.get('fps', 0):>7.2f} FPS  p50 {r.get('p50_ms')!s:>7} ms  p99 "
+            f"{r.get('p99_ms')!s:>7} ms  RSS {r.get('peak_rss_mib')!s:>6} MiB  load {r.get('load_1min_before')}{extra}")
+
+
+# ----------------------------------------------------------------------------- inputs
+def carla_dir() -> Optional[Path]:
+    for c in (os.environ.get("VERISEG_CARLA_DIR"), REPO.parent / "shared" / "data" / "carla"):
+        if c and (Path(c) / "images").is_dir():
+            return Path(c)
+    return None
+
+
+def prepare_clip(work: Path, size: int, frames: int) -> tuple[Path, str]:
+    import cv2
+    vids = sorted(p for p in (REPO / "models").glob("*.avi")) if (REPO / "models").is_dir() else []
+    if vids:
+        return vids[0], f"committed clip {vids[0].relative_to(REPO)}"
+    clip = work / "clip.avi"
+    w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (size, size))
+    d = carla_dir()
+    if d is not None:
+        imgs = sorted((d / "images").glob("*.jpg"))[:frames]
+        for p in imgs:
+            img = cv2.imread(str(p))
+            w.write(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
+        what = f"first {len(imgs)} CARLA frames of {d} resized to {size}x{size}, MJPG"
+    else:
+        from trainer.data import synthetic_scene
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            img, _ = synthetic_scene(rng, size, size)
+            w.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        what = f"{frames} synthetic scenes {size}x{size}, MJPG"
+    w.release()
+    return clip, what
+
+
+def decode_frames(clip: Path, size: int, limit: int) -> np.ndarray:
+    """``limit`` frames of the clip (looped when it is shorter, as the flow replays it),
+    resized and colour-converted exactly as the flow's preprocess window does."""
+    import cv2
+    from operators.frames import Frame
+    from operators.preprocess import Preprocessor
+    pre = Preprocessor((size, size), "RGB")
+    cap = cv2.VideoCapture(str(clip))
+    out = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        out.append(pre(Frame("s", len(out), 0.0, "", img)).image)
+        if len(out) >= limit:
+            break
+    if not out:
+        raise SystemExit(f"error: no frame could be decoded from {clip}")
+    n = len(out)
+    return np.stack([out[i % n] for i in range(limit)]), n
+
+
+def write_clip(path: Path, frames: np.ndarray) -> Path:
+    """An MJPG clip of already-sized RGB frames (the flow then skips the resize)."""
+    import cv2
+    h, w = frames.shape[1:3]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
+    for f in frames:
+        wr.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    wr.release()
+    return path
+
+
+def _card(size: int, name: str, description: str):
+    from model_store import CARLA_CLASSES, ModelCard, TensorSpec
+    t = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return ModelCard(name=name, description=description, algorithm="ENet", created=t, modified=t,
+                     training_params={"weights": "random init"}, classes=CARLA_CLASSES,
+                     scoring_function="uint8 NHWC RGB -> normalise -> ENet -> argmax -> uint8",
+                     inputs=(TensorSpec("image", "uint8", ("N", size, size, 3), "NHWC", "RGB"),),
+                     outputs=(TensorSpec("classes", "uint8", ("N", size, size), "NHW", None),),
+                     metrics={}, onnx_opset=17)
+
+
+def prepare_model(work: Path, size: int, random_model: bool = False) -> dict:
+    """The model under test: the committed trained blob, else a random-weight ENet relu."""
+    import model_store
+    blob = REPO / "models" / "carla-enet.vsb"
+    if blob.exists() and not random_model:
+        key = model_store.verify(str(blob))
+        card, onnx = model_store.load(str(blob), expected_key=key)
+        if tuple(card.input_size) != (size, size):
+            raise SystemExit(f"error: {blob} takes {card.input_size}, not {size}x{size}: pass --size")
+        variant = "prelu" if "prelu" in (card.description or "").lower() else "relu"
+        what = f"trained blob models/carla-enet.vsb ({card.description})"
+    else:
+        from trainer.optimize import export_random
+        variant = "relu"
+        onnx = export_random(variant, size)
+        blob = work / "model.vsb"
+        key = model_store.write(str(blob), onnx, _card(size, "bench-enet", "random-weight ENet relu"))
+        what = ("random-weight ENet relu exported by trainer.export ("
+                + ("--random-model)" if random_model else "models/carla-enet.vsb absent)"))
+    path = work / "model.onnx"
+    path.write_bytes(onnx)
+    return {"onnx": path, "blob": blob, "key": key, "variant": variant, "what": what}
+
+
+def register(home: Path, blob: Path, key: str):
+    import chain
+    reg = chain.connect(chain="embedded", home=home)
+    if not reg.status(key).registered:
+        reg.register(key, "bench", blob.resolve().as_uri())
+
+
+# ----------------------------------------------------------------------------- flow
+def run_flow(s: Suite, model: dict, clip: Path, *, label: str, workers: int = 1, streams: int = 1,
+             frames: int, extra: Optional[dict] = None) -> dict:
+    s.n += 1
+    out = s.work / f"flow{s.n}"
+    src = ";".join(f"s{i}@{clip}" for i in range(streams))
+    env = dict(s.env, VERISEG_SOURCE=src, VERISEG_MODEL=str(model["blob"]), VERISEG_HOME=str(s.work / "home"),
+               VERISEG_OUT=str(out), VERISEG_PROGRESS="0", VERISEG_MAX_FRAMES=str(frames),
+               VERISEG_THREADS=str(s.a.threads), VERISEG_PROVIDERS=s.a.providers, VERISEG_LOOP="1")
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    argv = [PY, "-m", "bytewax.run", "dataflows.segment"] + (["-w", str(workers)] if workers > 1 else [])
+    proc = _spawn(argv, env=env, cwd=str(s.work), log=s.work / f"flow{s.n}.log", timeout=900)
+    res = {"label": label, "workers": workers, "streams": streams, "settings": extra or {}}
+    summ = out / "summary.json"
+    if proc["rc"] != 0 or not summ.exists():
+        res["error"] = (s.work / f"flow{s.n}.log").read_text(errors="replace")[-800:]
+        res.update({k: proc[k] for k in ("peak_rss_mib", "load_1min_before", "load_1min_after")})
+        s.log(_line(res))
+        return res
+    sm = json.loads(summ.read_text())
+    n = sm.get("scored", 0)
+    lat = {"total": [], "score": [], "wait": [], "sink": []}
+    for f in out.glob("*/results.jsonl"):
+        for line in f.read_text().splitlines():
+            r = json.loads(line).get("latency_ms", {})
+            for k in ("score", "wait", "sink"):
+                if k in r:
+                    lat[k].append(r["score_per_frame"] if k == "score" else r[k])
+            lat["total"].append(r.get("wait", 0) + r.get("score", 0) + r.get("sink", 0))
+    res.update({
+        "fps": round(sm.get("fps", 0.0), 2),                       # the flow's own steady scoring rate
+        "fps_wall": round(n / proc["wall_s"], 2) if proc["wall_s"] else None,   # incl. start-up
+        "frames": n, "dropped": sm.get("dropped"), "provider": sm.get("provider"),
+        "batch_sizes": sm.get("batch_sizes"),
+        "p50_ms": _pct(lat["total"], 50), "p99_ms": _pct(lat["total"], 99),
+        "score_per_frame_p50_ms": _pct(lat["score"], 50), "wait_p50_ms": _pct(lat["wait"], 50),
+        "sink_p50_ms": _pct(lat["sink"], 50),
+        "decode_p50_ms": (sm.get("latency", {}).get("decode") or {}).get("p50_ms"),
+        "wall_s": proc["wall_s"], "cpu_s": proc["cpu_s"]})
+    res.update({k: proc[k] for k in ("peak_rss_mib", "load_1min_before", "load_1min_after")})
+    s.log(_line(res) + f"  (wall {res['fps_wall']} FPS incl. start-up; batches {res['batch_sizes']})")
+    return res
+
+
+# ----------------------------------------------------------------------------- int8
+def int8_variants(s: Suite, model: dict, size: int, calib_n: int) -> tuple[list, dict]:
+    """Quantised models (written to the work folder) and their accuracy vs fp32."""
+    from trainer import optimize as opt
+    d = carla_dir()
+    onnx = model["onnx"].read_bytes()
+    info = {"weights": model["what"]}
+    if d is None:
+        s.log("  int8: no CARLA frames: skipped")
+        return [], {"skipped": "no CARLA frames"}
+    calib, val, lab = opt.calibration_frames(d, size, calib_n)
+    val, lab = val[-30:], lab[-30:]
+    # a random-weight model says nothing about accuracy: use the newest trained
+    # checkpoint when the blob is not committed yet
+    acc_onnx = onnx
+    if "random" in model["what"]:
+        ck = sorted((REPO / "runs").glob("carla-*/best.pt"), key=lambda p: p.stat().st_mtime)
+        if ck:
+            try:
+                from trainer.export import export_onnx
+                from trainer.train import load_checkpoint
+                net, c = load_checkpoint(ck[-1])
+                acc_onnx = export_onnx(net, size)
+                info["weights"] = (f"accuracy on checkpoint {ck[-1].relative_to(REPO)} (epoch "
+                                   f"{c.get('state', {}).get('epoch')}, training still running); "
+                                   "speed on the random-weight model")
+            except Exception as e:  # noqa: BLE001 - a checkpoint being rewritten: fall back
+                info["weights"] += f" (checkpoint unreadable: {type(e).__name__})"
+    ref = opt.run_model(acc_onnx, val)
+    info.update(calibration_frames=len(calib), validation_frames=len(val),
+                validation="last 30 frames of the time-split validation part (last 20%), labels resized "
+                           f"to {size}x{size} (nearest)",
+                fp32_pixel_accuracy=round(opt.pixel_accuracy(ref, lab), 4))
+    out = []
+    for name, kw in (("int8 QDQ per-channel", {"per_channel": True}),
+                     ("int8 QDQ per-tensor", {"per_channel": False})):
+        t = time.perf_counter()
+        try:
+            q = opt.quantize_int8(onnx, calib, **kw)
+            qa = q if acc_onnx is onnx else opt.quantize_int8(acc_onnx, calib, **kw)
+        except Exception as e:  # noqa: BLE001 - report, keep the suite going
+            s.log(f"  {name}: quantisation failed: {type(e).__name__}: {e}")
+            info[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            continue
+        got = opt.run_model(qa, val)
+        p = s.work / f"{name.replace(' ', '_')}.onnx"
+        p.write_bytes(q)
+        info[name] = {"pixel_accuracy": round(opt.pixel_accuracy(got, lab), 4),
+                      "agreement_with_fp32": round(opt.pixel_agreement(got, ref), 4),
+                      "quantise_s": round(time.perf_counter() - t, 1)}
+        out.append((name, p, info[name]))
+    return out, info
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench perf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seconds", type=float, default=8.0, help="minimum seconds per raw measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--providers", default="cpu", help="VERISEG_PROVIDERS for the flow (default cpu)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few frames, 1 s each, no extras")
+    p.add_argument("--skip-experiments", action="store_true")
+    p.add_argument("--skip-curve", action="store_true")
+    p.add_argument("--calib", type=int, default=50, help="CARLA frames for int8 calibration")
+    p.add_argument("--out", default="perf", help="results name under bench/results (default perf)")
+    p.add_argument("--work", help="keep the work folder here (default: a temporary one)")
+    p.add_argument("--results", help="folder for the JSON (default bench/results)")
+    p.add_argument("--random-model", action="store_true",
+                   help="a random-weight ENet relu even when models/carla-enet.vsb exists")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        return child_main(a.child)
+    if a.quick:
+        a.frames, a.seconds = min(a.frames, 8), min(a.seconds, 1.0)
+    sys.path.insert(0, str(REPO))
+    tmp = None
+    if a.work:
+        work = Path(a.work)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="veriseg-perf-")
+        work = Path(tmp.name)
+    load0 = os.getloadavg()
+    busy0 = _busy()
+    t_start = time.time()
+    print(f"work folder {work}; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
+          + (f"; busy: {'; '.join(busy0)}" if busy0 else ""), flush=True)
+    s = Suite(a, work)
+    size = a.size
+    clip, clip_what = prepare_clip(work, size, max(a.frames, 8))
+    frames, clip_len = decode_frames(clip, size, a.frames)
+    clip_what += f", {clip_len} frames" + (f" (looped to {a.frames})" if clip_len < a.frames else "")
+    fpath = work / "frames.npy"
+    np.save(fpath, frames)
+    model = prepare_model(work, size, a.random_model)
+    register(work / "home", model["blob"], model["key"])
+    from trainer.optimize import batchnorm_nodes, op_counts
+    onnx_bytes = model["onnx"].read_bytes()
+    print(f"frames: {len(frames)} x {size}x{size} from {clip_what}\nmodel: {model['what']} (key {model['key'][:16]}…)",
+          flush=True)
+    base = {"kind": "ort", "model": str(model["onnx"]), "frames": str(fpath), "seconds": a.seconds,
+            "min_frames": min(len(frames), 40),
+            # the flow's own session settings (operators/score.py): all optimisations,
+            # sequential, intra-op threads = cores, spinning off
+            "ort": {"level": "all", "intra": a.threads, "inter": 1, "spin": 0}}
+    R: dict = {"inputs": {"frames": len(frames), "size": size, "clip": clip_what, "model": model["what"],
+                          "model_key": model["key"], "variant": model["variant"],
+                          "batchnorm_nodes_in_export": batchnorm_nodes(onnx_bytes),
+                          "ops": op_counts(onnx_bytes)},
+               "paper": PAPER}
+
+    print("== main table", flush=True)
+    main_rows = {}
+    main_rows["ort_b1"] = s.child(base, f"raw ORT {size}² batch 1")
+    main_rows["ort_b4"] = s.child(dict(base, batch=4), f"raw ORT {size}² batch 4")
+    main_rows["torch"] = s.child({"kind": "torch", "frames": str(fpath), "variant": model["variant"],
+                                  "threads": a.threads, "seconds": a.seconds, "min_frames": min(len(frames), 20)},
+                                 f"PyTorch eager {size}² batch 1 ({model['variant']}, random w.)")
+    main_rows["decode"] = s.child({"kind": "decode", "clip": str(clip), "size": size}, "decode+preprocess only")
+    main_rows["flow_w1"] = run_flow(s, model, clip, label="flow 1 worker", frames=a.frames)
+    main_rows["flow_w2"] = run_flow(s, model, clip, label="flow 2 workers", workers=2, frames=a.frames)
+    ort1 = main_rows["ort_b1"].get("fps") or 0
+    ort4 = main_rows["ort_b4"].get("fps") or 0
+    for k in ("flow_w1", "flow_w2"):
+        f = main_rows[k].get("fps")
+        if f and ort1:
+            main_rows[k]["ratio_vs_ort_b1"] = round(f / ort1, 3)
+            main_rows[k]["ratio_vs_ort_b4"] = round(f / ort4, 3) if ort4 else None
+    R["main"] = main_rows
+
+    if not (a.skip_curve or a.quick):
+        print("== cost curve", flush=True)
+        from trainer.optimize import export_random
+        curve = []
+        for sz in (256, 512, 1024):
+            mp = work / f"random{sz}.onnx"
+            mp.write_bytes(export_random("relu", sz))
+            fr = work / f"frames{sz}.npy"
+            np.save(fr, np.stack([__import__("cv2").resize(f, (sz, sz)) for f in frames[:40]]))
+            r = s.child(dict(base, model=str(mp), frames=str(fr), min_frames=20 if sz < 1024 else 8),
+                        f"raw ORT {sz}² (random relu)")
+            r["size"] = sz
+            curve.append(r)
+        R["curve_size"] = curve
+        streams = []
+        for k in (1, 2, 4):
+            r = run_flow(s, model, clip, label=f"flow {k} stream(s), 1 worker", streams=k,
+                         frames=max(8, a.frames // k))
+            streams.append(r)
+        r = run_flow(s, model, clip, label="flow 4 streams, 2 workers", streams=4, workers=2,
+                     frames=max(8, a.frames // 4))
+        streams.append(r)
+        R["curve_streams"] = streams
+
+    if not (a.skip_experiments or a.quick):
+        print("== experiments: raw ORT", flush=True)
+        ex = []
+        o = base["ort"]
+        for label, ort in (("baseline = flow settings (all, 2 thr, no spin)", o),
+                           ("spinning on (ORT default)", dict(o, spin=1)),
+                           ("level extended", dict(o, level="extended")),
+                           ("level basic", dict(o, level="basic")),
+                           ("level disable", dict(o, level="disable")),
+                           ("intra 1 thread", dict(o, intra=1)),
+                           ("parallel mode, inter 2", dict(o, mode="parallel", inter=2)),
+                           ("level extended, spinning on", dict(o, level="extended", spin=1))):
+            ex.append(s.child(dict(base, ort=ort), f"ORT {label}"))
+        ex.append(s.child(dict(base, batch=2), "ORT batch 2"))
+        from trainer.optimize import export_random, ort_optimized
+        pr = work / "prelu.onnx"
+        pr.write_bytes(export_random("prelu", size))
+        rl = work / "relu.onnx"
+        rl.write_bytes(export_random("relu", size))
+        ex.append(s.child(dict(base, model=str(rl)), "ORT random relu (same graph, random w.)"))
+        ex.append(s.child(dict(base, model=str(pr)), "ORT random prelu"))
+        off = work / "offline-extended.onnx"
+        off.write_bytes(ort_optimized(onnx_bytes, "extended"))
+        ex.append(s.child(dict(base, model=str(off), ort=dict(o, level="all")),
+                          "ORT offline-optimised (extended) + all"))
+        print("== experiments: int8", flush=True)
+        q, qinfo = int8_variants(s, model, size, a.calib)
+        for name, path, info in q:
+            for lv in ("all", "extended"):
+                r = s.child(dict(base, model=str(path), ort=dict(o, level=lv)), f"ORT {name} ({lv})")
+                r.update(info)
+                ex.append(r)
+        R["int8"] = qinfo
+        print("== experiments: PyTorch", flush=True)
+        tb = {"kind": "torch", "frames": str(fpath), "variant": model["variant"], "threads": a.threads,
+              "seconds": a.seconds, "min_frames": 10}
+        ex.append(s.child(dict(tb, channels_last=True), "PyTorch eager channels_last"))
+        ex.append(s.child(dict(tb, channels_last=True, bf16=True), "PyTorch eager channels_last bf16 autocast"))
+        R["experiments_raw"] = ex
+        print("== experiments: flow", flush=True)
+        fx = []
+        clip512 = write_clip(work / f"clip{size}.avi", frames[:clip_len])
+        for label, extra, c in (("flow spinning on", {"VERISEG_ORT_SPIN": "1"}, clip),
+                                ("flow batch 4", {"VERISEG_BATCH": "4"}, clip),
+                                ("flow masks+video off (jsonl, anchors)", {"VERISEG_MASKS": "0", "VERISEG_VIDEO": "0"}, clip),
+                                ("flow 1 ORT thread", {"VERISEG_THREADS": "1"}, clip),
+                                (f"flow on a {size}² clip (no resize)", {}, clip512)):
+            fx.append(run_flow(s, model, c, label=label, frames=a.frames, extra=extra))
+        R["experiments_flow"] = fx
+
+    R["load_average_start"] = [round(x, 2) for x in load0]
+    R["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    R["busy_at_start"] = busy0
+    R["busy_at_end"] = _busy()
+    R["duration_s"] = round(time.time() - t_start, 1)
+    R["command"] = "python -m bench perf " + " ".join(argv)
+    from .machine import info, save
+    if a.results:
+        path = Path(a.results) / f"{a.out}.json"
+        path.write_text(json.dumps({"machine": info(), "results": R}, indent=2) + "\n")
+    else:
+        path = save(a.out, R)
+    print(f"saved {path}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,206 @@
+"""Deployment-time optimisations of an exported ENet (used by ``python -m bench perf``).
+
+Nothing here changes the exported graph's contract (uint8 NHWC RGB in, uint8 class map
+out, argmax inside the graph); it only offers faster variants of the same model:
+
+- :func:`random_enet` / :func:`export_random`: a random-weight ENet exported exactly like
+  a trained one (speed does not depend on the weights);
+- :func:`op_counts` / :func:`batchnorm_nodes`: check that the exporter folded every batch
+  norm into its convolution (``export_onnx`` exports in eval mode with constant folding);
+- :func:`ort_optimized`: the model as ONNX Runtime rewrites it (fusions), saved offline so
+  a device skips the optimiser at start (``basic``/``extended`` only: the ``all`` level adds
+  layout transforms specific to the CPU it ran on);
+- :func:`quantize_int8`: static int8 QDQ quantisation with calibration on real frames
+  (``onnxruntime.quantization``), per-channel weights by default;
+- :func:`pixel_agreement` / :func:`pixel_accuracy`: what a variant changes in the output.
+
+CLI::
+
+    python -m trainer.optimize MODEL.onnx --int8 --calib ../shared/data/carla -o model-int8.onnx
+    python -m trainer.optimize MODEL.onnx --check        # batch-norm / op census
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["random_enet", "export_random", "op_counts", "batchnorm_nodes", "ort_optimized",
+           "quantize_int8", "calibration_frames", "pixel_agreement", "pixel_accuracy", "run_model"]
+
+
+def random_enet(variant: str = "relu", seed: int = 0):
+    """trainer.enet.ENet with its (random) initial weights, eval mode.  The batch-norm
+    statistics are randomised too so that folding them is not a no-op."""
+    import torch
+    from .enet import ENet
+    from .palette import NUM_CLASSES
+    torch.manual_seed(seed)
+    net = ENet(NUM_CLASSES, variant=variant)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def export_random(variant: str = "relu", size: int = 512, seed: int = 0) -> bytes:
+    from .export import export_onnx
+    return export_onnx(random_enet(variant, seed), size)
+
+
+def op_counts(onnx_bytes: bytes) -> dict:
+    import onnx
+    m = onnx.load_from_string(onnx_bytes)
+    return dict(collections.Counter(n.op_type for n in m.graph.node))
+
+
+def batchnorm_nodes(onnx_bytes: bytes) -> int:
+    return op_counts(onnx_bytes).get("BatchNormalization", 0)
+
+
+def ort_optimized(onnx_bytes: bytes, level: str = "extended") -> bytes:
+    """The graph after ONNX Runtime's optimiser at ``level`` (basic | extended | all)."""
+    import onnxruntime as ort
+    lv = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+          "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = lv
+        so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        so.log_severity_level = 3
+        so.intra_op_num_threads = 1
+        ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        return Path(so.optimized_model_filepath).read_bytes()
+
+
+def calibration_frames(root, size: int = 512, n: int = 50, val_fraction: float = 0.2, gap: int = 10):
+    """(calibration images, validation images, validation labels) from a CARLA folder:
+    ``n`` frames spread over the training part (first 80% minus the gap) for calibration,
+    the time-split validation part (last 20%) for checking.  Images uint8 NHWC RGB."""
+    from .data import load_folder, time_split
+    d = load_folder(root, size)
+    tr, va = time_split(len(d), val_fraction, gap)
+    sel = np.linspace(tr[0], tr[-1], min(n, len(tr))).astype(int)
+    return d.images[sel], d.images[va], d.labels[va]
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over preloaded frames."""
+
+    def __init__(self, name: str, images: np.ndarray):
+        self.name, self.images, self.i = name, images, 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        x = self.images[self.i:self.i + 1]
+        self.i += 1
+        return {self.name: x}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_int8(onnx_bytes: bytes, calib: np.ndarray, *, per_channel: bool = True,
+                  method: str = "minmax", activation: str = "u8", exclude_ops: Sequence[str] = (),
+                  preprocess: bool = True) -> bytes:
+    """Static int8 QDQ model calibrated on ``calib`` (uint8 NHWC frames).
+
+    Weights int8 (symmetric, per channel), activations uint8 (asymmetric) or int8: the
+    recommended CPU setting with VNNI.  ``exclude_ops`` keeps some op types in float (e.g.
+    the final classifier conv) when accuracy suffers."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "fp32.onnx")
+        Path(src).write_bytes(onnx_bytes)
+        if preprocess:
+            pre = os.path.join(tmp, "pre.onnx")
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            src = pre
+        m = onnx.load(src)
+        exclude = [n.name for n in m.graph.node if n.op_type in set(exclude_ops)]
+        out = os.path.join(tmp, "int8.onnx")
+        quantize_static(
+            src, out, Reader(m.graph.input[0].name, calib), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv", "ConvTranspose", "Add", "MaxPool", "Concat", "Relu", "Resize",
+                                  "Pad", "PRelu", "Mul"],
+            per_channel=per_channel, reduce_range=False,
+            activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options={"ActivationSymmetric": activation != "u8", "WeightSymmetric": True})
+        return Path(out).read_bytes()
+
+
+def run_model(onnx_bytes: bytes, images: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Class maps of ``images`` (one at a time) through ONNX Runtime CPU."""
+    from .export import ort_session
+    sess = ort_session(onnx_bytes, threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: images[i:i + 1]})[0] for i in range(len(images))])
+
+
+def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+def pixel_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((pred == labels).mean())
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.optimize", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="exported ONNX (uint8 NHWC in, uint8 class map out)")
+    p.add_argument("--check", action="store_true", help="print the op census (batch norms must be 0)")
+    p.add_argument("--int8", action="store_true", help="static int8 QDQ quantisation")
+    p.add_argument("--calib", default="../shared/data/carla", help="CARLA folder for calibration")
+    p.add_argument("--calib-n", type=int, default=50)
+    p.add_argument("--per-tensor", action="store_true")
+    p.add_argument("--ort-level", choices=("basic", "extended", "all"), help="save ORT's optimised graph")
+    p.add_argument("-o", "--output")
+    a = p.parse_args(list(argv) if argv is not None else None)
+    onnx_bytes = Path(a.model).read_bytes()
+    import onnx
+    size = onnx.load_from_string(onnx_bytes).graph.input[0].type.tensor_type.shape.dim[1].dim_value or 512
+    if a.check or not (a.int8 or a.ort_level):
+        ops = op_counts(onnx_bytes)
+        print(" ".join(f"{k}:{v}" for k, v in sorted(ops.items())))
+        print(f"BatchNormalization nodes: {ops.get('BatchNormalization', 0)}")
+        return 1 if ops.get("BatchNormalization", 0) else 0
+    out = onnx_bytes
+    if a.int8:
+        calib, val, lab = calibration_frames(a.calib, size, a.calib_n)
+        out = quantize_int8(onnx_bytes, calib, per_channel=not a.per_tensor)
+        ref, got = run_model(onnx_bytes, val), run_model(out, val)
+        print(f"int8 vs fp32 identical pixels on {len(val)} validation frames: {100 * pixel_agreement(ref, got):.2f}%;"
+              f" pixel accuracy fp32 {pixel_accuracy(ref, lab):.4f} int8 {pixel_accuracy(got, lab):.4f}")
+    if a.ort_level:
+        out = ort_optimized(out, a.ort_level)
+    if not a.output:
+        print("error: -o/--output is required", file=sys.stderr)
+        return 2
+    Path(a.output).write_bytes(out)
+    print(f"wrote {a.output} ({len(out)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
