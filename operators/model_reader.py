@@ -189,6 +189,8 @@ class ModelWatcher:
                 card = model_store.read_header(str(path))
                 try:
                     self.reg.register(key, card.name, path.resolve().as_uri())
+                except chain.errors.KeyAlreadyRegistered:
+                    pass   # another process of this flow (-i/-a) registered it a moment ago
                 except chain.errors.ChainError as e:
                     raise ModelRefused(f"cannot register the default blob {path}: {_one_line(e)}") from None
                 log.info("first run: registered the committed blob %s (key %s) on the embedded "

@@ -448,3 +448,25 @@ def test_metrics_http_endpoint_while_running(tmp_path):
     th.join()
     assert "veriseg_fps" in got["body"] and f'key="{key}"' in got["body"]
     assert 'veriseg_frames_total{stream="f",stage="scored"}' in got["body"]
+
+
+def test_require_gpu_without_a_gpu_refuses_with_one_line(tmp_path):
+    from operators.score import gpu_driver
+    if gpu_driver():
+        pytest.skip("this machine has an NVIDIA driver")
+    reg, blob, key = _registered(tmp_path)
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    cfg = load_config(env_for(tmp_path, clip, blob, VERISEG_REQUIRE_GPU=1, VERISEG_PROVIDERS="auto"))
+    with pytest.raises(ModelRefused) as ei:
+        build_flow(cfg, registry=reg)
+    assert "\n" not in str(ei.value) and "VERISEG_REQUIRE_GPU=1" in str(ei.value)
+    assert "CPUExecutionProvider" in str(ei.value)
+
+
+def test_missing_default_blob_is_one_config_line(tmp_path, monkeypatch):
+    import operators.config as config
+    monkeypatch.setattr(config, "DEFAULT_MODEL", tmp_path / "models" / "carla-enet.vsb")
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    with pytest.raises(ConfigError) as ei:
+        load_config({"VERISEG_SOURCE": str(clip)})
+    assert str(ei.value).startswith("VERISEG_MODEL: blob file") and "\n" not in str(ei.value)
