@@ -76,11 +76,13 @@ def _timed_loop(step, frames: np.ndarray, batch: int, seconds: float, min_frames
     """Run ``step(x)`` over the frames in chunks of ``batch`` (cycling) for at least
     ``seconds`` and ``min_frames``; returns (fps, per-call latencies ms)."""
     n = len(frames)
-    for i in range(min(2, n)):                                   # warm-up
+    for i in range(3):                                           # warm-up (kernels, caches)
+        i %= n
         step(frames[i:i + 1] if batch == 1 else np.stack([frames[(i + j) % n] for j in range(batch)]))
     chunks = [np.ascontiguousarray(frames[i:i + batch]) for i in range(0, n - batch + 1, batch)] or \
         [np.stack([frames[j % n] for j in range(batch)])]
     lat, done, i = [], 0, 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     while True:
         x = chunks[i % len(chunks)]
@@ -92,7 +94,12 @@ def _timed_loop(step, frames: np.ndarray, batch: int, seconds: float, min_frames
         el = time.perf_counter() - t0
         if (el >= seconds and done >= min_frames) or el > 4 * seconds + 60:
             break
-    return done / (time.perf_counter() - t0), lat
+    el = time.perf_counter() - t0
+    _CPU["ms_per_frame"] = round((time.process_time() - c0) * 1e3 / done, 2)
+    return done / el, lat
+
+
+_CPU: dict = {}   # CPU time (all threads) per frame of the last timed loop
 
 
 def child_ort(spec: dict) -> dict:
@@ -104,7 +111,8 @@ def child_ort(spec: dict) -> dict:
     fps, lat = _timed_loop(lambda x: sess.run([oname], {iname: x}), frames, batch,
                            spec.get("seconds", 6.0), spec.get("min_frames", 20))
     return {"fps": round(fps, 2), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "batch": batch,
-            "session_ms": round(load_ms, 1), "providers": sess.get_providers()}
+            "cpu_ms_per_frame": _CPU.get("ms_per_frame"), "session_ms": round(load_ms, 1),
+            "providers": sess.get_providers()}
 
 
 def child_torch(spec: dict) -> dict:
@@ -139,7 +147,8 @@ def child_torch(spec: dict) -> dict:
     fps, lat = _timed_loop(step, frames, int(spec.get("batch", 1)), spec.get("seconds", 6.0),
                            spec.get("min_frames", 10))
     return {"fps": round(fps, 2), "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
-            "batch": int(spec.get("batch", 1)), "weights": "random init (trainer.enet.ENet)",
+            "batch": int(spec.get("batch", 1)), "cpu_ms_per_frame": _CPU.get("ms_per_frame"),
+            "weights": "random init (trainer.enet.ENet)",
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
@@ -236,6 +245,7 @@ class Suite:
     def __init__(self, a, work: Path):
         self.a, self.work = a, work
         self.n = 0
+        self.startup_cpu: Optional[float] = None
         self.env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.env = {k: v for k, v in self.env.items() if not k.startswith("VERISEG_")}
         self.env.update(OMP_NUM_THREADS=str(a.threads))
@@ -264,6 +274,8 @@ def _line(r: dict) -> str:
     if "error" in r:
         return f"  {r['label']:<44} FAILED: {r['error'].strip().splitlines()[-1] if r['error'].strip() else '?'}"
     extra = f" acc {r['pixel_accuracy']:.4f}" if r.get("pixel_accuracy") is not None else ""
+    if r.get("cpu_ms_per_frame") is not None:
+        extra = f"  CPU {r['cpu_ms_per_frame']} ms/frame" + extra
     return (f"  {r['label']:<44} {r.get('fps', 0):>7.2f} FPS  p50 {r.get('p50_ms')!s:>7} ms  p99 "
             f"{r.get('p99_ms')!s:>7} ms  RSS {r.get('peak_rss_mib')!s:>6} MiB  load {r.get('load_1min_before')}{extra}")
 
@@ -415,6 +427,10 @@ def run_flow(s: Suite, model: dict, clip: Path, *, label: str, workers: int = 1,
         "sink_p50_ms": _pct(lat["sink"], 50),
         "decode_p50_ms": (sm.get("latency", {}).get("decode") or {}).get("p50_ms"),
         "wall_s": proc["wall_s"], "cpu_s": proc["cpu_s"]})
+    if s.startup_cpu is not None and n > 1:
+        # CPU of all threads per frame, the start-up (imports, chain, session) taken off:
+        # robust to other load on the machine, unlike FPS
+        res["cpu_ms_per_frame"] = round((proc["cpu_s"] - s.startup_cpu) * 1e3 / (n - 1), 2)
     res.update({k: proc[k] for k in ("peak_rss_mib", "load_1min_before", "load_1min_after")})
     s.log(_line(res) + f"  (wall {res['fps_wall']} FPS incl. start-up; batches {res['batch_sizes']})")
     return res
@@ -474,12 +490,70 @@ def int8_variants(s: Suite, model: dict, size: int, calib_n: int) -> tuple[list,
     return out, info
 
 
+# ----------------------------------------------------------------------------- tables
+def _f(v, nd=1):
+    return "–" if v is None else (f"{v:.{nd}f}" if isinstance(v, (int, float)) else str(v))
+
+
+def tables(doc: dict) -> str:
+    """Markdown tables (README / docs/performance.md) from a perf.json document."""
+    R, m = doc["results"], doc["machine"]
+    M = R["main"]
+    size = R["inputs"]["size"]
+    ort1 = M["ort_b1"].get("fps")
+    la = R.get("load_average_start", ["?"])[0]
+    out = [f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['versions'].get('onnxruntime')}, "
+           f"torch {m['versions'].get('torch')}; {m['date']}; 1-min load average at start {la}"
+           + (f"; also running: {'; '.join(R['busy_at_start'])}" if R.get("busy_at_start") else ""),
+           f"frames: {R['inputs']['clip']}; model: {R['inputs']['model']}", "",
+           f"| {size}² | FPS | p50 ms | p99 ms | CPU ms/frame | peak RSS MiB | vs raw ORT |",
+           "|---|---|---|---|---|---|---|"]
+    rows = [("raw ONNX Runtime, preloaded frames, batch 1", M["ort_b1"]),
+            ("raw ONNX Runtime, preloaded frames, batch 4", M["ort_b4"]),
+            ("PyTorch eager (same ENet, random weights), batch 1", M["torch"]),
+            ("**VeriSeg flow** (decode + preprocess + score + all sinks), 1 worker", M["flow_w1"]),
+            ("**VeriSeg flow**, 2 workers", M["flow_w2"])]
+    for name, r in rows:
+        if "error" in r:
+            out.append(f"| {name} | failed | | | | | |")
+            continue
+        ratio = r.get("fps") / ort1 if r.get("fps") and ort1 else None
+        out.append(f"| {name} | {_f(r.get('fps'))} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} | "
+                   f"{_f(r.get('cpu_ms_per_frame'))} | {_f(r.get('peak_rss_mib'), 0)} | {_f(ratio, 2)} |")
+    P = R["paper"]
+    out += [f"| paper, Jetson AGX Xavier | {P['jetson_agx_xavier_fps']:.0f} | | | | | |",
+            f"| paper, Jetson TX2 | {P['jetson_tx2_fps']:.0f} | | | | | |", ""]
+    if R.get("curve_size"):
+        out += ["| input | raw ORT FPS | p50 ms | peak RSS MiB |", "|---|---|---|---|"]
+        for r in R["curve_size"]:
+            out.append(f"| {r['size']}² | {_f(r.get('fps'))} | {_f(r.get('p50_ms'))} | {_f(r.get('peak_rss_mib'), 0)} |")
+        out += ["", "| streams (flow) | workers | total FPS | CPU ms/frame | peak RSS MiB |", "|---|---|---|---|---|"]
+        for r in R.get("curve_streams", []):
+            out.append(f"| {r['streams']} | {r['workers']} | {_f(r.get('fps'))} | {_f(r.get('cpu_ms_per_frame'))} | "
+                       f"{_f(r.get('peak_rss_mib'), 0)} |")
+        out.append("")
+    ex = R.get("experiments_raw", []) + R.get("experiments_flow", [])
+    if ex:
+        b = R["experiments_raw"][0] if R.get("experiments_raw") else {}
+        fb = M["flow_w1"]
+        out += ["| experiment | FPS | CPU ms/frame | p50 ms | vs its baseline | accuracy |", "|---|---|---|---|---|---|"]
+        for r in ex:
+            base = fb if r["label"].startswith("flow") else (M["torch"] if r["label"].startswith("PyTorch") else b)
+            g = r.get("fps") / base["fps"] if r.get("fps") and base.get("fps") else None
+            acc = (f"{r['pixel_accuracy']:.4f} (agrees {100 * r['agreement_with_fp32']:.1f}% with fp32)"
+                   if r.get("pixel_accuracy") is not None else "")
+            out.append(f"| {r['label']} | {_f(r.get('fps'))} | {_f(r.get('cpu_ms_per_frame'))} | {_f(r.get('p50_ms'))} | "
+                       f"{'–' if g is None else f'{(g - 1) * 100:+.0f}%'} | {acc} |")
+        out.append("")
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench perf", description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=200, help="frames per measurement (default 200)")
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--seconds", type=float, default=8.0, help="minimum seconds per raw measurement")
+    p.add_argument("--seconds", type=float, default=6.0, help="minimum seconds per raw measurement")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--providers", default="cpu", help="VERISEG_PROVIDERS for the flow (default cpu)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few frames, 1 s each, no extras")
@@ -491,10 +565,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--results", help="folder for the JSON (default bench/results)")
     p.add_argument("--random-model", action="store_true",
                    help="a random-weight ENet relu even when models/carla-enet.vsb exists")
+    p.add_argument("--table", metavar="JSON", help="print the markdown tables of a results file and exit")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         return child_main(a.child)
+    if a.table:
+        print(tables(json.loads(Path(a.table).read_text())))
+        return 0
     if a.quick:
         a.frames, a.seconds = min(a.frames, 8), min(a.seconds, 1.0)
     sys.path.insert(0, str(REPO))
@@ -542,6 +620,9 @@ def main(argv: list[str]) -> int:
                                   "threads": a.threads, "seconds": a.seconds, "min_frames": min(len(frames), 20)},
                                  f"PyTorch eager {size}² batch 1 ({model['variant']}, random w.)")
     main_rows["decode"] = s.child({"kind": "decode", "clip": str(clip), "size": size}, "decode+preprocess only")
+    up = run_flow(s, model, clip, label="flow start-up only (1 frame)", frames=1)
+    s.startup_cpu = up.get("cpu_s")
+    main_rows["flow_startup"] = up
     main_rows["flow_w1"] = run_flow(s, model, clip, label="flow 1 worker", frames=a.frames)
     main_rows["flow_w2"] = run_flow(s, model, clip, label="flow 2 workers", workers=2, frames=a.frames)
     ort1 = main_rows["ort_b1"].get("fps") or 0
@@ -639,7 +720,8 @@ def main(argv: list[str]) -> int:
         path.write_text(json.dumps({"machine": info(), "results": R}, indent=2) + "\n")
     else:
         path = save(a.out, R)
-    print(f"saved {path}")
+    print(f"saved {path}\n")
+    print(tables(json.loads(path.read_text())))
     if tmp is not None:
         tmp.cleanup()
     return 0
