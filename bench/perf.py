@@ -67,8 +67,12 @@ def _ort_session(model_path: str, o: dict):
     if o.get("spin") is not None:
         so.add_session_config_entry("session.intra_op.allow_spinning", str(int(o["spin"])))
         so.add_session_config_entry("session.inter_op.allow_spinning", str(int(o["spin"])))
+    provs = o.get("providers") or ["CPUExecutionProvider"]
+    opts = [{"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
+             "trt_engine_cache_path": o.get("trt_cache", "/tmp/veriseg-trt-cache")}
+            if p == "TensorrtExecutionProvider" else {} for p in provs]
     t = time.perf_counter()
-    sess = ort.InferenceSession(model_path, so, providers=o.get("providers") or ["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model_path, so, providers=provs, provider_options=opts)
     return sess, (time.perf_counter() - t) * 1e3
 
 
@@ -555,7 +559,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seconds", type=float, default=6.0, help="minimum seconds per raw measurement")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--providers", default="cpu", help="VERISEG_PROVIDERS for the flow (default cpu)")
+    p.add_argument("--providers", default="cpu",
+                   help="cpu | auto | cuda | tensorrt: VERISEG_PROVIDERS of the flow and the raw ORT "
+                        "providers (default cpu; on a GPU machine run again with auto)")
     p.add_argument("--quick", action="store_true", help="a smoke run: few frames, 1 s each, no extras")
     p.add_argument("--skip-experiments", action="store_true")
     p.add_argument("--skip-curve", action="store_true")
@@ -606,6 +612,9 @@ def main(argv: list[str]) -> int:
             # the flow's own session settings (operators/score.py): all optimisations,
             # sequential, intra-op threads = cores, spinning off
             "ort": {"level": "all", "intra": a.threads, "inter": 1, "spin": 0}}
+    if a.providers != "cpu":   # the same providers as the flow (CUDA / TensorRT fp16 when present)
+        from operators.score import providers_for
+        base["ort"]["providers"] = providers_for(a.providers)
     R: dict = {"inputs": {"frames": len(frames), "size": size, "clip": clip_what, "model": model["what"],
                           "model_key": model["key"], "variant": model["variant"],
                           "batchnorm_nodes_in_export": batchnorm_nodes(onnx_bytes),
@@ -620,9 +629,10 @@ def main(argv: list[str]) -> int:
                                   "threads": a.threads, "seconds": a.seconds, "min_frames": min(len(frames), 20)},
                                  f"PyTorch eager {size}² batch 1 ({model['variant']}, random w.)")
     main_rows["decode"] = s.child({"kind": "decode", "clip": str(clip), "size": size}, "decode+preprocess only")
-    up = run_flow(s, model, clip, label="flow start-up only (1 frame)", frames=1)
-    s.startup_cpu = up.get("cpu_s")
-    main_rows["flow_startup"] = up
+    if not a.quick:
+        up = run_flow(s, model, clip, label="flow start-up only (1 frame)", frames=1)
+        s.startup_cpu = up.get("cpu_s")
+        main_rows["flow_startup"] = up
     main_rows["flow_w1"] = run_flow(s, model, clip, label="flow 1 worker", frames=a.frames)
     main_rows["flow_w2"] = run_flow(s, model, clip, label="flow 2 workers", workers=2, frames=a.frames)
     ort1 = main_rows["ort_b1"].get("fps") or 0
