@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     e.add_argument("--out", default="runs/eval")
     e.add_argument("--grid", type=int, default=6, help="frames in the Figure-6 grid")
     e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--no-ema", action="store_true", help="checkpoint: use the raw weights, not the EMA")
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX and pack a .vsb blob")
     x.add_argument("--checkpoint", required=True)

@@ -19,15 +19,16 @@ from .metrics import ConfusionMatrix, confusion_image, format_table, grid_image,
 __all__ = ["make_predictor", "evaluate_folder", "main"]
 
 
-def make_predictor(model_path, size: int = 512, threads: int = 2):
+def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool = True):
     """A function uint8 NHWC RGB [N, size, size, 3] -> uint8 [N, size, size], and a description."""
     p = Path(model_path)
     if p.suffix == ".pt":
         import torch
         from .train import load_checkpoint, predict
         torch.set_num_threads(threads)
-        net, _ = load_checkpoint(p)
-        return (lambda x: predict(net, x)), f"pytorch checkpoint {p}"
+        net, ck = load_checkpoint(p, use_ema=use_ema)
+        w = "EMA" if use_ema and ck.get("ema") is not None else "raw"
+        return (lambda x: predict(net, x)), f"pytorch checkpoint {p} ({w} weights, epoch {ck['state']['epoch']})"
     from .export import ort_session
     if p.suffix == ".vsb":
         from model_store import load, verify
@@ -79,7 +80,7 @@ def main(a) -> int:
     if a.split != "all":
         tr, va = time_split(len(data), a.val_fraction, a.gap)
         data = data.subset(va if a.split == "val" else tr)
-    predict, desc = make_predictor(a.model, a.size, a.threads)
+    predict, desc = make_predictor(a.model, a.size, a.threads, use_ema=not a.no_ema)
     s, cm, grid = evaluate_folder(predict, data, a.size, a.grid)
     s["model"] = desc
     s["split"] = {"name": a.split, "frames": f"{data.names[0]}..{data.names[-1]}", "val_fraction": a.val_fraction,
