@@ -62,6 +62,7 @@ class Result:
     orig_size: tuple = ()
     label: Optional[str] = None
     raw: Optional[np.ndarray] = None
+    t_emit: float = 0.0      # perf_counter when the source queued the frame
 
 
 @dataclass(eq=False)

@@ -299,7 +299,12 @@ class _Partition(StatefulSinkPartition):
         if self.sink.anchor_every:
             self._leaf(r, rec)
         lat = dict(r.latency_ms)
-        lat["sink"] = round((time.perf_counter() - t0) * 1e3, 3)
+        now = time.perf_counter()
+        lat["sink"] = round((now - t0) * 1e3, 3)
+        if r.t_emit:   # decode start to written: the frame's end-to-end latency in the flow
+            lat["total"] = round(lat.get("decode", 0) + lat.get("preprocess", 0)
+                                 + (now - r.t_emit) * 1e3, 3)
+            STATS.latency("total", lat["total"])
         rec["latency_ms"] = lat
         if self.jsonl is not None:
             self.jsonl.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())

@@ -495,6 +495,8 @@ class _Partition(StatefulSourcePartition):
                         opened = True
                         if self.total is None and self.reader.total is not None:
                             self.total = self.reader.total
+                            if self.max_frames is not None:
+                                self.total = min(self.total, self.max_frames)
                             STATS.totals[self.sid] = self.total
                         if attempt:
                             log.info("stream %s: reconnected", self.sid)
