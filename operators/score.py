@@ -129,6 +129,10 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
                  active, ", ".join(wanted), so.intra_op_num_threads)
     STATS.provider = active
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    if card is not None:
+        problem = card_mismatch(card, inp, out)
+        if problem:
+            raise ScoreError(f"model {key[:12]}: its card does not describe its graph: {problem}")
     shp = list(inp.shape)
     max_batch = None
     if shp and isinstance(shp[0], int) and shp[0] > 0:
@@ -143,6 +147,26 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
     if inp.type != "tensor(uint8)":
         log.warning("model %s takes %s, not uint8: frames are cast per batch (slower)", key[:12], inp.type)
     return SessionEntry(key, sess, inp.name, out.name, active, pre, max_batch, card)
+
+
+_ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)", "float16": "tensor(float16)",
+              "int64": "tensor(int64)", "int32": "tensor(int32)", "int8": "tensor(int8)"}
+
+
+def card_mismatch(card, inp, out) -> Optional[str]:
+    """What the card says about the first input/output that the ONNX graph contradicts."""
+    for what, spec, node in (("input", card.inputs[0], inp), ("output", card.outputs[0], out)):
+        want = _ORT_TYPES.get(str(spec.dtype))
+        if want is not None and node.type != want:
+            return f"{what} {spec.name!r} is {spec.dtype} on the card but {node.type} in the graph"
+        dims = list(node.shape)
+        if len(dims) != len(spec.shape):
+            return f"{what} {spec.name!r} has {len(spec.shape)} dims on the card but {len(dims)} in the graph"
+        for i, (a, b) in enumerate(zip(spec.shape, dims)):
+            if isinstance(a, int) and isinstance(b, int) and a != b:
+                return (f"{what} {spec.name!r} dim {i} is {a} on the card but {b} in the graph "
+                        f"(card {list(spec.shape)}, graph {dims})")
+    return None
 
 
 class SessionCache:
@@ -334,7 +358,14 @@ class ScoreLogic(StatefulBatchLogic):
             return res
         x = imgs[0][None] if len(imgs) == 1 else np.stack(imgs)
         t0 = time.perf_counter()
-        y = e.session.run([e.output_name], {e.input_name: x})[0]
+        try:
+            y = e.session.run([e.output_name], {e.input_name: x})[0]
+        except Exception as err:  # noqa: BLE001 - one bad batch must not stop the stream
+            msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            for f in chunk:
+                STATS.bad_frame(self.sid, f"{f.pos}: scoring failed ({msg})")
+            STATS.drop(self.sid, "score_error", len(chunk))
+            return []
         t1 = time.perf_counter()
         if y.dtype != np.uint8:
             if y.ndim == 4 and y.shape[1] > 1:

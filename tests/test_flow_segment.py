@@ -470,3 +470,18 @@ def test_missing_default_blob_is_one_config_line(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as ei:
         load_config({"VERISEG_SOURCE": str(clip)})
     assert str(ei.value).startswith("VERISEG_MODEL: blob file") and "\n" not in str(ei.value)
+
+
+def test_a_card_that_lies_about_its_input_is_refused(tmp_path):
+    import model_store
+    from flow_fixtures import tiny_card, tiny_onnx
+    reg = FakeRegistry()
+    blob = tmp_path / "liar.vsb"
+    # graph takes 32x32, the card claims 64x64
+    key = model_store.write(str(blob), tiny_onnx(0, (32, 32)), tiny_card((64, 64)))
+    reg.register(key, "liar", blob.as_uri())
+    clip = make_clip(tmp_path / "c.avi", n=2)
+    with pytest.raises(ModelRefused) as ei:
+        build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
+    msg = str(ei.value)
+    assert "\n" not in msg and "card does not describe its graph" in msg and "64" in msg
