@@ -17,6 +17,7 @@ out, argmax inside the graph); it only offers faster variants of the same model:
 CLI::
 
     python -m trainer.optimize MODEL.onnx --int8 --calib ../shared/data/carla -o model-int8.onnx
+    python -m trainer.optimize MODEL.onnx --pad-as-conv -o model-fast.onnx   # exact, ~8% less CPU
     python -m trainer.optimize MODEL.onnx --check        # batch-norm / op census
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["random_enet", "export_random", "op_counts", "batchnorm_nodes", "ort_optimized",
+__all__ = ["random_enet", "export_random", "op_counts", "batchnorm_nodes", "ort_optimized", "channel_pad_as_conv",
            "quantize_int8", "calibration_frames", "pixel_agreement", "pixel_accuracy", "run_model"]
 
 
@@ -81,6 +82,64 @@ def ort_optimized(onnx_bytes: bytes, level: str = "extended") -> bytes:
         so.intra_op_num_threads = 1
         ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
         return Path(so.optimized_model_filepath).read_bytes()
+
+
+def channel_pad_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
+    """The same model with every zero channel padding (``Pad`` of the downsampling
+    bottlenecks' max-pool branch: C -> C' channels, zeros appended) written as a 1x1
+    ``Conv`` with an identity weight matrix, on the graph after ORT's basic (portable)
+    optimisations.
+
+    Why: ORT's fastest CPU layout (NCHWc, level ``all``) has no ``Pad``; that one op sends
+    every residual ``Add`` + ``Relu`` of the following bottlenecks back to plain NCHW, with a
+    reorder before and after each (the ORT profile: ~25 reorders, unfused Adds).  A 1x1
+    identity conv keeps the chain in NCHWc, so ORT fuses the ``Add`` and ``Relu`` into the
+    convolutions.  The result is exact (x * 1.0 + 0.0 in fp32); ``check`` compares the class
+    maps with the original on random frames."""
+    import onnx
+    from onnx import helper, numpy_helper
+    m = onnx.load_from_string(ort_optimized(onnx_bytes, "basic"))
+    m = onnx.shape_inference.infer_shapes(m)
+    shapes = {vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+              for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
+    inits = {i.name: i for i in m.graph.initializer}
+    nodes = list(m.graph.node)
+    done = 0
+    for idx, n in enumerate(nodes):
+        if n.op_type != "Pad" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        mode = next((a.s for a in n.attribute if a.name == "mode"), b"constant")
+        if mode != b"constant" or (len(n.input) > 2 and n.input[2] and
+                                   (n.input[2] not in inits or numpy_helper.to_array(inits[n.input[2]]).any())):
+            continue
+        pads = numpy_helper.to_array(inits[n.input[1]]).astype(int).tolist()
+        si, so = shapes.get(n.input[0]), shapes.get(n.output[0])
+        if len(pads) != 8 or not si or len(si) != 4 or not isinstance(si[1], int):
+            continue
+        # only channels appended at the end: begins all 0, ends (0, P, 0, 0)
+        if any(pads[:4]) or pads[4] or pads[6] or pads[7] or pads[5] <= 0:
+            continue
+        cin = si[1]
+        cout = cin + pads[5]
+        w = np.zeros((cout, cin, 1, 1), np.float32)
+        w[np.arange(cin), np.arange(cin)] = 1.0
+        wname = n.name + "_identity_w"
+        m.graph.initializer.append(numpy_helper.from_array(w, wname))
+        conv = helper.make_node("Conv", [n.input[0], wname], list(n.output), name=n.name + "_as_conv",
+                                kernel_shape=[1, 1])
+        m.graph.node.remove(n)
+        m.graph.node.insert(idx, conv)
+        done += 1
+    out = m.SerializeToString()
+    if check:
+        rng = np.random.default_rng(0)
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        h, w_ = dims[1].dim_value or 64, dims[2].dim_value or 64
+        x = rng.integers(0, 256, (2, h, w_, 3), dtype=np.uint8)
+        a, b = run_model(onnx_bytes, x), run_model(out, x)
+        if (a != b).mean() > 1e-4:
+            raise AssertionError(f"channel_pad_as_conv changed {100 * (a != b).mean():.3f}% of the pixels")
+    return out
 
 
 def calibration_frames(root, size: int = 512, n: int = 50, val_fraction: float = 0.2, gap: int = 10):
@@ -174,22 +233,27 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     p.add_argument("--calib", default="../shared/data/carla", help="CARLA folder for calibration")
     p.add_argument("--calib-n", type=int, default=50)
     p.add_argument("--per-tensor", action="store_true")
+    p.add_argument("--pad-as-conv", action="store_true",
+                   help="channel padding as 1x1 identity conv (exact; keeps ORT's NCHWc layout)")
     p.add_argument("--ort-level", choices=("basic", "extended", "all"), help="save ORT's optimised graph")
     p.add_argument("-o", "--output")
     a = p.parse_args(list(argv) if argv is not None else None)
     onnx_bytes = Path(a.model).read_bytes()
     import onnx
     size = onnx.load_from_string(onnx_bytes).graph.input[0].type.tensor_type.shape.dim[1].dim_value or 512
-    if a.check or not (a.int8 or a.ort_level):
+    if a.check or not (a.int8 or a.ort_level or a.pad_as_conv):
         ops = op_counts(onnx_bytes)
         print(" ".join(f"{k}:{v}" for k, v in sorted(ops.items())))
         print(f"BatchNormalization nodes: {ops.get('BatchNormalization', 0)}")
         return 1 if ops.get("BatchNormalization", 0) else 0
     out = onnx_bytes
+    if a.pad_as_conv:
+        out = channel_pad_as_conv(out)
     if a.int8:
         calib, val, lab = calibration_frames(a.calib, size, a.calib_n)
-        out = quantize_int8(onnx_bytes, calib, per_channel=not a.per_tensor)
-        ref, got = run_model(onnx_bytes, val), run_model(out, val)
+        fp32 = out
+        out = quantize_int8(fp32, calib, per_channel=not a.per_tensor)
+        ref, got = run_model(fp32, val), run_model(out, val)
         print(f"int8 vs fp32 identical pixels on {len(val)} validation frames: {100 * pixel_agreement(ref, got):.2f}%;"
               f" pixel accuracy fp32 {pixel_accuracy(ref, lab):.4f} int8 {pixel_accuracy(got, lab):.4f}")
     if a.ort_level:
