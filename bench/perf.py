@@ -793,7 +793,7 @@ def main(argv: list[str]) -> int:
         rl.write_bytes(export_random("relu", size))
         ex.append(s.child(dict(base, model=str(rl)), "ORT random relu (same graph, random w.)"))
         ex.append(s.child(dict(base, model=str(pr)), "ORT random prelu"))
-        from trainer.optimize import channel_pad_as_conv
+        from trainer.optimize import channel_pad_as_conv, ort_optimized
         try:
             padconv = variant_blob(work, model, "padconv", channel_pad_as_conv(onnx_bytes),
                                    model["what"] + ", channel padding as 1x1 identity conv")
@@ -802,6 +802,10 @@ def main(argv: list[str]) -> int:
             ex.append(s.child(dict(base, model=str(padconv["onnx"])), "ORT channel pad as 1x1 conv (exact)"))
             ex.append(s.child(dict(base, model=str(padconv["onnx"]), ort=dict(o, intra=1)),
                               "ORT channel pad as 1x1 conv, intra 1"))
+            from trainer.optimize import convtranspose_as_conv
+            sp = work / "model-padconv-subpixel.onnx"
+            sp.write_bytes(convtranspose_as_conv(padconv["onnx"].read_bytes()))
+            ex.append(s.child(dict(base, model=str(sp)), "ORT pad as conv + ConvTranspose as sub-pixel conv"))
         except Exception as e:  # noqa: BLE001 - report, keep the suite going
             padconv = None
             s.log(f"  channel_pad_as_conv failed: {type(e).__name__}: {e}")

@@ -51,3 +51,17 @@ def test_bench_perf_quick_runs_on_four_frames(tmp_path):
     assert doc["results"]["inputs"]["batchnorm_nodes_in_export"] >= 0
     assert len(doc["results"]["load_average_start"]) == 3
     assert doc["machine"]["cores"] >= 1
+
+
+def test_graph_rewrites_are_exact_and_remove_the_layout_breaks():
+    """trainer.optimize's rewrites give the same class maps; the channel padding is gone."""
+    from trainer.optimize import channel_pad_as_conv, convtranspose_as_conv, export_random, op_counts, run_model
+    onnx = export_random("relu", 64)
+    padconv = channel_pad_as_conv(onnx)
+    sub = convtranspose_as_conv(padconv)
+    assert "Pad" in op_counts(onnx) and "Pad" not in op_counts(padconv)
+    assert "ConvTranspose" not in op_counts(sub) and op_counts(sub)["DepthToSpace"] == 3
+    x = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    ref = run_model(onnx, x)
+    assert (run_model(padconv, x) == ref).all()
+    assert (run_model(sub, x) == ref).mean() > 0.999

@@ -33,6 +33,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 __all__ = ["random_enet", "export_random", "op_counts", "batchnorm_nodes", "ort_optimized", "channel_pad_as_conv",
+           "convtranspose_as_conv",
            "quantize_int8", "calibration_frames", "pixel_agreement", "pixel_accuracy", "run_model"]
 
 
@@ -139,6 +140,67 @@ def channel_pad_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
         a, b = run_model(onnx_bytes, x), run_model(out, x)
         if (a != b).mean() > 1e-4:
             raise AssertionError(f"channel_pad_as_conv changed {100 * (a != b).mean():.3f}% of the pixels")
+    return out
+
+
+def convtranspose_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
+    """The same model with every 3x3 stride-2 transposed convolution (padding 1, output
+    padding 1: ENet's upsampling bottlenecks) written as a 2x2 ``Conv`` producing 4x the
+    channels followed by ``DepthToSpace`` (the sub-pixel form), on the graph after ORT's
+    basic optimisations (batch norm already folded into the transposed conv).
+
+    y[o, 2m+a, 2n+b] = sum_c x[c, m+di, n+dj] * W[c, o, ky, kx] with (di, ky) in {(0, 1)}
+    for a = 0 and {(0, 2), (1, 0)} for a = 1 (same for columns): a 2x2 kernel over x padded
+    by one row/column at the end, output channel o*4 + a*2 + b (DepthToSpace CRD).  ORT runs
+    ``ConvTranspose`` as GEMM + col2im outside its NCHWc kernels; the ``Conv`` is NCHWc.
+    Exact up to fp32 summation order; ``check`` compares the class maps."""
+    import onnx
+    from onnx import helper, numpy_helper
+    m = onnx.load_from_string(ort_optimized(onnx_bytes, "basic"))
+    inits = {i.name: i for i in m.graph.initializer}
+    tap = {0: [(0, 1)], 1: [(0, 2), (1, 0)]}
+    done = 0
+    for n in list(m.graph.node):
+        if n.op_type != "ConvTranspose" or n.input[1] not in inits:
+            continue
+        at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)   # [Cin, Cout, 3, 3]
+        if (w.shape[2:] != (3, 3) or list(at.get("strides", [1, 1])) != [2, 2] or at.get("group", 1) != 1
+                or list(at.get("pads", [0, 0, 0, 0])) != [1, 1, 1, 1]
+                or list(at.get("output_padding", [0, 0])) != [1, 1]
+                or list(at.get("dilations", [1, 1])) != [1, 1] or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+            continue
+        cin, cout = w.shape[:2]
+        k = np.zeros((cout, 2, 2, cin, 2, 2), np.float32)      # [o, a, b, c, di, dj]
+        for a_ in (0, 1):
+            for b_ in (0, 1):
+                for di, ky in tap[a_]:
+                    for dj, kx in tap[b_]:
+                        k[:, a_, b_, :, di, dj] = w[:, :, ky, kx].T
+        k = k.reshape(cout * 4, cin, 2, 2)
+        ins = [n.input[0], n.name + "_subpixel_w"]
+        m.graph.initializer.append(numpy_helper.from_array(k, ins[1]))
+        if len(n.input) > 2 and n.input[2]:
+            bias = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32)
+            ins.append(n.name + "_subpixel_b")
+            m.graph.initializer.append(numpy_helper.from_array(np.repeat(bias, 4), ins[2]))
+        mid = n.output[0] + "_subpixel"
+        idx = list(m.graph.node).index(n)
+        conv = helper.make_node("Conv", ins, [mid], name=n.name + "_subpixel", kernel_shape=[2, 2], pads=[0, 0, 1, 1])
+        d2s = helper.make_node("DepthToSpace", [mid], list(n.output), name=n.name + "_d2s", blocksize=2, mode="CRD")
+        m.graph.node.remove(n)
+        m.graph.node.insert(idx, d2s)
+        m.graph.node.insert(idx, conv)
+        done += 1
+    out = m.SerializeToString()
+    if check and done:
+        rng = np.random.default_rng(0)
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        h, w_ = dims[1].dim_value or 64, dims[2].dim_value or 64
+        x = rng.integers(0, 256, (2, h, w_, 3), dtype=np.uint8)
+        a, b = run_model(onnx_bytes, x), run_model(out, x)
+        if (a != b).mean() > 1e-3:
+            raise AssertionError(f"convtranspose_as_conv changed {100 * (a != b).mean():.3f}% of the pixels")
     return out
 
 
