@@ -603,23 +603,25 @@ def _f(v, nd=1):
     return "–" if v is None else (f"{v:.{nd}f}" if isinstance(v, (int, float)) else str(v))
 
 
-def tables(doc: dict) -> str:
-    """Markdown tables (README / docs/performance.md) from a perf.json document."""
+def tables(doc: dict, part: Optional[str] = None) -> str:
+    """Markdown (README / docs/performance.md) from a perf.json document: every section, or
+    one of main | curve | experiments | int8 | profile | sinks."""
     R, m = doc["results"], doc["machine"]
     M = R["main"]
     size = R["inputs"]["size"]
     ort1 = M["ort_b1"].get("fps")
+    sec: dict[str, list[str]] = {}
     la = R.get("load_average_start", ["?"])[0]
     out = [f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['versions'].get('onnxruntime')}, "
            f"torch {m['versions'].get('torch')}; {m['date']}; 1-min load average at start {la}"
-           + (f"; also running: {'; '.join(R['busy_at_start'])}" if R.get("busy_at_start") else ""),
-           f"frames: {R['inputs']['clip']}; model: {R['inputs']['model']}", "",
-           f"| {size}² | FPS | p50 ms | p99 ms | CPU ms/frame | peak RSS MiB | vs raw ORT |",
+           + (f"; also running: {'; '.join(R['busy_at_start'])}" if R.get("busy_at_start") else "")
+           + f". Frames: {R['inputs']['clip']}. Model: {R['inputs']['model']}.", "",
+           f"| {size}² | FPS | p50 ms | p99 ms | CPU ms/frame | peak RSS MiB | FPS vs raw ORT |",
            "|---|---|---|---|---|---|---|"]
     rows = [("raw ONNX Runtime, preloaded frames, batch 1", M["ort_b1"]),
             ("raw ONNX Runtime, preloaded frames, batch 4", M["ort_b4"]),
             ("PyTorch eager (same ENet, random weights), batch 1", M["torch"]),
-            ("**VeriSeg flow** (decode + preprocess + score + all sinks), 1 worker", M["flow_w1"]),
+            ("**VeriSeg flow** (decode + resize + score + all sinks), 1 worker", M["flow_w1"]),
             ("**VeriSeg flow**, 2 workers", M["flow_w2"])]
     for name, r in rows:
         if "error" in r:
@@ -629,31 +631,65 @@ def tables(doc: dict) -> str:
         out.append(f"| {name} | {_f(r.get('fps'))} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} | "
                    f"{_f(r.get('cpu_ms_per_frame'))} | {_f(r.get('peak_rss_mib'), 0)} | {_f(ratio, 2)} |")
     P = R["paper"]
-    out += [f"| paper, Jetson AGX Xavier | {P['jetson_agx_xavier_fps']:.0f} | | | | | |",
-            f"| paper, Jetson TX2 | {P['jetson_tx2_fps']:.0f} | | | | | |", ""]
+    out += [f"| paper, Jetson AGX Xavier (11 TFLOPS GPU) | {P['jetson_agx_xavier_fps']:.0f} | | | | | |",
+            f"| paper, Jetson TX2 | {P['jetson_tx2_fps']:.0f} | | | | | |"]
+    sec["main"] = out
     if R.get("curve_size"):
-        out += ["| input | raw ORT FPS | p50 ms | peak RSS MiB |", "|---|---|---|---|"]
+        out = ["| input (random-weight ENet ReLU) | raw ORT FPS | p50 ms | CPU ms/frame | peak RSS MiB |",
+               "|---|---|---|---|---|"]
         for r in R["curve_size"]:
-            out.append(f"| {r['size']}² | {_f(r.get('fps'))} | {_f(r.get('p50_ms'))} | {_f(r.get('peak_rss_mib'), 0)} |")
-        out += ["", "| streams (flow) | workers | total FPS | CPU ms/frame | peak RSS MiB |", "|---|---|---|---|---|"]
+            out.append(f"| {r['size']}² | {_f(r.get('fps'))} | {_f(r.get('p50_ms'))} | {_f(r.get('cpu_ms_per_frame'))} | "
+                       f"{_f(r.get('peak_rss_mib'), 0)} |")
+        out += ["", "| streams (flow, same clip each) | workers | total FPS | CPU ms/frame | peak RSS MiB |",
+                "|---|---|---|---|---|"]
         for r in R.get("curve_streams", []):
             out.append(f"| {r['streams']} | {r['workers']} | {_f(r.get('fps'))} | {_f(r.get('cpu_ms_per_frame'))} | "
                        f"{_f(r.get('peak_rss_mib'), 0)} |")
-        out.append("")
+        sec["curve"] = out
     ex = R.get("experiments_raw", []) + R.get("experiments_flow", [])
     if ex:
         b = R["experiments_raw"][0] if R.get("experiments_raw") else {}
         fb = M["flow_w1"]
-        out += ["| experiment | FPS | CPU ms/frame | p50 ms | vs its baseline | accuracy |", "|---|---|---|---|---|---|"]
+        out = ["| experiment | FPS | CPU ms/frame | p50 ms | FPS vs baseline | CPU vs baseline | load |",
+               "|---|---|---|---|---|---|---|"]
         for r in ex:
             base = fb if r["label"].startswith("flow") else (M["torch"] if r["label"].startswith("PyTorch") else b)
             g = r.get("fps") / base["fps"] if r.get("fps") and base.get("fps") else None
-            acc = (f"{r['pixel_accuracy']:.4f} (agrees {100 * r['agreement_with_fp32']:.1f}% with fp32)"
-                   if r.get("pixel_accuracy") is not None else "")
+            c = (r["cpu_ms_per_frame"] / base["cpu_ms_per_frame"]
+                 if r.get("cpu_ms_per_frame") and base.get("cpu_ms_per_frame") else None)
             out.append(f"| {r['label']} | {_f(r.get('fps'))} | {_f(r.get('cpu_ms_per_frame'))} | {_f(r.get('p50_ms'))} | "
-                       f"{'–' if g is None else f'{(g - 1) * 100:+.0f}%'} | {acc} |")
+                       f"{'–' if g is None else f'{(g - 1) * 100:+.0f}%'} | "
+                       f"{'–' if c is None else f'{(c - 1) * 100:+.0f}%'} | {_f(r.get('load_1min_before'), 1)} |")
         out.append("")
-    return "\n".join(out)
+        out.append("Baselines: ORT rows against the first ORT row, PyTorch rows against the PyTorch eager row "
+                   "of the main table, flow rows against the main table's 1-worker flow.")
+        sec["experiments"] = out
+    q = R.get("int8")
+    if q:
+        out = [f"Weights for accuracy: {q.get('weights')}. Calibration: {q.get('calibration_frames')} frames spread "
+               f"over the training part; validation: {q.get('validation')}.", "",
+               "| model | pixel accuracy | same class as fp32 | quantisation s |", "|---|---|---|---|",
+               f"| fp32 | {_f(q.get('fp32_pixel_accuracy'), 4)} | 100 % | |"]
+        for k, v in q.items():
+            if isinstance(v, dict) and "pixel_accuracy" in v:
+                out.append(f"| {k} | {v['pixel_accuracy']:.4f} | {100 * v['agreement_with_fp32']:.2f} % | {v['quantise_s']} |")
+        sec["int8"] = out
+    pr = R.get("profile")
+    if pr and "ops" in pr:
+        out = [f"One frame: {pr['run_ms']} ms in the profiler (it adds overhead).", "",
+               "| op (after ORT's rewrites) | nodes | ms/frame | share |", "|---|---|---|---|"]
+        for o in pr["ops"][:12]:
+            out.append(f"| {o['op']} | {o['nodes']} | {o['ms']} | {100 * o['share']:.1f} % |")
+        sec["profile"] = out
+    sc = R.get("sink_costs")
+    if sc and "ms" in sc:
+        out = ["| step | ms/frame |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sc["ms"].items()]
+        out += ["", f"PNG sizes: level 1 {sc['sizes']['png_level1_bytes']} B, RLE {sc['sizes']['png_rle_bytes']} B "
+                    f"({sc.get('note')})."]
+        sec["sinks"] = out
+    if part:
+        return "\n".join(sec.get(part, []))
+    return "\n\n".join("\n".join(v) for v in sec.values())
 
 
 # ----------------------------------------------------------------------------- main
@@ -676,12 +712,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--random-model", action="store_true",
                    help="a random-weight ENet relu even when models/carla-enet.vsb exists")
     p.add_argument("--table", metavar="JSON", help="print the markdown tables of a results file and exit")
+    p.add_argument("--part", help="with --table: main | curve | experiments | int8 | profile | sinks")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         return child_main(a.child)
     if a.table:
-        print(tables(json.loads(Path(a.table).read_text())))
+        print(tables(json.loads(Path(a.table).read_text()), a.part))
         return 0
     if a.quick:
         a.frames, a.seconds = min(a.frames, 8), min(a.seconds, 1.0)
