@@ -268,14 +268,18 @@ class _Partition(StatefulSinkPartition):
                 if item is None:
                     return
                 if isinstance(item, threading.Event):
-                    if self.jsonl is not None:
-                        self.jsonl.flush()
-                    item.set()
+                    try:
+                        if self.jsonl is not None and not self.sink.failed:
+                            self.jsonl.flush()
+                    finally:
+                        item.set()
                     continue
-                self._write(item)
-            except BaseException as e:  # noqa: BLE001 - surfaced on the next write_batch
-                self.err = e
-                log.error("stream %s: output failed: %s: %s", self.sid, type(e).__name__, e)
+                if self.sink.failed:
+                    STATS.drop(self.sid, "output_error")
+                else:
+                    self._write(item)
+            except Exception as e:  # noqa: BLE001 - disk full, permissions: stop the flow cleanly
+                self.sink.fail(f"stream {self.sid}: writing outputs to {self.dir} failed: {_why(e)}")
             finally:
                 self.q.task_done()
 
@@ -364,26 +368,21 @@ class _Partition(StatefulSinkPartition):
         self.leaves = []
 
     # -- bytewax side -----------------------------------------------------------------
-    def _check(self):
-        if self.err is not None:
-            e, self.err = self.err, None
-            raise RuntimeError(f"stream {self.sid}: writing outputs to {self.dir} failed: "
-                               f"{type(e).__name__}: {e}") from e
-
     def write_batch(self, values):
-        self._check()
         for r in values:
             if not isinstance(r, Result):
                 continue   # StreamEnd
             if r.stream_id != self.sid:
                 raise RuntimeError(f"result of stream {r.stream_id} routed to partition {self.sid}")
+            if self.sink.failed:
+                STATS.drop(self.sid, "output_error")
+                continue
             self.q.put(r)
 
     def _flush(self):
         ev = threading.Event()
         self.q.put(ev)
         ev.wait()
-        self._check()
 
     def snapshot(self):
         self._flush()
@@ -396,14 +395,61 @@ class _Partition(StatefulSinkPartition):
         self._flush()
         self.q.put(None)
         self.thread.join()
-        if self.leaves:
-            self._close_batch()
-        if self.video is not None:
-            self.video.release()
-            self.video = None
-        if self.jsonl is not None:
-            self.jsonl.close()
+        try:
+            if self.leaves and not self.sink.failed:
+                self._close_batch()
+            if self.video is not None:
+                self.video.release()
+                self.video = None
+            if self.jsonl is not None:
+                if self.sink.failed:   # do not retry a flush that already failed
+                    try:
+                        self.jsonl.close()
+                    except OSError:
+                        pass
+                else:
+                    self.jsonl.close()
+        except Exception as e:  # noqa: BLE001
+            self.sink.fail(f"stream {self.sid}: closing outputs in {self.dir} failed: {_why(e)}")
         self.sink.part_closed(self.sid)
+
+
+class _NullPartition(StatefulSinkPartition):
+    """Stands in for a stream whose output folder could not be created."""
+
+    def __init__(self, sink, sid):
+        self.sink, self.sid = sink, sid
+        sink.metrics.acquire()
+
+    def write_batch(self, values):
+        STATS.drop(self.sid, "output_error", sum(isinstance(r, Result) for r in values))
+
+    def snapshot(self):
+        return None
+
+    def close(self):
+        self.sink.part_closed(self.sid)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+def _finish_with_error(msg: str):
+    """Under ``python -m bytewax.run``: one line and exit status 1 once the flow has wound
+    down (Bytewax would otherwise print a long traceback); elsewhere (run_main, tests)
+    raise."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "bytewax.run":
+        print(f"veriseg: error: {msg}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
+    raise RuntimeError(msg)
 
 
 class ResultSink(FixedPartitionedSink):
@@ -423,6 +469,7 @@ class ResultSink(FixedPartitionedSink):
         self.sender = None
         self._closed: set = set()
         self._lock = threading.Lock()
+        self.failed: Optional[str] = None
         if anchor_every:
             try:
                 from chain import anchoring
@@ -439,14 +486,34 @@ class ResultSink(FixedPartitionedSink):
         # one partition per stream: Bytewax indexes into the sorted partition names
         return sorted(self.sids).index(item_key)
 
+    def fail(self, msg: str):
+        with self._lock:
+            first = self.failed is None
+            if first:
+                self.failed = msg
+        if first:
+            log.error("%s; stopping the flow", msg)
+            STATS.error = msg
+            from .sources import stop_all
+            stop_all()
+
     def build_part(self, step_id, for_part, resume_state):
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self.fail(f"cannot create the output folder {self.out}: {_why(e)}")
+        if self.failed:
+            return _NullPartition(self, for_part)
         with self._lock:
             if self.anchoring is not None and self.registry is not None and self.sender is None:
                 self.sender = AnchorSender(self.registry, self.out)
             if self.sender is not None:
                 self._resubmit(for_part)
-        return _Partition(self, for_part, resume_state)
+        try:
+            return _Partition(self, for_part, resume_state)
+        except OSError as e:
+            self.fail(f"stream {for_part}: cannot open outputs in {self.out / for_part}: {_why(e)}")
+            return _NullPartition(self, for_part)
 
     def _resubmit(self, sid: str):
         """Batch files left without a transaction (crash, node down at exit) are sent now,
@@ -474,7 +541,12 @@ class ResultSink(FixedPartitionedSink):
         if sender is not None:
             sender.close()
         if last:
-            write_summary(self.out, self.summary_extra)
+            extra = dict(self.summary_extra)
+            if self.failed:
+                extra["error"] = self.failed
+            write_summary(self.out, extra)
+            if self.failed:
+                _finish_with_error(self.failed)
 
 
 def write_summary(out: Path, extra: Optional[dict] = None) -> dict:

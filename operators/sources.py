@@ -34,7 +34,7 @@ from .frames import Frame
 from .telemetry import STATS, log, lower_thread_priority
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
-           "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams"]
+           "gst_available", "check_pipeline", "stop_all", "stream_done", "streams_done", "reset_streams"]
 
 # --- which streams have finished in this process (the model reader ends with them) ---------
 _DONE: dict[str, threading.Event] = {}
@@ -58,8 +58,17 @@ def streams_done(sids: Iterable[str]) -> bool:
 
 
 def reset_streams(sids: Iterable[str]) -> None:
+    _STOP_ALL.clear()
     for s in sids:
         _done_event(s).clear()
+
+
+_STOP_ALL = threading.Event()
+
+
+def stop_all() -> None:
+    """End every stream of this process at its next poll (the outputs failed)."""
+    _STOP_ALL.set()
 
 
 # --- readers: the blocking decode side ------------------------------------------------------
@@ -593,6 +602,13 @@ class _Partition(StatefulSourcePartition):
     # Bytewax side ---------------------------------------------------------------------------
     def next_batch(self):
         if self.finished:
+            raise StopIteration()
+        if _STOP_ALL.is_set():
+            self.finished = True
+            self.stop.set()
+            with self.cond:
+                self.cond.notify_all()
+            _done_event(self.sid).set()
             raise StopIteration()
         out = []
         with self.cond:

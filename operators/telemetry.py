@@ -67,6 +67,7 @@ class Stats:
             self.revoked: list[dict] = []
             self.anchors = 0
             self.anchor_failures = 0
+            self.error = None
             self.provider = getattr(self, "provider", None)   # sessions outlive a reset
             self.batches = defaultdict(int)
             self.lat = {s: deque(maxlen=20000) for s in _STAGES}
@@ -152,6 +153,7 @@ class Stats:
                 "models_loaded": list(self.models_loaded),
                 "models_refused": list(self.models_refused),
                 "revoked": list(self.revoked),
+                "error": self.error,
                 "anchors_sent": self.anchors,
                 "anchor_failures": self.anchor_failures,
                 "provider": self.provider,

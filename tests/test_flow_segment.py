@@ -485,3 +485,48 @@ def test_a_card_that_lies_about_its_input_is_refused(tmp_path):
         build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
     msg = str(ei.value)
     assert "\n" not in msg and "card does not describe its graph" in msg and "64" in msg
+
+
+def test_output_failure_stops_the_flow_cleanly_in_process(tmp_path, monkeypatch):
+    import operators.sinks as sinks
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "f", n=200)
+    real = sinks.cv2.imwrite
+    calls = {"n": 0}
+
+    def flaky(path, img, params=None):
+        calls["n"] += 1
+        return False if calls["n"] > 5 else real(path, img, params or [])
+    monkeypatch.setattr(sinks.cv2, "imwrite", flaky)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=0))
+    with pytest.raises(RuntimeError) as ei:   # Bytewax wraps it ("error closing ...")
+        run_main(build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.002)))
+    chain_ = []
+    e = ei.value
+    while e is not None:
+        chain_.append(str(e))
+        e = e.__cause__
+    assert any("writing outputs to" in m and "cannot write" in m for m in chain_), chain_
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert "cannot write" in summary["error"]
+    assert len(read_jsonl(cfg.out / "f" / "results.jsonl")) == 5
+    assert summary["scored"] < 200     # the sources stopped
+
+
+@pytest.mark.slow
+def test_disk_full_under_bytewax_run_is_one_line_and_exit_1(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    key = _register_embedded(tmp_path / "home", blob)
+    clip = make_clip(tmp_path / "c.avi", n=400, size=(48, 64))
+    (tmp_path / "out" / "c").mkdir(parents=True)
+    (tmp_path / "out" / "c" / "results.jsonl").symlink_to("/dev/full")
+    env = _embedded_env(tmp_path, clip, blob, VERISEG_ANCHOR_EVERY=0)
+    p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("veriseg: error: stream c: writing outputs to") and "No space left" in last
