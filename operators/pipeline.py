@@ -87,10 +87,11 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
             return _pre(f) if _pre is not None else f
 
     flow = Dataflow(flow_id)
+    flow_stop = threading.Event()    # the sinks set it when the outputs fail: sources end
     frames = op.input("source", flow, FrameSource(
         cfg.sources, queue=cfg.queue, batch=batch, loop=cfg.loop, max_frames=cfg.max_frames,
         prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,
-        reader_factory=reader_factory, stall=cfg.stall))
+        reader_factory=reader_factory, stall=cfg.stall, flow_stop=flow_stop))
     if pre is not None:
         # the image-processing window; a no-op check when the decoder already did the work
         def preprocess(kv, _pre=pre):
@@ -133,7 +134,7 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
                           registry=reg, metrics_port=cfg.metrics_port, progress=progress, fps=fps,
                           summary_extra={"config": _cfg_summary(cfg), "model": {
                               "key": first.key, "name": getattr(first.card, "name", None),
-                              "source": first.source}})
+                              "source": first.source}}, flow_stop=flow_stop)
     else:
         sink = sink_factory(cfg, first, reg)
     op.output("sinks", scored, sink)

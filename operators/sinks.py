@@ -455,8 +455,10 @@ def _finish_with_error(msg: str):
 class ResultSink(FixedPartitionedSink):
     def __init__(self, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True, video=True,
                  jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
-                 progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None):
+                 progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
+                 flow_stop: Optional[threading.Event] = None):
         self.out = Path(out)
+        self.flow_stop = flow_stop
         self.sids = list(stream_ids)
         self.classes = tuple(classes or _DEFAULT_CLASSES)
         self.masks, self.video, self.jsonl = masks, video, jsonl
@@ -494,8 +496,8 @@ class ResultSink(FixedPartitionedSink):
         if first:
             log.error("%s; stopping the flow", msg)
             STATS.error = msg
-            from .sources import stop_all
-            stop_all()
+            if self.flow_stop is not None:
+                self.flow_stop.set()
 
     def build_part(self, step_id, for_part, resume_state):
         try:

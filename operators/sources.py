@@ -34,7 +34,7 @@ from .frames import Frame
 from .telemetry import STATS, log, lower_thread_priority
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
-           "gst_available", "check_pipeline", "stop_all", "stream_done", "streams_done", "reset_streams"]
+           "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams"]
 
 # --- which streams have finished in this process (the model reader ends with them) ---------
 _DONE: dict[str, threading.Event] = {}
@@ -58,17 +58,8 @@ def streams_done(sids: Iterable[str]) -> bool:
 
 
 def reset_streams(sids: Iterable[str]) -> None:
-    _STOP_ALL.clear()
     for s in sids:
         _done_event(s).clear()
-
-
-_STOP_ALL = threading.Event()
-
-
-def stop_all() -> None:
-    """End every stream of this process at its next poll (the outputs failed)."""
-    _STOP_ALL.set()
 
 
 # --- readers: the blocking decode side ------------------------------------------------------
@@ -452,7 +443,8 @@ def open_reader(spec: SourceSpec, loop: bool = False, colour: str = "BGR"):
 class _Partition(StatefulSourcePartition):
     def __init__(self, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
                  max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
-                 reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0):
+                 reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0,
+                 flow_stop: Optional[threading.Event] = None):
         self.spec = spec
         self.sid = spec.stream_id
         self.live = spec.live
@@ -462,6 +454,7 @@ class _Partition(StatefulSourcePartition):
         self.prepare = prepare
         self.reconnect_max = reconnect_max
         self.stall = stall
+        self.flow_stop = flow_stop     # set when the outputs failed: every stream ends
         self.buf: deque = deque()
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -603,7 +596,7 @@ class _Partition(StatefulSourcePartition):
     def next_batch(self):
         if self.finished:
             raise StopIteration()
-        if _STOP_ALL.is_set():
+        if self.flow_stop is not None and self.flow_stop.is_set():
             self.finished = True
             self.stop.set()
             with self.cond:
@@ -650,11 +643,12 @@ class FrameSource(FixedPartitionedSource):
     def __init__(self, specs: Iterable[SourceSpec], *, queue: int = 8, batch: int = 4,
                  loop: bool = False, max_frames: Optional[int] = None,
                  prepare: Optional[Callable[[Frame], Frame]] = None, reconnect_max: float = 30.0,
-                 colour: str = "BGR", reader_factory=None, stall: float = 10.0):
+                 colour: str = "BGR", reader_factory=None, stall: float = 10.0,
+                 flow_stop: Optional[threading.Event] = None):
         self.specs = {s.stream_id: s for s in specs}
         self.kw = dict(queue=queue, batch=batch, loop=loop, max_frames=max_frames, prepare=prepare,
                        reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory,
-                       stall=stall)
+                       stall=stall, flow_stop=flow_stop)
 
     def list_parts(self):
         return list(self.specs)
