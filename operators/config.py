@@ -45,6 +45,8 @@ ENV_DOC: dict[str, str] = {
                        "are dropped (default 64)",
     "VERISEG_ANCHOR_EVERY": "anchor a Merkle root of the results every N frames (default 100; 0 off)",
     "VERISEG_POLL": "seconds between registry event polls (default 1.0)",
+    "VERISEG_STATUS_MAX_AGE": "seconds a model status verified online stays usable when the registry "
+                              "is unreachable at start (default 0: refuse to start)",
     "VERISEG_MASKS": "1/0: write class-map PNGs (default 1)",
     "VERISEG_VIDEO": "1/0: write the colour overlay video (default 1)",
     "VERISEG_JSONL": "1/0: write per-frame JSON lines (default 1)",
@@ -112,6 +114,7 @@ class Config:
     preprocess: bool = True
     reconnect_max: float = 30.0
     stall: float = 10.0
+    status_max_age: float = 0.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -245,7 +248,8 @@ def _float(env, name, default, problems, lo=0.0):
         problems.append(f"{name}: expected a number of seconds, got {raw!r}")
         return default
     if not (v > lo) or v != v or v == float("inf"):
-        problems.append(f"{name}: expected a number > {lo}, got {raw!r}")
+        bound = "seconds >= 0" if lo < 0 else f"a number > {lo:g}"
+        problems.append(f"{name}: expected {bound}, got {raw!r}")
         return default
     return v
 
@@ -349,6 +353,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         preprocess=pre not in ("off", "0"),
         reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
         stall=_float(env, "VERISEG_STALL", 10.0, problems),
+        status_max_age=_float(env, "VERISEG_STATUS_MAX_AGE", 0.0, problems, lo=-1e-9)
+        if (env.get("VERISEG_STATUS_MAX_AGE") or "").strip() not in ("", "0") else 0.0,
         extra={k: v for k, v in env.items() if k.startswith("VERISEG_")},
     )
     if problems:

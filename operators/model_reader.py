@@ -41,11 +41,18 @@ from .score import REVOKED, SESSIONS, ScoreError
 from .sources import stream_done
 from .telemetry import STATS, log
 
-__all__ = ["ModelRefused", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
+__all__ = ["ModelRefused", "ChainDown", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
 
 
 class ModelRefused(RuntimeError):
     """The configured model may not score (one line: what, why, what to do)."""
+
+
+class ChainDown(ModelRefused):
+    """The registry could not be reached while resolving the model."""
+
+
+STATUS_CACHE = "status-cache.json"
 
 
 def connect_registry(cfg: Config):
@@ -144,7 +151,7 @@ class ModelWatcher:
         try:
             return fn()
         except chain.errors.ChainUnavailable as e:
-            raise ModelRefused(f"model registry unreachable while {what}: {_one_line(e)}") from None
+            raise ChainDown(f"model registry unreachable while {what}: {_one_line(e)}") from None
 
     def _verified_update(self, key: str, path: Path, name: str, version: int) -> ModelUpdate:
         import model_store
@@ -172,7 +179,92 @@ class ModelWatcher:
         return st
 
     def resolve(self) -> ModelUpdate:
-        """Verify the configured model now; raises ModelRefused with one line."""
+        """Verify the configured model now; raises ModelRefused with one line.
+
+        With the registry unreachable, a status verified online at most
+        ``VERISEG_STATUS_MAX_AGE`` seconds ago (cached in ``VERISEG_HOME``) lets the flow
+        start; the follower catches up on events from the cached block once the node is
+        back. With the default 0 an unreachable registry refuses the start."""
+        try:
+            u = self._resolve_online()
+        except ChainDown as e:
+            if self.cfg.status_max_age <= 0:
+                raise ModelRefused(f"{e} (set VERISEG_STATUS_MAX_AGE to start from a recently "
+                                   "verified status)") from None
+            u = self._resolve_cached(str(e))
+        else:
+            self._save_status(u)
+        self.current = u
+        self._publish(u)
+        STATS.models_loaded.append({"key": u.key, "name": u.name, "version": u.version,
+                                    "path": u.source, "at": time.time()})
+        log.info("model %s verified (key %s%s) from %s", getattr(u.card, "name", "?"), u.key,
+                 f", {u.name} v{u.version}" if u.version else "", u.source)
+        return u
+
+    # -- status cache -----------------------------------------------------------------
+    def _cache_path(self) -> Path:
+        return self.cfg.home / STATUS_CACHE
+
+    def _cache_id(self) -> str:
+        return f"{self.cfg.chain}|{self.cfg.registry or ''}|{self.cfg.model}"
+
+    def _load_cache(self) -> dict:
+        import json
+        try:
+            d = json.loads(self._cache_path().read_text())
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_status(self, u: ModelUpdate, block: Optional[int] = None):
+        import json
+        d = self._load_cache()
+        d[self._cache_id()] = {"key": u.key, "version": u.version, "name": u.name,
+                               "checked_at": time.time(), "block": block or self.block}
+        try:
+            self.cfg.home.mkdir(parents=True, exist_ok=True)
+            tmp = self._cache_path().with_suffix(".tmp")
+            tmp.write_text(json.dumps(d, indent=1))
+            os.replace(tmp, self._cache_path())
+        except OSError as e:
+            log.warning("cannot write the status cache %s: %s", self._cache_path(), e)
+
+    def _resolve_cached(self, why: str) -> ModelUpdate:
+        import model_store
+        ent = self._load_cache().get(self._cache_id())
+        max_age = self.cfg.status_max_age
+        if not ent:
+            raise ModelRefused(f"{why}; no verified status of {self.cfg.model!r} is cached in "
+                               f"{self._cache_path()}") from None
+        age = time.time() - float(ent.get("checked_at", 0))
+        if not 0 <= age <= max_age:
+            raise ModelRefused(f"{why}; the cached status of {self.cfg.model!r} is {age:.0f} s old "
+                               f"(VERISEG_STATUS_MAX_AGE={max_age:g})") from None
+        key = ent["key"]
+        if key in REVOKED:
+            raise ModelRefused(f"{why}; the cached key {key} is revoked") from None
+        if self.cfg.model_is_path:
+            path = Path(self.cfg.model)
+            try:
+                if model_store.verify(str(path)) != key:
+                    raise ModelRefused(f"{why}; {path} is not the blob whose status was cached "
+                                       f"(key {key[:12]})") from None
+            except model_store.errors.BlobError as e:
+                raise ModelRefused(f"VERISEG_MODEL: {_one_line(e)}") from None
+        else:
+            path = self.locator.find(key)
+            if path is None:
+                raise ModelRefused(f"{why}; no blob with the cached key {key} in "
+                                   f"{', '.join(str(d) for d in self.locator.dirs)}") from None
+        self.block = int(ent.get("block") or 0)
+        self.version = int(ent.get("version") or 0)
+        log.warning("%s: starting from the status verified %.0f s ago (VERISEG_STATUS_MAX_AGE=%g); "
+                    "revocations are applied when the registry is back", why, age, max_age)
+        STATS.error = None
+        return self._verified_update(key, path, ent.get("name") or str(path), self.version)
+
+    def _resolve_online(self) -> ModelUpdate:
         import chain
         import model_store
         cfg = self.cfg
@@ -224,12 +316,6 @@ class ModelWatcher:
                                    f"key is in {', '.join(str(d) for d in self.locator.dirs)}")
             self.version = version
             u = self._verified_update(key, path, name, version)
-        self.current = u
-        self._publish(u)
-        STATS.models_loaded.append({"key": u.key, "name": u.name, "version": u.version,
-                                    "path": u.source, "at": time.time()})
-        log.info("model %s verified (key %s%s) from %s", getattr(u.card, "name", "?"), u.key,
-                 f", {u.name} v{u.version}" if u.version else "", u.source)
         return u
 
     def _locate(self, key: str) -> Optional[Path]:
@@ -263,6 +349,7 @@ class ModelWatcher:
         import chain
         delay = self.cfg.poll
         outage = None
+        last_saved = time.monotonic()
         while not self.stop.wait(delay):
             if self.sids and all(stream_done(s) for s in self.sids):
                 return
@@ -282,6 +369,10 @@ class ModelWatcher:
             if outage is not None:
                 log.info("model registry reachable again after %.1fs", time.monotonic() - outage)
                 outage = None
+            if self.cfg.status_max_age > 0 and self.current is not None and not evs \
+                    and time.monotonic() - last_saved > 30:
+                self._save_status(self.current, nxt)   # still valid: refresh the cached status
+                last_saved = time.monotonic()
             delay = self.cfg.poll
             for ev in evs:
                 try:

@@ -530,3 +530,32 @@ def test_disk_full_under_bytewax_run_is_one_line_and_exit_1(tmp_path):
     assert "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("veriseg: error: stream c: writing outputs to") and "No space left" in last
+
+
+def test_chain_down_at_start_refuses_unless_a_recent_verified_status_is_cached(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    clip = make_clip(tmp_path / "c.avi", n=6)
+    reg.down = True
+    with pytest.raises(ModelRefused, match="unreachable.*VERISEG_STATUS_MAX_AGE"):
+        build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
+    with pytest.raises(ModelRefused, match="no verified status"):
+        build_flow(load_config(env_for(tmp_path, clip, blob, VERISEG_STATUS_MAX_AGE=600, VERISEG_ANCHOR_EVERY=0)),
+                   registry=reg)
+    reg.down = False   # one online start caches the verified status
+    run_main(build_flow(load_config(env_for(tmp_path, clip, blob, VERISEG_STATUS_MAX_AGE=600, VERISEG_ANCHOR_EVERY=0)),
+                        registry=reg))
+    reg.down = True
+    cfg = load_config(env_for(tmp_path, clip, blob, VERISEG_STATUS_MAX_AGE=600, VERISEG_ANCHOR_EVERY=0))
+    run_main(build_flow(cfg, registry=reg))
+    rows = read_jsonl(cfg.out / "c" / "results.jsonl")
+    assert len(rows) == 6 and {r["model_key"] for r in rows} == {key}
+    # too old
+    import json as _json
+    cache = tmp_path / "home" / "status-cache.json"
+    d = _json.loads(cache.read_text())
+    for v in d.values():
+        v["checked_at"] -= 3600
+    cache.write_text(_json.dumps(d))
+    with pytest.raises(ModelRefused, match="s old"):
+        build_flow(load_config(env_for(tmp_path, clip, blob, VERISEG_STATUS_MAX_AGE=600, VERISEG_ANCHOR_EVERY=0)),
+                   registry=reg)
