@@ -329,7 +329,19 @@ class ModelWatcher:
     def _publish(self, u: ModelUpdate):
         with self.cond:
             self.updates.append(u)
+            if u.kind == "load":   # bounded memory over many hot swaps: older bytes go
+                loads = [x for x in self.updates if x.kind == "load" and x.onnx is not None]
+                for old in loads[:-2]:
+                    old.onnx = None
             self.cond.notify_all()
+
+    def start_index(self) -> int:
+        """Where a new reader partition starts: the latest model (older history is moot)."""
+        with self.cond:
+            for i in range(len(self.updates) - 1, -1, -1):
+                if self.updates[i].kind == "load":
+                    return i
+            return 0
 
     # -- following ----------------------------------------------------------------------
     def start(self):
@@ -429,7 +441,7 @@ class _ReaderPartition(StatefulSourcePartition):
     def __init__(self, watcher: ModelWatcher, sid: str):
         self.w = watcher
         self.sid = sid
-        self.i = 0
+        self.i = watcher.start_index()
         self.awake = None
         watcher.start()
 
