@@ -125,9 +125,10 @@ class MetricsPublisher:
     def _write(self):
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / "metrics.prom.tmp"
+            name = f"metrics{process_suffix()}.prom"
+            tmp = self.out / (name + ".tmp")
             tmp.write_text(STATS.prometheus())
-            os.replace(tmp, self.out / "metrics.prom")
+            os.replace(tmp, self.out / name)
         except OSError as e:
             log.error("cannot write %s: %s", self.out / "metrics.prom", e.strerror or e)
 
@@ -551,6 +552,19 @@ class ResultSink(FixedPartitionedSink):
                 _finish_with_error(self.failed)
 
 
+def process_suffix() -> str:
+    """'' in a single-process run; '.p<N>' for process N of a multi-process run (-i/-a),
+    so that each process writes its own summary and metrics file."""
+    pid = os.environ.get("BYTEWAX_PROCESS_ID")
+    argv = sys.argv
+    for i, a in enumerate(argv):
+        if a in ("-i", "--process-id") and i + 1 < len(argv):
+            pid = argv[i + 1]
+        elif a.startswith("--process-id="):
+            pid = a.split("=", 1)[1]
+    return f".p{pid}" if pid not in (None, "") else ""
+
+
 def write_summary(out: Path, extra: Optional[dict] = None) -> dict:
     snap = STATS.snapshot()
     doc = {"fps": round(STATS.fps(), 3), "scored": sum(snap["frames_scored"].values()),
@@ -560,7 +574,7 @@ def write_summary(out: Path, extra: Optional[dict] = None) -> dict:
     if extra:
         doc.update(extra)
     try:
-        _write_json(Path(out) / "summary.json", doc)
+        _write_json(Path(out) / f"summary{process_suffix()}.json", doc)
     except OSError as e:
         log.error("cannot write %s: %s", Path(out) / "summary.json", e.strerror or e)
     log.info("done: %d frames scored at %.1f FPS, %d dropped, %d bad; outputs in %s",
