@@ -21,7 +21,7 @@ from .preprocess import Preprocessor
 from .score import REVOKED, SESSIONS, ScoreLogic
 from .sinks import ResultSink, classes_of
 from .sources import FrameSource, check_pipeline, reset_streams
-from .telemetry import STATS, log
+from .telemetry import STATS
 
 __all__ = ["build_flow", "LockedRegistry", "startup_error", "flow_from_env", "flow_parts"]
 
@@ -80,11 +80,12 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
         entry = SESSIONS.get(first)
         batch = 4 if entry.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else 1
     colour = pre.colour if pre is not None else "BGR"
-    prepare = pre
     if keep_raw:
         def prepare(f, _pre=pre):
             f.raw = f.image
             return _pre(f) if _pre is not None else f
+    else:
+        prepare = pre
 
     flow = Dataflow(flow_id)
     flow_stop = threading.Event()    # the sinks set it when the outputs fail: sources end

@@ -80,8 +80,6 @@ class MetricsPublisher:
                 return
             self.stop.clear()
             if self.port:
-                pub = self
-
                 class H(BaseHTTPRequestHandler):
                     def do_GET(self):  # noqa: N802
                         body = STATS.prometheus().encode()

@@ -17,7 +17,6 @@ file and position; it never stops the stream.
 from __future__ import annotations
 
 import csv
-import os
 import threading
 import time
 from collections import deque

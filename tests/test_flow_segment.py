@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from bytewax.testing import run_main
 
-from flow_fixtures import (FakeRegistry, env_for, expected_classes, make_blob, make_clip,
-                           make_folder, read_jsonl)
+from flow_fixtures import (FakeRegistry, env_for, make_blob, make_clip, make_folder,
+                           read_jsonl)
 from operators.config import ConfigError, load_config
 from operators.model_reader import ModelRefused
 from operators.pipeline import build_flow
@@ -519,7 +519,7 @@ def test_disk_full_under_bytewax_run_is_one_line_and_exit_1(tmp_path):
         pytest.skip("no /dev/full")
     blob = tmp_path / "m.vsb"
     make_blob(blob)
-    key = _register_embedded(tmp_path / "home", blob)
+    _register_embedded(tmp_path / "home", blob)
     clip = make_clip(tmp_path / "c.avi", n=400, size=(48, 64))
     (tmp_path / "out" / "c").mkdir(parents=True)
     (tmp_path / "out" / "c" / "results.jsonl").symlink_to("/dev/full")

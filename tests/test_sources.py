@@ -4,11 +4,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from flow_fixtures import frame_image, make_clip, make_folder
 from operators.config import SourceSpec
-from operators.sources import FrameSource, ImageListReader, VideoReader
+from operators.sources import FrameSource, ImageListReader
 from operators.telemetry import STATS
 
 
