@@ -29,6 +29,7 @@ ENV_DOC: dict[str, str] = {
                       "prefixed 'ID@' for its stream id (default: the sample clip in models/)",
     "VERISEG_MODEL": "blob path (.vsb) or a deployment name on the registry "
                      "(default models/carla-enet.vsb)",
+    "VERISEG_DECRYPT_KEY": "secret file (32 bytes or 64 hex) that decrypts an encrypted blob body",
     "VERISEG_CHAIN": "embedded | http(s)://JSON-RPC URL (default embedded)",
     "VERISEG_HOME": "state folder of the embedded chain (default ~/.veriseg)",
     "VERISEG_REGISTRY": "ModelRegistry contract address 0x... (default: the one the chain knows)",
@@ -115,6 +116,7 @@ class Config:
     reconnect_max: float = 30.0
     stall: float = 10.0
     status_max_age: float = 0.0
+    decrypt_key_file: Optional[Path] = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -324,6 +326,9 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         problems.append(f"VERISEG_PREPROCESS: expected auto or off, got {pre!r}")
 
     port = _int(env, "VERISEG_METRICS_PORT", None, problems, lo=0, hi=65535)
+    dkey = (env.get("VERISEG_DECRYPT_KEY") or "").strip() or None
+    if dkey is not None and not Path(dkey).expanduser().is_file():
+        problems.append(f"VERISEG_DECRYPT_KEY: secret file {dkey!r} does not exist")
     _bool(env, "VERISEG_ORT_SPIN", False, problems)      # read where the session is built
     _int(env, "VERISEG_AUX_NICE", 0, problems, lo=0, hi=19)
     cfg = Config(
@@ -353,6 +358,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         preprocess=pre not in ("off", "0"),
         reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
         stall=_float(env, "VERISEG_STALL", 10.0, problems),
+        decrypt_key_file=Path(dkey).expanduser() if dkey else None,
         status_max_age=_float(env, "VERISEG_STATUS_MAX_AGE", 0.0, problems, lo=-1e-9)
         if (env.get("VERISEG_STATUS_MAX_AGE") or "").strip() not in ("", "0") else 0.0,
         extra={k: v for k, v in env.items() if k.startswith("VERISEG_")},

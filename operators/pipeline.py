@@ -71,6 +71,12 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
     reset_streams(cfg.stream_ids)
     SESSIONS.configure(providers=cfg.providers, require_gpu=cfg.require_gpu, threads=cfg.threads,
                        home=cfg.home)
+    if decrypt_key is None and cfg.decrypt_key_file is not None:
+        from model_store import read_secret
+        try:
+            decrypt_key = read_secret(cfg.decrypt_key_file)
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"VERISEG_DECRYPT_KEY: {cfg.decrypt_key_file}: {e}"]) from None
     reg = LockedRegistry(registry if registry is not None else connect_registry(cfg))
     watcher = ModelWatcher(cfg, reg, decrypt_key=decrypt_key)
     first = watcher.resolve()

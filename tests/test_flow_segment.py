@@ -559,3 +559,25 @@ def test_chain_down_at_start_refuses_unless_a_recent_verified_status_is_cached(t
     with pytest.raises(ModelRefused, match="s old"):
         build_flow(load_config(env_for(tmp_path, clip, blob, VERISEG_STATUS_MAX_AGE=600, VERISEG_ANCHOR_EVERY=0)),
                    registry=reg)
+
+
+def test_encrypted_blob_scores_with_the_device_secret_and_is_refused_without(tmp_path):
+    import model_store
+    from flow_fixtures import tiny_card, tiny_onnx
+    secret = model_store.generate_secret()
+    (tmp_path / "device.key").write_text(secret.hex())
+    (tmp_path / "other.key").write_text(model_store.generate_secret().hex())
+    reg = FakeRegistry()
+    blob = tmp_path / "enc.vsb"
+    key = model_store.write(str(blob), tiny_onnx(), tiny_card(), encrypt_key=secret)
+    reg.register(key, "tiny", blob.as_uri())
+    clip = make_clip(tmp_path / "c.avi", n=4)
+    cfg = load_config(env_for(tmp_path, clip, blob, VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_DECRYPT_KEY=tmp_path / "device.key"))
+    run_main(build_flow(cfg, registry=reg))
+    rows = read_jsonl(cfg.out / "c" / "results.jsonl")
+    assert len(rows) == 4 and {r["model_key"] for r in rows} == {key}
+    for extra in ({}, {"VERISEG_DECRYPT_KEY": tmp_path / "other.key"}):
+        with pytest.raises(ModelRefused) as ei:
+            build_flow(load_config(env_for(tmp_path, clip, blob, **extra)), registry=reg)
+        assert "\n" not in str(ei.value) and "model blob refused" in str(ei.value)
