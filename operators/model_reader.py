@@ -389,6 +389,10 @@ class ModelWatcher:
             for ev in evs:
                 try:
                     self._on_event(ev)
+                except ChainDown as e:
+                    log.warning("model reader: %s (will retry)", e)
+                    nxt = ev.block   # the node went away while handling it: retry this block
+                    break
                 except ModelRefused as e:
                     log.error("model reader: %s", e)
                     STATS.models_refused.append({"key": getattr(ev, "key", None), "reason": str(e)})
@@ -415,6 +419,8 @@ class ModelWatcher:
         if kind != "Deployed" or self.cfg.model_is_path or ev.deployment != self.cfg.model:
             return
         version = int(ev.version or 0)
+        if version == self.version and self.current is not None and self.current.key == key:
+            return   # seen already (an event replayed after a retry)
         if version <= self.version:
             log.warning("deployment %r: ignoring version %d (in use: %d; no rollback)",
                         ev.deployment, version, self.version)
