@@ -581,3 +581,29 @@ def test_encrypted_blob_scores_with_the_device_secret_and_is_refused_without(tmp
         with pytest.raises(ModelRefused) as ei:
             build_flow(load_config(env_for(tmp_path, clip, blob, **extra)), registry=reg)
         assert "\n" not in str(ei.value) and "model blob refused" in str(ei.value)
+
+
+def test_bad_inputs_in_a_folder_are_skipped_and_named(tmp_path):
+    import struct
+    import zlib
+    reg, blob, key = _registered(tmp_path)
+    d = make_folder(tmp_path / "f", n=4)
+    (d / "0010_empty.png").write_bytes(b"")
+    (d / "0011_garbage.jpg").write_bytes(os.urandom(5000))
+    # a PNG header claiming 100000 x 100000 pixels (valid CRC), no data
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    png = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+           + struct.pack(">I", zlib.crc32(chunk)))
+    (d / "0012_huge.png").write_bytes(png)
+    cv2.imwrite(str(d / "0013_grey.png"), np.full((10, 12), 100, np.uint8))
+    cv2.imwrite(str(d / "0014_tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    cfg = load_config(env_for(tmp_path, f"dir:{d}", blob, VERISEG_ANCHOR_EVERY=0))
+    run_main(build_flow(cfg, registry=reg))
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    assert [r["seq"] for r in rows] == [0, 1, 2, 3, 7, 8]
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    reports = " | ".join(summary["bad_frame_reports"])
+    assert summary["bad"] == 3
+    for name in ("0010_empty.png", "0011_garbage.jpg", "0012_huge.png"):
+        assert name in reports, reports
