@@ -51,6 +51,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_MASKS": "1/0: write class-map PNGs (default 1)",
     "VERISEG_VIDEO": "1/0: write the colour overlay video (default 1)",
     "VERISEG_JSONL": "1/0: write per-frame JSON lines (default 1)",
+    "VERISEG_VIDEO_SCALE": "size of the overlay video relative to the model input, 0 < s <= 1 "
+                           "(default 1; 0.5 cuts its encoding cost ~3x)",
     "VERISEG_METRICS_PORT": "serve Prometheus metrics over HTTP on this port (default off)",
     "VERISEG_PROGRESS": "auto | 1 | 0: progress line on stderr for file replay (default auto)",
     "VERISEG_PREPROCESS": "auto | off: resize/colour-convert frames to the model input (default auto)",
@@ -117,6 +119,7 @@ class Config:
     stall: float = 10.0
     status_max_age: float = 0.0
     decrypt_key_file: Optional[Path] = None
+    video_scale: float = 1.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -256,6 +259,20 @@ def _float(env, name, default, problems, lo=0.0):
     return v
 
 
+def _scale(env, problems) -> float:
+    raw = (env.get("VERISEG_VIDEO_SCALE") or "").strip()
+    if not raw:
+        return 1.0
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 1:
+        problems.append(f"VERISEG_VIDEO_SCALE: expected a number in (0, 1], got {raw!r}")
+        return 1.0
+    return v
+
+
 def _batch(env, problems) -> int:
     raw = (env.get("VERISEG_BATCH") or "").strip().lower()
     if raw in ("", "auto"):
@@ -359,6 +376,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
         stall=_float(env, "VERISEG_STALL", 10.0, problems),
         decrypt_key_file=Path(dkey).expanduser() if dkey else None,
+        video_scale=_scale(env, problems),
         status_max_age=_float(env, "VERISEG_STATUS_MAX_AGE", 0.0, problems, lo=-1e-9)
         if (env.get("VERISEG_STATUS_MAX_AGE") or "").strip() not in ("", "0") else 0.0,
         extra={k: v for k, v in env.items() if k.startswith("VERISEG_")},

@@ -141,7 +141,8 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
                           registry=reg, metrics_port=cfg.metrics_port, progress=progress, fps=fps,
                           summary_extra={"config": _cfg_summary(cfg), "model": {
                               "key": first.key, "name": getattr(first.card, "name", None),
-                              "source": first.source}}, flow_stop=flow_stop)
+                              "source": first.source}}, flow_stop=flow_stop,
+                          video_scale=cfg.video_scale)
     else:
         sink = sink_factory(cfg, first, reg)
     op.output("sinks", scored, sink)

@@ -46,6 +46,20 @@ _DEFAULT_CLASSES = (
 )
 
 
+# class maps gain nothing from PNG row filters: no filter + RLE is 4x faster than the
+# default (0.43 vs 1.7 ms at 512², 9 vs 10 KB)
+_PNG_OPTS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    _PNG_OPTS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+
+
+def _class_counts(cm: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per class id (cv2.calcHist: ~3x faster than np.bincount at 512²)."""
+    h = cv2.calcHist([np.ascontiguousarray(cm)], [0], None, [256], [0, 256]).ravel()
+    k = max(n, int(np.flatnonzero(h).max()) + 1 if h.any() else n)
+    return h[:k].astype(np.int64)
+
+
 def classes_of(card) -> tuple:
     if card is None or not getattr(card, "classes", None):
         return _DEFAULT_CLASSES
@@ -289,11 +303,11 @@ class _Partition(StatefulSinkPartition):
                "model_key": r.model_key, "batch": r.batch}
         if self.sink.masks:
             name = f"{r.seq:06d}.png"
-            if not cv2.imwrite(str(self.masks_dir / name), cm, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            if not cv2.imwrite(str(self.masks_dir / name), cm, _PNG_OPTS):
                 raise OSError(f"cannot write {self.masks_dir / name}")
             rec["mask"] = f"masks/{name}"
         if self.jsonl is not None:
-            counts = np.bincount(cm.ravel(), minlength=len(self.names))
+            counts = _class_counts(cm, len(self.names))
             tot = max(1, cm.size)
             rec["shares"] = {(self.names[i] if i < len(self.names) else str(i)): round(c / tot, 5)
                              for i, c in enumerate(counts.tolist()) if c}
@@ -325,6 +339,10 @@ class _Partition(StatefulSinkPartition):
         # cv2.LUT on a 3-channel view is ~8x faster than numpy fancy indexing
         colour = cv2.LUT(cv2.merge((cm, cm, cm)), self.lut3)
         over = cv2.addWeighted(img, 0.5, colour, 0.5, 0.0)
+        if self.sink.video_scale != 1.0:
+            over = cv2.resize(over, (max(2, int(over.shape[1] * self.sink.video_scale)),
+                                     max(2, int(over.shape[0] * self.sink.video_scale))),
+                              interpolation=cv2.INTER_AREA)
         h, w = over.shape[:2]
         if self.video is not None and self.video_size != (w, h):
             self.video.release()
@@ -455,8 +473,9 @@ class ResultSink(FixedPartitionedSink):
     def __init__(self, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True, video=True,
                  jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
-                 flow_stop: Optional[threading.Event] = None):
+                 flow_stop: Optional[threading.Event] = None, video_scale: float = 1.0):
         self.out = Path(out)
+        self.video_scale = video_scale
         self.flow_stop = flow_stop
         self.sids = list(stream_ids)
         self.classes = tuple(classes or _DEFAULT_CLASSES)
