@@ -234,17 +234,18 @@ def child_sinkcost(spec: dict) -> dict:
             cap.read()
     big = None
     ok, big = cv2.VideoCapture(spec["clip"]).read()
+    rle = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+        rle += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
     png = lambda **kw: cv2.imencode(".png", cm, [cv2.IMWRITE_PNG_COMPRESSION, 1] + sum(([k, v] for k, v in kw.items()), []))
     items = {
         "decode (clip frame)": dec,
         "resize clip frame -> model input": lambda: cv2.resize(big, img.shape[1::-1], interpolation=cv2.INTER_LINEAR),
         "BGR->RGB": lambda: cv2.cvtColor(big, cv2.COLOR_BGR2RGB),
-        "mask PNG, level 1 (current)": lambda: png(),
-        "mask PNG, level 1 + RLE strategy": lambda: cv2.imencode(".png", cm, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                                                            cv2.IMWRITE_PNG_STRATEGY,
-                                                                            cv2.IMWRITE_PNG_STRATEGY_RLE]),
-        "class shares, np.bincount (current)": lambda: np.bincount(cm.ravel(), minlength=13),
-        "class shares, cv2.calcHist": lambda: cv2.calcHist([cm], [0], None, [256], [0, 256]),
+        "mask PNG, level 1 (before)": lambda: png(),
+        "mask PNG, level 1 + RLE + no filter (sinks now)": lambda: cv2.imencode(".png", cm, rle),
+        "class shares, np.bincount (before)": lambda: np.bincount(cm.ravel(), minlength=13),
+        "class shares, cv2.calcHist (sinks now)": lambda: cv2.calcHist([cm], [0], None, [256], [0, 256]),
         "overlay colours, cv2.LUT": lambda: cv2.LUT(cv2.merge([cm, cm, cm]), lut),
         "overlay blend, addWeighted": lambda: cv2.addWeighted(img, 0.5, over, 0.5, 0),
         "overlay MJPG VideoWriter.write": lambda: vw.write(over),
@@ -264,8 +265,7 @@ def child_sinkcost(spec: dict) -> dict:
         out[k] = round((time.perf_counter() - t) / 30 * 1e3, 3)
     vw.release()
     sizes = {"png_level1_bytes": len(png()[1]),
-             "png_rle_bytes": len(cv2.imencode(".png", cm, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-                                                            cv2.IMWRITE_PNG_STRATEGY_RLE])[1])}
+             "png_rle_bytes": len(cv2.imencode(".png", cm, rle)[1])}
     return {"ms": out, "sizes": sizes, "note": "synthetic blocky class map; one OpenCV thread"}
 
 
@@ -892,6 +892,7 @@ def main(argv: list[str]) -> int:
         for label, extra, c in (("flow spinning on", {"VERISEG_ORT_SPIN": "1"}, clip),
                                 ("flow batch 4", {"VERISEG_BATCH": "4"}, clip),
                                 ("flow masks+video off (jsonl, anchors)", {"VERISEG_MASKS": "0", "VERISEG_VIDEO": "0"}, clip),
+                                ("flow overlay video at half size (VIDEO_SCALE 0.5)", {"VERISEG_VIDEO_SCALE": "0.5"}, clip),
                                 ("flow 1 ORT thread", {"VERISEG_THREADS": "1"}, clip),
                                 ("flow decoder/writers niced (AUX_NICE 10)", {"VERISEG_AUX_NICE": "10"}, clip),
                                 (f"flow on a {size}² clip (no resize)", {}, clip512)):
