@@ -134,6 +134,7 @@ class ModelWatcher:
         self.thread: Optional[threading.Thread] = None
         self.started = False
         self.sids = tuple(cfg.stream_ids)
+        self.follow_name: Optional[str] = None   # blob-path mode: the deployment that supersedes it
 
     @property
     def reg(self):
@@ -298,7 +299,8 @@ class ModelWatcher:
                         log.warning("could not deploy %r: %s", card.name, _one_line(e))
                 self.block = self.reg.block_number() + 1
             self._check_status(key, f"blob {path}")
-            u = self._verified_update(key, path, str(path), 0)
+            self._check_superseded(key, path)
+            u = self._verified_update(key, path, str(path), self.version)
         else:
             name = cfg.model
             try:
@@ -317,6 +319,39 @@ class ModelWatcher:
             self.version = version
             u = self._verified_update(key, path, name, version)
         return u
+
+    def _check_superseded(self, key: str, path: Path):
+        """A blob given by path must not be one its deployment has moved on from (no
+        rollback by file): if the key's registered name is a deployment that once pointed
+        at this key and now points elsewhere, refuse. While running, a newer deploy of that
+        name hot-swaps (the pinned blob is then superseded)."""
+        import chain
+        try:
+            name = self.reg.info(key)[0]
+        except chain.errors.ChainUnavailable as e:
+            raise ChainDown(f"model registry unreachable while checking blob {path}: {_one_line(e)}") from None
+        except chain.errors.ChainError:
+            return
+        if not name:
+            return
+        try:
+            cur, version = self.reg.current(name)
+        except chain.errors.ChainUnavailable as e:
+            raise ChainDown(f"model registry unreachable while checking blob {path}: {_one_line(e)}") from None
+        except chain.errors.ChainError:
+            return   # never deployed under its name: a registered candidate
+        self.follow_name = name
+        if cur == key:
+            self.version = version
+            return
+        evs = self._chain_call("reading deployment history", lambda: self.reg.events(0, kinds=("Deployed",)))[0]
+        mine = [e for e in evs if e.deployment == name and (e.key or "").lower() == key]
+        if mine:
+            raise ModelRefused(f"VERISEG_MODEL: blob {path} (key {key[:12]}) was superseded: deployment "
+                               f"{name!r} is at v{version} (key {cur[:12]}); no rollback "
+                               f"(use VERISEG_MODEL={name} to follow it)")
+        self.version = version   # a candidate never deployed: newer deploys do not replace it
+        self.follow_name = None
 
     def _locate(self, key: str) -> Optional[Path]:
         uri = ""
@@ -416,7 +451,8 @@ class ModelWatcher:
                 self.current = None
             SESSIONS.drop(key)
             return
-        if kind != "Deployed" or self.cfg.model_is_path or ev.deployment != self.cfg.model:
+        followed = self.follow_name if self.cfg.model_is_path else self.cfg.model
+        if kind != "Deployed" or not followed or ev.deployment != followed:
             return
         version = int(ev.version or 0)
         if version == self.version and self.current is not None and self.current.key == key:

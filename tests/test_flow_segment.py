@@ -607,3 +607,29 @@ def test_bad_inputs_in_a_folder_are_skipped_and_named(tmp_path):
     assert summary["bad"] == 3
     for name in ("0010_empty.png", "0011_garbage.jpg", "0012_huge.png"):
         assert name in reports, reports
+
+
+def test_a_superseded_blob_is_refused_and_a_pinned_blob_follows_newer_deploys(tmp_path):
+    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
+    blob_b = tmp_path / "models" / "b.vsb"
+    key_b = make_blob(blob_b, shift=1)
+    reg.register(key_b, "tiny", blob_b.as_uri())
+    reg.deploy("tiny", key_a)
+    folder = make_folder(tmp_path / "f", n=40)
+    # pinned to blob A while A is current: a deploy of B mid-stream swaps to B
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob_a, VERISEG_ANCHOR_EVERY=0))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
+    th = _when_scored(10, lambda: reg.deploy("tiny", key_b))
+    run_main(flow)
+    th.join()
+    keys = [r["model_key"] for r in read_jsonl(cfg.out / "f" / "results.jsonl")]
+    n_a = keys.count(key_a)
+    assert 10 <= n_a < 40 and keys == [key_a] * n_a + [key_b] * (40 - n_a)
+    # now A is superseded: starting from its file is a rollback, refused
+    with pytest.raises(ModelRefused, match="superseded.*no rollback"):
+        build_flow(load_config(env_for(tmp_path, f"dir:{folder}", blob_a)), registry=reg)
+    # a registered candidate that was never deployed under its name may still run
+    blob_c = tmp_path / "models" / "c.vsb"
+    key_c = make_blob(blob_c, shift=2)
+    reg.register(key_c, "tiny", blob_c.as_uri())
+    build_flow(load_config(env_for(tmp_path, f"dir:{folder}", blob_c)), registry=reg)
