@@ -633,3 +633,22 @@ def test_a_superseded_blob_is_refused_and_a_pinned_blob_follows_newer_deploys(tm
     key_c = make_blob(blob_c, shift=2)
     reg.register(key_c, "tiny", blob_c.as_uri())
     build_flow(load_config(env_for(tmp_path, f"dir:{folder}", blob_c)), registry=reg)
+
+
+def test_hot_swap_to_a_model_with_another_input_size(tmp_path):
+    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
+    blob_b = tmp_path / "models" / "b.vsb"
+    key_b = make_blob(blob_b, shift=1, size=(48, 64))
+    reg.register(key_b, "tiny", blob_b.as_uri())
+    reg.deploy("tiny", key_a)
+    folder = make_folder(tmp_path / "f", n=30)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
+    th = _when_scored(8, lambda: reg.deploy("tiny", key_b))
+    run_main(flow)
+    th.join()
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(30))
+    shapes = {r["model_key"]: cv2.imread(str(cfg.out / "f" / r["mask"]), cv2.IMREAD_UNCHANGED).shape
+              for r in rows}
+    assert shapes == {key_a: (32, 32), key_b: (48, 64)}
