@@ -495,6 +495,8 @@ class _ReaderPartition(StatefulSourcePartition):
             self.awake = None
             return [(self.sid, u) for u in new]
         if stream_done(self.sid):
+            if self.w.sids and all(stream_done(s) for s in self.w.sids):
+                self.w.stop.set()   # the follower thread ends with the last stream
             raise StopIteration()
         self.awake = datetime.now(timezone.utc) + timedelta(milliseconds=20)
         return []
