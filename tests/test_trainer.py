@@ -232,3 +232,30 @@ def test_carla_folder_loads():
         pytest.skip("VERISEG_CARLA_DIR is not set")
     d = load_folder(root, 128, limit=5)
     assert d.images.shape == (5, 128, 128, 3) and d.labels.max() <= 12
+
+
+def test_committed_blob_and_sample_clip():
+    """models/carla-enet.vsb verifies, its card matches the graph, and it segments a clip frame."""
+    pytest.importorskip("onnxruntime")
+    model_store = pytest.importorskip("model_store")
+    from trainer.export import ort_session
+    root = Path(__file__).resolve().parents[1] / "models"
+    blob = root / "carla-enet.vsb"
+    if not blob.exists():
+        pytest.skip("no committed blob")
+    key = model_store.verify(blob)
+    card, onnx_bytes = model_store.load(blob, key)
+    assert card.inputs[0].name == "image" and card.inputs[0].dtype == "uint8"
+    assert tuple(card.inputs[0].shape[1:]) == (512, 512, 3)
+    assert card.outputs[0].name == "classes" and len(card.classes) == NUM_CLASSES
+    assert card.metrics["pixel_accuracy"] > 0.85
+    cap = cv2.VideoCapture(str(root / "sample.avi"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (600, 800, 3)
+    x = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), (512, 512), interpolation=cv2.INTER_AREA)[None]
+    out = ort_session(onnx_bytes, threads=1).run(["classes"], {"image": x})[0]
+    assert out.shape == (1, 512, 512) and out.dtype == np.uint8 and out.max() < NUM_CLASSES
+    # a road scene: road in the lower middle, the ego hood (car) at the bottom
+    assert (out[0, 400:420, 200:312] == 7).mean() > 0.5
+    assert (out[0, 500:, 150:350] == 10).mean() > 0.5
