@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     t.add_argument("--weight-c", type=float, default=1.02, help="class weights 1/ln(c+p)")
     t.add_argument("--variant", choices=("prelu", "relu"), default="relu")
     t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--ema", type=float, default=0.998)
+    t.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights (0: off)")
     t.add_argument("--val-fraction", type=float, default=0.2)
     t.add_argument("--gap", type=int, default=10)
     t.add_argument("--val-every", type=int, default=1)

@@ -44,7 +44,7 @@ class TrainConfig:
     weight_c: float = 1.02           # class weights 1/ln(c + p)
     variant: str = "relu"
     dropout: float = 0.1
-    ema: float = 0.998               # 0 disables the weight average
+    ema: float = 0.99                # 0 disables the weight average
     val_fraction: float = 0.2
     gap: int = 10
     val_every: int = 1
