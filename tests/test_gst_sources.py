@@ -1,4 +1,4 @@
-"""Runs the GStreamer tests (tests/test_gst_cases.py) in a child pytest process.
+"""Runs the GStreamer tests (tests/gst_cases.py) in a child pytest process.
 
 GStreamer initialised in a process that already loaded OpenCV/numpy makes a later
 ``torch.onnx.export`` in the same process abort (a C++ exception escaping across the
@@ -31,7 +31,7 @@ def test_gstreamer_sources_in_a_child_process():
         pytest.skip(msg)
     env = dict(os.environ, VERISEG_GST_CHILD="1")
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        str(HERE / "test_gst_cases.py")], cwd=HERE.parent, env=env,
+                        str(HERE / "gst_cases.py")], cwd=HERE.parent, env=env,
                        capture_output=True, text=True, timeout=600)
     tail = (p.stdout[-6000:] + "\n" + p.stderr[-2000:]).strip()
     assert p.returncode == 0, tail

@@ -1,7 +1,7 @@
 """GStreamer sources: a videotestsrc pipeline and a loopback RTSP server, through the flow.
 
 These run only in a child pytest process started by ``test_gst_sources.py``
-(``VERISEG_GST_CHILD=1``): with OpenCV/numpy already loaded, ``Gst.init`` in a process
+(``VERISEG_GST_CHILD=1``; the file name keeps the main run from collecting it): with OpenCV/numpy already loaded, ``Gst.init`` in a process
 that later runs ``torch.onnx.export`` aborts it (``terminate called after throwing an
 instance of 'pybind11::stop_iteration'`` / SIGSEGV), which would kill the trainer tests.
 Skipped when GStreamer/PyGObject are missing, unless CI=true (then they fail).
