@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, need
+
 TOOLS_BIN = REPO / ".tools" / "node_modules" / ".bin"
 
 # anvil's well-known dev keys (mnemonic "test test ... junk"): public, test use only
@@ -27,15 +27,6 @@ ANVIL_KEYS = (
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
 )
-
-
-def need(condition: bool, what: str) -> None:
-    """Skip when missing locally; fail in CI (CI=true), where .ci/run installs it."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
-    pytest.skip(f"{what} not available")
 
 
 def tool(name: str) -> str | None:
