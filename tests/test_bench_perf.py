@@ -37,7 +37,7 @@ def test_bench_perf_quick_runs_on_four_frames(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run([sys.executable, "-m", "bench", "perf", "--quick", "--frames", "4", "--size", "64",
-                        "--seconds", "0.2", "--out", "perf_test", "--work", str(tmp_path / "work"),
+                        "--seconds", "0.2", "--random-model", "--out", "perf_test", "--work", str(tmp_path / "work"),
                         "--results", str(tmp_path)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]

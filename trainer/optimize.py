@@ -85,6 +85,15 @@ def ort_optimized(onnx_bytes: bytes, level: str = "extended") -> bytes:
         return Path(so.optimized_model_filepath).read_bytes()
 
 
+def _used_opsets_only(m):
+    """ORT saves every domain it knows in opset_import; keep the ones the nodes use."""
+    used = {n.domain for n in m.graph.node} | {""}
+    keep = [o for o in m.opset_import if o.domain in used]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    return m
+
+
 def channel_pad_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
     """The same model with every zero channel padding (``Pad`` of the downsampling
     bottlenecks' max-pool branch: C -> C' channels, zeros appended) written as a 1x1
@@ -131,7 +140,7 @@ def channel_pad_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
         m.graph.node.remove(n)
         m.graph.node.insert(idx, conv)
         done += 1
-    out = m.SerializeToString()
+    out = _used_opsets_only(m).SerializeToString()
     if check:
         rng = np.random.default_rng(0)
         dims = m.graph.input[0].type.tensor_type.shape.dim
@@ -192,7 +201,7 @@ def convtranspose_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
         m.graph.node.insert(idx, d2s)
         m.graph.node.insert(idx, conv)
         done += 1
-    out = m.SerializeToString()
+    out = _used_opsets_only(m).SerializeToString()
     if check and done:
         rng = np.random.default_rng(0)
         dims = m.graph.input[0].type.tensor_type.shape.dim
