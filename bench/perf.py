@@ -864,7 +864,7 @@ def main(argv: list[str]) -> int:
             ex.append(s.child(dict(base, ort=ort), f"ORT {label}"))
         ex.append(s.child(dict(base, batch=2), "ORT batch 2"))
         ex.append(s.child(dict(base, kind="ort_frames", workers=2), "ORT 2 frames in flight, 1 thread each"))
-        from trainer.optimize import export_random, ort_optimized
+        from trainer.optimize import export_random
         pr = work / "prelu.onnx"
         pr.write_bytes(export_random("prelu", size))
         rl = work / "relu.onnx"

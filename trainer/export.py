@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from .data import MEAN, STD
-from .palette import CLASS_NAMES, NUM_CLASSES
 
 __all__ = ["Deployable", "export_onnx", "check_equivalence", "ort_session", "build_card", "main"]
 
@@ -215,7 +214,6 @@ def _cpu_name() -> str:
 
 def write_record(a, ck, key, out, card, report, eq, fps) -> None:
     """The training record next to the blob (models/carla-enet.json)."""
-    import os
     import sys
     cfg, meta, state = ck["config"], ck.get("meta", {}), ck.get("state", {})
     rec = {

@@ -123,7 +123,7 @@ def channel_pad_as_conv(onnx_bytes: bytes, check: bool = True) -> bytes:
                                    (n.input[2] not in inits or numpy_helper.to_array(inits[n.input[2]]).any())):
             continue
         pads = numpy_helper.to_array(inits[n.input[1]]).astype(int).tolist()
-        si, so = shapes.get(n.input[0]), shapes.get(n.output[0])
+        si = shapes.get(n.input[0])
         if len(pads) != 8 or not si or len(si) != 4 or not isinstance(si[1], int):
             continue
         # only channels appended at the end: begins all 0, ends (0, P, 0, 0)
