@@ -70,6 +70,16 @@ def make_blob(path, shift: int = 0, size=(32, 32), name="tiny", dynamic_batch=Tr
                              tiny_card(size, name, dynamic_batch))
 
 
+def register_embedded(home, blob) -> str:
+    """Register a test blob on an embedded chain in `home`; return its key."""
+    import chain
+    import model_store
+    reg = chain.connect(chain="embedded", home=home)
+    key = model_store.verify(str(blob))
+    reg.register(key, "tiny", Path(blob).resolve().as_uri())
+    return key
+
+
 def frame_image(i: int, size=(24, 40)) -> np.ndarray:
     """BGR frame whose red channel encodes the frame index (class = i % 13 for shift 0)."""
     h, w = size

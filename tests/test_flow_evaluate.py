@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from bytewax.testing import run_main
 
-from flow_fixtures import FakeRegistry, env_for, frame_image, make_blob
+from flow_fixtures import FakeRegistry, env_for, frame_image, make_blob, register_embedded
 from operators.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,12 +72,9 @@ def test_evaluate_refuses_a_video_source(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_through_bytewax_run(tmp_path):
-    import chain
-    import model_store
     blob = tmp_path / "m.vsb"
     make_blob(blob)
-    reg = chain.connect(chain="embedded", home=tmp_path / "home")
-    reg.register(model_store.verify(str(blob)), "tiny", blob.as_uri())
+    register_embedded(tmp_path / "home", blob)
     data = _dataset(tmp_path / "data", n=5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
     env.update(env_for(tmp_path, str(data), blob))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flow_fixtures import env_for, make_blob, make_clip, read_jsonl
+from flow_fixtures import env_for, make_blob, make_clip, read_jsonl, register_embedded
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,12 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_kill_and_resume_with_recovery_outputs_each_frame_once(tmp_path):
     import chain
-    import model_store
     blob = tmp_path / "m.vsb"
     make_blob(blob)
-    reg = chain.connect(chain="embedded", home=tmp_path / "home")
-    reg.register(model_store.verify(str(blob)), "tiny", blob.as_uri())
-    del reg
+    register_embedded(tmp_path / "home", blob)
     n = 3000
     clip = make_clip(tmp_path / "long.avi", n=n, size=(240, 320))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}

@@ -15,7 +15,7 @@ import pytest
 from bytewax.testing import run_main
 
 from flow_fixtures import (FakeRegistry, env_for, make_blob, make_clip, make_folder,
-                           read_jsonl)
+                           read_jsonl, register_embedded)
 from operators.config import ConfigError, load_config
 from operators.model_reader import ModelRefused
 from operators.pipeline import build_flow
@@ -337,19 +337,13 @@ def _embedded_env(tmp_path, source, model=None, **extra):
     return env
 
 
-def _register_embedded(home, blob):
-    import chain
-    reg = chain.connect(chain="embedded", home=home)
-    key = __import__("model_store").verify(str(blob))
-    reg.register(key, "tiny", Path(blob).resolve().as_uri())
-    return key
 
 
 @pytest.mark.slow
 def test_bytewax_run_subprocess_two_workers_embedded_chain(tmp_path):
     blob = tmp_path / "m.vsb"
     make_blob(blob)
-    key = _register_embedded(tmp_path / "home", blob)
+    key = register_embedded(tmp_path / "home", blob)
     a = make_clip(tmp_path / "a.avi", n=10)
     b = make_folder(tmp_path / "b", n=6)
     env = _embedded_env(tmp_path, f"{a};dir:{b}", blob, VERISEG_ANCHOR_EVERY=5)
@@ -519,7 +513,7 @@ def test_disk_full_under_bytewax_run_is_one_line_and_exit_1(tmp_path):
         pytest.skip("no /dev/full")
     blob = tmp_path / "m.vsb"
     make_blob(blob)
-    _register_embedded(tmp_path / "home", blob)
+    register_embedded(tmp_path / "home", blob)
     clip = make_clip(tmp_path / "c.avi", n=400, size=(48, 64))
     (tmp_path / "out" / "c").mkdir(parents=True)
     (tmp_path / "out" / "c" / "results.jsonl").symlink_to("/dev/full")
