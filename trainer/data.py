@@ -132,7 +132,12 @@ def load_folder(root, size: int | tuple[int, int] | None = 512, limit: int | Non
 
 def time_split(n: int, val_fraction: float = 0.2, gap: int = 10) -> tuple[list[int], list[int]]:
     """Consecutive frames: train on the first part, validate on the last ``val_fraction``,
-    dropping ``gap`` frames in between so near-duplicates do not leak."""
+    dropping ``gap`` frames in between so near-duplicates do not leak.
+
+    ``val_fraction=0`` trains on every frame (the final fit, once the recipe was chosen on a
+    real split) and returns no validation frames."""
+    if val_fraction == 0:
+        return list(range(n)), []
     n_val = max(1, int(round(n * val_fraction)))
     n_train = n - n_val - gap
     if n_train < 1:

@@ -170,8 +170,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         data = load_folder(cfg.data, cfg.load_size, limit=cfg.limit)
     tr_idx, va_idx = time_split(len(data), cfg.val_fraction, cfg.gap)
     train_d, val_d = data.subset(tr_idx), data.subset(va_idx)
+    val_desc = f"val {len(val_d)} ({val_d.names[0]}..{val_d.names[-1]}), gap {cfg.gap}" if len(val_d) \
+        else "no validation (--val-fraction 0: final fit on every frame; the last checkpoint is the result)"
     log(f"data: {len(data)} frames loaded in {time.time() - t_load:.1f}s; train {len(train_d)} "
-        f"({train_d.names[0]}..{train_d.names[-1]}), val {len(val_d)} ({val_d.names[0]}..{val_d.names[-1]}), gap {cfg.gap}")
+        f"({train_d.names[0]}..{train_d.names[-1]}), {val_desc}")
 
     weights = enet_class_weights(train_d.labels, cfg.weight_c)
     log("class weights: " + " ".join(f"{w:.2f}" for w in weights))
@@ -205,7 +207,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
             "argv": sys.argv, "train_frames": len(train_d), "val_frames": len(val_d),
-            "train_range": [train_d.names[0], train_d.names[-1]], "val_range": [val_d.names[0], val_d.names[-1]],
+            "train_range": [train_d.names[0], train_d.names[-1]],
+            "val_range": [val_d.names[0], val_d.names[-1]] if len(val_d) else None,
             "class_weights": [round(float(w), 4) for w in weights]}
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "meta": meta}, indent=1))
     log(f"model: ENet/{cfg.variant}, {meta['params']} params, {meta['gmacs_512']:.3f} GMAC at 512x512; device {device}")
@@ -272,8 +275,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         state["last_epoch_s"] = time.time() - t_ep
         rec = {"epoch": epoch, "step": state["step"], "loss": loss_sum / steps_per_epoch,
                "lr": opt.param_groups[0]["lr"], "train_s": round(t_train, 1)}
-        if epoch % cfg.val_every == 0 or epoch == state["epochs"] or \
-                (time_based and time.time() - t_start + 1.5 * t_train > cfg.minutes * 60):
+        if len(val_d) and (epoch % cfg.val_every == 0 or epoch == state["epochs"] or
+                           (time_based and time.time() - t_start + 1.5 * t_train > cfg.minutes * 60)):
             t_v = time.time()
             emodel = model
             if ema is not None:
