@@ -225,6 +225,36 @@ def test_export_equivalence_small_input():
     assert (got == ref).mean() >= 0.999
 
 
+def test_export_command_packs_a_rewritten_graph_that_matches_pytorch(tmp_path):
+    """`trainer export` rewrites the channel Pads as identity convs (ORT speed) and the
+    packed blob still gives PyTorch's class maps; --plain-graph keeps the exporter's graph."""
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    import model_store
+    from trainer.__main__ import main as trainer_main
+    from trainer.export import Deployable, ort_session
+    from trainer.train import TrainConfig, load_checkpoint, train
+    cfg = TrainConfig(data="synthetic", synthetic_n=8, out=str(tmp_path / "run"), epochs=1, size=64,
+                      load_size=64, eval_size=64, batch=4, val_fraction=0, ema=0, amp="off",
+                      progress=False, seed=0, threads=1)
+    train(cfg, log=lambda *a: None)
+    ck = str(tmp_path / "run" / "last.pt")
+    ops = {}
+    for name, extra in (("rewritten", []), ("plain", ["--plain-graph"])):
+        out = tmp_path / f"{name}.vsb"
+        assert trainer_main(["export", "--checkpoint", ck, "-o", str(out), "--size", "64"] + extra) == 0
+        card, onnx_bytes = model_store.load(out, model_store.verify(out))
+        ops[name] = [n.op_type for n in onnx.load_from_string(onnx_bytes).graph.node]
+        net, _ = load_checkpoint(ck, use_ema=False)
+        imgs = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+        got = ort_session(onnx_bytes, threads=1).run(["classes"], {"image": imgs})[0]
+        with torch.no_grad():
+            ref = Deployable(net.float().eval())(torch.from_numpy(imgs)).numpy()
+        assert (got == ref).mean() >= 0.999, name
+    assert "Pad" in ops["plain"] and "Pad" not in ops["rewritten"]
+    assert ops["rewritten"].count("Conv") == ops["plain"].count("Conv") + ops["plain"].count("Pad")
+
+
 @pytest.mark.carla
 def test_carla_folder_loads():
     root = os.environ.get("VERISEG_CARLA_DIR")

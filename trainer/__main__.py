@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     x.add_argument("--size", type=int, default=512)
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--no-ema", action="store_true")
+    x.add_argument("--plain-graph", action="store_true",
+                   help="skip the exact graph rewrite (channel Pad as identity conv) done for ORT's CPU speed")
     x.add_argument("--check-data", help="folder of real frames for the equivalence check")
     x.add_argument("--metrics", help="evaluation JSON to put in the model card")
     x.add_argument("--name", default="carla-enet")
