@@ -165,7 +165,6 @@ def write_report(folder: Path, parts, model_info: dict) -> dict:
     line = (f"evaluate: {frames} frames: pixel accuracy {_pct(summ['pixel_accuracy'])}, "
             f"mIoU {_pct(summ['mean_iou'])} (report in {folder})")
     print(line, flush=True)
-    log.info("%s", line)
     return report
 
 
