@@ -63,7 +63,13 @@ ENV_DOC: dict[str, str] = {
                         "the decoder and writers need)",
     "VERISEG_AUX_NICE": "niceness added to the decoder and writer threads so they run in the gaps "
                         "of inference (default 0)",
+    "VERISEG_MAX_PIXELS": "largest frame (width x height) an image file may declare; larger ones are "
+                          "skipped before decoding (default 40000000; 8K is 33 MP)",
 }
+
+#: read by other commands (chain keystore, tests, benchmarks), not by the flows
+OTHER_VARS = frozenset({"VERISEG_KEYFILE", "VERISEG_KEYFILE_PASSWORD", "VERISEG_CARLA_DIR",
+                        "VERISEG_MEASURE_REPEAT", "VERISEG_SOLCJS", "VERISEG_GST_CHILD"})
 
 
 class ConfigError(ValueError):
@@ -120,6 +126,7 @@ class Config:
     status_max_age: float = 0.0
     decrypt_key_file: Optional[Path] = None
     video_scale: float = 1.0
+    max_pixels: int = 40_000_000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -243,7 +250,7 @@ def _int(env, name, default, problems, lo=None, hi=None, allow_none=False):
     return v
 
 
-def _float(env, name, default, problems, lo=0.0):
+def _float(env, name, default, problems, lo=0.0, hi=86400.0):
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -252,11 +259,43 @@ def _float(env, name, default, problems, lo=0.0):
     except ValueError:
         problems.append(f"{name}: expected a number of seconds, got {raw!r}")
         return default
-    if not (v > lo) or v != v or v == float("inf"):
+    # an upper bound too: a wait of 1e308 s overflows threading's timeouts mid-run
+    if not (v > lo) or v != v or v > hi:
         bound = "seconds >= 0" if lo < 0 else f"a number > {lo:g}"
-        problems.append(f"{name}: expected {bound}, got {raw!r}")
+        problems.append(f"{name}: expected {bound} and <= {hi:g}, got {raw!r}")
         return default
     return v
+
+
+def _unknown(env, problems) -> None:
+    """A misspelt variable would silently keep its default: refuse it."""
+    import difflib
+    known = set(ENV_DOC) | OTHER_VARS
+    for name in sorted(env):
+        if name.startswith("VERISEG_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(ENV_DOC), n=1, cutoff=0.7)
+            hint = (f"did you mean {near[0]}?" if near
+                    else "the flow's variables are listed in docs/dataflow.md")
+            problems.append(f"{name}: unknown variable ({hint})")
+
+
+def _folder(env, name, problems) -> None:
+    """A folder the flow creates: its nearest existing ancestor must be a writable folder."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return
+    p = Path(raw).expanduser().absolute()
+    if p.exists():
+        if not p.is_dir():
+            problems.append(f"{name}: {raw!r} exists and is not a folder")
+        return
+    for a in p.parents:
+        if a.exists():
+            if not a.is_dir():
+                problems.append(f"{name}: {raw!r} cannot be created: {str(a)!r} is not a folder")
+            elif not os.access(a, os.W_OK | os.X_OK):
+                problems.append(f"{name}: {raw!r} cannot be created: {str(a)!r} is not writable")
+            return
 
 
 def _scale(env, problems) -> float:
@@ -323,8 +362,13 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         problems.append(f"VERISEG_REGISTRY: expected a contract address 0x + 40 hex digits, got {registry!r}")
 
     out = Path(env.get("VERISEG_OUT", "").strip() or "out").expanduser()
-    if out.exists() and not out.is_dir():
-        problems.append(f"VERISEG_OUT: {str(out)!r} exists and is not a folder")
+    _folder(env, "VERISEG_OUT", problems)
+    if chain == "embedded":
+        _folder(env, "VERISEG_HOME", problems)
+    for d in (env.get("VERISEG_MODEL_DIRS") or "").split(os.pathsep):
+        if d.strip() and not Path(d.strip()).expanduser().is_dir():
+            problems.append(f"VERISEG_MODEL_DIRS: {d.strip()!r} is not an existing folder "
+                            f"(expected folders separated by '{os.pathsep}')")
 
     providers = (env.get("VERISEG_PROVIDERS", "auto").strip() or "auto").lower()
     if providers not in ("auto", "tensorrt", "cuda", "cpu"):
@@ -348,6 +392,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         problems.append(f"VERISEG_DECRYPT_KEY: secret file {dkey!r} does not exist")
     _bool(env, "VERISEG_ORT_SPIN", False, problems)      # read where the session is built
     _int(env, "VERISEG_AUX_NICE", 0, problems, lo=0, hi=19)
+    _unknown(env, problems)
     cfg = Config(
         sources=sources,
         model=model,
@@ -365,8 +410,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         max_frames=_int(env, "VERISEG_MAX_FRAMES", None, problems, lo=1),
         queue=_int(env, "VERISEG_QUEUE", 8, problems, lo=1, hi=10000),
         pending=_int(env, "VERISEG_PENDING", 64, problems, lo=0, hi=100000),
-        anchor_every=_int(env, "VERISEG_ANCHOR_EVERY", 100, problems, lo=0),
-        poll=_float(env, "VERISEG_POLL", 1.0, problems),
+        anchor_every=_int(env, "VERISEG_ANCHOR_EVERY", 100, problems, lo=0, hi=1_000_000),
+        poll=_float(env, "VERISEG_POLL", 1.0, problems, hi=3600.0),
         masks=_bool(env, "VERISEG_MASKS", True, problems),
         video=_bool(env, "VERISEG_VIDEO", True, problems),
         jsonl=_bool(env, "VERISEG_JSONL", True, problems),
@@ -377,7 +422,9 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         stall=_float(env, "VERISEG_STALL", 10.0, problems),
         decrypt_key_file=Path(dkey).expanduser() if dkey else None,
         video_scale=_scale(env, problems),
-        status_max_age=_float(env, "VERISEG_STATUS_MAX_AGE", 0.0, problems, lo=-1e-9)
+        max_pixels=_int(env, "VERISEG_MAX_PIXELS", 40_000_000, problems, lo=1, hi=1 << 30),
+        status_max_age=_float(env, "VERISEG_STATUS_MAX_AGE", 0.0, problems, lo=-1e-9,
+                              hi=30 * 86400.0)
         if (env.get("VERISEG_STATUS_MAX_AGE") or "").strip() not in ("", "0") else 0.0,
         extra={k: v for k, v in env.items() if k.startswith("VERISEG_")},
     )
