@@ -98,7 +98,8 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
     frames = op.input("source", flow, FrameSource(
         cfg.sources, queue=cfg.queue, batch=batch, loop=cfg.loop, max_frames=cfg.max_frames,
         prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,
-        reader_factory=reader_factory, stall=cfg.stall, flow_stop=flow_stop))
+        reader_factory=reader_factory, stall=cfg.stall, flow_stop=flow_stop,
+        max_pixels=cfg.max_pixels))
     if pre is not None:
         # the image-processing window; a no-op check when the decoder already did the work
         def preprocess(kv, _pre=pre):

@@ -128,13 +128,103 @@ class VideoReader:
             self.cap = None
 
 
-def _imread(path: str) -> np.ndarray:
+#: default of VERISEG_MAX_PIXELS: 8K (33 MP) fits; a header claiming more is refused
+MAX_PIXELS = 40_000_000
+
+
+def _u16(b: bytes, o: int, big: bool) -> int:
+    return int.from_bytes(b[o:o + 2], "big" if big else "little")
+
+
+def _u32(b: bytes, o: int, big: bool) -> int:
+    return int.from_bytes(b[o:o + 4], "big" if big else "little")
+
+
+def declared_size(head: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) an image file's header declares, read without decoding (PNG, JPEG,
+    BMP, TIFF, WebP, PNM); None for a format not recognised here (OpenCV then applies its
+    own 2^30-pixel limit)."""
+    b = bytes(head)
     try:
+        if b.startswith(b"\x89PNG\r\n\x1a\n") and b[12:16] == b"IHDR":
+            return _u32(b, 16, True), _u32(b, 20, True)
+        if b.startswith(b"\xff\xd8"):
+            i = 2
+            while i + 9 < len(b):
+                if b[i] != 0xFF:
+                    return None
+                m = b[i + 1]
+                if m == 0xFF:                       # fill byte
+                    i += 1
+                    continue
+                if m in (0x01, 0xD8) or 0xD0 <= m <= 0xD7:
+                    i += 2
+                    continue
+                if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):   # start of frame
+                    return _u16(b, i + 7, True), _u16(b, i + 5, True)
+                i += 2 + _u16(b, i + 2, True)
+            return None
+        if b.startswith(b"BM") and len(b) >= 26:
+            return abs(int.from_bytes(b[18:22], "little", signed=True)), \
+                abs(int.from_bytes(b[22:26], "little", signed=True))
+        if b[:4] in (b"II*\x00", b"MM\x00*"):
+            big = b[:2] == b"MM"
+            o = _u32(b, 4, big)
+            w = h = None
+            for k in range(min(_u16(b, o, big), 64)):
+                e = o + 2 + 12 * k
+                tag, typ = _u16(b, e, big), _u16(b, e + 2, big)
+                val = _u16(b, e + 8, big) if typ == 3 else _u32(b, e + 8, big)
+                if tag == 256:
+                    w = val
+                elif tag == 257:
+                    h = val
+            return (w, h) if w is not None and h is not None else None
+        if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+            kind = b[12:16]
+            if kind == b"VP8X":
+                return (int.from_bytes(b[24:27], "little") + 1, int.from_bytes(b[27:30], "little") + 1)
+            if kind == b"VP8L":
+                v = _u32(b, 21, False)
+                return (v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1
+            if kind == b"VP8 ":
+                return _u16(b, 26, False) & 0x3FFF, _u16(b, 28, False) & 0x3FFF
+            return None
+        if len(b) > 2 and b[0:1] == b"P" and b[1:2] in b"123456":
+            toks = []
+            for line in b[2:4096].split(b"\n"):
+                toks += line.split(b"#")[0].split()
+                if len(toks) >= 2:
+                    return int(toks[0]), int(toks[1])
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _imread(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    try:
+        size = Path(path).stat().st_size
+        # a frame file larger than any uncompressed frame within the limit is not read
+        if size > max_pixels * 4 + (1 << 20):
+            raise _Skip(f"{path}: file of {size} bytes is larger than any frame within "
+                        f"VERISEG_MAX_PIXELS={max_pixels}; not read")
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise _Skip(f"{path}: cannot read ({e.strerror or e})")
+    except ValueError as e:   # e.g. a NUL byte in a path from a CSV row
+        raise _Skip(f"{path!r}: not a usable file name ({e})")
     if data.size == 0:
         raise _Skip(f"{path}: empty file")
+    # checked before decoding: a 2 MB PNG of zeros can declare 30000x30000 and would
+    # decode into 2.7 GB
+    wh = declared_size(data[:65536].tobytes())
+    if wh is not None:
+        w, h = wh
+        if w <= 0 or h <= 0:
+            raise _Skip(f"{path}: header declares {w}x{h} pixels; not an image")
+        if w * h > max_pixels:
+            raise _Skip(f"{path}: header declares {w}x{h} = {w * h} pixels, over the limit of "
+                        f"{max_pixels} (VERISEG_MAX_PIXELS); not decoded")
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
@@ -148,16 +238,28 @@ def _imread(path: str) -> np.ndarray:
             raise _Skip(f"{path}: unsupported pixel type {img.dtype}")
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.ndim != 3:
+        raise _Skip(f"{path}: {img.ndim}-dimensional image (expected height x width x channels)")
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    elif img.shape[2] == 1:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     elif img.shape[2] != 3:
         raise _Skip(f"{path}: {img.shape[2]} channels (expected 1, 3 or 4)")
     return img
 
 
+def _printable(s: str) -> str:
+    """A CSV cell for a message: undecodable bytes as \\xNN, control characters escaped
+    (a log line must stay one line and encodable)."""
+    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 class ImageListReader:
     """Sorted image folder or CSV rows: (position label, image path, label path, timestamp)."""
     live = False
+    max_pixels = MAX_PIXELS
 
     def __init__(self, entries: list, loop: bool = False, origin: str = ""):
         self.entries = entries
@@ -187,13 +289,24 @@ class ImageListReader:
     @classmethod
     def from_csv(cls, path: str, loop: bool = False) -> "ImageListReader":
         base = Path(path).parent
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
+        # bytes that are not UTF-8 stay as they are (surrogateescape): on Linux such a cell
+        # still names the file on disk, and messages show them as \\xNN
+        text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
         dialect = "excel-tab" if ("\t" in text.splitlines()[0] if text else False) else "excel"
-        rows = list(csv.reader(text.splitlines(), dialect=dialect))
+        rows: list = []
+        reader = csv.reader(text.splitlines(), dialect=dialect)
+        while True:
+            try:
+                rows.append(next(reader))
+            except StopIteration:
+                break
+            except csv.Error as e:   # e.g. a field over the csv module's size limit
+                rows.append(e)
         img_col, lab_col, ts_col = 0, 1, 2
         start = 0
-        if rows:
+        if rows and isinstance(rows[0], list):
             head = [c.strip().lower() for c in rows[0]]
             names_img = ("image", "path", "frame", "file", "filename", "image_path")
             if any(h in names_img for h in head):
@@ -204,12 +317,19 @@ class ImageListReader:
         entries = []
         for n, row in enumerate(rows[start:], start=start + 1):
             pos = f"{path}:row {n}"
+            if isinstance(row, csv.Error):
+                entries.append((pos, None, None, f"not a CSV row ({row})"))
+                continue
             if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
                 continue
             if img_col >= len(row) or not row[img_col].strip():
                 entries.append((pos, None, None, "missing image column"))
                 continue
             img = row[img_col].strip()
+            if "\x00" in img:
+                entries.append((f"{pos} ({_printable(img)[:120]})", None, None,
+                                "the image path contains a NUL byte"))
+                continue
             img_p = Path(img) if Path(img).is_absolute() else base / img
             lab = row[lab_col].strip() if lab_col is not None and lab_col < len(row) else ""
             lab_p = (str(Path(lab) if Path(lab).is_absolute() else base / lab)) if lab else None
@@ -219,7 +339,7 @@ class ImageListReader:
                     ts = float(row[ts_col])
                 except ValueError:
                     ts = None   # a label column that is not a timestamp: keep going
-            entries.append((f"{pos} ({img})", str(img_p), lab_p, ts))
+            entries.append((f"{pos} ({_printable(img)[:200]})", str(img_p), lab_p, ts))
         return cls(entries, loop, origin=str(path))
 
     @property
@@ -239,9 +359,9 @@ class ImageListReader:
         if img_path is None:
             raise _Skip(f"{pos}: {ts}")
         try:
-            img = _imread(img_path)
+            img = _imread(img_path, self.max_pixels)
         except _Skip as e:
-            raise _Skip(f"{pos}: {e}" if pos != img_path else str(e)) from None
+            raise _Skip(_printable(f"{pos}: {e}" if pos != img_path else str(e))) from None
         return seq, pos, img, label, ts
 
     def close(self):
@@ -426,6 +546,23 @@ class GstReader:
         self.pipeline = self.sink = self.bus = None
 
 
+class _Unreadable:
+    """Stands in for a reader that could not be built: opening it ends the stream with
+    the reason (a ValueError: logged in one line, never retried)."""
+    live = False
+    total = None
+    seq = 0
+
+    def __init__(self, why: str):
+        self.why = _printable(why)
+
+    def open(self, start: int = 0):
+        raise ValueError(self.why)
+
+    def close(self):
+        pass
+
+
 def open_reader(spec: SourceSpec, loop: bool = False, colour: str = "BGR"):
     if spec.kind == "video":
         return VideoReader(spec.target, loop=loop)
@@ -443,7 +580,7 @@ class _Partition(StatefulSourcePartition):
     def __init__(self, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
                  max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
                  reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0,
-                 flow_stop: Optional[threading.Event] = None):
+                 flow_stop: Optional[threading.Event] = None, max_pixels: Optional[int] = None):
         self.spec = spec
         self.sid = spec.stream_id
         self.live = spec.live
@@ -461,7 +598,13 @@ class _Partition(StatefulSourcePartition):
         self.next_seq = start        # snapshot: the next position not yet handed over
         self.emitted = 0
         self.idle_until = None
-        self.reader = (reader_factory or open_reader)(spec, loop=loop, colour=colour)
+        try:
+            self.reader = (reader_factory or open_reader)(spec, loop=loop, colour=colour)
+        except (OSError, ValueError) as e:
+            # e.g. a CSV that cannot be read: this stream ends with one line, the flow goes on
+            self.reader = _Unreadable(f"{spec.kind} source {spec.target!r}: {e}")
+        if max_pixels is not None and hasattr(self.reader, "max_pixels"):
+            self.reader.max_pixels = max_pixels
         self.total = None
         _done_event(self.sid).clear()
         self.thread = threading.Thread(target=self._run, args=(start,), daemon=True,
@@ -643,11 +786,11 @@ class FrameSource(FixedPartitionedSource):
                  loop: bool = False, max_frames: Optional[int] = None,
                  prepare: Optional[Callable[[Frame], Frame]] = None, reconnect_max: float = 30.0,
                  colour: str = "BGR", reader_factory=None, stall: float = 10.0,
-                 flow_stop: Optional[threading.Event] = None):
+                 flow_stop: Optional[threading.Event] = None, max_pixels: Optional[int] = None):
         self.specs = {s.stream_id: s for s in specs}
         self.kw = dict(queue=queue, batch=batch, loop=loop, max_frames=max_frames, prepare=prepare,
                        reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory,
-                       stall=stall, flow_stop=flow_stop)
+                       stall=stall, flow_stop=flow_stop, max_pixels=max_pixels)
 
     def list_parts(self):
         return list(self.specs)
