@@ -39,7 +39,7 @@ BATCH_VERSION = 1
 
 __all__ = ["leaf_digest", "node_digest", "MerkleTree", "verify_proof", "Leaf", "AnchorBatch",
            "AnchorBatcher", "Verification",
-           "read_mask", "verify_frame", "proof_to_json", "proof_from_json"]
+           "read_mask", "verify_frame", "verify_result_line", "proof_to_json", "proof_from_json"]
 
 
 def _key32(model_key: str | bytes) -> bytes:
@@ -387,3 +387,72 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
     except errors.ChainError:
         key_state = "unknown"
     return Verification(stream, seq, key, claimed_root.hex(), block, key_state)
+
+
+def _class_shares(class_map, names) -> dict:
+    """What the flow's sink writes as a results line's ``shares``: class -> fraction of the
+    pixels (5 decimals), classes absent from the map left out."""
+    arr = np.asarray(class_map)
+    counts = np.bincount(arr.ravel(), minlength=len(names or ()))
+    tot = max(1, arr.size)
+    return {(names[i] if names and i < len(names) else str(i)): round(int(c) / tot, 5)
+            for i, c in enumerate(counts.tolist()) if c}
+
+
+def verify_result_line(results_path: str | os.PathLike, v: Verification, class_map,
+                       class_names=None) -> dict:
+    """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: it must
+    name the anchored model key, carry the anchored leaf and the class shares of the proven
+    class map. ``class_names`` (the card's, by class id) makes the shares check exact;
+    without them shares are compared by value only. Returns the line; raises
+    AnchorVerificationFailed whose ``.check`` is one of: result_missing,
+    result_model_key_mismatch, result_leaf_mismatch, result_shares_mismatch."""
+    from .client import normalize_key
+    p = Path(results_path)
+    found = []
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue   # a torn or garbled line is not this frame's record
+                if isinstance(rec, dict) and rec.get("stream") == v.stream and rec.get("seq") == v.seq:
+                    found.append((n, rec))
+    except OSError as exc:
+        raise errors.AnchorVerificationFailed(f"results file {p} cannot be read ({exc})",
+                                              check="result_missing") from None
+    if not found:
+        raise errors.AnchorVerificationFailed(
+            f"result missing: {p} has no line for stream '{v.stream}' seq {v.seq}",
+            check="result_missing")
+    leaf = leaf_digest(v.stream, v.seq, v.model_key, class_map).hex()
+    want = _class_shares(class_map, class_names)
+    for n, rec in found:   # every line for the frame must hold (a second, edited copy too)
+        where = f"{p} line {n} (stream '{v.stream}' seq {v.seq})"
+        try:
+            key = normalize_key(str(rec.get("model_key")))
+        except Exception:  # noqa: BLE001 - any unparsable key is a mismatch
+            key = str(rec.get("model_key"))
+        if key != v.model_key:
+            raise errors.AnchorVerificationFailed(
+                f"result model key mismatch: {where} says model {rec.get('model_key')}, the "
+                f"chain anchored this result for {v.model_key}", check="result_model_key_mismatch")
+        if "leaf" in rec and rec["leaf"] != leaf:
+            raise errors.AnchorVerificationFailed(
+                f"result leaf mismatch: {where} records leaf {str(rec['leaf'])[:16]}…, the proven "
+                f"result is {leaf[:16]}…", check="result_leaf_mismatch")
+        if "shares" in rec:
+            got = rec["shares"]
+            ok = isinstance(got, dict) and all(isinstance(x, (int, float)) for x in got.values())
+            if ok and class_names:
+                ok = got == want
+            elif ok:
+                ok = sorted(got.values()) == sorted(want.values())
+            if not ok:
+                raise errors.AnchorVerificationFailed(
+                    f"result shares mismatch: {where} has class shares "
+                    f"{json.dumps(got, sort_keys=True)[:200]}, the proven class map gives "
+                    f"{json.dumps(want, sort_keys=True)[:200]}",
+                    check="result_shares_mismatch")
+    return found[0][1]

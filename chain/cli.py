@@ -163,15 +163,52 @@ def cmd_anchor(args) -> int:
     return 0
 
 
+def _card_class_names(reg, key: str):
+    """Class names (by id) of the card of ``key``'s blob, when the URI it was registered
+    with is a local file that still hashes to the key; None otherwise."""
+    try:
+        from urllib.parse import unquote, urlparse
+
+        import model_store
+        uri = reg.info(key)[1]
+        u = urlparse(uri)
+        path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
+        if not uri or not path.is_file() or model_store.verify(path) != key:
+            return None
+        return [c.name for c in model_store.read_header(path).classes]
+    except Exception:  # noqa: BLE001 - names only sharpen the shares check
+        return None
+
+
 def cmd_anchor_verify(args) -> int:
-    from .anchoring import read_mask, verify_frame
-    mask = read_mask(args.mask)
+    from .anchoring import read_mask, verify_frame, verify_result_line
+    mask_path = args.mask
+    if mask_path is None:
+        if args.result is None:
+            raise CliError("anchor-verify needs --mask PNG, or --result RESULTS.jsonl whose line "
+                           "names the mask")
+        # the frame's results line names its mask, relative to the results file
+        for line in Path(args.result).read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("stream") == args.stream and rec.get("seq") == args.seq:
+                mask_path = Path(args.result).parent / str(rec.get("mask", ""))
+                break
+        else:
+            raise errors.AnchorVerificationFailed(
+                f"result missing: {args.result} has no line for stream '{args.stream}' seq "
+                f"{args.seq}", check="result_missing")
+    mask = read_mask(mask_path)
     reg = _connect(args)
     v = verify_frame(args.batch, args.stream, args.seq, mask, registry=reg)
+    if args.result is not None:
+        verify_result_line(args.result, v, mask, _card_class_names(reg, v.model_key))
     if args.json:
         print(json.dumps(v.__dict__, sort_keys=True))
     else:
-        print(v.line())
+        print(v.line() + (f"; its line in {args.result} matches" if args.result else ""))
     return 0
 
 
@@ -252,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("batch", metavar="BATCH.json")
     p.add_argument("--stream", required=True)
     p.add_argument("--seq", required=True, type=int)
-    p.add_argument("--mask", required=True, help="class-map PNG (single-channel class ids)")
+    p.add_argument("--mask", default=None, help="class-map PNG (single-channel class ids)")
+    p.add_argument("--result", default=None, metavar="RESULTS.jsonl",
+                   help="also check the frame's line there (model key, leaf, class shares); "
+                        "its mask is used when --mask is not given")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_anchor_verify)
     return ap
