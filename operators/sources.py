@@ -647,11 +647,11 @@ class _Partition(StatefulSourcePartition):
                         backoff = 0.5
                         last_frame = time.monotonic()
                     except ValueError as e:
-                        log.error("stream %s: %s", self.sid, e)
+                        STATS.source_error(self.sid, str(e))
                         return
                     except (IOError, OSError, RuntimeError) as e:
                         if not self.live:
-                            log.error("stream %s: %s", self.sid, e)
+                            STATS.source_error(self.sid, str(e))
                             return
                         attempt += 1
                         STATS.add("reconnects", self.sid)
@@ -668,7 +668,7 @@ class _Partition(StatefulSourcePartition):
                     continue
                 except (IOError, OSError) as e:
                     if not self.live:
-                        log.error("stream %s: %s", self.sid, e)
+                        STATS.source_error(self.sid, str(e))
                         return
                     self.reader.close()
                     opened = False
@@ -726,7 +726,7 @@ class _Partition(StatefulSourcePartition):
                 if self.max_frames is not None and produced >= self.max_frames:
                     return
         except Exception as e:  # noqa: BLE001 - report, end this stream, keep the flow alive
-            log.error("stream %s: decoder stopped: %s: %s", self.sid, type(e).__name__, e)
+            STATS.source_error(self.sid, f"decoder stopped: {type(e).__name__}: {e}")
         finally:
             try:
                 self.reader.close()

@@ -60,6 +60,7 @@ class Stats:
             self.bad = defaultdict(int)
             self.bad_reports: list[str] = []
             self.reconnects = defaultdict(int)
+            self.source_errors: dict[str, str] = {}   # stream -> why it ended early
             self.by_key = defaultdict(int)
             self.key_in_use: dict[str, str] = {}
             self.models_loaded: list[dict] = []
@@ -89,6 +90,12 @@ class Stats:
             if len(self.bad_reports) < 1000:
                 self.bad_reports.append(message)
         log.warning("skipped bad frame: %s", message)
+
+    def source_error(self, stream: str, message: str):
+        """A file source that could not be opened or read: the stream ends (one line)."""
+        with self._lock:
+            self.source_errors[stream] = message
+        log.error("stream %s: %s", stream, message)
 
     def scored_batch(self, stream: str, key: str, n: int, lat: dict):
         now = time.perf_counter()
@@ -148,6 +155,7 @@ class Stats:
                 "bad_frames": dict(self.bad),
                 "bad_frame_reports": list(self.bad_reports[:100]),
                 "reconnects": dict(self.reconnects),
+                "source_errors": dict(self.source_errors),
                 "frames_by_model_key": dict(self.by_key),
                 "model_key_in_use": dict(self.key_in_use),
                 "models_loaded": list(self.models_loaded),
@@ -181,6 +189,9 @@ class Stats:
         lines += ["# TYPE veriseg_bad_frames_total counter"]
         for stream, n in sorted(s["bad_frames"].items()):
             lines.append(f'veriseg_bad_frames_total{{stream="{stream}"}} {n}')
+        lines += ["# TYPE veriseg_source_errors_total counter"]
+        for stream in sorted(s["source_errors"]):
+            lines.append(f'veriseg_source_errors_total{{stream="{stream}"}} 1')
         lines += ["# TYPE veriseg_reconnects_total counter"]
         for stream, n in sorted(s["reconnects"].items()):
             lines.append(f'veriseg_reconnects_total{{stream="{stream}"}} {n}')
