@@ -71,7 +71,8 @@ def _flow(tmp_path, model, source, **extra):
     prom = (cfg.out / "metrics.prom").read_text()
     for line in rec.lines:
         assert "\n" not in line.strip() and "Traceback" not in line, line
-        assert "decoder stopped" not in line, line   # a bad file must not end the stream
+    # a bad file must not end the stream (that would be a source error)
+    assert not any("decoder stopped" in x for x in summary["source_errors"].values()), summary
     return cfg, rows, summary, rec.lines, prom
 
 
@@ -344,7 +345,7 @@ def test_a_csv_that_cannot_be_read_ends_its_stream_with_one_line(tmp_path, model
     csv.write_text("image\n0.png\n")
     csv.chmod(0)
     cfg, rows, summary, lines, _ = _flow(tmp_path, model, f"csv:{csv}")
-    assert rows == []
+    assert rows == [] and list(summary["source_errors"]) == ["locked"]
     assert any(f"csv source '{csv}'" in x and "Permission denied" in x for x in lines), lines
 
 
@@ -356,9 +357,12 @@ def test_unreadable_csv_reader_does_not_crash_the_flow(tmp_path, model, monkeypa
     def boom(cls, path, loop=False):
         raise OSError(5, "Input/output error")
     monkeypatch.setattr(ImageListReader, "from_csv", classmethod(boom))
-    cfg, rows, summary, lines, _ = _flow(tmp_path, model, f"csv:{tmp_path / 'f.csv'}")
+    cfg, rows, summary, lines, prom = _flow(tmp_path, model, f"csv:{tmp_path / 'f.csv'}")
     assert rows == [] and summary["scored"] == 0
     assert any("csv source" in x and "Input/output error" in x for x in lines), lines
+    assert summary["source_errors"] == {"f": f"csv source '{tmp_path / 'f.csv'}': "
+                                              "[Errno 5] Input/output error"}
+    assert 'veriseg_source_errors_total{stream="f"} 1' in prom
 
 
 # --------------------------------------------------------------------------- configuration
@@ -498,3 +502,15 @@ def test_bytewax_run_with_bad_values_exits_with_one_line_per_value_and_no_traceb
         "veriseg: error: VERISEG_POLL: expected a number > 0 and <= 3600, got '1e308'",
         "veriseg: error: VERISEG_MAX_PIXELS: expected a whole number in 1..1073741824, got '-1'",
     ], p.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"not a video at all\n" * 50, "random"])
+def test_a_video_source_that_is_not_a_video_ends_with_one_line_naming_it(tmp_path, model, content):
+    clip = tmp_path / "clip.avi"
+    clip.write_bytes(random.Random(5).randbytes(20000) if content == "random" else content)
+    cfg, rows, summary, lines, prom = _flow(tmp_path, model, clip)
+    assert rows == [] and summary["scored"] == 0
+    assert f"stream clip: cannot open video '{clip}'" in lines, lines
+    # counted: the stream ended early
+    assert summary["source_errors"] == {"clip": f"cannot open video '{clip}'"}
+    assert 'veriseg_source_errors_total{stream="clip"} 1' in prom
