@@ -83,6 +83,12 @@ def score_start(row: dict) -> float:
     return float(row["ts"]) + (float(lat.get("preprocess", 0.0)) + float(lat.get("wait", 0.0))) / 1e3
 
 
+def entry_time(row: dict) -> float:
+    """Wall-clock time the frame entered the dataflow (decoded and preprocessed)."""
+    lat = row.get("latency_ms") or {}
+    return float(row["ts"]) + float(lat.get("preprocess", 0.0)) / 1e3
+
+
 def _check(checks: list, name: str, ok: bool, detail: str) -> bool:
     checks.append({"name": name, "ok": bool(ok), "detail": detail})
     return bool(ok)
@@ -193,11 +199,17 @@ def check_run(rows: list, summary: dict, timeline: list, *, poll: float, stream:
         # in force from its deploy ...
         early += [(k, t) for t in t0s if t < d["t_sent"]]
         # ... until the next key is in the flow's hands (its deploy mined + one poll + the
-        # flow's own verify and session build, measured by the flow) plus the hand-over
+        # flow's own verify and session build, measured by the flow): a frame that entered
+        # the dataflow later than that plus the hand-over must not get the old key. Frames
+        # already queued in the dataflow keep their order and may still be scored by the old
+        # (valid, not revoked) key after the swap: that queueing delay is reported.
         if nxt is not None and k not in revoked:
             nld = loaded.get(nxt["key"])
-            end = (nld["at"] if nld else nxt["t_mined"] + poll + load_budget) + handover
-            late += [(k, t - end) for t in t0s if t > end]
+            t_next = nld["at"] if nld else nxt["t_mined"] + poll + load_budget
+            late += [(k, entry_time(r) - t_next - handover) for r in mine
+                     if entry_time(r) > t_next + handover]
+            if t0s:
+                info["scored_after_next_loaded_s"] = round(max(t0s) - t_next, 3)
     _check(checks, "every_deploy_hot_swapped", not lag_fail,
            f"each of the {len(deploys)} deployed keys was loaded by the flow within one poll "
            f"({poll:g}s) + {load_budget:g}s of verify/session build after its deploy was mined, and "
@@ -205,8 +217,9 @@ def check_run(rows: list, summary: dict, timeline: list, *, poll: float, stream:
     _check(checks, "no_key_before_its_deploy", not early,
            f"no frame scored by a key before its deploy transaction was sent; {len(early)} early")
     _check(checks, "superseded_key_stops_after_the_swap", not late,
-           "no frame scored by a superseded key after the next key was loaded by the flow "
-           f"(published after one poll + verify + session build) + {handover:g}s hand-over; {len(late)} late"
+           "no frame that entered the dataflow after the next key was loaded by the flow (published "
+           f"after one poll + verify + session build) + {handover:g}s hand-over was scored by the "
+           f"superseded key; {len(late)} late"
            + (f", worst {max(x for _, x in late):.3f}s" if late else ""))
 
     revs = []
