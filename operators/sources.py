@@ -204,8 +204,9 @@ def declared_size(head: bytes) -> Optional[tuple[int, int]]:
 def _imread(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         size = Path(path).stat().st_size
-        # a frame file larger than any uncompressed frame within the limit is not read
-        if size > max_pixels * 4 + (1 << 20):
+        # a frame file larger than any uncompressed frame within the limit (16-bit RGBA:
+        # 8 bytes a pixel) is not read into memory
+        if size > max_pixels * 8 + (1 << 20):
             raise _Skip(f"{path}: file of {size} bytes is larger than any frame within "
                         f"VERISEG_MAX_PIXELS={max_pixels}; not read")
         data = np.fromfile(path, dtype=np.uint8)
