@@ -514,3 +514,16 @@ def test_a_video_source_that_is_not_a_video_ends_with_one_line_naming_it(tmp_pat
     # counted: the stream ended early
     assert summary["source_errors"] == {"clip": f"cannot open video '{clip}'"}
     assert 'veriseg_source_errors_total{stream="clip"} 1' in prom
+
+
+def test_a_file_too_large_for_any_frame_within_the_limit_is_not_read(tmp_path, model):
+    d = tmp_path / "big"
+    d.mkdir()
+    cv2.imwrite(str(d / "0.png"), frame_image(0))
+    with open(d / "1.png", "wb") as f:      # sparse: 2 MiB + 1 byte, nothing written
+        f.truncate(8 * 1000 + (1 << 20) + 1)
+    cfg, rows, summary, *_ = _flow(tmp_path, model, f"dir:{d}", VERISEG_MAX_PIXELS=1000)
+    assert [r["seq"] for r in rows] == [0]
+    (rep,) = summary["bad_frame_reports"]
+    assert rep == (f"{d / '1.png'}: file of {8 * 1000 + (1 << 20) + 1} bytes is larger than any "
+                   "frame within VERISEG_MAX_PIXELS=1000; not read")
