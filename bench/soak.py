@@ -615,7 +615,8 @@ def run(a) -> dict:
                        "before the first hot swap if that comes first; end = last sample before the stop. "
                        "cache_full: from 10 s after the flow loaded its third key (the score's session "
                        "cache keeps 3 ONNX Runtime sessions; start = median of the first three samples) "
-                       "to the end: the leak indicator"}
+                       "to the end; steady: the same from 10 s after the first key loaded after the revocation "
+                       "(the frames held while no model was valid are then behind too): the leak indicator"}
     for d in res["keys"]:
         b = [s for s in good if s[0] <= d["t_deploy_sent"] - t_launch]
         d["rss_mib_before_deploy"] = b[-1][1] if b else None
@@ -627,17 +628,23 @@ def run(a) -> dict:
                         "growth_pct": round(100 * (end - start) / start, 2) if start else None,
                         "peak_mib": max(v for _, v in good),
                         "slope_mib_per_min_after_start": _slope(post)})
+        def stretch(t_from):
+            part = [s for s in good if s[0] >= t_from]
+            if len(part) < 2:
+                return None
+            # the median of its first three samples: a swap builds a session before the
+            # cache drops the oldest, so one sample can be a transient peak
+            s0 = sorted(v for _, v in part[:3])[len(part[:3]) // 2]
+            return {"start_mib": s0, "start_t_s": part[0][0], "growth_mib": round(end - s0, 1),
+                    "growth_pct": round(100 * (end - s0) / s0, 2), "slope_mib_per_min": _slope(part)}
         loads = sorted(m["at"] for m in summary.get("models_loaded", []))
         if len(loads) >= 3:
-            full = [s for s in good if s[0] >= loads[2] - t_launch + 10]
-            if len(full) >= 2:
-                # the median of its first three samples: a swap builds a session before the
-                # cache drops the oldest, so one sample can be a transient peak
-                s0 = sorted(v for _, v in full[:3])[len(full[:3]) // 2]
-                rss_doc["cache_full"] = {"start_mib": s0, "start_t_s": full[0][0],
-                                         "growth_mib": round(end - s0, 1),
-                                         "growth_pct": round(100 * (end - s0) / s0, 2),
-                                         "slope_mib_per_min": _slope(full)}
+            rss_doc["cache_full"] = stretch(loads[2] - t_launch + 10)
+            # and once the frames held during the revocation gap are behind too
+            after_rev = [d["t_loaded"] for d in res["keys"] if d["t_loaded"] and any(
+                d["t_deploy_sent"] > v["t_mined"] for v in res["revocations"])]
+            t_st = max([loads[2]] + after_rev[:1]) - t_launch + 10
+            rss_doc["steady"] = stretch(t_st)
         if a.max_rss_growth is not None:
             _check(checks, "rss_growth_bounded", end - start <= a.max_rss_growth,
                    f"RSS {start:.1f} -> {end:.1f} MiB after the warm-up (+{end - start:.1f} MiB, "
@@ -713,10 +720,11 @@ def _print_summary(doc: dict) -> None:
         print(f"  RSS {r['start_mib']} MiB at t={r['start_t_s']:.0f}s -> {r['end_mib']} MiB at "
               f"t={r['end_t_s']:.0f}s ({r['growth_mib']:+} MiB, {r['growth_pct']:+}%), peak {r['peak_mib']}, "
               f"slope {r['slope_mib_per_min_after_start']} MiB/min")
-        cf = r.get("cache_full")
-        if cf:
-            print(f"  RSS once 3 sessions are cached: {cf['start_mib']} MiB at t={cf['start_t_s']:.0f}s -> "
-                  f"{r['end_mib']} ({cf['growth_mib']:+} MiB, {cf['growth_pct']:+}%), {cf['slope_mib_per_min']} MiB/min")
+        for what, name in (("cache_full", "once 3 sessions are cached"), ("steady", "steady (after the revocation)")):
+            cf = r.get(what)
+            if cf:
+                print(f"  RSS {name}: {cf['start_mib']} MiB at t={cf['start_t_s']:.0f}s -> {r['end_mib']} "
+                      f"({cf['growth_mib']:+} MiB, {cf['growth_pct']:+}%), {cf['slope_mib_per_min']} MiB/min")
     print(f"  FPS {doc['fps'].get('after_warmup')} after the warm-up ({doc['fps'].get('flow_summary')} over "
           f"the whole run); load {doc['load_1min']}")
     for c in doc["checks"]:
