@@ -170,9 +170,14 @@ def card_mismatch(card, inp, out) -> Optional[str]:
 
 
 class SessionCache:
-    """ORT sessions per model key (a few at most: hot swaps keep the old one briefly)."""
+    """ORT sessions per model key.
 
-    def __init__(self, keep: int = 3):
+    Only the newest session is kept: a superseded one stays alive exactly as long as a
+    stream still scores with it (its ``ScoreLogic.entry``) and is freed after the hand-over.
+    Keeping three cost ~134 MiB per 512² ENet session, so RSS doubled after two hot swaps
+    (the soak, ``bench/soak.py``); freeing a session returns its memory to the OS."""
+
+    def __init__(self, keep: int = 1):
         self.keep = keep
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
@@ -215,6 +220,10 @@ class SessionCache:
     def drop(self, key: str):
         with self._lock:
             self._d.pop(key, None)
+
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._d)
 
     def clear(self):
         with self._lock:
