@@ -26,6 +26,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from .frames import Frame, ModelUpdate, Result, StreamEnd
 from .preprocess import Preprocessor
+from .sources import pause_stream
 from .telemetry import STATS, log
 
 __all__ = ["ScoreError", "providers_for", "build_session", "SessionEntry", "SessionCache",
@@ -297,6 +298,7 @@ class ScoreLogic(StatefulBatchLogic):
             return
         old = self.entry.key if self.entry is not None else None
         self.entry, self.version, self.name = entry, u.version, u.name
+        pause_stream(self.sid, False)
         if old != u.key and self.sid is not None:
             what = f"{u.name} v{u.version}" if u.version else (u.name or "blob")
             log.info("stream %s: scoring with model %s (%s)%s", self.sid, u.key[:12], what,
@@ -305,6 +307,7 @@ class ScoreLogic(StatefulBatchLogic):
 
     # -- frames -----------------------------------------------------------------------
     def _hold(self, frames):
+        pause_stream(self.sid, True)
         for f in frames:
             if self.pending_cap <= 0:
                 STATS.drop(self.sid, "no_model")
@@ -314,8 +317,9 @@ class ScoreLogic(StatefulBatchLogic):
                 STATS.drop(self.sid, "no_model")
             self.pending.append(f)
         if frames and not self.waiting_logged:
-            log.warning("stream %s: no valid model: frames wait (up to %d, then the oldest are "
-                        "dropped)", self.sid, self.pending_cap)
+            log.warning("stream %s: no valid model: a file replay pauses until one is deployed; a live "
+                        "source keeps its newest %d frames waiting and drops older ones", self.sid,
+                        self.pending_cap)
             self.waiting_logged = True
 
     def _usable(self) -> bool:

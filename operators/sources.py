@@ -6,7 +6,9 @@ sources seek there on resume).  Each partition runs a decoder thread that fills 
 buffer; ``next_batch`` never blocks, it only drains what is ready:
 
 - file replay (video, image folder, CSV) never drops: the decoder waits when the buffer
-  is full, and ``next_batch`` hands over up to ``batch`` frames (micro-batching);
+  is full, ``next_batch`` hands over up to ``batch`` frames (micro-batching), and it
+  hands over nothing while the score has paused the stream for want of a valid model
+  (:func:`pause_stream`, e.g. after a revocation until the next deploy);
 - live sources (``gst:`` pipelines, ``rtsp://``) drop the *oldest* buffered frame when the
   buffer is full (counted as ``backpressure``), hand over one frame at a time (batch 1),
   and reconnect with exponential backoff when the camera goes away.
@@ -33,7 +35,8 @@ from .frames import Frame
 from .telemetry import STATS, log, lower_thread_priority
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
-           "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams"]
+           "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams",
+           "pause_stream"]
 
 # --- which streams have finished in this process (the model reader ends with them) ---------
 _DONE: dict[str, threading.Event] = {}
@@ -59,6 +62,24 @@ def streams_done(sids: Iterable[str]) -> bool:
 def reset_streams(sids: Iterable[str]) -> None:
     for s in sids:
         _done_event(s).clear()
+        _PAUSED.discard(s)
+
+
+# --- file streams the score has paused: no valid model to score their frames ---------------
+_PAUSED: set[str] = set()
+
+
+def pause_stream(sid: str, paused: bool) -> None:
+    """Pause or resume handing over a stream's frames (this process only).
+
+    The score pauses a stream while it has no valid model, so a file replay waits for the
+    next deploy instead of dropping frames.  Live sources cannot wait: they ignore it and
+    the score keeps the newest ``VERISEG_PENDING`` frames.  Across processes (``-i``) the
+    pause is not seen and the bounded drop applies, counted as ``no_model``."""
+    if paused:
+        _PAUSED.add(sid)
+    else:
+        _PAUSED.discard(sid)
 
 
 # --- readers: the blocking decode side ------------------------------------------------------
@@ -613,9 +634,12 @@ class _Partition(StatefulSourcePartition):
         self.thread.start()
 
     # decoder thread -------------------------------------------------------------------------
+    def _drops_when_full(self) -> bool:
+        return self.live and getattr(self.reader, "is_live", True)
+
     def _put(self, item):
         with self.cond:
-            if self.live and getattr(self.reader, "is_live", True):
+            if self._drops_when_full():
                 while len(self.buf) >= self.cap:
                     old = self.buf.popleft()
                     if isinstance(old, Frame):
@@ -746,6 +770,9 @@ class _Partition(StatefulSourcePartition):
                 self.cond.notify_all()
             _done_event(self.sid).set()
             raise StopIteration()
+        if self.sid in _PAUSED and not self._drops_when_full():
+            self.idle_until = datetime.now(timezone.utc) + timedelta(milliseconds=20)
+            return []
         out = []
         with self.cond:
             while self.buf and len(out) < self.batch:

@@ -29,3 +29,19 @@ def test_a_superseded_session_lives_only_while_a_stream_still_scores_with_it():
     gc.collect()
     assert ref() is None
     assert cache.get(ModelUpdate("load", "b" * 64, 3, onnx=onnx)) is new
+
+
+def test_a_stream_without_a_valid_model_is_paused_and_resumed_by_the_next_model():
+    """The score pauses the stream's file replay while no valid model may score it (no frame
+    is dropped) and resumes it when a verified model arrives."""
+    from operators import sources
+    from operators.frames import Frame, ModelUpdate
+    from operators.score import SESSIONS, ScoreLogic
+    SESSIONS.configure(providers="cpu", threads=1)
+    logic = ScoreLogic("paused-cam", pending=4)
+    frame = Frame("paused-cam", 0, 0.0, "#0", np.zeros((8, 8, 3), np.uint8))
+    out, _ = logic.on_batch([frame])
+    assert out == [] and "paused-cam" in sources._PAUSED and len(logic.pending) == 1
+    out, _ = logic.on_batch([ModelUpdate("load", "c" * 64, 1, onnx=tiny_onnx())])
+    assert "paused-cam" not in sources._PAUSED
+    assert [r.seq for r in out] == [0]
