@@ -42,7 +42,7 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_LOOP": "1: loop file sources forever (default 0)",
     "VERISEG_MAX_FRAMES": "stop each stream after N frames (default: no limit)",
     "VERISEG_QUEUE": "decoded frames buffered per source (default 8)",
-    "VERISEG_PENDING": "frames that may wait for a valid model per stream before the oldest "
+    "VERISEG_PENDING": "frames of a live stream that may wait for a valid model before the oldest "
                        "are dropped (default 64)",
     "VERISEG_ANCHOR_EVERY": "anchor a Merkle root of the results every N frames (default 100; 0 off)",
     "VERISEG_POLL": "seconds between registry event polls (default 1.0)",
