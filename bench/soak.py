@@ -613,8 +613,8 @@ def run(a) -> dict:
                "note": "VmRSS of the flow process and its descendants (MiB, t from the launch); start = "
                        "first sample after the warm-up (counted from the first result), or the last one "
                        "before the first hot swap if that comes first; end = last sample before the stop. "
-                       "cache_full: from 10 s after the flow loaded its third key (the score's session "
-                       "cache keeps 3 ONNX Runtime sessions; start = median of the first three samples) "
+                       "cache_full: from 10 s after the flow loaded its third key (two hot swaps behind; the "
+                       "score keeps only the newest ONNX Runtime session; start = median of the first three samples) "
                        "to the end; steady: the same from 10 s after the first key loaded after the revocation "
                        "(the frames held while no model was valid are then behind too): the leak indicator"}
     for d in res["keys"]:
@@ -720,7 +720,7 @@ def _print_summary(doc: dict) -> None:
         print(f"  RSS {r['start_mib']} MiB at t={r['start_t_s']:.0f}s -> {r['end_mib']} MiB at "
               f"t={r['end_t_s']:.0f}s ({r['growth_mib']:+} MiB, {r['growth_pct']:+}%), peak {r['peak_mib']}, "
               f"slope {r['slope_mib_per_min_after_start']} MiB/min")
-        for what, name in (("cache_full", "once 3 sessions are cached"), ("steady", "steady (after the revocation)")):
+        for what, name in (("cache_full", "after two hot swaps"), ("steady", "steady (after the revocation)")):
             cf = r.get(what)
             if cf:
                 print(f"  RSS {name}: {cf['start_mib']} MiB at t={cf['start_t_s']:.0f}s -> {r['end_mib']} "
