@@ -40,6 +40,17 @@ def _registered(tmp_path, shift=0, name="tiny.vsb", reg=None, **kw):
     return reg, blob, key
 
 
+def _two_models(tmp_path, uri_b=True):
+    """Blobs A and B (B's classes shifted by one) registered as 'tiny', A deployed:
+    (reg, blob_a, key_a, blob_b, key_b). ``uri_b=False``: B is found by scanning the folder."""
+    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
+    blob_b = tmp_path / "models" / "b.vsb"
+    key_b = make_blob(blob_b, shift=1)
+    reg.register(key_b, "tiny", blob_b.as_uri() if uri_b else "")
+    reg.deploy("tiny", key_a)
+    return reg, blob_a, key_a, blob_b, key_b
+
+
 def _dominant(mask_path) -> int:
     m = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
     assert m is not None and m.ndim == 2 and m.dtype == np.uint8
@@ -264,11 +275,7 @@ def _when_scored(n, action, timeout=30):
 
 
 def test_hot_swap_on_new_deploy_mid_stream(tmp_path):
-    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
-    blob_b = tmp_path / "models" / "b.vsb"
-    key_b = make_blob(blob_b, shift=1)
-    reg.register(key_b, "tiny", "")        # found by scanning the model folder
-    reg.deploy("tiny", key_a)
+    reg, blob_a, key_a, blob_b, key_b = _two_models(tmp_path, uri_b=False)
     folder = make_folder(tmp_path / "f", n=40)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
                               VERISEG_MODEL_DIRS=str(tmp_path / "models")))
@@ -287,11 +294,7 @@ def test_hot_swap_on_new_deploy_mid_stream(tmp_path):
 
 
 def test_revocation_mid_stream_stops_scoring_until_a_new_deploy(tmp_path):
-    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
-    blob_b = tmp_path / "models" / "b.vsb"
-    key_b = make_blob(blob_b, shift=1)
-    reg.register(key_b, "tiny", blob_b.as_uri())
-    reg.deploy("tiny", key_a)
+    reg, blob_a, key_a, blob_b, key_b = _two_models(tmp_path)
     folder = make_folder(tmp_path / "f", n=60)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
                               VERISEG_PENDING=8))
@@ -617,11 +620,7 @@ def test_bad_inputs_in_a_folder_are_skipped_and_named(tmp_path):
 
 
 def test_a_superseded_blob_is_refused_and_a_pinned_blob_follows_newer_deploys(tmp_path):
-    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
-    blob_b = tmp_path / "models" / "b.vsb"
-    key_b = make_blob(blob_b, shift=1)
-    reg.register(key_b, "tiny", blob_b.as_uri())
-    reg.deploy("tiny", key_a)
+    reg, blob_a, key_a, blob_b, key_b = _two_models(tmp_path)
     folder = make_folder(tmp_path / "f", n=40)
     # pinned to blob A while A is current: a deploy of B mid-stream swaps to B
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob_a, VERISEG_ANCHOR_EVERY=0))
