@@ -40,12 +40,13 @@ def _registered(tmp_path, shift=0, name="tiny.vsb", reg=None, **kw):
     return reg, blob, key
 
 
-def _two_models(tmp_path, uri_b=True):
-    """Blobs A and B (B's classes shifted by one) registered as 'tiny', A deployed:
-    (reg, blob_a, key_a, blob_b, key_b). ``uri_b=False``: B is found by scanning the folder."""
+def _two_models(tmp_path, uri_b=True, **b_kw):
+    """Blobs A and B (B's classes shifted by one; ``b_kw`` go to its ``make_blob``) registered
+    as 'tiny', A deployed: (reg, blob_a, key_a, blob_b, key_b). ``uri_b=False``: B is found by
+    scanning the folder."""
     reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
     blob_b = tmp_path / "models" / "b.vsb"
-    key_b = make_blob(blob_b, shift=1)
+    key_b = make_blob(blob_b, shift=1, **b_kw)
     reg.register(key_b, "tiny", blob_b.as_uri() if uri_b else "")
     reg.deploy("tiny", key_a)
     return reg, blob_a, key_a, blob_b, key_b
@@ -642,11 +643,7 @@ def test_a_superseded_blob_is_refused_and_a_pinned_blob_follows_newer_deploys(tm
 
 
 def test_hot_swap_to_a_model_with_another_input_size(tmp_path):
-    reg, blob_a, key_a = _registered(tmp_path, shift=0, name="a.vsb")
-    blob_b = tmp_path / "models" / "b.vsb"
-    key_b = make_blob(blob_b, shift=1, size=(48, 64))
-    reg.register(key_b, "tiny", blob_b.as_uri())
-    reg.deploy("tiny", key_a)
+    reg, blob_a, key_a, blob_b, key_b = _two_models(tmp_path, size=(48, 64))
     folder = make_folder(tmp_path / "f", n=30)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0))
     flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
