@@ -39,7 +39,8 @@ BATCH_VERSION = 1
 
 __all__ = ["leaf_digest", "node_digest", "MerkleTree", "verify_proof", "Leaf", "AnchorBatch",
            "AnchorBatcher", "Verification",
-           "read_mask", "verify_frame", "verify_result_line", "proof_to_json", "proof_from_json"]
+           "read_mask", "verify_frame", "result_lines", "verify_result_line", "proof_to_json",
+           "proof_from_json"]
 
 
 def _key32(model_key: str | bytes) -> bytes:
@@ -399,6 +400,30 @@ def _class_shares(class_map, names) -> dict:
             for i, c in enumerate(counts.tolist()) if c}
 
 
+def result_lines(results_path: str | os.PathLike, stream: str, seq: int) -> list:
+    """``(line number, record)`` of every ``results.jsonl`` line for (stream, seq); raises
+    AnchorVerificationFailed (check ``result_missing``) when there is none or the file
+    cannot be read."""
+    p = Path(results_path)
+    found = []
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue   # a torn or garbled line is not this frame's record
+                if isinstance(rec, dict) and rec.get("stream") == stream and rec.get("seq") == seq:
+                    found.append((n, rec))
+    except OSError as exc:
+        raise errors.AnchorVerificationFailed(f"results file {p} cannot be read ({exc})",
+                                              check="result_missing") from None
+    if not found:
+        raise errors.AnchorVerificationFailed(
+            f"result missing: {p} has no line for stream '{stream}' seq {seq}", check="result_missing")
+    return found
+
+
 def verify_result_line(results_path: str | os.PathLike, v: Verification, class_map,
                        class_names=None) -> dict:
     """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: it must
@@ -409,23 +434,7 @@ def verify_result_line(results_path: str | os.PathLike, v: Verification, class_m
     result_model_key_mismatch, result_leaf_mismatch, result_shares_mismatch."""
     from .client import normalize_key
     p = Path(results_path)
-    found = []
-    try:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue   # a torn or garbled line is not this frame's record
-                if isinstance(rec, dict) and rec.get("stream") == v.stream and rec.get("seq") == v.seq:
-                    found.append((n, rec))
-    except OSError as exc:
-        raise errors.AnchorVerificationFailed(f"results file {p} cannot be read ({exc})",
-                                              check="result_missing") from None
-    if not found:
-        raise errors.AnchorVerificationFailed(
-            f"result missing: {p} has no line for stream '{v.stream}' seq {v.seq}",
-            check="result_missing")
+    found = result_lines(p, v.stream, v.seq)
     leaf = leaf_digest(v.stream, v.seq, v.model_key, class_map).hex()
     want = _class_shares(class_map, class_names)
     for n, rec in found:   # every line for the frame must hold (a second, edited copy too)

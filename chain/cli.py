@@ -181,25 +181,15 @@ def _card_class_names(reg, key: str):
 
 
 def cmd_anchor_verify(args) -> int:
-    from .anchoring import read_mask, verify_frame, verify_result_line
+    from .anchoring import read_mask, result_lines, verify_frame, verify_result_line
     mask_path = args.mask
     if mask_path is None:
         if args.result is None:
             raise CliError("anchor-verify needs --mask PNG, or --result RESULTS.jsonl whose line "
                            "names the mask")
         # the frame's results line names its mask, relative to the results file
-        for line in Path(args.result).read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("stream") == args.stream and rec.get("seq") == args.seq:
-                mask_path = Path(args.result).parent / str(rec.get("mask", ""))
-                break
-        else:
-            raise errors.AnchorVerificationFailed(
-                f"result missing: {args.result} has no line for stream '{args.stream}' seq "
-                f"{args.seq}", check="result_missing")
+        _, rec = result_lines(args.result, args.stream, args.seq)[0]
+        mask_path = Path(args.result).parent / str(rec.get("mask", ""))
     mask = read_mask(mask_path)
     reg = _connect(args)
     v = verify_frame(args.batch, args.stream, args.seq, mask, registry=reg)
