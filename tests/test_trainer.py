@@ -176,9 +176,12 @@ def test_tiny_training_run_lowers_loss(tmp_path):
     cfg = TrainConfig(data="synthetic", synthetic_n=40, out=str(tmp_path / "run"), epochs=5, size=64,
                       load_size=64, eval_size=64, batch=4, lr=1e-2, gap=2, val_fraction=0.2, ema=0,
                       amp="off", progress=False, seed=0, threads=1)
-    summary = train(cfg, log=lambda *a: None)
+    lines = []
+    summary = train(cfg, log=lines.append)
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 5 and summary["epochs"] == 5
+    epoch_lines = [l for l in lines if l.startswith("epoch ")]
+    assert len(epoch_lines) == 5 and "ETA" in epoch_lines[0] and "ETA" not in epoch_lines[-1], epoch_lines
     assert recs[-1]["loss"] < 0.8 * recs[0]["loss"], [r["loss"] for r in recs]
     assert (tmp_path / "run" / "last.pt").exists() and (tmp_path / "run" / "best.pt").exists()
     # resume: two more epochs continue from the checkpoint

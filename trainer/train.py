@@ -147,6 +147,15 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
+def _eta(state: dict, epoch: int, t_start: float) -> str:
+    """', ETA 12 min' from the mean epoch time so far, when the epoch count is known."""
+    total = state.get("epochs")
+    if not total or epoch <= 0 or epoch >= total:
+        return ""
+    per_epoch = (time.time() - t_start) / epoch   # t_start already counts earlier sessions' time
+    return f", ETA {per_epoch * (total - epoch) / 60:.0f} min"
+
+
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for k, v in model.state_dict().items():
@@ -233,7 +242,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         total_steps = (total_epochs or 1000) * steps_per_epoch
         warm = int(cfg.warmup_epochs * steps_per_epoch)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{total_epochs or '?'}",
-                   disable=not cfg.progress, leave=False, mininterval=2, file=sys.stderr)
+                   # a bar only on a terminal: redirected to a log file it is a wall of \r frames
+                   disable=not (cfg.progress and sys.stderr.isatty()), leave=False, mininterval=2,
+                   file=sys.stderr)
         loss_sum = 0.0
         ctx, scaler = _autocast(device, cfg.amp)
         for i in bar:
@@ -305,7 +316,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             os.replace(out / "best.tmp", out / "best.pt")
         log(f"epoch {epoch}/{state['epochs'] or '?'} loss {rec['loss']:.4f} " +
             (f"val acc {rec['val_pixel_accuracy']:.4f} mIoU {rec['val_miou']:.4f} " if "val_miou" in rec else "") +
-            f"({t_train:.0f}s train, {rec['elapsed_s'] / 60:.1f} min total)")
+            f"({t_train:.0f}s train, {rec['elapsed_s'] / 60:.1f} min total{_eta(state, epoch, t_start)})")
     metrics_f.close()
     summary = {"epochs": epoch, "steps": state["step"], "elapsed_s": round(state["elapsed"], 1),
                "best_epoch": state.get("best_epoch"), "best_val_miou": state["best_miou"], "meta": meta}
