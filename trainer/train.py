@@ -147,13 +147,12 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def _eta(state: dict, epoch: int, t_start: float) -> str:
-    """', ETA 12 min' from the mean epoch time so far, when the epoch count is known."""
-    total = state.get("epochs")
+def _eta(elapsed_s: float, epoch: int, total: int | None) -> str:
+    """', ETA 12 min' from the mean epoch time so far (elapsed_s counts earlier sessions of a
+    resumed run too), when the epoch count is known."""
     if not total or epoch <= 0 or epoch >= total:
         return ""
-    per_epoch = (time.time() - t_start) / epoch   # t_start already counts earlier sessions' time
-    return f", ETA {per_epoch * (total - epoch) / 60:.0f} min"
+    return f", ETA {elapsed_s / epoch * (total - epoch) / 60:.0f} min"
 
 
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
@@ -316,7 +315,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             os.replace(out / "best.tmp", out / "best.pt")
         log(f"epoch {epoch}/{state['epochs'] or '?'} loss {rec['loss']:.4f} " +
             (f"val acc {rec['val_pixel_accuracy']:.4f} mIoU {rec['val_miou']:.4f} " if "val_miou" in rec else "") +
-            f"({t_train:.0f}s train, {rec['elapsed_s'] / 60:.1f} min total{_eta(state, epoch, t_start)})")
+            f"({t_train:.0f}s train, {rec['elapsed_s'] / 60:.1f} min total{_eta(state['elapsed'], epoch, state['epochs'])})")
     metrics_f.close()
     summary = {"epochs": epoch, "steps": state["step"], "elapsed_s": round(state["elapsed"], 1),
                "best_epoch": state.get("best_epoch"), "best_val_miou": state["best_miou"], "meta": meta}
