@@ -96,6 +96,11 @@ def test_resize_on_load_and_split(tmp_path):
     tr, va = time_split(479, 0.2, 10)
     assert (tr[0], tr[-1], va[0], va[-1]) == (0, 372, 383, 478)
     assert va[0] - tr[-1] == 11
+    tr, va = time_split(479, 0.2, 10, val_at="start")          # the second fold: the drive's start
+    assert (va[0], va[-1], tr[0], tr[-1]) == (0, 95, 106, 478)
+    assert tr[0] - va[-1] == 11
+    with pytest.raises(ValueError, match="val_at"):
+        time_split(479, 0.2, 10, val_at="middle")
 
 
 def test_bad_files_name_the_file(tmp_path):

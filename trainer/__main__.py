@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights (0: off)")
     t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--val-at", choices=("end", "start"), default="end",
+                   help="validate on the drive's last (default) or first --val-fraction")
     t.add_argument("--gap", type=int, default=10)
     t.add_argument("--val-every", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     e.add_argument("--data", required=True)
     e.add_argument("--split", choices=("val", "train", "all"), default="val")
     e.add_argument("--val-fraction", type=float, default=0.2)
+    e.add_argument("--val-at", choices=("end", "start"), default="end",
+                   help="validate on the drive's last (default) or first --val-fraction")
     e.add_argument("--gap", type=int, default=10)
     e.add_argument("--size", type=int, default=512, help="network input size")
     e.add_argument("--out", default="runs/eval")
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
                           load_size=a.load_size, eval_size=a.eval_size, batch=a.batch, lr=a.lr,
                           weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
                           weight_c=a.weight_c, variant=a.variant, dropout=a.dropout, ema=a.ema,
-                          val_fraction=a.val_fraction, gap=a.gap, val_every=a.val_every, seed=a.seed,
+                          val_fraction=a.val_fraction, val_at=a.val_at, gap=a.gap, val_every=a.val_every, seed=a.seed,
                           device=a.device, amp=a.amp, threads=a.threads, limit=a.limit,
                           channels_last=not a.no_channels_last,
                           progress=not a.no_progress)

@@ -130,9 +130,11 @@ def load_folder(root, size: int | tuple[int, int] | None = 512, limit: int | Non
     return FolderData(np.stack(imgs), np.stack(labs), [p[0].stem for p in pairs])
 
 
-def time_split(n: int, val_fraction: float = 0.2, gap: int = 10) -> tuple[list[int], list[int]]:
-    """Consecutive frames: train on the first part, validate on the last ``val_fraction``,
-    dropping ``gap`` frames in between so near-duplicates do not leak.
+def time_split(n: int, val_fraction: float = 0.2, gap: int = 10,
+               val_at: str = "end") -> tuple[list[int], list[int]]:
+    """Consecutive frames: validate on the last ``val_fraction`` (``val_at="end"``) or the
+    first (``"start"``, a second fold of the same drive) and train on the rest, dropping
+    ``gap`` frames in between so near-duplicates do not leak.
 
     ``val_fraction=0`` trains on every frame (the final fit, once the recipe was chosen on a
     real split) and returns no validation frames."""
@@ -142,6 +144,10 @@ def time_split(n: int, val_fraction: float = 0.2, gap: int = 10) -> tuple[list[i
     n_train = n - n_val - gap
     if n_train < 1:
         raise ValueError(f"time_split: {n} frames are too few for val_fraction={val_fraction}, gap={gap}")
+    if val_at == "start":
+        return list(range(n_val + gap, n)), list(range(n_val))
+    if val_at != "end":
+        raise ValueError(f"time_split: val_at must be 'end' or 'start', not {val_at!r}")
     return list(range(n_train)), list(range(n - n_val, n))
 
 

@@ -78,13 +78,13 @@ def evaluate_folder(predict, data, size: int = 512, grid_n: int = 6, batch: int 
 def main(a) -> int:
     data = load_folder(a.data, None)
     if a.split != "all":
-        tr, va = time_split(len(data), a.val_fraction, a.gap)
+        tr, va = time_split(len(data), a.val_fraction, a.gap, a.val_at)
         data = data.subset(va if a.split == "val" else tr)
     predict, desc = make_predictor(a.model, a.size, a.threads, use_ema=not a.no_ema)
     s, cm, grid = evaluate_folder(predict, data, a.size, a.grid)
     s["model"] = desc
     s["split"] = {"name": a.split, "frames": f"{data.names[0]}..{data.names[-1]}", "val_fraction": a.val_fraction,
-                  "gap": a.gap}
+                  "val_at": a.val_at, "gap": a.gap}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(s, indent=1))

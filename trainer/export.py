@@ -114,6 +114,7 @@ def build_card(ck: dict, size: int, opset: int, metrics: dict, name: str = "carl
     cfg, meta, state = ck["config"], ck.get("meta", {}), ck.get("state", {})
     tp = {k: cfg[k] for k in ("size", "load_size", "batch", "lr", "weight_decay", "scale_min", "scale_max",
                               "weight_c", "variant", "dropout", "ema", "val_fraction", "gap", "seed", "amp")}
+    tp["val_at"] = cfg.get("val_at", "end")          # checkpoints before the option validated at the end
     tp.update(epochs=state.get("epoch"), steps=state.get("step"), train_seconds=round(state.get("elapsed", 0)),
               params=meta.get("params"), gmacs_512=round(meta.get("gmacs_512", 0), 4),
               train_frames=meta.get("train_frames"), val_frames=meta.get("val_frames"),

@@ -46,6 +46,7 @@ class TrainConfig:
     dropout: float = 0.1
     ema: float = 0.99                # 0 disables the weight average
     val_fraction: float = 0.2
+    val_at: str = "end"              # which end of the drive validates: end | start
     gap: int = 10
     val_every: int = 1
     seed: int = 0
@@ -176,7 +177,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         data = synthetic_data(cfg.synthetic_n, cfg.load_size, cfg.load_size, seed=cfg.seed)
     else:
         data = load_folder(cfg.data, cfg.load_size, limit=cfg.limit)
-    tr_idx, va_idx = time_split(len(data), cfg.val_fraction, cfg.gap)
+    tr_idx, va_idx = time_split(len(data), cfg.val_fraction, cfg.gap, cfg.val_at)
     train_d, val_d = data.subset(tr_idx), data.subset(va_idx)
     val_desc = f"val {len(val_d)} ({val_d.names[0]}..{val_d.names[-1]}), gap {cfg.gap}" if len(val_d) \
         else "no validation (--val-fraction 0: final fit on every frame; the last checkpoint is the result)"
