@@ -138,6 +138,8 @@ def time_split(n: int, val_fraction: float = 0.2, gap: int = 10,
 
     ``val_fraction=0`` trains on every frame (the final fit, once the recipe was chosen on a
     real split) and returns no validation frames."""
+    if val_at not in ("end", "start"):
+        raise ValueError(f"time_split: val_at must be 'end' or 'start', not {val_at!r}")
     if val_fraction == 0:
         return list(range(n)), []
     n_val = max(1, int(round(n * val_fraction)))
@@ -146,8 +148,6 @@ def time_split(n: int, val_fraction: float = 0.2, gap: int = 10,
         raise ValueError(f"time_split: {n} frames are too few for val_fraction={val_fraction}, gap={gap}")
     if val_at == "start":
         return list(range(n_val + gap, n)), list(range(n_val))
-    if val_at != "end":
-        raise ValueError(f"time_split: val_at must be 'end' or 'start', not {val_at!r}")
     return list(range(n_train)), list(range(n - n_val, n))
 
 
