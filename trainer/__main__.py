@@ -5,6 +5,14 @@ import argparse
 import sys
 
 
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    """The time split, shared by train and evaluate so both pick the same frames."""
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-at", choices=("end", "start"), default="end",
+                   help="validate on the drive's last (default) or first --val-fraction")
+    p.add_argument("--gap", type=int, default=10)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -25,10 +33,7 @@ def main(argv=None) -> int:
     t.add_argument("--variant", choices=("prelu", "relu"), default="relu")
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights (0: off)")
-    t.add_argument("--val-fraction", type=float, default=0.2)
-    t.add_argument("--val-at", choices=("end", "start"), default="end",
-                   help="validate on the drive's last (default) or first --val-fraction")
-    t.add_argument("--gap", type=int, default=10)
+    _add_split_args(t)
     t.add_argument("--val-every", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -43,10 +48,7 @@ def main(argv=None) -> int:
     e.add_argument("--model", required=True, help="checkpoint .pt, .onnx or .vsb")
     e.add_argument("--data", required=True)
     e.add_argument("--split", choices=("val", "train", "all"), default="val")
-    e.add_argument("--val-fraction", type=float, default=0.2)
-    e.add_argument("--val-at", choices=("end", "start"), default="end",
-                   help="validate on the drive's last (default) or first --val-fraction")
-    e.add_argument("--gap", type=int, default=10)
+    _add_split_args(e)
     e.add_argument("--size", type=int, default=512, help="network input size")
     e.add_argument("--out", default="runs/eval")
     e.add_argument("--grid", type=int, default=6, help="frames in the Figure-6 grid")
