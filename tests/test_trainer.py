@@ -196,6 +196,40 @@ def test_tiny_training_run_lowers_loss(tmp_path):
     assert [r["epoch"] for r in recs] == list(range(1, 7))
 
 
+def test_batches_do_not_depend_on_the_worker_count(tmp_path):
+    """--workers N augments in N processes: each batch's generator is seeded by (seed, epoch,
+    step), so the loss curve is the same for 0 and 2 workers, and a resumed run goes on exactly."""
+    from trainer.train import TrainConfig, train
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_2(line):
+        if line.startswith("epoch 2/"):
+            raise Stop     # as if killed right after epoch 2's checkpoint
+
+    # a folder, not data="synthetic": loading it runs OpenCV's thread pool in the parent
+    # before the workers fork (the case that once hung them)
+    from trainer.data import synthetic_data
+    frames = synthetic_data(24, 512, 512, seed=3)
+    for d in ("images", "labels"):
+        (tmp_path / "data" / d).mkdir(parents=True)
+    for img, lab, name in zip(frames.images, frames.labels, frames.names):
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"{name}.png"), img[..., ::-1])
+        cv2.imwrite(str(tmp_path / "data" / "labels" / f"{name}.png"), lab)
+
+    def run(name, workers, resume=False, log=lambda *a: None):
+        cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / name), epochs=3, size=48,
+                          load_size=64, eval_size=64, batch=4, gap=2, ema=0.9, amp="off", progress=False,
+                          seed=3, threads=1, workers=workers)
+        train(cfg, resume=resume, log=log)
+        return [json.loads(l)["loss"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    serial = run("serial", 0)
+    assert run("workers", 2) == serial
+    with pytest.raises(Stop):
+        run("resumed", 0, log=stop_after_epoch_2)
+    assert run("resumed", 0, resume=True) == serial
+
+
 def test_enet_class_weights():
     from trainer.train import enet_class_weights
     lab = np.zeros((10, 10), np.uint8)

@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--workers", type=int, default=0,
+                   help="augment in N worker processes (for a GPU, which augmentation in the loop starves); "
+                        "the batches are the same for any N")
     t.add_argument("--no-channels-last", action="store_true")
     t.add_argument("--limit", type=int)
     t.add_argument("--resume", action="store_true")
@@ -94,7 +97,7 @@ def main(argv=None) -> int:
                           weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
                           weight_c=a.weight_c, variant=a.variant, dropout=a.dropout, ema=a.ema,
                           val_fraction=a.val_fraction, val_at=a.val_at, gap=a.gap, val_every=a.val_every, seed=a.seed,
-                          device=a.device, amp=a.amp, threads=a.threads, limit=a.limit,
+                          device=a.device, amp=a.amp, threads=a.threads, workers=a.workers, limit=a.limit,
                           channels_last=not a.no_channels_last,
                           progress=not a.no_progress)
         train(cfg, resume=a.resume)

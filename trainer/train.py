@@ -54,6 +54,7 @@ class TrainConfig:
     amp: str = "auto"                # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True
     threads: int = 2
+    workers: int = 0                 # augmenting processes; 0 augments in the training loop
     limit: int | None = None         # use only the first N frames (tests)
     synthetic_n: int = 64
     progress: bool = True
@@ -79,9 +80,11 @@ _MEAN = torch.tensor(MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def to_tensor(images: np.ndarray, device=None) -> torch.Tensor:
-    """uint8 NHWC RGB -> normalised float NCHW (the same arithmetic as the ONNX graph)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+def to_tensor(images, device=None) -> torch.Tensor:
+    """uint8 NHWC RGB (array or tensor) -> normalised float NCHW (the same arithmetic as the
+    ONNX graph)."""
+    x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
@@ -157,12 +160,83 @@ def _eta(elapsed_s: float, epoch: int, total: int | None) -> str:
 
 
 def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
+    # one multi-tensor kernel per op, not two per tensor: on a GPU the per-tensor loop's
+    # ~500 launches a step cost more than ENet's own forward pass
     with torch.no_grad():
+        e, m = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                ema[k].mul_(decay).add_(v, alpha=1 - decay)
+                e.append(ema[k])
+                m.append(v)
             else:
                 ema[k].copy_(v)
+        torch._foreach_mul_(e, decay)
+        torch._foreach_add_(e, m, alpha=1 - decay)
+
+
+class _AugmentedBatches(torch.utils.data.Dataset):
+    """Item k is step k of the run: epoch k // steps, its frames from that epoch's permutation
+    and their augmentation from a generator seeded by (seed, epoch, step), so a batch is the
+    same whichever process makes it, however many there are, and a resumed run goes on exactly."""
+
+    def __init__(self, data: FolderData, cfg: TrainConfig, steps_per_epoch: int):
+        self.data, self.cfg, self.steps = data, cfg, steps_per_epoch
+
+    def __len__(self):
+        return 1 << 40          # indexed by the sampler, never iterated
+
+    def __getitem__(self, k: int):
+        cfg, (epoch, i) = self.cfg, divmod(k, self.steps)
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.data))
+        rng = np.random.default_rng([cfg.seed, epoch, i])
+        pairs = [augment(self.data.images[j], self.data.labels[j], rng, cfg.size, (cfg.scale_min, cfg.scale_max))
+                 for j in perm[i * cfg.batch:(i + 1) * cfg.batch]]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+class _EpochSteps(torch.utils.data.Sampler):
+    """The step indices of ``epoch`` (set before each pass; persistent workers keep the sampler)."""
+
+    def __init__(self, steps_per_epoch: int):
+        self.steps, self.epoch = steps_per_epoch, 0
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.steps, (self.epoch + 1) * self.steps))
+
+    def __len__(self):
+        return self.steps
+
+
+def _rng_state(device: torch.device) -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def _quiet_worker(_):
+    import cv2
+    # 0, not 1: a forked child inherits OpenCV's thread pool without its threads, and
+    # resizing it to 1 there hangs; 0 runs every call inline
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)
+
+
+def _batch_loader(data: FolderData, cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
+    import multiprocessing as mp
+    w = cfg.workers
+    sampler = _EpochSteps(steps_per_epoch)
+    loader = torch.utils.data.DataLoader(
+        _AugmentedBatches(data, cfg, steps_per_epoch), batch_size=None, sampler=sampler, num_workers=w,
+        persistent_workers=w > 0, prefetch_factor=4 if w else None, pin_memory=device.type == "cuda",
+        worker_init_fn=_quiet_worker if w else None,
+        # its own generator: each new pass would otherwise draw a seed from the global one,
+        # shifting dropout's random stream with the worker count
+        generator=torch.Generator(),
+        timeout=300 if w else 0,      # a stuck worker raises instead of stalling the run
+        # fork shares the decoded frames copy-on-write; spawn would pickle them to every worker
+        multiprocessing_context="fork" if w and "fork" in mp.get_all_start_methods() else None)
+    return loader, sampler
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
@@ -193,6 +267,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     ema = copy.deepcopy(model.state_dict()) if cfg.ema > 0 else None
     steps_per_epoch = max(1, len(train_d) // cfg.batch)
     state = {"epoch": 0, "step": 0, "best_miou": -1.0, "epochs": cfg.epochs, "elapsed": 0.0}
+    w_t = torch.tensor(weights, device=device)
+    # before a resume restores the random state: counting MACs builds (and so draws) a model
+    meta = {"params": count_params(model), "gmacs_512": count_macs(build_model(cfg), 64) * 64 / 1e9,
+            "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "argv": sys.argv, "train_frames": len(train_d), "val_frames": len(val_d),
+            "train_range": [train_d.names[0], train_d.names[-1]],
+            "val_range": [val_d.names[0], val_d.names[-1]] if len(val_d) else None,
+            "class_weights": [round(float(w), 4) for w in weights]}
     last = out / "last.pt"
     if resume:
         if not last.exists():
@@ -205,20 +289,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         if cfg.epochs is not None and cfg.epochs != state["epochs"]:
             log(f"--epochs {cfg.epochs}: extending/shortening the run from {state['epochs']} epochs")
             state["epochs"] = cfg.epochs
-        np_state = ck.get("rng")
-        if np_state is not None:
-            torch.set_rng_state(np_state["torch"])
+        rng_state = ck.get("rng") or {}
+        if "torch" in rng_state:
+            torch.set_rng_state(rng_state["torch"])
+        if "cuda" in rng_state and device.type == "cuda":
+            torch.cuda.set_rng_state(rng_state["cuda"])   # dropout's stream on the GPU
         log(f"resumed from {last}: epoch {state['epoch']}, best mIoU {state['best_miou']:.4f}")
-    rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
-    w_t = torch.tensor(weights, device=device)
-    meta = {"params": count_params(model), "gmacs_512": count_macs(build_model(cfg), 64) * 64 / 1e9,
-            "device": str(device), "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "argv": sys.argv, "train_frames": len(train_d), "val_frames": len(val_d),
-            "train_range": [train_d.names[0], train_d.names[-1]],
-            "val_range": [val_d.names[0], val_d.names[-1]] if len(val_d) else None,
-            "class_weights": [round(float(w), 4) for w in weights]}
+    loader, sampler = _batch_loader(train_d, cfg, steps_per_epoch, device)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "meta": meta}, indent=1))
     log(f"model: ENet/{cfg.variant}, {meta['params']} params, {meta['gmacs_512']:.3f} GMAC at 512x512; device {device}")
 
@@ -238,23 +315,20 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             break
         model.train()
         t_ep = time.time()
-        perm = rng.permutation(len(train_d))
+        sampler.epoch = epoch
         total_steps = (total_epochs or 1000) * steps_per_epoch
         warm = int(cfg.warmup_epochs * steps_per_epoch)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{total_epochs or '?'}",
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{total_epochs or '?'}",
                    # a bar only on a terminal: redirected to a log file it is a wall of \r frames
                    disable=not (cfg.progress and sys.stderr.isatty()), leave=False, mininterval=2,
                    file=sys.stderr)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)   # summed on the device: no sync per step
         ctx, scaler = _autocast(device, cfg.amp)
-        for i in bar:
-            idx = perm[i * cfg.batch:(i + 1) * cfg.batch]
-            pairs = [augment(train_d.images[j], train_d.labels[j], rng, cfg.size, (cfg.scale_min, cfg.scale_max))
-                     for j in idx]
-            x = to_tensor(np.stack([p[0] for p in pairs]), device)
+        for i, (xb, yb) in enumerate(bar):
+            x = to_tensor(xb, device)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device).long()
+            y = yb.to(device, non_blocking=True).long()
             if time_based:   # --minutes without --epochs: cosine over the wall-clock budget
                 frac = (time.time() - t_start) / (cfg.minutes * 60)
                 f = _lr_factor(int(frac * 100000), 100000, 0) if state["step"] >= warm \
@@ -277,9 +351,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             if ema is not None:
                 _ema_update(ema, model, cfg.ema if state["step"] > warm else 0.9)
             state["step"] += 1
-            loss_sum += loss.item()
-            bar.set_postfix(loss=f"{loss_sum / (i + 1):.4f}", lr=f"{cfg.lr * f:.2e}")
+            loss_sum += loss.detach()
+            if not bar.disable and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{cfg.lr * f:.2e}")
         bar.close()
+        loss_sum = loss_sum.item()
         epoch += 1
         state["epoch"] = epoch
         t_train = time.time() - t_ep
@@ -308,7 +384,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         metrics_f.write(json.dumps(rec) + "\n")
         metrics_f.flush()
         ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema, "state": state,
-              "config": asdict(cfg), "meta": meta, "metrics": rec, "rng": {"torch": torch.get_rng_state()}}
+              "config": asdict(cfg), "meta": meta, "metrics": rec, "rng": _rng_state(device)}
         torch.save(ck, out / "last.tmp")
         os.replace(out / "last.tmp", last)
         if rec.get("best"):
