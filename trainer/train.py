@@ -85,7 +85,18 @@ def to_tensor(images, device=None) -> torch.Tensor:
     ONNX graph)."""
     x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
     x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
+    mean, std = _norm_constants(x.device)
+    return (x - mean) / std
+
+
+_NORM: dict = {}
+
+
+def _norm_constants(device: torch.device):
+    # kept on each device: no copy per batch, and none inside a CUDA graph capture
+    if device not in _NORM:
+        _NORM[device] = (_MEAN.to(device), _STD.to(device))
+    return _NORM[device]
 
 
 @torch.no_grad()
