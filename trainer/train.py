@@ -301,10 +301,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             log(f"--epochs {cfg.epochs}: extending/shortening the run from {state['epochs']} epochs")
             state["epochs"] = cfg.epochs
         rng_state = ck.get("rng") or {}
+        # map_location moved the saved states to the device; both setters take CPU tensors
         if "torch" in rng_state:
-            torch.set_rng_state(rng_state["torch"])
+            torch.set_rng_state(rng_state["torch"].cpu())
         if "cuda" in rng_state and device.type == "cuda":
-            torch.cuda.set_rng_state(rng_state["cuda"])   # dropout's stream on the GPU
+            torch.cuda.set_rng_state(rng_state["cuda"].cpu())   # dropout's stream on the GPU
         log(f"resumed from {last}: epoch {state['epoch']}, best mIoU {state['best_miou']:.4f}")
     loader, sampler = _batch_loader(train_d, cfg, steps_per_epoch, device)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "meta": meta}, indent=1))
