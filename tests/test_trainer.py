@@ -232,6 +232,12 @@ def test_batches_do_not_depend_on_the_worker_count(tmp_path):
     assert run("resumed", 0, resume=True) == serial
 
 
+def test_workers_default_by_device():
+    from trainer.train import default_workers
+    assert default_workers(torch.device("cpu")) == 0          # beside the loop it only takes cores
+    assert 1 <= default_workers(torch.device("cuda")) <= 8    # the loop alone starves a GPU
+
+
 def test_enet_class_weights():
     from trainer.train import enet_class_weights
     lab = np.zeros((10, 10), np.uint8)

@@ -39,9 +39,9 @@ def main(argv=None) -> int:
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--workers", type=int, default=0,
-                   help="augment in N worker processes (for a GPU, which augmentation in the loop starves); "
-                        "the batches are the same for any N")
+    t.add_argument("--workers", type=int,
+                   help="augment in N worker processes (default: 0 on the CPU, min(8, cores - 1) on CUDA, "
+                        "which augmentation in the loop starves); the batches are the same for any N")
     t.add_argument("--no-channels-last", action="store_true")
     t.add_argument("--limit", type=int)
     t.add_argument("--resume", action="store_true")

@@ -54,7 +54,7 @@ class TrainConfig:
     amp: str = "auto"                # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True
     threads: int = 2
-    workers: int = 0                 # augmenting processes; 0 augments in the training loop
+    workers: int | None = None       # augmenting processes (0: in the loop); None: by device
     limit: int | None = None         # use only the first N frames (tests)
     synthetic_n: int = 64
     progress: bool = True
@@ -233,9 +233,15 @@ def _quiet_worker(_):
     torch.set_num_threads(1)
 
 
+def default_workers(device: torch.device) -> int:
+    """0 on the CPU, where augmenting beside the loop only takes cores from the compute threads;
+    on a GPU as many as the machine spares (up to 8), since in the loop it starves the GPU."""
+    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def _batch_loader(data: FolderData, cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
     import multiprocessing as mp
-    w = cfg.workers
+    w = cfg.workers if cfg.workers is not None else default_workers(device)
     sampler = _EpochSteps(steps_per_epoch)
     loader = torch.utils.data.DataLoader(
         _AugmentedBatches(data, cfg, steps_per_epoch), batch_size=None, sampler=sampler, num_workers=w,
@@ -309,7 +315,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         log(f"resumed from {last}: epoch {state['epoch']}, best mIoU {state['best_miou']:.4f}")
     loader, sampler = _batch_loader(train_d, cfg, steps_per_epoch, device)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "meta": meta}, indent=1))
-    log(f"model: ENet/{cfg.variant}, {meta['params']} params, {meta['gmacs_512']:.3f} GMAC at 512x512; device {device}")
+    log(f"model: ENet/{cfg.variant}, {meta['params']} params, {meta['gmacs_512']:.3f} GMAC at 512x512; "
+        f"device {device}, {loader.num_workers} augmenting workers")
 
     t_start = time.time() - state["elapsed"]
     time_based = cfg.minutes is not None and state["epochs"] is None
