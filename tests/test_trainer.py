@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data import (DataError, augment, find_pairs, load_folder, read_label, synthetic_data,
-                          time_split, write_folder)
+from trainer.data import (DataError, RareClassSampler, augment, class_mix, find_pairs, load_folder,
+                          read_label, synthetic_data, time_split, write_folder)
 from trainer.metrics import ConfusionMatrix, confusion_image, grid_image, hood_mask
 from trainer.palette import CLASS_COLORS, NUM_CLASSES, colorize, rgb_palette_to_ids
 
@@ -137,6 +137,68 @@ def test_augment_shapes_and_label_values():
         a, b = augment(img, lab, rng, 64)
         assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and b.shape == (64, 64)
         assert set(np.unique(b)) <= set(np.unique(lab))
+
+
+def _speck_frames(n=6, size=128):
+    """Road everywhere, one 3x3 speck of TrafficSign (12) in frame 4 only, near a corner."""
+    labs = np.full((n, size, size), 7, np.uint8)
+    labs[:, :size // 2] = 1                           # half building, so the common classes vary
+    labs[4, 5:8, size - 8:size - 5] = 12
+    imgs = np.zeros((n, size, size, 3), np.uint8)
+    return imgs, labs
+
+
+def test_augment_focus_keeps_the_pixel_in_the_crop():
+    imgs, labs = _speck_frames()
+    rng = np.random.default_rng(0)
+    seen = [12 in augment(imgs[4], labs[4], rng, 32, (1.0, 1.0), focus=(6, 121))[1] for _ in range(50)]
+    assert all(seen)
+    # without a focus a 32-pixel crop of a 128-pixel frame mostly misses the speck
+    seen = [12 in augment(imgs[4], labs[4], rng, 32, (1.0, 1.0))[1] for _ in range(50)]
+    assert sum(seen) < 25
+
+
+def test_rare_class_sampler_favours_the_rare_class_and_finds_its_pixels():
+    imgs, labs = _speck_frames()
+    s = RareClassSampler(labs, temperature=0.1)
+    assert s.class_p[12] > 0.9 and s.class_p[0] == 0        # absent classes are never drawn
+    rng = np.random.default_rng(1)
+    draws = [s.draw(rng) for _ in range(200)]
+    for j, (y, x) in draws:
+        assert labs[j][y, x] in (1, 7, 12)
+    specks = [(j, yx) for j, yx in draws if labs[j][yx] == 12]
+    assert len(specks) > 150 and all(j == 4 for j, _ in specks)
+
+
+def test_class_mix_pastes_whole_classes_of_the_source():
+    img, lab = np.zeros((32, 32, 3), np.uint8), np.full((32, 32), 7, np.uint8)
+    src_img = np.full((32, 32, 3), 200, np.uint8)
+    src_lab = np.repeat(np.array([1, 2, 3, 4], np.uint8), 8)[None].repeat(32, 0)
+    out_img, out_lab = class_mix(img, lab, src_img, src_lab, np.random.default_rng(0))
+    pasted = set(np.unique(out_lab)) - {7}
+    assert len(pasted) == 2 and pasted <= {1, 2, 3, 4}
+    m = np.isin(src_lab, list(pasted))
+    assert (out_img[m] == 200).all() and (out_img[~m] == 0).all() and (out_lab[~m] == 7).all()
+    assert (lab == 7).all() and (img == 0).all()              # inputs untouched
+
+
+def test_rare_crops_and_class_mix_batches_are_reproducible_and_default_unchanged():
+    from trainer.train import TrainConfig, _AugmentedBatches
+    imgs, labs = _speck_frames(16, 64)
+    imgs = np.random.default_rng(0).integers(0, 255, imgs.shape, dtype=np.uint8)
+    data = synthetic_data(1)
+    data.images, data.labels, data.names = imgs, labs, [f"{i:04d}" for i in range(16)]
+    on = TrainConfig(size=32, batch=4, rare_crops=0.5, class_mix=0.5)
+    a, b = _AugmentedBatches(data, on, 4)[5], _AugmentedBatches(data, on, 4)[5]
+    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    off = TrainConfig(size=32, batch=4)
+    base = _AugmentedBatches(data, off, 4)[5]
+    # off, the batch is drawn exactly as before the options existed
+    rng = np.random.default_rng([off.seed, 1, 1])
+    perm = np.random.default_rng([off.seed, 1]).permutation(16)
+    ref = [augment(imgs[j], labs[j], rng, 32, (off.scale_min, off.scale_max)) for j in perm[4:8]]
+    assert (base[0] == np.stack([r[0] for r in ref])).all()
+    assert not (a[0] == base[0]).all()
 
 
 # --- metrics ------------------------------------------------------------------------------

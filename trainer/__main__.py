@@ -30,6 +30,10 @@ def main(argv=None) -> int:
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
     t.add_argument("--weight-c", type=float, default=1.02, help="class weights 1/ln(c+p)")
+    t.add_argument("--rare-crops", type=float, default=0.0, metavar="P",
+                   help="share of crops centred on a pixel of a rare class (0: off)")
+    t.add_argument("--class-mix", type=float, default=0.0, metavar="P",
+                   help="share of samples given ClassMix from another sample of the batch (0: off)")
     t.add_argument("--variant", choices=("prelu", "relu"), default="relu")
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights (0: off)")
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig(data=a.data, out=a.out, epochs=a.epochs, minutes=a.minutes, size=a.size,
                           load_size=a.load_size, eval_size=a.eval_size, batch=a.batch, lr=a.lr,
                           weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
-                          weight_c=a.weight_c, variant=a.variant, dropout=a.dropout, ema=a.ema,
+                          weight_c=a.weight_c, rare_crops=a.rare_crops, class_mix=a.class_mix, variant=a.variant, dropout=a.dropout, ema=a.ema,
                           val_fraction=a.val_fraction, val_at=a.val_at, gap=a.gap, val_every=a.val_every, seed=a.seed,
                           device=a.device, amp=a.amp, threads=a.threads, workers=a.workers, limit=a.limit,
                           channels_last=not a.no_channels_last,

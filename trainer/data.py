@@ -19,6 +19,7 @@ from .palette import NUM_CLASSES, rgb_palette_to_ids
 
 __all__ = ["DataError", "read_image", "read_label", "find_pairs", "FolderData", "load_folder",
            "time_split", "synthetic_scene", "synthetic_data", "augment", "resize_pair",
+           "RareClassSampler", "class_mix",
            "MEAN", "STD"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -204,16 +205,22 @@ def write_folder(data: FolderData, root) -> None:
 # augmentation
 
 def augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, crop: int,
-            scale=(0.5, 1.5), flip: bool = True, color: bool = True):
+            scale=(0.5, 1.5), flip: bool = True, color: bool = True, focus: tuple[int, int] | None = None):
     """Random scale + crop to ``crop`` x ``crop``, horizontal flip, HSV + brightness/contrast
-    jitter.  ``scale`` > 1 zooms in (the crop covers fewer source pixels)."""
+    jitter.  ``scale`` > 1 zooms in (the crop covers fewer source pixels).  ``focus`` (y, x):
+    a source pixel the crop must contain (the rare-class sampler's pick)."""
     h, w = lab.shape
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     aspect = float(np.exp(rng.uniform(-0.15, 0.15)))
     rh = int(round(min(h, crop / s * aspect)))
     rw = int(round(min(w, crop / s / aspect)))
-    y0 = int(rng.integers(0, h - rh + 1))
-    x0 = int(rng.integers(0, w - rw + 1))
+    if focus is None:
+        y0 = int(rng.integers(0, h - rh + 1))
+        x0 = int(rng.integers(0, w - rw + 1))
+    else:
+        fy, fx = focus
+        y0 = int(rng.integers(max(0, fy - rh + 1), min(fy, h - rh) + 1))
+        x0 = int(rng.integers(max(0, fx - rw + 1), min(fx, w - rw) + 1))
     img = img[y0:y0 + rh, x0:x0 + rw]
     lab = lab[y0:y0 + rh, x0:x0 + rw]
     img = cv2.resize(img, (crop, crop), interpolation=cv2.INTER_AREA if rw > crop else cv2.INTER_LINEAR)
@@ -233,3 +240,39 @@ def augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, crop: in
         img += rng.normal(0, rng.uniform(0, 6), img.shape).astype(np.float32)
         img = np.clip(img, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+class RareClassSampler:
+    """Draws (frame, pixel) pairs that favour rare classes (DAFormer's rare class sampling, at the
+    pixel level): a class c with probability ~ exp((1 - f_c) / T), f_c its share of the training
+    pixels; then a frame with probability ~ its pixels of c; then one of those pixels, which the
+    crop is made to contain.  Every frame of this drive shows a little fence and vegetation, so
+    picking frames by presence alone would change nothing; picking the crop around them does."""
+
+    def __init__(self, labels: np.ndarray, temperature: float = 0.1):
+        counts = np.stack([np.bincount(l.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] for l in labels])
+        share = counts.sum(0) / max(1, counts.sum())
+        logits = np.where(counts.sum(0) > 0, (1 - share) / temperature, -np.inf)
+        self.class_p = np.exp(logits - logits.max())
+        self.class_p /= self.class_p.sum()
+        self.frame_p = counts / np.maximum(counts.sum(0), 1)        # [frame, class], columns sum to 1
+        self.labels = labels
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, tuple[int, int]]:
+        c = int(rng.choice(NUM_CLASSES, p=self.class_p))
+        j = int(rng.choice(len(self.labels), p=self.frame_p[:, c]))
+        ys, xs = np.nonzero(self.labels[j] == c)
+        k = int(rng.integers(len(ys)))
+        return j, (int(ys[k]), int(xs[k]))
+
+
+def class_mix(img: np.ndarray, lab: np.ndarray, src_img: np.ndarray, src_lab: np.ndarray,
+              rng: np.random.Generator):
+    """ClassMix: paste the pixels of a random half of the classes in ``src`` over ``img``, so
+    classes are seen against backgrounds this one drive never put them on."""
+    present = np.unique(src_lab)
+    chosen = rng.choice(present, size=(len(present) + 1) // 2, replace=False)
+    m = np.isin(src_lab, chosen)
+    img, lab = img.copy(), lab.copy()
+    img[m], lab[m] = src_img[m], src_lab[m]
+    return img, lab

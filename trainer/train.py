@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import MEAN, STD, FolderData, augment, load_folder, synthetic_data, time_split
+from .data import (MEAN, STD, FolderData, RareClassSampler, augment, class_mix, load_folder, synthetic_data,
+                   time_split)
 from .enet import ENet, count_macs, count_params
 from .metrics import ConfusionMatrix
 from .palette import NUM_CLASSES
@@ -42,6 +43,8 @@ class TrainConfig:
     scale_min: float = 0.5
     scale_max: float = 1.5
     weight_c: float = 1.02           # class weights 1/ln(c + p)
+    rare_crops: float = 0.0          # share of crops centred on a rare-class pixel (RareClassSampler)
+    class_mix: float = 0.0           # share of samples given ClassMix from the next one in the batch
     variant: str = "relu"
     dropout: float = 0.1
     ema: float = 0.99                # 0 disables the weight average
@@ -192,6 +195,7 @@ class _AugmentedBatches(torch.utils.data.Dataset):
 
     def __init__(self, data: FolderData, cfg: TrainConfig, steps_per_epoch: int):
         self.data, self.cfg, self.steps = data, cfg, steps_per_epoch
+        self.rare = RareClassSampler(data.labels) if cfg.rare_crops > 0 else None
 
     def __len__(self):
         return 1 << 40          # indexed by the sampler, never iterated
@@ -200,8 +204,19 @@ class _AugmentedBatches(torch.utils.data.Dataset):
         cfg, (epoch, i) = self.cfg, divmod(k, self.steps)
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.data))
         rng = np.random.default_rng([cfg.seed, epoch, i])
-        pairs = [augment(self.data.images[j], self.data.labels[j], rng, cfg.size, (cfg.scale_min, cfg.scale_max))
-                 for j in perm[i * cfg.batch:(i + 1) * cfg.batch]]
+        pairs = []
+        for j in perm[i * cfg.batch:(i + 1) * cfg.batch]:
+            focus = None
+            # draws only when the option is on: the default recipe keeps its random stream
+            if self.rare is not None and rng.random() < cfg.rare_crops:
+                j, focus = self.rare.draw(rng)
+            pairs.append(augment(self.data.images[j], self.data.labels[j], rng, cfg.size,
+                                 (cfg.scale_min, cfg.scale_max), focus=focus))
+        if cfg.class_mix > 0 and len(pairs) > 1:
+            src = list(pairs)
+            for k in range(len(pairs)):
+                if rng.random() < cfg.class_mix:
+                    pairs[k] = class_mix(*pairs[k], *src[(k + 1) % len(src)], rng)
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
