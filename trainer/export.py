@@ -214,6 +214,19 @@ ANTI_OVERFITTING = [
 ]
 
 
+def _against_overfitting(cfg: dict) -> list[str]:
+    """The fixed list, plus the options this run turned on."""
+    out = list(ANTI_OVERFITTING)
+    if cfg.get("rare_crops"):
+        out.append(f"rare-class crops: {cfg['rare_crops']:.0%} of crops are centred on a pixel of a class drawn "
+                   "with probability ~ exp((1 - share) / 0.1), so fences, vegetation and shop fronts are seen "
+                   "far more often than their share of the drive")
+    if cfg.get("class_mix"):
+        out.append(f"ClassMix: {cfg['class_mix']:.0%} of samples get half the classes of another sample of the "
+                   "batch pasted over them, so classes appear against backgrounds this drive never shows")
+    return out
+
+
 def _cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -247,7 +260,7 @@ def write_record(a, ck, key, out, card, report, eq, fps) -> None:
                               "train_frames": meta.get("train_frames"), "train_range": meta.get("train_range"),
                               "val_frames": meta.get("val_frames"), "val_range": meta.get("val_range")},
                      "class_weights": meta.get("class_weights"),
-                     "against_overfitting": ANTI_OVERFITTING},
+                     "against_overfitting": _against_overfitting(cfg)},
         "export": {"command": "python -m trainer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py")
                    else " ".join(sys.argv), "onnx_opset": a.opset,
                    "onnx_vs_pytorch_identical_pixels": {k: round(v, 6) for k, v in eq.items()},
