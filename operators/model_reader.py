@@ -286,17 +286,25 @@ class ModelWatcher:
                     pass   # another process of this flow (-i/-a) registered it a moment ago
                 except chain.errors.ChainError as e:
                     raise ModelRefused(f"cannot register the default blob {path}: {_one_line(e)}") from None
-                log.info("first run: registered the committed blob %s (key %s) on the embedded "
-                         "chain in %s", path.name, key, cfg.home)
+                log.info("registered the committed blob %s (key %s) on the embedded chain in %s "
+                         "(first run, or models/ brought a new blob)", path.name, key, cfg.home)
                 try:
-                    self.reg.current(card.name)
+                    current, _ = self.reg.current(card.name)
                 except chain.errors.ChainError:
-                    try:
+                    current = None
+                try:
+                    if current is None:
                         self.reg.deploy(card.name, key)
                         log.info("first run: deployed it as %r (VERISEG_MODEL=%s follows it)",
                                  card.name, card.name)
-                    except chain.errors.ChainError as e:
-                        log.warning("could not deploy %r: %s", card.name, _one_line(e))
+                    elif self.reg.info(current)[1] == path.resolve().as_uri():
+                        # a pull replaced the committed blob: the deployment that followed it moves
+                        # on; one the user pointed at another blob is left alone
+                        version = self.reg.deploy(card.name, key)
+                        log.info("deployment %r moved from the previous committed blob %s to this one "
+                                 "(version %d)", card.name, current[:12], version)
+                except chain.errors.ChainError as e:
+                    log.warning("could not deploy %r: %s", card.name, _one_line(e))
                 self.block = self.reg.block_number() + 1
             self._check_status(key, f"blob {path}")
             self._check_superseded(key, path)

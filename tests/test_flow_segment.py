@@ -436,6 +436,18 @@ def test_default_run_registers_the_committed_blob_once(tmp_path, monkeypatch, ca
         assert said == (run == 1)
         rows = read_jsonl(cfg.out / "sample" / "results.jsonl")
         assert len(rows) == 6 and {r["model_key"] for r in rows} == {key}
+    # a pull brings a new committed blob: it is registered and the deployment that followed the
+    # old one moves to it, so VERISEG_MODEL=carla-enet keeps working
+    import chain
+    new_key = make_blob(blob, shift=1)
+    caplog.clear()
+    cfg = load_config(env)
+    run_main(build_flow(cfg))
+    assert any("registered the committed blob" in r.getMessage() for r in caplog.records)
+    rows = read_jsonl(cfg.out / "sample" / "results.jsonl")
+    assert rows[-1]["model_key"] == new_key
+    reg = chain.connect(chain="embedded", home=cfg.home)
+    assert reg.current("tiny")[0] == new_key
 
 
 def test_metrics_http_endpoint_while_running(tmp_path):
