@@ -19,7 +19,7 @@ from .palette import NUM_CLASSES, rgb_palette_to_ids
 
 __all__ = ["DataError", "read_image", "read_label", "find_pairs", "FolderData", "load_folder",
            "time_split", "synthetic_scene", "synthetic_data", "augment", "resize_pair",
-           "RareClassSampler", "class_mix",
+           "RareClassSampler", "RARE_TEMPERATURE", "class_mix",
            "MEAN", "STD"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -242,6 +242,10 @@ def augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, crop: in
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
 
 
+#: temperature of the rare-class sampler's class draw (lower favours the rarest classes more)
+RARE_TEMPERATURE = 0.1
+
+
 class RareClassSampler:
     """Draws (frame, pixel) pairs that favour rare classes (DAFormer's rare class sampling, at the
     pixel level): a class c with probability ~ exp((1 - f_c) / T), f_c its share of the training
@@ -249,7 +253,7 @@ class RareClassSampler:
     crop is made to contain.  Every frame of this drive shows a little fence and vegetation, so
     picking frames by presence alone would change nothing; picking the crop around them does."""
 
-    def __init__(self, labels: np.ndarray, temperature: float = 0.1):
+    def __init__(self, labels: np.ndarray, temperature: float = RARE_TEMPERATURE):
         counts = np.stack([np.bincount(l.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES] for l in labels])
         share = counts.sum(0) / max(1, counts.sum())
         logits = np.where(counts.sum(0) > 0, (1 - share) / temperature, -np.inf)

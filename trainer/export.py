@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import MEAN, STD
+from .data import MEAN, RARE_TEMPERATURE, STD
 
 __all__ = ["Deployable", "export_onnx", "check_equivalence", "ort_session", "build_card", "main"]
 
@@ -218,9 +218,9 @@ def _against_overfitting(cfg: dict) -> list[str]:
     """The fixed list, plus the options this run turned on."""
     out = list(ANTI_OVERFITTING)
     if cfg.get("rare_crops"):
-        out.append(f"rare-class crops: {cfg['rare_crops']:.0%} of crops are centred on a pixel of a class drawn "
-                   "with probability ~ exp((1 - share) / 0.1), so fences, vegetation and shop fronts are seen "
-                   "far more often than their share of the drive")
+        out.append(f"rare-class crops: {cfg['rare_crops']:.0%} of crops are centred on a pixel of a class "
+                   f"drawn with probability ~ exp((1 - share) / {RARE_TEMPERATURE}), so fences, vegetation "
+                   "and shop fronts are seen far more often than their share of the drive")
     if cfg.get("class_mix"):
         out.append(f"ClassMix: {cfg['class_mix']:.0%} of samples get half the classes of another sample of the "
                    "batch pasted over them, so classes appear against backgrounds this drive never shows")

@@ -214,9 +214,9 @@ class _AugmentedBatches(torch.utils.data.Dataset):
                                  (cfg.scale_min, cfg.scale_max), focus=focus))
         if cfg.class_mix > 0 and len(pairs) > 1:
             src = list(pairs)
-            for k in range(len(pairs)):
+            for n in range(len(pairs)):
                 if rng.random() < cfg.class_mix:
-                    pairs[k] = class_mix(*pairs[k], *src[(k + 1) % len(src)], rng)
+                    pairs[n] = class_mix(*pairs[n], *src[(n + 1) % len(src)], rng)
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
