@@ -44,7 +44,11 @@ JOBS = {
     "rcm-f1-s5": ["--seed", "5"],
     "rcm-f2-s3": ["--seed", "3", *F2],
     "rcm-f2-s4": ["--seed", "4", *F2],
+    # the final fit (every frame, no validation), as shipped
+    "rcm-all-s0": ["--seed", "0", "--val-fraction", "0"],
 }
+DEFAULT_JOBS = ["rcm-f1-s1", "rcm-f1-s2", "rcm-f1-s3", "rcm-f2-s1", "rcm-f2-s2", "wide-f1-s1", "wd5-f1-s1",
+                "drop2-f1-s1"]
 
 
 def environment() -> dict:
@@ -226,7 +230,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--jobs", nargs="*", default=list(JOBS))
+    ap.add_argument("--jobs", nargs="*", default=DEFAULT_JOBS, choices=list(JOBS))
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--extra", default="", help="arguments appended to every run (a smoke test's small sizes)")
     a = ap.parse_args()

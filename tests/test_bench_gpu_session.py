@@ -1,5 +1,5 @@
 """bench/gpu_session.py runs only on a lent GPU, so here its training half runs on the CPU at
-toy sizes: a batch of runs side by side, an early failure stopping the batch, and a tar whose
+toy sizes: a batch of runs side by side, an early failure stopping the batch, and tars whose
 checkpoints the trainer loads."""
 import json
 import subprocess
@@ -19,24 +19,31 @@ def session(tmp_path, *args):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_a_batch_of_toy_runs_comes_back_as_one_loadable_tar(tmp_path):
+def test_a_batch_of_toy_runs_comes_back_as_two_loadable_tars(tmp_path):
+    import torch
     from trainer.train import load_checkpoint
-    r = session(tmp_path, "--jobs", "relu-f1-s0", "prelu-all-s0", "--extra", TOY)
+    r = session(tmp_path, "--jobs", "rcm-f1-s1", "rcm-all-s0", "--extra", TOY)
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
-    assert {k: v["rc"] for k, v in result["training"]["status"].items()} == {"relu-f1-s0": 0, "prelu-all-s0": 0}
-    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
-        names = set(tar.getnames())
-        tar.extractall(tmp_path / "back", filter="data")
-    # validated run: its best epoch; the final fit (no validation): its last
-    assert {"runs/relu-f1-s0/best.pt", "runs/prelu-all-s0/last.pt", "runs/relu-f1-s0.log"} <= names
-    assert "runs/relu-f1-s0/last.pt" not in names
-    model, ck = load_checkpoint(tmp_path / "back" / "runs" / "relu-f1-s0" / "best.pt")
-    assert "optimizer" not in ck and ck["config"]["variant"] == "relu"
+    assert {k: v["rc"] for k, v in result["training"]["status"].items()} == {"rcm-f1-s1": 0, "rcm-all-s0": 0}
+    names = {}
+    for tar_name in ("runs.tar.gz", "best.tar.gz"):
+        with tarfile.open(tmp_path / "out" / tar_name) as tar:
+            names[tar_name] = set(tar.getnames())
+            tar.extractall(tmp_path / tar_name, filter="data")
+    # last weights of every run (the held-out estimate), with the logs; best only where validated
+    assert {"runs/rcm-f1-s1/last.pt", "runs/rcm-all-s0/last.pt", "runs/rcm-f1-s1.log",
+            "runs/rcm-f1-s1/metrics.jsonl"} <= names["runs.tar.gz"]
+    assert names["best.tar.gz"] == {"runs/rcm-f1-s1/best.pt"}
+    model, ck = load_checkpoint(tmp_path / "runs.tar.gz" / "runs" / "rcm-f1-s1" / "last.pt")
+    assert "optimizer" not in ck
+    assert ck["config"]["variant"] == "relu" and ck["config"]["rare_crops"] == 0.5 and ck["config"]["seed"] == 1
+    # what comes back is the EMA, whichever key a reader takes
+    assert all(torch.equal(ck["model"][k], ck["ema"][k]) for k in ck["ema"])
 
 
 def test_a_run_that_dies_at_once_stops_the_batch(tmp_path):
-    r = session(tmp_path, "--jobs", "relu-f1-s0", "--extra", TOY + " --no-such-option")
+    r = session(tmp_path, "--jobs", "rcm-f1-s1", "--extra", TOY + " --no-such-option")
     assert r.returncode == 0 and "failed early" in r.stdout, r.stdout + r.stderr
     status = json.loads((tmp_path / "out" / "gpu_session.json").read_text())["training"]["status"]
-    assert status["relu-f1-s0"]["rc"] == 2
+    assert status["rcm-f1-s1"]["rc"] == 2
