@@ -8,7 +8,7 @@ the training runs share the GPU and use ``--minutes`` (a cosine schedule fitted 
 clock), so each one finishes its schedule however busy the machine turns out to be, and all
 of them see the same conditions.  A run that dies in its first minute stops the whole batch
 at once, so a rerun still fits the lease.  What comes back is small: the environment, the
-inference timings (JSON), and one tar of every run's log, metrics and EMA weights.
+inference timings (JSON), and two tars of every run's log, metrics and EMA weights (last and best).
 """
 from __future__ import annotations
 
