@@ -225,7 +225,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--onnx")
-    ap.add_argument("--out", required=True, help="what comes back: a JSON and one tar")
+    ap.add_argument("--out", required=True, help="what comes back: a JSON and two tars")
     ap.add_argument("--work", default="/tmp/gpu_session", help="the runs' own folders")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--minutes", type=float, default=5.0)
