@@ -3,17 +3,25 @@
 Leaf (domain-separated from inner nodes by its first byte, every field length-prefixed
 or fixed-size, so no two different inputs encode to the same bytes)::
 
-    leaf  = BLAKE3(0x00 | u16 len | "veriseg/anchor/leaf/v1"
+    leaf  = BLAKE3(0x00 | u16 len | "veriseg/anchor/leaf/v2"
                    | u32 len | stream_id (UTF-8) | u64 seq | 32-byte model key
-                   | u8 ndim | u32 dim * ndim | u64 len | class-map bytes (C order, uint8))
+                   | u8 ndim | u32 dim * ndim | u64 len | class-map bytes (C order, uint8)
+                   | u8 has_ts | i64 ts (microseconds, round(ts * 1e6); only if has_ts)
+                   | u8 has_pos | u32 len | pos (UTF-8; only if has_pos))
     inner = BLAKE3(0x01 | left | right)
+
+``ts`` and ``pos`` are the frame's timestamp and source position as its results line
+states them, so a line claims nothing the leaf does not cover. A leaf with neither is
+the v1 leaf (domain "veriseg/anchor/leaf/v1", the fields up to the class map only): batch
+files written before v2 still verify, and their lines may not claim a ts or pos.
 
 An odd node at the end of a level is promoted unchanged to the next level (no
 duplication, so a tree of n leaves never equals a tree of n+1 leaves). A proof is the
 list of siblings from the leaf upwards, each tagged with the side it sits on.
 
-Only the 32-byte root goes on chain (``ModelRegistry.anchor``); the leaves (and
-optionally the proofs) stay off chain in a batch JSON file.
+Only the 32-byte root goes on chain (``ModelRegistry.anchor``, with the stream's hash
+``keccak256(stream_id UTF-8)``, the seq range and the model key; the contract records the
+sender); the leaves (and optionally the proofs) stay off chain in a batch JSON file.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from . import errors
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
-LEAF_DOMAIN = b"veriseg/anchor/leaf/v1"
+LEAF_DOMAIN_V1 = b"veriseg/anchor/leaf/v1"   # stream, seq, key, class map
+LEAF_DOMAIN = b"veriseg/anchor/leaf/v2"      # ... and the frame's ts and pos
 BATCH_FORMAT = "veriseg-anchor-batch"
 BATCH_VERSION = 1
 
@@ -48,9 +57,18 @@ def _key32(model_key: str | bytes) -> bytes:
     return key_bytes(model_key)
 
 
-def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map) -> bytes:
+def _ts_micros(ts) -> int:
+    us = int(round(float(ts) * 1e6))
+    if not -2**63 <= us < 2**63:
+        raise ValueError(f"ts {ts} out of range for i64 microseconds")
+    return us
+
+
+def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map, *,
+                ts: float | None = None, pos: str | None = None) -> bytes:
     """BLAKE3 digest of one frame's result (32 bytes). ``class_map`` is the uint8 class-id
-    array the model produced (H x W); bytes are accepted and hashed as a 1-D map."""
+    array the model produced (H x W); bytes are accepted and hashed as a 1-D map. ``ts``
+    and ``pos`` (as the results line states them) make it a v2 leaf that binds them."""
     if isinstance(class_map, (bytes, bytearray, memoryview)):
         arr = np.frombuffer(bytes(class_map), dtype=np.uint8)
     else:
@@ -61,10 +79,12 @@ def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map) -> 
             arr = arr[..., 0]
     if not 0 <= int(seq) < 2**64:
         raise ValueError(f"seq {seq} out of range for u64")
+    v2 = ts is not None or pos is not None
+    domain = LEAF_DOMAIN if v2 else LEAF_DOMAIN_V1
     sid = str(stream_id).encode("utf-8")
     h = blake3.blake3()
     h.update(LEAF_PREFIX)
-    h.update(struct.pack(">H", len(LEAF_DOMAIN)) + LEAF_DOMAIN)
+    h.update(struct.pack(">H", len(domain)) + domain)
     h.update(struct.pack(">I", len(sid)) + sid)
     h.update(struct.pack(">Q", int(seq)))
     h.update(_key32(model_key))
@@ -72,6 +92,13 @@ def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map) -> 
     data = np.ascontiguousarray(arr).tobytes()
     h.update(struct.pack(">Q", len(data)))
     h.update(data)
+    if v2:
+        h.update(b"\x00" if ts is None else b"\x01" + struct.pack(">q", _ts_micros(ts)))
+        if pos is None:
+            h.update(b"\x00")
+        else:
+            p = str(pos).encode("utf-8")
+            h.update(b"\x01" + struct.pack(">I", len(p)) + p)
     return h.digest()
 
 
@@ -150,6 +177,22 @@ class Leaf:
     stream: str
     seq: int
     digest: bytes
+    ts: float | None = None     # what the frame's results line claims (bound by a v2 leaf)
+    pos: str | None = None
+
+    def to_json(self) -> dict:
+        d = {"stream": self.stream, "seq": self.seq, "digest": self.digest.hex()}
+        if self.ts is not None:
+            d["ts"] = self.ts
+        if self.pos is not None:
+            d["pos"] = self.pos
+        return d
+
+    @classmethod
+    def from_json(cls, x: dict) -> "Leaf":
+        ts, pos = x.get("ts"), x.get("pos")
+        return cls(str(x["stream"]), int(x["seq"]), bytes.fromhex(x["digest"]),
+                   None if ts is None else float(ts), None if pos is None else str(pos))
 
 
 @dataclass
@@ -165,10 +208,13 @@ class AnchorBatch:
 
     @classmethod
     def build(cls, model_key: str, records: Sequence[tuple[str, int, object]]) -> "AnchorBatch":
-        """From (stream_id, seq, class_map) records scored by ``model_key``."""
+        """From (stream_id, seq, class_map[, ts, pos]) records scored by ``model_key``."""
         from .client import normalize_key
         mk = normalize_key(model_key)
-        leaves = [Leaf(str(s), int(n), leaf_digest(s, n, mk, cm)) for s, n, cm in records]
+        leaves = []
+        for s, n, cm, *claims in records:
+            ts, pos = (list(claims) + [None, None])[:2]
+            leaves.append(Leaf(str(s), int(n), leaf_digest(s, n, mk, cm, ts=ts, pos=pos), ts, pos))
         return cls(mk, leaves)
 
     @property
@@ -208,8 +254,7 @@ class AnchorBatch:
             "model_key": self.model_key, "root": self.root.hex(),
             "first_seq": self.first_seq, "last_seq": self.last_seq,
             "leaf_count": len(self.leaves), "chain": self.chain,
-            "leaves": [{"stream": lf.stream, "seq": lf.seq, "digest": lf.digest.hex()}
-                       for lf in self.leaves],
+            "leaves": [lf.to_json() for lf in self.leaves],
         }
         if include_proofs:
             d["proofs"] = [proof_to_json(self.tree.proof(i)) for i in range(len(self.leaves))]
@@ -240,8 +285,7 @@ class AnchorBatch:
             raise errors.BatchFormatError(f"{p}: batch version {d.get('version')} is not "
                                           f"supported (expected {BATCH_VERSION})")
         try:
-            leaves = [Leaf(str(x["stream"]), int(x["seq"]), bytes.fromhex(x["digest"]))
-                      for x in d["leaves"]]
+            leaves = [Leaf.from_json(x) for x in d["leaves"]]
             b = cls(str(d["model_key"]), leaves, chain=d.get("chain"), created=d.get("created", ""))
             if any(len(lf.digest) != 32 for lf in leaves) or not leaves:
                 raise ValueError("leaves must be non-empty 32-byte digests")
@@ -269,14 +313,16 @@ class AnchorBatcher:
         self._leaves: list[Leaf] = []
         self.written: list[Path] = []
 
-    def add(self, stream_id: str, seq: int, model_key: str, class_map) -> Path | None:
+    def add(self, stream_id: str, seq: int, model_key: str, class_map, *,
+            ts: float | None = None, pos: str | None = None) -> Path | None:
         from .client import normalize_key
         mk = normalize_key(model_key)
         out = None
         if self._key is not None and mk != self._key:
             out = self.flush()
         self._key = mk
-        self._leaves.append(Leaf(str(stream_id), int(seq), leaf_digest(stream_id, seq, mk, class_map)))
+        self._leaves.append(Leaf(str(stream_id), int(seq),
+                                 leaf_digest(stream_id, seq, mk, class_map, ts=ts, pos=pos), ts, pos))
         if len(self._leaves) >= self.every:
             out = self.flush()
         return out
@@ -327,6 +373,9 @@ class Verification:
     root: str
     block: int
     key_state: str  # active | revoked | unregistered | unknown
+    leaf: str = ""                # the proven leaf (hex) and the claims it binds
+    ts: float | None = None
+    pos: str | None = None
 
     def line(self) -> str:
         return (f"verified: stream {self.stream} seq {self.seq} is in batch root {self.root}, "
@@ -346,7 +395,8 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
             f"leaf not in batch: {batch_path} has no result for stream '{stream}' seq {seq} "
             f"(it covers seq {batch.first_seq}..{batch.last_seq}); pick the batch file for "
             "that frame", check="leaf_missing")
-    leaf = leaf_digest(stream, seq, batch.model_key, class_map)
+    rec = batch.leaves[idx]
+    leaf = leaf_digest(stream, seq, batch.model_key, class_map, ts=rec.ts, pos=rec.pos)
     if leaf != batch.leaves[idx].digest:
         raise errors.AnchorVerificationFailed(
             f"leaf mismatch: the mask's digest for stream '{stream}' seq {seq} under model "
@@ -387,7 +437,8 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
         key_state = registry.status(key).state
     except errors.ChainError:
         key_state = "unknown"
-    return Verification(stream, seq, key, claimed_root.hex(), block, key_state)
+    return Verification(stream, seq, key, claimed_root.hex(), block, key_state, leaf.hex(),
+                        rec.ts, rec.pos)
 
 
 def _class_shares(class_map, names) -> dict:
@@ -424,44 +475,98 @@ def result_lines(results_path: str | os.PathLike, stream: str, seq: int) -> list
     return found
 
 
+#: What a ``results.jsonl`` line may carry. Bound: covered by the proven leaf. Derived:
+#: recomputed from the proven class map. Diagnostics: how the frame was processed (timings,
+#: micro-batch size), which claim nothing about the result. Any other field is refused.
+RESULT_BOUND = ("stream", "seq", "model_key", "ts", "pos")
+RESULT_DERIVED = ("leaf", "shares", "mask")
+RESULT_DIAGNOSTICS = ("latency_ms", "batch")
+
+
+def _as_map(class_map) -> np.ndarray:
+    arr = np.asarray(class_map)
+    return arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+
+
+def _claim_equal(name: str, got, want) -> bool:
+    if name == "ts":
+        try:
+            return _ts_micros(got) == _ts_micros(want)
+        except (TypeError, ValueError):
+            return False
+    return isinstance(got, str) and got == want
+
+
 def verify_result_line(results_path: str | os.PathLike, v: Verification, class_map,
                        class_names=None) -> dict:
-    """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: it must
-    name the anchored model key, carry the anchored leaf and the class shares of the proven
-    class map. ``class_names`` (the card's, by class id) makes the shares check exact;
-    without them shares are compared by value only. Returns the line; raises
-    AnchorVerificationFailed whose ``.check`` is one of: result_missing,
-    result_model_key_mismatch, result_leaf_mismatch, result_shares_mismatch."""
+    """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: every
+    field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos),
+    recomputed from the proven class map (leaf, required; shares, exact by class name;
+    mask, the same class map), or a known diagnostic (latency_ms, batch). ``class_names``
+    (the card's, by class id) are needed to check shares: without them a line carrying
+    shares is refused. Returns the line; raises AnchorVerificationFailed whose ``.check``
+    is one of: result_missing, result_model_key_mismatch, result_leaf_missing,
+    result_leaf_mismatch, result_claim_mismatch, result_unbound_field,
+    result_shares_unverifiable, result_shares_mismatch, result_mask_mismatch."""
     from .client import normalize_key
     p = Path(results_path)
     found = result_lines(p, v.stream, v.seq)
-    leaf = leaf_digest(v.stream, v.seq, v.model_key, class_map).hex()
+    leaf = v.leaf or leaf_digest(v.stream, v.seq, v.model_key, class_map, ts=v.ts, pos=v.pos).hex()
     want = _class_shares(class_map, class_names)
+    known = set(RESULT_BOUND) | set(RESULT_DERIVED) | set(RESULT_DIAGNOSTICS)
     for n, rec in found:   # every line for the frame must hold (a second, edited copy too)
         where = f"{p} line {n} (stream '{v.stream}' seq {v.seq})"
+
+        def fail(check: str, msg: str):
+            raise errors.AnchorVerificationFailed(f"{msg.replace('@', where)}", check=check)
         try:
             key = normalize_key(str(rec.get("model_key")))
         except Exception:  # noqa: BLE001 - any unparsable key is a mismatch
             key = str(rec.get("model_key"))
         if key != v.model_key:
-            raise errors.AnchorVerificationFailed(
-                f"result model key mismatch: {where} says model {rec.get('model_key')}, the "
-                f"chain anchored this result for {v.model_key}", check="result_model_key_mismatch")
-        if "leaf" in rec and rec["leaf"] != leaf:
-            raise errors.AnchorVerificationFailed(
-                f"result leaf mismatch: {where} records leaf {str(rec['leaf'])[:16]}…, the proven "
-                f"result is {leaf[:16]}…", check="result_leaf_mismatch")
+            fail("result_model_key_mismatch", f"result model key mismatch: @ says model "
+                 f"{rec.get('model_key')}, the chain anchored this result for {v.model_key}")
+        # the leaf is what ties the line to the anchor: a line without one proves nothing
+        if "leaf" not in rec:
+            fail("result_leaf_missing", "result leaf missing: @ carries no leaf, so nothing "
+                 "binds it to the anchored result; the line was altered (or written without "
+                 "anchoring)")
+        if rec["leaf"] != leaf:
+            fail("result_leaf_mismatch", f"result leaf mismatch: @ records leaf "
+                 f"{str(rec['leaf'])[:16]}…, the proven result is {leaf[:16]}…")
+        for name in ("ts", "pos"):
+            if name not in rec:
+                continue   # claiming less than the leaf binds is fine
+            bound = getattr(v, name)
+            if bound is None:
+                fail("result_claim_mismatch", f"result claim mismatch: @ claims {name} "
+                     f"{json.dumps(rec[name])[:80]} but the anchored leaf binds no {name}; "
+                     "the claim is unproven")
+            if not _claim_equal(name, rec[name], bound):
+                fail("result_claim_mismatch", f"result claim mismatch: @ claims {name} "
+                     f"{json.dumps(rec[name])[:80]}, the anchored leaf binds "
+                     f"{json.dumps(bound)[:80]}")
+        extra = sorted(k for k in rec if k not in known)
+        if extra:
+            fail("result_unbound_field", f"result unbound field: @ carries {', '.join(extra)}, "
+                 "which no anchor covers; the line was altered")
         if "shares" in rec:
             got = rec["shares"]
-            ok = isinstance(got, dict) and all(isinstance(x, (int, float)) for x in got.values())
-            if ok and class_names:
-                ok = got == want
-            elif ok:
-                ok = sorted(got.values()) == sorted(want.values())
-            if not ok:
-                raise errors.AnchorVerificationFailed(
-                    f"result shares mismatch: {where} has class shares "
-                    f"{json.dumps(got, sort_keys=True)[:200]}, the proven class map gives "
-                    f"{json.dumps(want, sort_keys=True)[:200]}",
-                    check="result_shares_mismatch")
+            if not class_names:
+                fail("result_shares_unverifiable", "result shares unverifiable: the class names "
+                     f"of model {v.model_key[:16]}… are unknown (its registered URI is not a local "
+                     "blob), so @'s shares cannot be checked; pass --blob BLOB")
+            if got != want:
+                fail("result_shares_mismatch", "result shares mismatch: @ has class shares "
+                     f"{json.dumps(got, sort_keys=True)[:200]}, the proven class map gives "
+                     f"{json.dumps(want, sort_keys=True)[:200]}")
+        if "mask" in rec:
+            mp = p.parent / str(rec["mask"])
+            try:
+                same = np.array_equal(read_mask(mp), _as_map(class_map))
+            except errors.AnchorVerificationFailed:
+                same = False
+            if not same:
+                fail("result_mask_mismatch", f"result mask mismatch: @ names mask {mp}, which is "
+                     "missing or not the proven class map")
     return found[0][1]

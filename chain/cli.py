@@ -163,20 +163,26 @@ def cmd_anchor(args) -> int:
     return 0
 
 
-def _card_class_names(reg, key: str):
-    """Class names (by id) of the card of ``key``'s blob, when the URI it was registered
-    with is a local file that still hashes to the key; None otherwise."""
+def _card_class_names(reg, key: str, blob: str | None = None):
+    """Class names (by id) of the card of ``key``'s blob: ``--blob`` (which must hash to the
+    key), else the URI it was registered with when that is a local file that still hashes
+    to the key; None otherwise (a results line's shares then cannot be checked)."""
+    import model_store
+    if blob is not None:
+        got = blob_key(blob)
+        if got != key:
+            raise CliError(f"--blob {blob} has key {got}, not the anchored model {key}; pass "
+                           "the blob of the model that scored the frame")
+        return [c.name for c in model_store.read_header(blob).classes]
     try:
         from urllib.parse import unquote, urlparse
-
-        import model_store
         uri = reg.info(key)[1]
         u = urlparse(uri)
         path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
         if not uri or not path.is_file() or model_store.verify(path) != key:
             return None
         return [c.name for c in model_store.read_header(path).classes]
-    except Exception:  # noqa: BLE001 - names only sharpen the shares check
+    except Exception:  # noqa: BLE001 - no names: a line with shares is refused, not trusted
         return None
 
 
@@ -194,7 +200,7 @@ def cmd_anchor_verify(args) -> int:
     reg = _connect(args)
     v = verify_frame(args.batch, args.stream, args.seq, mask, registry=reg)
     if args.result is not None:
-        verify_result_line(args.result, v, mask, _card_class_names(reg, v.model_key))
+        verify_result_line(args.result, v, mask, _card_class_names(reg, v.model_key, args.blob))
     if args.json:
         print(json.dumps(v.__dict__, sort_keys=True))
     else:
@@ -281,8 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", required=True, type=int)
     p.add_argument("--mask", default=None, help="class-map PNG (single-channel class ids)")
     p.add_argument("--result", default=None, metavar="RESULTS.jsonl",
-                   help="also check the frame's line there (model key, leaf, class shares); "
-                        "its mask is used when --mask is not given")
+                   help="also check the frame's line there: every field must be bound by the "
+                        "leaf or recomputed from the proven mask; its mask is used when --mask "
+                        "is not given")
+    p.add_argument("--blob", default=None, metavar="BLOB",
+                   help="the model's blob, for the class names a line's shares use (default: "
+                        "the registered URI when it is a local file)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_anchor_verify)
     return ap

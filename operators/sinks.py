@@ -263,7 +263,7 @@ class _Partition(StatefulSinkPartition):
         self.lut = class_lut(sink.classes, "BGR")
         self.lut3 = np.ascontiguousarray(self.lut.reshape(256, 1, 3))
         self.names = [n for n, _ in sink.classes]
-        self.leaves: list = list(resume.get("leaves", []))   # [(seq, leaf hex)] of the open batch
+        self.leaves: list = list(resume.get("leaves", []))  # open batch: (seq, leaf hex, ts, pos)
         self.batch_key = resume.get("batch_key")
         self.next_seq = int(resume.get("next_seq", 0))
         self.q: "queue.Queue" = queue.Queue(maxsize=64)
@@ -365,10 +365,12 @@ class _Partition(StatefulSinkPartition):
         if self.batch_key is not None and r.model_key != self.batch_key and self.leaves:
             self._close_batch()
         self.batch_key = r.model_key
-        leaf = anch.leaf_digest(r.stream_id, r.seq, r.model_key, r.class_map)
+        # the leaf binds the ts and pos the line states (the verifier refuses unbound claims)
+        leaf = anch.leaf_digest(r.stream_id, r.seq, r.model_key, r.class_map, ts=rec["ts"],
+                                pos=rec["pos"])
         leaf_hex = leaf.hex() if isinstance(leaf, (bytes, bytearray)) else str(leaf)
         rec["leaf"] = leaf_hex
-        self.leaves.append((r.seq, leaf_hex))
+        self.leaves.append((r.seq, leaf_hex, rec["ts"], rec["pos"]))
         if len(self.leaves) >= self.sink.anchor_every:
             self._close_batch()
 
@@ -376,8 +378,9 @@ class _Partition(StatefulSinkPartition):
         anch = self.sink.anchoring
         if not self.leaves or anch is None:
             return
-        batch = anch.AnchorBatch(self.batch_key, [anch.Leaf(self.sid, s, bytes.fromhex(h))
-                                                  for s, h in self.leaves])
+        # (seq, leaf) pairs from an older snapshot carry no claims: v1 leaves
+        batch = anch.AnchorBatch(self.batch_key, [anch.Leaf(self.sid, s, bytes.fromhex(h), *claims)
+                                                  for s, h, *claims in self.leaves])
         path = (self.sink.out / "anchors" / self.sid /
                 f"{batch.first_seq:06d}-{batch.last_seq:06d}.json")
         batch.write(path, include_proofs=True)

@@ -130,9 +130,7 @@ def _batch_of(seq: int) -> str:
 def _rebuilt(doc: dict, leaves: list[dict]) -> dict:
     """What a forger with write access (and no anchorer key) can do: a batch file whose
     leaves, proofs and root are all consistent with each other."""
-    b = anchoring.AnchorBatch(doc["model_key"], [anchoring.Leaf(x["stream"], x["seq"],
-                                                               bytes.fromhex(x["digest"]))
-                                                for x in leaves])
+    b = anchoring.AnchorBatch(doc["model_key"], [anchoring.Leaf.from_json(x) for x in leaves])
     d = b.to_json(include_proofs=True)
     d["chain"] = doc["chain"]
     return d
@@ -298,7 +296,7 @@ def test_a_self_consistent_forgery_of_an_altered_mask_is_refused_by_the_chain(ru
     doc = run.doc("B")
     for x in doc["leaves"]:
         if x["seq"] == 6:
-            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m).hex()
+            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m, ts=x["ts"], pos=x["pos"]).hex()
     run.write("B", _rebuilt(doc, doc["leaves"]))
     line = run.refused("root_not_anchored", "B", 6)
     assert f"root {_rebuilt(doc, doc['leaves'])['root']} is unknown to registry" in line
@@ -378,7 +376,7 @@ def test_an_anchor_whose_on_chain_record_disagrees_with_the_batch_is_refused(run
     doc = run.doc("B")
     for x in doc["leaves"]:
         if x["seq"] == 6:
-            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m).hex()
+            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m, ts=x["ts"], pos=x["pos"]).hex()
     forged = _rebuilt(doc, doc["leaves"])
     run.write("B", forged)
     reg = chain.connect(chain="embedded", home=run.home)
@@ -393,16 +391,28 @@ def test_an_anchor_whose_on_chain_record_disagrees_with_the_batch_is_refused(run
         assert "the chain anchored seq 7..8 for this root, not 6" in line
 
 
-def test_without_the_cards_class_names_a_changed_share_is_still_refused(run, monkeypatch):
+def test_without_the_cards_class_names_shares_are_refused_unless_the_blob_is_given(run, monkeypatch):
     """The blob of the anchored key is not at its registered URI: the class names are
-    unknown and shares are compared by value; a changed value is still caught."""
+    unknown, so shares cannot be checked and the line is refused (comparing values alone
+    would accept shares moved to another class); --blob supplies the names."""
     import chain.cli
-    monkeypatch.setattr(chain.cli, "_card_class_names", lambda reg, key: None)
-    run.verifies("B", 6, result=True)
+    real = chain.cli._card_class_names
+    monkeypatch.setattr(chain.cli, "_card_class_names",
+                        lambda reg, key, blob=None: real(reg, key, blob) if blob else None)
+    run.refused("result_shares_unverifiable", "B", 6, result=True)
+    from urllib.parse import unquote, urlparse
+    uri = chain.connect(chain="embedded", home=run.home).info(run.key)[1]
+    blob = Path(unquote(urlparse(uri).path))   # the registered blob, named explicitly
+    blob_args = ["--blob", str(blob)]
+    run.capsys.readouterr()
+    assert chain_main(run.args("B", 6, result=True) + blob_args) == 0
     lines = run.results.read_text().splitlines()
     i = next(n for n, x in enumerate(lines) if json.loads(x)["seq"] == 6)
     rec = json.loads(lines[i])
     rec["shares"] = {k: round(v / 2, 5) for k, v in rec["shares"].items()}
     lines[i] = json.dumps(rec)
     run.results.write_text("\n".join(lines) + "\n")
-    run.refused("result_shares_mismatch", "B", 6, result=True)
+    run.capsys.readouterr()
+    assert chain_main(run.args("B", 6, result=True) + blob_args) == 1
+    (line,) = run.capsys.readouterr().err.splitlines()
+    assert line.startswith("anchor-verify failed [result_shares_mismatch]: "), line

@@ -78,6 +78,23 @@ def test_leaf_encoding_is_unambiguous_and_binds_every_field():
         leaf_digest("s", 1, K, cm.astype(np.int32))
 
 
+def test_v2_leaf_binds_ts_and_pos_and_differs_from_v1():
+    cm = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    v1 = leaf_digest("cam0", 7, K, cm)
+    base = leaf_digest("cam0", 7, K, cm, ts=1.5, pos="a.avi#7")
+    variants = [leaf_digest("cam0", 7, K, cm, ts=1.500001, pos="a.avi#7"),
+                leaf_digest("cam0", 7, K, cm, ts=1.5, pos="a.avi#8"),
+                leaf_digest("cam0", 7, K, cm, ts=1.5), leaf_digest("cam0", 7, K, cm, pos="a.avi#7"),
+                leaf_digest("cam0", 7, K, cm, ts=0.0), leaf_digest("cam0", 7, K, cm, pos=""), v1]
+    assert len({base, *variants}) == len(variants) + 1
+    # the ts is bound to the microsecond the results line states (6 decimals)
+    assert leaf_digest("cam0", 7, K, cm, ts=round(1.5 + 1e-7, 6), pos="a.avi#7") == base
+    recs = [("cam0", i, cm, 10.0 + i, f"a.avi#{i}") for i in range(3)]
+    b = AnchorBatch.build(K, recs)
+    assert b.leaves[1].digest == leaf_digest("cam0", 1, K, cm, ts=11.0, pos="a.avi#1")
+    assert [lf.ts for lf in b.leaves] == [10.0, 11.0, 12.0]
+
+
 def test_batch_round_trip_and_format_errors(tmp_path):
     recs = [("cam0", i, np.full((3, 3), i, np.uint8)) for i in range(5, 12)]
     b = AnchorBatch.build(K, recs)
@@ -85,6 +102,9 @@ def test_batch_round_trip_and_format_errors(tmp_path):
     p = b.write(tmp_path / "b.json", include_proofs=True)
     b2, raw = AnchorBatch.read(p)
     assert b2.root == b.root and raw["leaf_count"] == 7 and len(raw["proofs"]) == 7
+    claimed = AnchorBatch.build(K, [(s, n, cm, 1.25, "x#1") for s, n, cm in recs])
+    back, _ = AnchorBatch.read(claimed.write(tmp_path / "c.json"))
+    assert back.leaves == claimed.leaves and back.root == claimed.root
     assert raw["chain"] is None and raw["model_key"] == K
     for bad, msg in [("{", "not JSON"), (json.dumps({"format": "x"}), "not a VeriSeg"),
                      (json.dumps({**raw, "version": 9}), "version 9"),

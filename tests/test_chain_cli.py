@@ -149,6 +149,75 @@ def test_anchor_verify_cli(cli, tmp_path, blob):
                 "--mask", tmp_path / "z.png"), "does not exist")
 
 
+def _sink_line(key, cm, names, seq, ts, pos, mask):
+    """A results line as operators/sinks.py writes it (its leaf binds ts and pos)."""
+    from chain.anchoring import _class_shares, leaf_digest
+    return {"stream": "cam0", "seq": seq, "ts": ts, "pos": pos, "model_key": key, "batch": 1,
+            "mask": mask, "shares": _class_shares(cm, names),
+            "leaf": leaf_digest("cam0", seq, key, cm, ts=ts, pos=pos).hex(),
+            "latency_ms": {"score": 1.5}}
+
+
+def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_path, blob):
+    """Finding 9: a results line with its leaf and shares deleted was accepted, shares were
+    compared as sorted values without the card's class names, and ts/pos were bound to
+    nothing. Now every field a line carries is bound by the proven leaf, recomputed from
+    the proven mask, or a known diagnostic; anything else is refused, naming the check."""
+    cv2 = pytest.importorskip("cv2")
+    import model_store
+    from chain.anchoring import AnchorBatch
+    key = model_store.verify(blob)
+    names = [c.name for c in model_store.read_header(blob).classes]
+    cli("register", blob)                          # no URI: the card's names are unknown
+    cms = {0: np.full((4, 6), 7, np.uint8), 1: np.full((4, 6), 10, np.uint8)}   # Road / Car
+    cms[1][0, :3] = 7
+    ts = {0: 1_700_000_000.123456, 1: 1_700_000_000.223456}
+    (tmp_path / "masks").mkdir()
+    for seq, cm in cms.items():
+        cv2.imwrite(str(tmp_path / "masks" / f"{seq:06d}.png"), cm)
+    batch = AnchorBatch.build(key, [("cam0", s, cm, ts[s], f"clip.avi#{s}") for s, cm in cms.items()])
+    batch.anchor(cli.env.reg())
+    bpath = batch.write(tmp_path / "batch.json")
+    results = tmp_path / "results.jsonl"
+    good = {s: _sink_line(key, cm, names, s, ts[s], f"clip.avi#{s}", f"masks/{s:06d}.png")
+            for s, cm in cms.items()}
+
+    def verify(line, *extra, batch_path=bpath):
+        lines = [good[0], line]
+        results.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return cli("anchor-verify", batch_path, "--stream", "cam0", "--seq", 1, "--result",
+                   results, *extra)
+
+    rc, out, err = verify(good[1], "--blob", blob)
+    assert rc == 0 and "its line in" in out, err
+    # without the card's names the shares cannot be checked: refused, not compared by value
+    refused(verify(good[1]), "[result_shares_unverifiable]", "--blob")
+    edits = {
+        "leaf and shares deleted": ({k: v for k, v in good[1].items() if k not in ("leaf", "shares")},
+                                    "result_leaf_missing"),
+        "shares moved to another class": ({**good[1], "shares": {"Car": good[1]["shares"]["Road"],
+                                                                 "Road": good[1]["shares"]["Car"]}},
+                                          "result_shares_mismatch"),
+        "ts moved": ({**good[1], "ts": ts[1] + 5}, "result_claim_mismatch"),
+        "pos moved": ({**good[1], "pos": "clip.avi#0"}, "result_claim_mismatch"),
+        "field added": ({**good[1], "label": "pedestrian-free"}, "result_unbound_field"),
+        "another frame's mask": ({**good[1], "mask": "masks/000000.png"}, "result_mask_mismatch"),
+    }
+    for what, (line, check) in edits.items():
+        line_ = refused(verify(line, "--blob", blob, "--mask", tmp_path / "masks" / "000001.png"),
+                        f"[{check}]")
+        assert "stream 'cam0' seq 1" in line_, (what, line_)
+    # a v1 batch (leaves that bind no ts/pos): a line claiming a ts is refused
+    v1 = AnchorBatch.build(key, [("cam0", s, cm) for s, cm in cms.items()])
+    v1.anchor(cli.env.reg())
+    v1path = v1.write(tmp_path / "v1.json")
+    line = {**good[1], "leaf": v1.leaves[1].digest.hex()}
+    refused(verify(line, "--blob", blob, batch_path=v1path), "[result_claim_mismatch]",
+            "binds no ts")
+    line = {k: v for k, v in line.items() if k not in ("ts", "pos")}
+    assert verify(line, "--blob", blob, batch_path=v1path)[0] == 0
+
+
 def _run(home, *argv, env=None):
     e = {**os.environ, "VERISEG_HOME": str(home), **(env or {})}
     e.pop("VERISEG_CHAIN", None)
