@@ -88,10 +88,14 @@ class BlobLocator:
             return None
         sig = (str(path), st.st_size, st.st_mtime_ns)
         if sig not in self._keys:
+            self._keys[sig] = ""
             try:
                 self._keys[sig] = model_store.verify(str(path))
-            except model_store.errors.BlobError:
-                self._keys[sig] = ""
+            except model_store.errors.BlobError as e:
+                STATS.bad_model_file(_one_line(e))
+            except Exception as e:  # noqa: BLE001 - one hostile file (a 5000-digit or deeply
+                # nested header) must not end the scan, nor the follower that runs it
+                STATS.bad_model_file(f"{path}: {type(e).__name__}: {_one_line(e)}")
         return self._keys[sig] or None
 
     def find(self, key: str, uri: str = "") -> Optional[Path]:
@@ -113,7 +117,8 @@ class ModelWatcher:
     """Resolves, verifies and follows the model; feeds updates to every stream."""
 
     def __init__(self, cfg: Config, registry=None, *, decrypt_key: Optional[bytes] = None,
-                 locator: Optional[BlobLocator] = None):
+                 locator: Optional[BlobLocator] = None,
+                 flow_stop: Optional[threading.Event] = None):
         self.cfg = cfg
         self._reg = registry
         self.decrypt_key = decrypt_key
@@ -135,6 +140,7 @@ class ModelWatcher:
         self.started = False
         self.sids = tuple(cfg.stream_ids)
         self.follow_name: Optional[str] = None   # blob-path mode: the deployment that supersedes it
+        self.flow_stop = flow_stop   # set when the follower fails: the sources end
 
     @property
     def reg(self):
@@ -401,6 +407,27 @@ class ModelWatcher:
             self.thread.join(timeout=5)
 
     def _follow(self):
+        try:
+            self._follow_events()
+        except BaseException as e:  # noqa: BLE001 - fail safe: never a silent thread death
+            self._fail_safe(e)
+
+    def _fail_safe(self, e: BaseException):
+        """The follower cannot go on: revocations would no longer be seen, so every key
+        counts as revoked from now on (scoring stops) and the flow ends with one line."""
+        msg = (f"model reader stopped ({type(e).__name__}: {_one_line(e)}): scoring stops, "
+               "revocations can no longer be followed")
+        why = "fail safe: the model reader stopped"
+        REVOKED.halt(why)
+        if self.current is not None:
+            self._publish(ModelUpdate("revoke", self.current.key, self._next_uid(), reason=why))
+            self.current = None
+        STATS.error = msg
+        log.error("%s", msg)
+        if self.flow_stop is not None:
+            self.flow_stop.set()
+
+    def _follow_events(self):
         import chain
         delay = self.cfg.poll
         outage = None
@@ -415,10 +442,6 @@ class ModelWatcher:
                     outage = time.monotonic()
                     log.warning("model registry unreachable (%s): keep scoring with the verified "
                                 "model, retrying", _one_line(e))
-                delay = min(delay * 2, 30.0)
-                continue
-            except Exception as e:  # noqa: BLE001 - never let the follower die silently
-                log.error("model reader: %s: %s", type(e).__name__, _one_line(e))
                 delay = min(delay * 2, 30.0)
                 continue
             if outage is not None:

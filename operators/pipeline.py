@@ -78,7 +78,9 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
         except (OSError, ValueError) as e:
             raise ConfigError([f"VERISEG_DECRYPT_KEY: {cfg.decrypt_key_file}: {e}"]) from None
     reg = LockedRegistry(registry if registry is not None else connect_registry(cfg))
-    watcher = ModelWatcher(cfg, reg, decrypt_key=decrypt_key)
+    # set when the sinks' outputs fail or the model reader fails safe: the sources end
+    flow_stop = threading.Event()
+    watcher = ModelWatcher(cfg, reg, decrypt_key=decrypt_key, flow_stop=flow_stop)
     first = watcher.resolve()
     pre = Preprocessor.for_card(first.card) if cfg.preprocess else None
     batch = cfg.batch
@@ -94,7 +96,6 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
         prepare = pre
 
     flow = Dataflow(flow_id)
-    flow_stop = threading.Event()    # the sinks set it when the outputs fail: sources end
     frames = op.input("source", flow, FrameSource(
         cfg.sources, queue=cfg.queue, batch=batch, loop=cfg.loop, max_frames=cfg.max_frames,
         prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,

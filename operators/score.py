@@ -235,20 +235,26 @@ class _Revoked:
     def __init__(self):
         self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._halted = ""   # fail safe: the model reader died, every key counts as revoked
 
     def add(self, key: str, reason: str = ""):
         with self._lock:
             self._keys[key] = reason
 
+    def halt(self, reason: str):
+        with self._lock:
+            self._halted = reason or "halted"
+
     def __contains__(self, key) -> bool:
-        return key in self._keys
+        return bool(self._halted) or key in self._keys
 
     def reason(self, key) -> str:
-        return self._keys.get(key, "")
+        return self._keys.get(key, "") or self._halted
 
     def clear(self):
         with self._lock:
             self._keys.clear()
+            self._halted = ""
 
 
 SESSIONS = SessionCache()

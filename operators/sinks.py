@@ -566,11 +566,13 @@ class ResultSink(FixedPartitionedSink):
             sender.close()
         if last:
             extra = dict(self.summary_extra)
-            if self.failed:
-                extra["error"] = self.failed
+            # the outputs failed, or the model reader failed safe (it stopped the sources)
+            failed = self.failed or STATS.error
+            if failed:
+                extra["error"] = failed
             write_summary(self.out, extra)
-            if self.failed:
-                _finish_with_error(self.failed)
+            if failed:
+                _finish_with_error(failed)
 
 
 def process_suffix() -> str:

@@ -68,6 +68,10 @@ class Stats:
             self.revoked: list[dict] = []
             self.anchors = 0
             self.anchor_failures = 0
+            self.anchors_refused = 0     # batch files the flow did not write and seal: never sent
+            self.bad_model_files = 0     # files in a model folder that are not readable blobs
+            self.bad_model_file_reports: list[str] = []
+            self.deploy_pending: dict = {}   # a deploy waiting for its blob: name, version, key, since
             self.error = None
             self.provider = getattr(self, "provider", None)   # sessions outlive a reset
             self.batches = defaultdict(int)
@@ -90,6 +94,14 @@ class Stats:
             if len(self.bad_reports) < 1000:
                 self.bad_reports.append(message)
         log.warning("skipped bad frame: %s", message)
+
+    def bad_model_file(self, message: str):
+        """A file in a model folder that is no readable blob: skipped, named, counted."""
+        with self._lock:
+            self.bad_model_files += 1
+            if len(self.bad_model_file_reports) < 1000:
+                self.bad_model_file_reports.append(message)
+        log.warning("skipped model file: %s", message)
 
     def source_error(self, stream: str, message: str):
         """A file source that could not be opened or read: the stream ends (one line)."""
@@ -164,6 +176,10 @@ class Stats:
                 "error": self.error,
                 "anchors_sent": self.anchors,
                 "anchor_failures": self.anchor_failures,
+                "anchors_refused": self.anchors_refused,
+                "bad_model_files": self.bad_model_files,
+                "bad_model_file_reports": list(self.bad_model_file_reports[:100]),
+                "deploy_pending": dict(self.deploy_pending),
                 "provider": self.provider,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batches.items())},
                 "latency": pct,
@@ -207,8 +223,21 @@ class Stats:
             lines.append(f'veriseg_latency_ms{{stage="{stage}",quantile="0.99"}} {d["p99_ms"]}')
             lines.append(f'veriseg_latency_ms_count{{stage="{stage}"}} {d["n"]}')
         lines += ["# TYPE veriseg_anchors_total counter", f"veriseg_anchors_total {s['anchors_sent']}",
+                  "# TYPE veriseg_anchors_refused_total counter",
+                  f"veriseg_anchors_refused_total {s['anchors_refused']}",
                   "# TYPE veriseg_models_refused_total counter",
-                  f"veriseg_models_refused_total {len(s['models_refused'])}"]
+                  f"veriseg_models_refused_total {len(s['models_refused'])}",
+                  "# TYPE veriseg_bad_model_files_total counter",
+                  f"veriseg_bad_model_files_total {s['bad_model_files']}",
+                  "# HELP veriseg_deploy_pending 1 while a deploy waits for its blob (the "
+                  "superseded key keeps scoring).",
+                  "# TYPE veriseg_deploy_pending gauge"]
+        p = s["deploy_pending"]
+        if p:
+            lines.append(f'veriseg_deploy_pending{{deployment="{p["name"]}",version="{p["version"]}",'
+                         f'key="{p["key"]}"}} 1')
+        else:
+            lines.append("veriseg_deploy_pending 0")
         return "\n".join(lines) + "\n"
 
 

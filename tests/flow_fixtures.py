@@ -260,3 +260,39 @@ def read_jsonl(path) -> list[dict]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+# what an attacker who can write a model folder plants: a valid magic, version and header
+# length, a hostile header, and the correct BLAKE3 key at the end (re-keyed), so that only
+# parsing the header can refuse it
+HOSTILE_HEADERS = {
+    "int_5000_digits": b"1" * 5000,                               # int(): ValueError
+    "deep_arrays": b"[" * 200_000 + b"]" * 200_000,               # RecursionError (or worse)
+    "deep_objects": b'{"":' * 200_000 + b"1" + b"}" * 200_000,   # under the 1 MiB header limit
+}
+
+
+def hostile_blob(path, header: bytes) -> Path:
+    import struct
+
+    import blake3
+    from model_store.blob import FORMAT_VERSION, MAGIC
+    content = struct.pack(">8sHI", MAGIC, FORMAT_VERSION, len(header)) + header
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(content + blake3.blake3(content).digest())
+    return Path(path)
+
+
+def score_start(row: dict) -> float:
+    """Wall-clock time the model run of a results line started (as bench/soak.py reads it)."""
+    from bench.soak import score_start as _s
+    return _s(row)
+
+
+def wait_for(cond, timeout: float = 20.0, step: float = 0.005) -> bool:
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            return False
+        time.sleep(step)
+    return True
