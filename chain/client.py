@@ -152,6 +152,21 @@ class ChainEvent:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class KeyDeployment:
+    """A deployment name that once pointed at ``key`` and where it points now."""
+    name: str
+    version: int              # the (last) version at which the name pointed at the key
+    block: int                # the block of that Deployed event
+    key: str
+    current_key: str
+    current_version: int
+
+    @property
+    def superseded(self) -> bool:
+        return self.current_key != self.key
+
+
 def _jsonable(v):
     if isinstance(v, (bytes, bytearray)):
         return bytes(v).hex()
@@ -438,20 +453,45 @@ class Registry:
             return [], from_block
         wanted = set(EVENT_KINDS if kinds is None else kinds)
         topics = [t for t, n in self._topic_to_event.items() if n in wanted]
+        out = [ev for ev in self._logs([topics], from_block, latest) if ev.kind in wanted]
+        return out, latest + 1
+
+    def _logs(self, topics: list, from_block: int, to_block: int) -> list[ChainEvent]:
+        """Decoded registry logs matching ``topics`` (eth_getLogs positions), in chain order,
+        read in LOG_CHUNK-block requests."""
         out: list[ChainEvent] = []
         start = from_block
-        while start <= latest:
-            end = min(latest, start + LOG_CHUNK - 1)
-            flt = {"fromBlock": start, "toBlock": end, "address": self.address,
-                   "topics": [topics]}
-            logs = self._read(lambda: self.w3.eth.get_logs(flt), "reading events")
-            for lg in logs:
+        while start <= to_block:
+            end = min(to_block, start + LOG_CHUNK - 1)
+            flt = {"fromBlock": start, "toBlock": end, "address": self.address, "topics": topics}
+            for lg in self._read(lambda: self.w3.eth.get_logs(flt), "reading events"):
                 ev = self._decode_log(lg)
-                if ev is not None and ev.kind in wanted:
+                if ev is not None:
                     out.append(ev)
             start = end + 1
         out.sort(key=lambda e: (e.block, e.log_index))
-        return out, latest + 1
+        return out
+
+    def _topic(self, kind: str) -> bytes:
+        return next(t for t, n in self._topic_to_event.items() if n == kind)
+
+    def deployments_of(self, key: str, from_block: int = 0) -> list[KeyDeployment]:
+        """Every deployment name that ever pointed at ``key``, found by the key (the
+        ``Deployed`` event's indexed key topic), never by the name the key was registered
+        under, each with its current key and version; in the order they first pointed at it.
+        A rollback check refuses a key that any of them has moved on from (``superseded``)."""
+        k = normalize_key(key)
+        latest = self.block_number()
+        evs = self._logs(["0x" + self._topic("Deployed").hex(), None, "0x" + k], from_block, latest)
+        last: dict[str, ChainEvent] = {}
+        for ev in evs:
+            if ev.deployment is not None and (ev.key or "").lower() == k:
+                last[ev.deployment] = ev   # keeps first-seen order, the latest event
+        out = []
+        for name, ev in last.items():
+            cur, version = self.current(name)
+            out.append(KeyDeployment(name, int(ev.version or 0), ev.block, k, cur, version))
+        return out
 
     def _decode_log(self, lg) -> ChainEvent | None:
         topic0 = bytes(lg["topics"][0]) if lg["topics"] else b""

@@ -335,35 +335,37 @@ class ModelWatcher:
         return u
 
     def _check_superseded(self, key: str, path: Path):
-        """A blob given by path must not be one its deployment has moved on from (no
-        rollback by file): if the key's registered name is a deployment that once pointed
-        at this key and now points elsewhere, refuse. While running, a newer deploy of that
-        name hot-swaps (the pinned blob is then superseded)."""
+        """A blob given by path must not be one a deployment has moved on from (no rollback
+        by file): every deployment that ever pointed at this key is found by the key (not by
+        the name it was registered under); if any now points elsewhere, refuse. Otherwise a
+        deployment that points at it is followed (its registered name first): a newer deploy
+        of that name hot-swaps (the pinned blob is then superseded)."""
         import chain
+        deps = self._chain_call(f"checking blob {path}", lambda: self.reg.deployments_of(key))
+        moved = [d for d in deps if d.superseded]
+        if moved:
+            d = moved[0]
+            raise ModelRefused(f"VERISEG_MODEL: blob {path} (key {key[:12]}) was superseded: deployment "
+                               f"{d.name!r} is at v{d.current_version} (key {d.current_key[:12]}); no "
+                               f"rollback (use VERISEG_MODEL={d.name} to follow it)")
         try:
             name = self.reg.info(key)[0]
         except chain.errors.ChainUnavailable as e:
             raise ChainDown(f"model registry unreachable while checking blob {path}: {_one_line(e)}") from None
         except chain.errors.ChainError:
             return
+        if deps:
+            d = next((d for d in deps if d.name == name), deps[0])
+            self.follow_name, self.version = d.name, d.current_version
+            return
         if not name:
             return
         try:
-            cur, version = self.reg.current(name)
+            _, version = self.reg.current(name)
         except chain.errors.ChainUnavailable as e:
             raise ChainDown(f"model registry unreachable while checking blob {path}: {_one_line(e)}") from None
         except chain.errors.ChainError:
             return   # never deployed under its name: a registered candidate
-        self.follow_name = name
-        if cur == key:
-            self.version = version
-            return
-        evs = self._chain_call("reading deployment history", lambda: self.reg.events(0, kinds=("Deployed",)))[0]
-        mine = [e for e in evs if e.deployment == name and (e.key or "").lower() == key]
-        if mine:
-            raise ModelRefused(f"VERISEG_MODEL: blob {path} (key {key[:12]}) was superseded: deployment "
-                               f"{name!r} is at v{version} (key {cur[:12]}); no rollback "
-                               f"(use VERISEG_MODEL={name} to follow it)")
         self.version = version   # a candidate never deployed: newer deploys do not replace it
         self.follow_name = None
 

@@ -219,6 +219,17 @@ class FakeRegistry:
                 raise chain.errors.UnknownDeployment(f"deployment '{name}' does not exist")
             return self.deps[name]
 
+    def deployments_of(self, key, from_block=0):
+        import chain
+        with self.lock:
+            self._chk()
+            last = {}
+            for e in self.log:
+                if e.kind == "Deployed" and e.key == key:
+                    last[e.deployment] = e
+            return [chain.KeyDeployment(n, e.version, e.block, key, *self.deps[n])
+                    for n, e in last.items()]
+
     def block_number(self):
         with self.lock:
             self._chk()

@@ -147,6 +147,24 @@ def test_events_in_order_and_follow(chain_env):
     assert seen and seen[0].kind == "Deployed" and seen[0].version == 3
 
 
+def test_deployments_are_looked_up_by_key_not_by_registered_name(chain_env):
+    """Finding 6: a key registered under one name and deployed under another. Its
+    deployments are found by the key, with where each name points now."""
+    reg = chain_env.reg()
+    reg.register(K1, "registered-as-A")
+    reg.register(K2, "registered-as-A")
+    assert reg.deployments_of(K1) == []
+    reg.deploy("B", K1)
+    reg.deploy("C", K1)
+    (b, c) = reg.deployments_of(K1)
+    assert (b.name, b.version, b.current_key, b.superseded) == ("B", 1, K1, False)
+    assert (c.name, c.superseded) == ("C", False)
+    reg.deploy("B", K2)
+    b, c = reg.deployments_of(K1)
+    assert b.superseded and (b.current_key, b.current_version) == (K2, 2) and not c.superseded
+    assert [(d.name, d.superseded) for d in reg.deployments_of(K2)] == [("B", False)]
+
+
 def _frames(n, seed=0):
     rng = np.random.default_rng(seed)
     return [("cam0", i, rng.integers(0, 13, size=(6, 8), dtype=np.uint8)) for i in range(n)]
