@@ -144,7 +144,7 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
                           summary_extra={"config": _cfg_summary(cfg), "model": {
                               "key": first.key, "name": getattr(first.card, "name", None),
                               "source": first.source}}, flow_stop=flow_stop,
-                          video_scale=cfg.video_scale)
+                          video_scale=cfg.video_scale, home=cfg.home)
     else:
         sink = sink_factory(cfg, first, reg)
     op.output("sinks", scored, sink)

@@ -32,7 +32,9 @@ import cv2
 import numpy as np
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from .anchor_seal import SealError, is_sealed, load_secret, write_sealed
 from .frames import Result
+from .score import REVOKED
 from .telemetry import STATS, log, lower_thread_priority
 
 __all__ = ["ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
@@ -168,9 +170,10 @@ class MetricsPublisher:
 class AnchorSender:
     """Sends Merkle roots of result batches to the registry, in order, retrying outages."""
 
-    def __init__(self, registry, out: Path):
+    def __init__(self, registry, out: Path, secret: Optional[bytes] = None):
         self.reg = registry
         self.out = out
+        self.secret = secret   # seals the batch file again once its tx is recorded
         self.q: "queue.Queue" = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True, name="veriseg-anchor")
         self.thread.start()
@@ -192,11 +195,17 @@ class AnchorSender:
             if item is None:
                 return
             path, batch = item
+            if batch.model_key in REVOKED:
+                # the registry does not certify results of a revoked model; the flow never asks
+                STATS.anchor_failures += 1
+                log.error("anchor %s not sent: model %s is revoked (%s)", path.name,
+                          batch.model_key[:12], REVOKED.reason(batch.model_key) or "no reason given")
+                continue
             delay = 0.5
             while True:
                 try:
                     batch.anchor(self.reg)
-                    batch.write(path, include_proofs=True)
+                    write_sealed(path, batch, self.secret)
                     STATS.anchors += 1
                     break
                 except chain.errors.ChainUnavailable as e:
@@ -214,7 +223,7 @@ class AnchorSender:
                         got = None
                     if got and got[0] == batch.model_key and got[1:3] == (batch.first_seq, batch.last_seq):
                         batch.chain = {"tx_hash": None, "block": got[3], "note": "already anchored"}
-                        batch.write(path, include_proofs=True)
+                        write_sealed(path, batch, self.secret)
                         STATS.anchors += 1
                     else:
                         STATS.anchor_failures += 1
@@ -383,7 +392,7 @@ class _Partition(StatefulSinkPartition):
                                                   for s, h, *claims in self.leaves])
         path = (self.sink.out / "anchors" / self.sid /
                 f"{batch.first_seq:06d}-{batch.last_seq:06d}.json")
-        batch.write(path, include_proofs=True)
+        write_sealed(path, batch, self.sink.secret)
         if self.sink.sender is not None:
             self.sink.sender.submit(path, batch)
         self.leaves = []
@@ -477,7 +486,8 @@ class ResultSink(FixedPartitionedSink):
     def __init__(self, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True, video=True,
                  jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
-                 flow_stop: Optional[threading.Event] = None, video_scale: float = 1.0):
+                 flow_stop: Optional[threading.Event] = None, video_scale: float = 1.0,
+                 home: Optional[Path] = None):
         self.out = Path(out)
         self.video_scale = video_scale
         self.flow_stop = flow_stop
@@ -494,6 +504,7 @@ class ResultSink(FixedPartitionedSink):
         self._closed: set = set()
         self._lock = threading.Lock()
         self.failed: Optional[str] = None
+        self.secret: Optional[bytes] = None   # seals the batch files this flow writes
         if anchor_every:
             try:
                 from chain import anchoring
@@ -502,6 +513,12 @@ class ResultSink(FixedPartitionedSink):
                 log.warning("VERISEG_ANCHOR_EVERY=%d but chain.anchoring is not available: "
                             "results are not anchored", anchor_every)
                 self.anchor_every = 0
+        if self.anchoring is not None and home is not None:
+            try:
+                self.secret = load_secret(home, self.out)
+            except SealError as e:
+                log.warning("anchor batches cannot be sealed (%s): a batch not anchored by the end "
+                            "of this run is not re-sent at the next start", e)
 
     def list_parts(self):
         return list(self.sids)
@@ -530,7 +547,7 @@ class ResultSink(FixedPartitionedSink):
             return _NullPartition(self, for_part)
         with self._lock:
             if self.anchoring is not None and self.registry is not None and self.sender is None:
-                self.sender = AnchorSender(self.registry, self.out)
+                self.sender = AnchorSender(self.registry, self.out, self.secret)
             if self.sender is not None:
                 self._resubmit(for_part)
         try:
@@ -540,8 +557,10 @@ class ResultSink(FixedPartitionedSink):
             return _NullPartition(self, for_part)
 
     def _resubmit(self, sid: str):
-        """Batch files left without a transaction (crash, node down at exit) are sent now,
-        in order; the chain refuses nothing twice (an identical root counts as anchored)."""
+        """Batch files this flow wrote and sealed but never anchored (crash, node down at
+        exit) are sent now, in order; the chain refuses nothing twice (an identical root
+        counts as anchored).  A batch without this device's seal was not written by this
+        flow (planted in the output folder): it is never sent."""
         folder = self.out / "anchors" / sid
         if not folder.is_dir():
             return
@@ -549,11 +568,25 @@ class ResultSink(FixedPartitionedSink):
             try:
                 batch, raw = self.anchoring.AnchorBatch.read(path)
             except Exception as e:  # noqa: BLE001 - a damaged file is reported, not fatal
-                log.warning("anchor batch %s unreadable: %s", path, e)
+                log.warning("anchor batch %s unreadable: %s", path, _why(e))
                 continue
-            if not raw.get("chain"):
-                log.info("anchor batch %s was never sent: sending it now", path.name)
-                self.sender.submit(path, batch)
+            if raw.get("chain"):
+                continue
+            if not is_sealed(self.secret, batch, raw):
+                STATS.anchors_refused += 1
+                log.error("anchor batch %s not sent: it carries no valid seal of this device, so "
+                          "this flow did not write it (planted or altered)", path)
+                continue
+            try:
+                revoked = self.registry.status(batch.model_key).revoked
+            except Exception:  # noqa: BLE001 - the chain decides when it is sent
+                revoked = False
+            if revoked:
+                log.warning("anchor batch %s not sent: model %s is revoked", path.name,
+                            batch.model_key[:12])
+                continue
+            log.info("anchor batch %s was never sent: sending it now", path.name)
+            self.sender.submit(path, batch)
 
     def part_closed(self, sid: str):
         with self._lock:

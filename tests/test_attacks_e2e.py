@@ -416,3 +416,35 @@ def test_without_the_cards_class_names_shares_are_refused_unless_the_blob_is_giv
     assert chain_main(run.args("B", 6, result=True) + blob_args) == 1
     (line,) = run.capsys.readouterr().err.splitlines()
     assert line.startswith("anchor-verify failed [result_shares_mismatch]: "), line
+
+
+# --------------------------------------------------------------------------- a planted batch
+@pytest.mark.parametrize("seal", ["none", "copied_from_a_genuine_batch"])
+def test_a_batch_planted_in_the_output_folder_is_never_anchored_by_the_flow(pristine, run, seal):
+    """Someone who can write only the output folder plants a never-sent one-leaf batch for a
+    forged mask of frame 6, then the flow restarts on the same outputs: it re-sends only
+    batches it sealed itself, so the forged mask stays unprovable and the genuine one
+    verifies."""
+    base, key = pristine
+    genuine = run.root / "genuine-000006.png"
+    shutil.copy(run.mask(6), genuine)
+    forged_mask = cv2.imread(str(genuine), cv2.IMREAD_UNCHANGED)
+    forged_mask[:8, :8] = 12
+    forged = run.root / "forged-000006.png"
+    cv2.imwrite(str(forged), forged_mask)
+    planted = anchoring.AnchorBatch(run.key, [anchoring.Leaf(
+        SID, 6, anchoring.leaf_digest(SID, 6, run.key, forged_mask))])
+    doc = planted.to_json(include_proofs=True)
+    if seal != "none":
+        doc["seal"] = run.doc("B")["seal"]
+    run.write("000006-000006.json", doc)
+    cfg = load_config(env_for(run.root, f"dir:{base / SID}", base / "models" / "tiny.vsb",
+                              VERISEG_ANCHOR_EVERY=4, VERISEG_VIDEO=0))
+    run_main(build_flow(cfg))
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert summary["anchors_refused"] == 1
+    reg = chain.connect(chain="embedded", home=run.home)
+    assert reg.anchor_of(planted.root) is None
+    assert json.loads(run.batch("000006-000006.json").read_text())["chain"] is None
+    run.refused("root_not_anchored", "000006-000006.json", 6, mask=forged)
+    run.verifies("B", 6, mask=genuine)
