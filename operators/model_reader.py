@@ -4,8 +4,8 @@
 refuses to start with one line, before Bytewax runs):
 
 1. a blob path: its key (``model_store.verify``) must be registered and not revoked on the
-   registry; the default run registers the committed blob on the embedded chain the first
-   time and says so;
+   registry; the default run on a fresh embedded chain registers and deploys the committed
+   blob (trust on first use) and says so; after that a changed default blob is refused;
    a deployment name: ``reg.current(name)`` gives the key; the blob with that key is found
    through the key's registered URI or by scanning the model folders;
 2. ``model_store.load(path, expected_key=key)`` re-hashes the very bytes it decompresses
@@ -285,33 +285,7 @@ class ModelWatcher:
                 raise ModelRefused(f"VERISEG_MODEL: {_one_line(e)}") from None
             st = self._chain_call("checking the blob", lambda: self.reg.status(key))
             if not st.registered and cfg.model_is_default and cfg.chain == "embedded":
-                card = model_store.read_header(str(path))
-                try:
-                    self.reg.register(key, card.name, path.resolve().as_uri())
-                except chain.errors.KeyAlreadyRegistered:
-                    pass   # another process of this flow (-i/-a) registered it a moment ago
-                except chain.errors.ChainError as e:
-                    raise ModelRefused(f"cannot register the default blob {path}: {_one_line(e)}") from None
-                log.info("registered the committed blob %s (key %s) on the embedded chain in %s "
-                         "(first run, or models/ brought a new blob)", path.name, key, cfg.home)
-                try:
-                    current, _ = self.reg.current(card.name)
-                except chain.errors.ChainError:
-                    current = None
-                try:
-                    if current is None:
-                        self.reg.deploy(card.name, key)
-                        log.info("first run: deployed it as %r (VERISEG_MODEL=%s follows it)",
-                                 card.name, card.name)
-                    elif self.reg.info(current)[1] == path.resolve().as_uri():
-                        # a pull replaced the committed blob: the deployment that followed it moves
-                        # on; one the user pointed at another blob is left alone
-                        version = self.reg.deploy(card.name, key)
-                        log.info("deployment %r moved from the previous committed blob %s to this one "
-                                 "(version %d)", card.name, current[:12], version)
-                except chain.errors.ChainError as e:
-                    log.warning("could not deploy %r: %s", card.name, _one_line(e))
-                self.block = self.reg.block_number() + 1
+                self._trust_on_first_use(key, path)
             self._check_status(key, f"blob {path}")
             self._check_superseded(key, path)
             u = self._verified_update(key, path, str(path), self.version)
@@ -333,6 +307,38 @@ class ModelWatcher:
             self.version = version
             u = self._verified_update(key, path, name, version)
         return u
+
+    def _trust_on_first_use(self, key: str, path: Path):
+        """The default run on a fresh embedded chain registers and deploys the committed blob
+        (trust on first use). Later, a blob in models/ that is not registered was swapped in
+        (a pull, or someone who can write that folder): never trusted on the user's behalf."""
+        import chain
+        import model_store
+        home = self.cfg.home
+        card = model_store.read_header(str(path))
+        registered = self._chain_call("reading registrations",
+                                      lambda: self.reg.events(0, kinds=("Registered",)))[0]
+        if registered:
+            raise ModelRefused(
+                f"VERISEG_MODEL: the default blob {path} (key {key[:12]}) is not registered on the "
+                f"embedded chain in {home}, which already trusts other models: it changed since the "
+                f"first run and is not trusted on your behalf; if you trust it: python -m chain "
+                f"--home {home} register {path} && python -m chain --home {home} deploy "
+                f"{card.name} {path}")
+        try:
+            self.reg.register(key, card.name, path.resolve().as_uri())
+        except chain.errors.KeyAlreadyRegistered:
+            pass   # another process of this flow (-i/-a) registered it a moment ago
+        except chain.errors.ChainError as e:
+            raise ModelRefused(f"cannot register the default blob {path}: {_one_line(e)}") from None
+        try:
+            self.reg.deploy(card.name, key)
+        except chain.errors.ChainError as e:
+            log.warning("could not deploy %r: %s", card.name, _one_line(e))
+        log.info("first run: registered the committed blob %s (key %s) on the embedded chain in %s "
+                 "and deployed it as %r (trust on first use; any other blob there later is refused)",
+                 path.name, key[:12], home, card.name)
+        self.block = self.reg.block_number() + 1
 
     def _check_superseded(self, key: str, path: Path):
         """A blob given by path must not be one a deployment has moved on from (no rollback

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -219,12 +220,14 @@ def test_unregistered_blob_refuses_to_start_with_one_line(tmp_path):
 def test_tampered_blob_refuses_to_start(tmp_path):
     reg, blob, key = _registered(tmp_path)
     data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    (header_len,) = struct.unpack(">I", data[10:14])
+    data[(14 + header_len + len(data) - 32) // 2] ^= 0x01  # a body byte: the card stays valid, only the key can tell
     blob.write_bytes(bytes(data))
     clip = make_clip(tmp_path / "c.avi", n=2)
     with pytest.raises(ModelRefused) as ei:
         build_flow(load_config(env_for(tmp_path, clip, blob)), registry=reg)
     assert "\n" not in str(ei.value) and "VERISEG_MODEL" in str(ei.value)
+    assert "corrupt or was modified" in str(ei.value)
 
 
 def test_revoked_blob_and_unknown_deployment_refuse(tmp_path):
@@ -509,9 +512,14 @@ def test_default_run_on_the_committed_blob_and_sample_clip(tmp_path):
     assert len(list((stream / "masks").glob("*.png"))) == 6 and (stream / "overlay.avi").exists()
 
 
-def test_default_run_registers_the_committed_blob_once(tmp_path, monkeypatch, caplog):
+def test_default_run_trusts_the_committed_blob_on_first_use_only(tmp_path, monkeypatch, caplog, capsys):
     """No VERISEG_MODEL / VERISEG_SOURCE: the blob and clip in models/ (patched to a tmp
-    folder here) are used, and the blob is registered on the embedded chain the first time."""
+    folder here) are used; on a fresh embedded chain the blob is registered and deployed
+    (trust on first use, said in one line). A blob swapped into models/ later (a pull, or
+    anyone who can write that folder) is refused with one line giving the two commands that
+    would trust it, and scores nothing; the edge never registers or deploys it itself."""
+    import chain
+    import chain.cli
     import operators.config as config
     import operators.model_reader as model_reader
     models = tmp_path / "models"
@@ -528,22 +536,32 @@ def test_default_run_registers_the_committed_blob_once(tmp_path, monkeypatch, ca
         cfg = load_config(env)
         assert cfg.model_is_default and cfg.sources[0].stream_id == "sample"
         run_main(build_flow(cfg))
-        said = any("registered the committed blob" in r.getMessage() for r in caplog.records)
-        assert said == (run == 1)
+        said = [r.getMessage() for r in caplog.records if "registered the committed blob" in r.getMessage()]
+        assert len(said) == (run == 1)
+        if said:
+            assert "trust on first use" in said[0] and "deployed it as 'tiny'" in said[0]
         rows = read_jsonl(cfg.out / "sample" / "results.jsonl")
         assert len(rows) == 6 and {r["model_key"] for r in rows} == {key}
-    # a pull brings a new committed blob: it is registered and the deployment that followed the
-    # old one moves to it, so VERISEG_MODEL=carla-enet keeps working
-    import chain
+    # another blob swapped into models/: refused, nothing registered or deployed, nothing scored
     new_key = make_blob(blob, shift=1)
-    caplog.clear()
-    cfg = load_config(env)
-    run_main(build_flow(cfg))
-    assert any("registered the committed blob" in r.getMessage() for r in caplog.records)
+    (cfg.out / "sample" / "results.jsonl").unlink()
+    with pytest.raises(ModelRefused) as ei:
+        build_flow(load_config(env))
+    msg = str(ei.value)
+    home = tmp_path / "home"
+    assert "\n" not in msg and "not registered" in msg and "not trusted on your behalf" in msg
+    cmds = msg.split("if you trust it: ")[1].split(" && ")
+    assert cmds == [f"python -m chain --home {home} register {blob}",
+                    f"python -m chain --home {home} deploy tiny {blob}"]
+    reg = chain.connect(chain="embedded", home=home)
+    assert not reg.status(new_key).registered and reg.current("tiny")[0] == key
+    assert not (cfg.out / "sample" / "results.jsonl").exists()
+    # the two commands it names are what trusts it
+    for c in cmds:
+        assert chain.cli.main(c.split()[3:]) == 0, capsys.readouterr().err
+    run_main(build_flow(load_config(env)))
     rows = read_jsonl(cfg.out / "sample" / "results.jsonl")
-    assert rows[-1]["model_key"] == new_key
-    reg = chain.connect(chain="embedded", home=cfg.home)
-    assert reg.current("tiny")[0] == new_key
+    assert len(rows) == 6 and {r["model_key"] for r in rows} == {new_key}
 
 
 def test_metrics_http_endpoint_while_running(tmp_path):
