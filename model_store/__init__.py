@@ -5,7 +5,7 @@
 """
 
 from . import errors
-from .blob import FORMAT_VERSION, load, normalize_key, pack, read_header, verify, write
+from .blob import FORMAT_VERSION, load, normalize_key, pack, read_header, verify, verify_card, write
 from .card import CARLA_CLASSES, BodyInfo, ClassInfo, ModelCard, TensorSpec, utc_now
 from .secrets import generate_secret, read_secret
 
@@ -25,5 +25,6 @@ __all__ = [
     "read_secret",
     "utc_now",
     "verify",
+    "verify_card",
     "write",
 ]

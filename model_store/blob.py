@@ -9,16 +9,29 @@ The key is the model's identity: it goes on chain and into every result. The blo
 carries its own key at the end so that corruption is caught with no outside
 reference (`verify` without `--key`); trust still comes from comparing with an
 expected key, which an attacker who rewrites the whole file cannot forge.
+
+Reading a blob file is bounded before anything is trusted:
+
+- the prefix is checked against the file's size first (magic, version, header length at
+  most MAX_HEADER_SIZE, the file at most MAX_BLOB_SIZE), so a huge or sparse file is
+  refused unread; the content is hashed in CHUNK_SIZE pieces, never held whole by `verify`;
+- given an expected key, the hash is compared before the header is parsed: nothing an
+  attacker wrote is interpreted until its bytes are the trusted ones;
+- the header is parsed only if it nests at most MAX_JSON_DEPTH arrays/objects (counted
+  without recursion), its integers have at most MAX_INT_DIGITS characters, it has no
+  NaN/Infinity and no duplicate keys; anything else is `BadCard`, never a Python error.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
+import stat
 import struct
-from typing import Optional, Tuple, Union
+from typing import BinaryIO, Optional, Tuple, Union
 
 import blake3
 import zstandard
@@ -35,6 +48,7 @@ __all__ = [
     "pack",
     "read_header",
     "verify",
+    "verify_card",
     "write",
 ]
 
@@ -42,8 +56,13 @@ MAGIC = b"VSEGBLOB"
 FORMAT_VERSION = 1
 MAX_HEADER_SIZE = 1 << 20  # 1 MiB: a card is a few KB; more is hostile or broken
 MAX_RAW_SIZE = 2 << 30  # 2 GiB: ONNX's own protobuf limit
+MAX_STORED_SIZE = MAX_RAW_SIZE + (MAX_RAW_SIZE >> 7)  # over zstd's worst-case growth plus the tag
 KEY_SIZE = 32
 _PREFIX = struct.Struct(">8sHI")
+MAX_BLOB_SIZE = _PREFIX.size + MAX_HEADER_SIZE + MAX_STORED_SIZE + KEY_SIZE
+MAX_JSON_DEPTH = 32  # a card nests 4 deep; json recurses once a level, so bound it first
+MAX_INT_DIGITS = 40  # sizes and seeds fit; a 5000-digit number is hostile (and int() refuses it)
+CHUNK_SIZE = 1 << 20  # hashing reads this much at a time
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 Blob = Union[str, "os.PathLike[str]", bytes]
@@ -105,9 +124,12 @@ def read_header(path: Union[str, "os.PathLike[str]"]) -> ModelCard:
     """The card of a blob file, reading only its prefix and header (no hashing, no body)."""
     source = os.fspath(path)
     with _open(source) as f:
-        head = f.read(_PREFIX.size)
-        header_len = _check_prefix(head, source, os.fstat(f.fileno()).st_size)
-        header = f.read(header_len)
+        try:
+            size = os.fstat(f.fileno()).st_size
+            header_len = _check_prefix(f.read(_PREFIX.size), source, size)
+            header = f.read(header_len)
+        except OSError as exc:
+            raise _unreadable(source, exc) from None
     if len(header) < header_len:
         raise errors.Truncated(source, f"header declares {header_len} bytes but the file holds {len(header)}; re-copy the blob")
     return _parse_card(header, source)
@@ -115,16 +137,39 @@ def read_header(path: Union[str, "os.PathLike[str]"]) -> ModelCard:
 
 def verify(blob: Blob, expected_key: Optional[str] = None) -> str:
     """Check structure and key; return the key. Never decompresses."""
-    data, source = _read(blob)
-    return _check(data, source, expected_key)[1]
+    return verify_card(blob, expected_key)[0]
+
+
+def verify_card(blob: Blob, expected_key: Optional[str] = None) -> Tuple[str, ModelCard]:
+    """Check structure and key; return (key, card). Never decompresses, never reads a file whole.
+
+    Whatever the file holds, this raises only `errors.BlobError` subclasses (and ValueError for
+    an `expected_key` that is not 64 hex characters): code that scans a folder of blobs can
+    catch that one type, skip the file and name it.
+    """
+    if expected_key is not None:
+        expected_key = normalize_key(expected_key)
+    if isinstance(blob, (bytes, bytearray, memoryview)):
+        data = bytes(blob)
+        card, key = _check(io.BytesIO(data), len(data), "<bytes>", expected_key)
+        return key, card
+    source = os.fspath(blob)
+    with _open(source) as f:
+        try:
+            card, key = _check(f, os.fstat(f.fileno()).st_size, source, expected_key)
+        except OSError as exc:
+            raise _unreadable(source, exc) from None
+    return key, card
 
 
 def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None) -> Tuple[ModelCard, bytes]:
     """Verify against the expected key, then decrypt and decompress under a hard size limit."""
     if expected_key is None:
         raise ValueError("load needs the expected key: a blob's own key proves it is intact, not that it is the model you trust")
+    expected_key = normalize_key(expected_key)
     data, source = _read(blob)
-    card, _ = _check(data, source, expected_key)
+    # the bytes checked are the bytes decompressed: the file is read once, into memory
+    card, _ = _check(io.BytesIO(data), len(data), source, expected_key)
     body_info = card.body
     assert body_info is not None  # _check guarantees it
     start = len(data) - KEY_SIZE - body_info.stored_size
@@ -138,24 +183,54 @@ def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None) 
 
 
 def _read(blob: Blob) -> Tuple[bytes, str]:
+    """The whole blob, read only once its prefix and size are within the limits."""
     if isinstance(blob, (bytes, bytearray, memoryview)):
         return bytes(blob), "<bytes>"
     source = os.fspath(blob)
     with _open(source) as f:
-        return f.read(), source
+        try:
+            size = os.fstat(f.fileno()).st_size
+            _check_prefix(f.read(_PREFIX.size), source, size)
+            f.seek(0)
+            data = f.read(size)
+            grew = f.read(1)
+        except OSError as exc:
+            raise _unreadable(source, exc) from None
+    if grew:
+        raise errors.TrailingBytes(source, f"file grew past {size} bytes while it was read; re-copy the blob")
+    return data, source
 
 
-def _open(source: str):
+def _open(source: str) -> BinaryIO:
+    """Open a regular file for reading; a FIFO or device is refused instead of blocking on it."""
     try:
-        return open(source, "rb")
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise errors.Truncated(source, "no such file; check the path") from None
     except IsADirectoryError:
         raise errors.BadMagic(source, "is a directory; expected a .vsb blob file") from None
+    except OSError as exc:
+        raise _unreadable(source, exc) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise _unreadable(source, exc) from None
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise errors.BadMagic(source, "is a directory; expected a .vsb blob file")
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise errors.Unreadable(source, "is not a regular file (a pipe, socket or device); expected a .vsb blob file")
+    return os.fdopen(fd, "rb")
+
+
+def _unreadable(source: str, exc: OSError) -> errors.Unreadable:
+    return errors.Unreadable(source, f"cannot be read ({exc.strerror or exc.__class__.__name__}); check the file and its permissions")
 
 
 def _check_prefix(head: bytes, source: str, total: int) -> int:
-    """Validate magic, version and header length; return the header length."""
+    """Validate magic, version, header length and file size; return the header length."""
     if head[: len(MAGIC)] != MAGIC[: len(head)]:
         raise errors.BadMagic(source, f"starts with {head[:8]!r}; expected {MAGIC!r} (not a VeriSeg blob)")
     if len(head) < _PREFIX.size:
@@ -165,18 +240,63 @@ def _check_prefix(head: bytes, source: str, total: int) -> int:
         raise errors.UnsupportedVersion(source, f"format version {version}; this build reads version {FORMAT_VERSION}; upgrade veriseg or re-pack the model")
     if header_len > MAX_HEADER_SIZE:
         raise errors.OversizedHeader(source, f"header length {header_len} bytes; the limit is {MAX_HEADER_SIZE}")
+    if total > MAX_BLOB_SIZE:
+        raise errors.OversizedBlob(source, f"file is {total} bytes; no blob is over {MAX_BLOB_SIZE}; refusing it unread")
     return header_len
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NESTING_STEP = [0] * 256
+for _b in b"[{":
+    _NESTING_STEP[_b] = 1
+for _b in b"]}":
+    _NESTING_STEP[_b] = -1
+
+
+def _json_depth(text: bytes) -> int:
+    """How deep arrays and objects nest, counted in a loop (json.loads would recurse).
+
+    Strings are cut out the way the JSON scanner reads them, so a bracket inside a string
+    does not count; what json would recurse into is exactly what is counted.
+    """
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0)
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError(f"a {len(text)}-character integer; the limit is {MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _json_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_object(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup[:40]!r}")
+    return obj
+
+
 def _parse_card(header: bytes, source: str) -> ModelCard:
+    """The card from untrusted header bytes; any defect is BadCard, never a Python error."""
+    depth = _json_depth(header)
+    if depth > MAX_JSON_DEPTH:
+        raise errors.BadCard(source, f"header nests {depth} levels deep; a card nests at most {MAX_JSON_DEPTH}; do not use this file")
     try:
-        parsed = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.BadCard(source, f"header is not UTF-8 JSON ({exc.__class__.__name__}: {exc})") from None
+        parsed = json.loads(header.decode("utf-8"), parse_int=_json_int, parse_constant=_json_constant,
+                            object_pairs_hook=_json_object)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise errors.BadCard(source, f"header is not a card's UTF-8 JSON ({exc.__class__.__name__}: {exc}); do not use this file") from None
     try:
         canonical = canonical_json(parsed)
     except (TypeError, ValueError) as exc:
-        raise errors.BadCard(source, f"header has values canonical JSON cannot hold ({exc})") from None
+        raise errors.BadCard(source, f"header has values canonical JSON cannot hold ({exc}); do not use this file") from None
     if canonical != header:
         raise errors.BadCard(source, "header is not canonical JSON (sorted keys, no whitespace)")
     try:
@@ -188,33 +308,66 @@ def _parse_card(header: bytes, source: str) -> ModelCard:
     return card
 
 
-def _check(data: bytes, source: str, expected_key: Optional[str]) -> Tuple[ModelCard, str]:
-    if expected_key is not None:
-        expected_key = normalize_key(expected_key)
-    header_len = _check_prefix(data[: _PREFIX.size], source, len(data))
+def _check(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> Tuple[ModelCard, str]:
+    """Structure and key of the blob in `f` (`size` bytes, `expected_key` normalised)."""
+    f.seek(0)
+    header_len = _check_prefix(f.read(_PREFIX.size), source, size)
     header_end = _PREFIX.size + header_len
-    if len(data) < header_end:
-        raise errors.Truncated(source, f"header declares {header_len} bytes but only {len(data) - _PREFIX.size} follow the prefix; re-copy the blob")
-    card = _parse_card(data[_PREFIX.size : header_end], source)
+    if size < header_end + KEY_SIZE:
+        raise errors.Truncated(source, f"header declares {header_len} bytes but only {max(size - _PREFIX.size, 0)} follow the prefix, with the key; re-copy the blob")
+    header = f.read(header_len)
+    if len(header) < header_len:
+        raise errors.Truncated(source, f"file shrank to {_PREFIX.size + len(header)} bytes while it was read; re-copy the blob")
+    if expected_key is not None:
+        # the trusted key first: nothing an attacker wrote is parsed before its bytes match
+        key = _check_key(f, size, source, expected_key)
+        card = _parse_card(header, source)
+        _check_lengths(card, header_end, size, source)
+    else:
+        card = _parse_card(header, source)
+        _check_lengths(card, header_end, size, source)  # before hashing: a wrong size costs no read
+        key = _check_key(f, size, source, None)
+    return card, key
+
+
+def _check_lengths(card: ModelCard, header_end: int, size: int, source: str) -> None:
     body = card.body
-    assert body is not None
+    assert body is not None  # _parse_card guarantees it
     if body.raw_size > MAX_RAW_SIZE:
         raise errors.LengthMismatch(source, f"declared raw size {body.raw_size} bytes is over the {MAX_RAW_SIZE}-byte limit")
+    if body.stored_size > MAX_STORED_SIZE:
+        raise errors.LengthMismatch(source, f"declared stored size {body.stored_size} bytes is over the {MAX_STORED_SIZE}-byte limit")
     tag = 16 if body.encrypted else 0
     if body.stored_size < tag:
         raise errors.LengthMismatch(source, f"stored size {body.stored_size} is smaller than the {tag}-byte tag")
     expected_len = header_end + body.stored_size + KEY_SIZE
-    if len(data) < expected_len:
-        raise errors.Truncated(source, f"expected {expected_len} bytes from its header, found {len(data)}; re-copy the blob")
-    if len(data) > expected_len:
-        raise errors.TrailingBytes(source, f"expected {expected_len} bytes from its header, found {len(data)} ({len(data) - expected_len} trailing); re-copy the blob")
-    stored_key = data[-KEY_SIZE:].hex()
-    actual_key = blake3.blake3(data[:-KEY_SIZE]).hexdigest()
+    if size < expected_len:
+        raise errors.Truncated(source, f"expected {expected_len} bytes from its header, found {size}; re-copy the blob")
+    if size > expected_len:
+        raise errors.TrailingBytes(source, f"expected {expected_len} bytes from its header, found {size} ({size - expected_len} trailing); re-copy the blob")
+
+
+def _check_key(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> str:
+    """Hash every byte before the key in chunks; compare with the stored and expected keys."""
+    hasher = blake3.blake3()
+    buf = memoryview(bytearray(CHUNK_SIZE))
+    f.seek(0)
+    left = size - KEY_SIZE
+    while left:
+        n = f.readinto(buf[: min(left, CHUNK_SIZE)])
+        if not n:
+            raise errors.Truncated(source, f"file shrank below {size} bytes while it was read; re-copy the blob")
+        hasher.update(buf[:n])
+        left -= n
+    stored = f.read(KEY_SIZE)
+    if len(stored) != KEY_SIZE:
+        raise errors.Truncated(source, f"file shrank below {size} bytes while it was read; re-copy the blob")
+    stored_key, actual_key = stored.hex(), hasher.hexdigest()
     if actual_key != stored_key:
         raise errors.KeyMismatch(source, f"content hashes to {actual_key} but the blob ends with key {stored_key}: it is corrupt or was modified; do not use it")
     if expected_key is not None and actual_key != expected_key:
         raise errors.KeyMismatch(source, f"key is {actual_key}, expected {expected_key}: this is not the trusted model")
-    return card, actual_key
+    return actual_key
 
 
 def _decrypt(body_info: BodyInfo, secret: Optional[bytes], body: bytes, aad: bytes, source: str) -> bytes:

@@ -29,7 +29,8 @@ DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "int64", "float
 COLOR_ORDERS = frozenset({"RGB", "BGR", "GRAY"})
 COMPRESSIONS = frozenset({"zstd"})
 ENCRYPTIONS = frozenset({"none", "chacha20-poly1305"})
-_ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+_ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")  # fullmatch: no trailing newline
+_HEX = re.compile(r"[0-9a-f]+")
 _CARD = "<card>"
 
 Dim = Union[int, str]
@@ -167,6 +168,11 @@ class BodyInfo:
         encrypted = self.encryption != "none"
         if encrypted != (self.key_id is not None) or encrypted != (self.nonce is not None):
             raise _fail("body key_id and nonce must be set exactly when the body is encrypted")
+        # decryption reads both; a wrong type here must be a refusal, not a crash there
+        for name, length in (("key_id", 16), ("nonce", 24)):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, str) and len(v) == length and _HEX.fullmatch(v)):
+                raise _fail(f"body {name} {v!r}; expected {length} lower-case hex characters")
 
     @property
     def encrypted(self) -> bool:
@@ -200,7 +206,7 @@ class ModelCard:
             raise _fail(f"description {self.description!r}; expected a string")
         for name in ("created", "modified"):
             v = getattr(self, name)
-            if not isinstance(v, str) or not _ISO_UTC.match(v):
+            if not isinstance(v, str) or not _ISO_UTC.fullmatch(v):
                 raise _fail(f"{name} {v!r}; expected ISO 8601 UTC like 2026-01-31T12:00:00Z")
         if self.modified < self.created:
             raise _fail(f"modified {self.modified} is before created {self.created}")

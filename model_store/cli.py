@@ -12,7 +12,7 @@ import sys
 from typing import Any, Optional, Sequence, Tuple
 
 from . import errors
-from .blob import load, normalize_key, read_header, verify, write
+from .blob import load, normalize_key, verify, verify_card, write
 from .card import CARLA_CLASSES, ModelCard, TensorSpec, utc_now
 from .secrets import generate_secret, read_secret
 
@@ -203,8 +203,7 @@ def _json_file(path: Optional[str], default: Any) -> Any:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    card = read_header(args.blob)
-    key = verify(args.blob)
+    key, card = verify_card(args.blob)
     size = os.path.getsize(args.blob)
     if args.json:
         print(json.dumps({"key": key, "file_size": size, "card": card.to_dict()}, indent=2, sort_keys=True))

@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedVersion",
     "Truncated",
     "OversizedHeader",
+    "OversizedBlob",
     "LengthMismatch",
     "TrailingBytes",
     "KeyMismatch",
@@ -19,6 +20,7 @@ __all__ = [
     "DecompressionLimitExceeded",
     "BadCard",
     "DecryptionFailed",
+    "Unreadable",
 ]
 
 
@@ -44,6 +46,10 @@ class Truncated(BlobError):
 
 class OversizedHeader(BlobError):
     """The declared header length is over the hard limit (a hostile or broken prefix)."""
+
+
+class OversizedBlob(BlobError):
+    """The file is larger than any blob can be (a hostile, sparse or wrong file); refused unread."""
 
 
 class LengthMismatch(BlobError):
@@ -72,3 +78,7 @@ class BadCard(BlobError):
 
 class DecryptionFailed(BlobError):
     """The body is encrypted and the secret given is missing or wrong."""
+
+
+class Unreadable(BlobError):
+    """The file exists but cannot be read (permissions, an I/O error, not a regular file)."""
