@@ -20,10 +20,16 @@ Reading a blob file is bounded before anything is trusted:
 - the header is parsed only if it nests at most MAX_JSON_DEPTH arrays/objects (counted
   without recursion), its integers have at most MAX_INT_DIGITS characters, it has no
   NaN/Infinity and no duplicate keys; anything else is `BadCard`, never a Python error.
+
+An encrypted body's 12-byte nonce is a keyed BLAKE3 of the header (with the nonce field
+zeroed) and the compressed body, so one model packed with two cards never reuses a nonce.
+Blobs packed before 2026-12 derived it from the body alone; they load unchanged (the
+reader takes the nonce from the header), so the format version stays 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
@@ -90,15 +96,19 @@ def pack(onnx_bytes: bytes, card: ModelCard, *, encrypt_key: Optional[bytes] = N
     compressed = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(bytes(onnx_bytes))
     body_info = BodyInfo(raw_size=len(onnx_bytes), stored_size=len(compressed), compression_level=level)
     if encrypt_key is not None:
-        nonce = synthetic_nonce(encrypt_key, compressed)
         body_info = BodyInfo(
             raw_size=len(onnx_bytes),
             stored_size=len(compressed) + 16,  # the Poly1305 tag
             compression_level=level,
             encryption="chacha20-poly1305",
             key_id=key_id(encrypt_key),
-            nonce=nonce.hex(),
+            nonce="00" * 12,
         )
+        # the nonce covers the card as well as the body: the same model under two cards
+        # (two AADs) must not reuse (secret, nonce), or one Poly1305 key signs two messages
+        draft = canonical_json(card.replace(body=body_info).to_dict())
+        nonce = synthetic_nonce(encrypt_key, draft, compressed)
+        body_info = dataclasses.replace(body_info, nonce=nonce.hex())
     header = canonical_json(card.replace(body=body_info).to_dict())
     if len(header) > MAX_HEADER_SIZE:
         raise ValueError(f"card is {len(header)} bytes as JSON; the limit is {MAX_HEADER_SIZE}")

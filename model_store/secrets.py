@@ -4,13 +4,15 @@ The paper's ASTORE cannot be reverse engineered; an encrypted body gives that to
 ONNX model. The blob key covers the ciphertext, so anyone can verify a blob against
 the chain; only a holder of the secret can run it.
 
-The nonce is synthetic (a keyed hash of the plaintext), so packing is deterministic
-and a nonce repeats only for the identical plaintext under the same secret.
+The nonce is synthetic (a keyed hash of the header and the plaintext), so packing is
+deterministic and a nonce repeats only for the identical card and plaintext under the same
+secret: the same (secret, nonce) never authenticates two different messages.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from typing import Optional, Union
 
 import blake3
@@ -47,10 +49,15 @@ def key_id(secret: bytes) -> str:
     return blake3.blake3(secret, derive_key_context="veriseg 2026-11 blob key id").hexdigest()[:16]
 
 
-def synthetic_nonce(secret: bytes, plaintext: bytes) -> bytes:
+def synthetic_nonce(secret: bytes, header: bytes, plaintext: bytes) -> bytes:
+    """A 12-byte nonce bound to the header (the AAD, nonce zeroed) and the plaintext."""
     _check(secret)
-    nonce_key = blake3.blake3(secret, derive_key_context="veriseg 2026-11 blob nonce").digest()
-    return blake3.blake3(plaintext, key=nonce_key).digest()[:12]
+    nonce_key = blake3.blake3(secret, derive_key_context="veriseg 2026-12 blob nonce of header and body").digest()
+    h = blake3.blake3(key=nonce_key)
+    h.update(struct.pack(">Q", len(header)))  # length-prefixed: no two (header, body) splits collide
+    h.update(header)
+    h.update(plaintext)
+    return h.digest()[:12]
 
 
 def encrypt(secret: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -622,6 +622,36 @@ def test_verify_hashes_a_large_blob_in_chunks(tmp_path):
     assert peak < 8 << 20, f"verify held {peak >> 20} MiB for a {stored >> 20} MiB body"
 
 
+# --- the AEAD nonce covers the card ------------------------------------------------------------
+
+
+def test_one_model_under_two_cards_never_reuses_a_nonce(onnx_bytes):
+    secret = ms.generate_secret()
+    a = ms.pack(onnx_bytes, make_card(), encrypt_key=secret)
+    b = ms.pack(onnx_bytes, make_card(description="the same weights, another card"), encrypt_key=secret)
+    (key_a, card_a), (key_b, card_b) = ms.verify_card(a), ms.verify_card(b)
+    assert card_a.body.nonce != card_b.body.nonce
+    assert ms.load(a, key_a, decrypt_key=secret)[1] == onnx_bytes == ms.load(b, key_b, decrypt_key=secret)[1]
+    assert a == ms.pack(onnx_bytes, make_card(), encrypt_key=secret)  # still deterministic
+
+
+def test_blob_sealed_with_a_body_only_nonce_still_loads(onnx_bytes):
+    """Blobs packed before the nonce covered the card read their nonce from the header: they load."""
+    from model_store.secrets import encrypt, key_id
+
+    secret = ms.generate_secret()
+    compressed = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(onnx_bytes)
+    nonce_key = blake3.blake3(secret, derive_key_context="veriseg 2026-11 blob nonce").digest()
+    nonce = blake3.blake3(compressed, key=nonce_key).digest()[:12]  # the old derivation
+    body = ms.BodyInfo(raw_size=len(onnx_bytes), stored_size=len(compressed) + 16, encryption="chacha20-poly1305",
+                       key_id=key_id(secret), nonce=nonce.hex())
+    header = canonical_json(make_card().replace(body=body).to_dict())
+    prefix = MAGIC + struct.pack(">HI", 1, len(header)) + header
+    content = prefix + encrypt(secret, nonce, compressed, prefix)
+    old = content + blake3.blake3(content).digest()
+    assert ms.load(old, ms.verify(old), decrypt_key=secret)[1] == onnx_bytes
+
+
 def test_shipped_unencrypted_blob_keeps_its_key():
     shipped = REPO / "models" / "carla-enet.vsb"
     if not shipped.exists():
