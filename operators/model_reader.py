@@ -41,7 +41,7 @@ from .score import REVOKED, SESSIONS, ScoreError
 from .sources import stream_done
 from .telemetry import STATS, log
 
-__all__ = ["ModelRefused", "ChainDown", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
+__all__ = ["ModelRefused", "ChainDown", "BlobNotHere", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
 
 
 class ModelRefused(RuntimeError):
@@ -50,6 +50,10 @@ class ModelRefused(RuntimeError):
 
 class ChainDown(ModelRefused):
     """The registry could not be reached while resolving the model."""
+
+
+class BlobNotHere(ModelRefused):
+    """A deployed key whose blob is in none of the model folders (yet)."""
 
 
 STATUS_CACHE = "status-cache.json"
@@ -141,6 +145,7 @@ class ModelWatcher:
         self.sids = tuple(cfg.stream_ids)
         self.follow_name: Optional[str] = None   # blob-path mode: the deployment that supersedes it
         self.flow_stop = flow_stop   # set when the follower fails: the sources end
+        self.pending: Optional[tuple] = None   # (name, version, key): a deploy whose blob is not here yet
 
     @property
     def reg(self):
@@ -475,6 +480,26 @@ class ModelWatcher:
                     nxt = ev.block   # retry from this event's block
                     break
             self.block = nxt
+            if self.pending is not None:
+                self._retry_pending()
+
+    def _set_pending(self, p: Optional[tuple]):
+        self.pending = p
+        STATS.deploy_pending = ({"name": p[0], "version": p[1], "key": p[2], "since": time.time()}
+                                if p else {})
+
+    def _retry_pending(self):
+        """A deploy whose blob had not arrived: tried again each poll until it is here."""
+        import chain
+        name, version, key = self.pending
+        try:
+            self._deploy(name, version, key)
+        except (BlobNotHere, ChainDown, chain.errors.ChainError):
+            return   # not here yet, or the node is away: next poll
+        except ModelRefused as e:
+            log.error("model reader: %s", e)
+            STATS.models_refused.append({"key": key, "reason": str(e)})
+            self._set_pending(None)
 
     def _on_event(self, ev):
         kind, key = ev.kind, (ev.key or "").lower()
@@ -489,6 +514,10 @@ class ModelWatcher:
                             "deployed", key[:12], ev.reason or "no reason given")
                 self.current = None
             SESSIONS.drop(key)
+            if self.pending and self.pending[2] == key:
+                log.warning("deployment %r v%d: its key %s was revoked before its blob arrived: "
+                            "no longer waiting for it", self.pending[0], self.pending[1], key[:12])
+                self._set_pending(None)
             return
         followed = self.follow_name if self.cfg.model_is_path else self.cfg.model
         if kind != "Deployed" or not followed or ev.deployment != followed:
@@ -503,18 +532,32 @@ class ModelWatcher:
         if key in REVOKED:
             raise ModelRefused(f"deployment {ev.deployment!r} v{version}: key {key[:12]} is revoked")
         self._check_status(key, f"deployment {ev.deployment!r} v{version}")
+        if self.pending and self.pending[1] > version:
+            return   # an older deploy than the one already waiting for its blob
+        try:
+            self._deploy(ev.deployment, version, key)
+        except BlobNotHere as e:
+            # keep it and retry each poll: the blob may still be on its way to this edge
+            self._set_pending((ev.deployment, version, key))
+            old = self.current.key[:12] if self.current else "none"
+            log.warning("%s yet: still scoring with the superseded model %s until it arrives "
+                        "(retried each poll)", e, old)
+
+    def _deploy(self, name: str, version: int, key: str):
         path = self._locate(key)
         if path is None:
-            raise ModelRefused(f"deployment {ev.deployment!r} v{version}: no blob with key {key} in "
-                               f"{', '.join(str(d) for d in self.locator.dirs)}")
-        u = self._verified_update(key, path, ev.deployment, version)
+            raise BlobNotHere(f"deployment {name!r} v{version}: no blob with key {key} in "
+                              f"{', '.join(str(d) for d in self.locator.dirs)}")
+        u = self._verified_update(key, path, name, version)
         # re-check right before handing it over: verified *at that moment*
-        self._check_status(key, f"deployment {ev.deployment!r} v{version}")
+        self._check_status(key, f"deployment {name!r} v{version}")
         self.version = version
         self.current = u
-        STATS.models_loaded.append({"key": key, "name": ev.deployment, "version": version,
+        if self.pending and self.pending[1] <= version:
+            self._set_pending(None)
+        STATS.models_loaded.append({"key": key, "name": name, "version": version,
                                     "path": str(path), "at": time.time()})
-        log.info("deployment %r v%d: hot-swapping to model %s", ev.deployment, version, key[:12])
+        log.info("deployment %r v%d: hot-swapping to model %s", name, version, key[:12])
         self._publish(u)
 
 

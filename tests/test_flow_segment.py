@@ -871,3 +871,52 @@ def test_the_seal_secret_is_refused_unless_private_and_outside_the_outputs(tmp_p
     assert "\n" not in str(ei.value) and str(p) in str(ei.value)
     with pytest.raises(SealError, match="inside the output folder"):
         load_secret(out / "home", out)
+
+
+def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog):
+    """B is deployed before its blob reached this edge: the flow keeps scoring with the
+    superseded A (one line, a metric), stops when A is revoked, and swaps to B once its
+    blob arrives in the model folder."""
+    import shutil
+    reg, blob_a, key_a = _registered(tmp_path, name="a.vsb")
+    reg.deploy("tiny", key_a)
+    staged = tmp_path / "staging" / "b.vsb"
+    key_b = make_blob(staged, shift=1)
+    reg.register(key_b, "tiny", "")      # found only by scanning the model folder
+    blob_c = tmp_path / "staging" / "c.vsb"
+    key_c = make_blob(blob_c, shift=2)
+    reg.register(key_c, "tiny", blob_c.as_uri())
+    folder = make_folder(tmp_path / "f", n=80)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_MODEL_DIRS=tmp_path / "models"))
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.01))
+    marks = {}
+
+    def scenario():
+        reg.deploy("tiny", key_b)
+        marks["pending"] = wait_for(lambda: STATS.deploy_pending.get("key") == key_b, timeout=5)
+        marks["prom"] = STATS.prometheus()
+        n = sum(STATS.scored.values())
+        marks["kept_scoring"] = wait_for(lambda: sum(STATS.scored.values()) >= n + 5, timeout=5)
+        marks["t_revoke"] = time.time()
+        reg.revoke(key_a, "compromised")
+        time.sleep(0.3)
+        shutil.copy(staged, tmp_path / "models" / "b.vsb")
+        marks["b_loaded"] = wait_for(lambda: STATS.key_in_use.get("f") == key_b, timeout=5)
+        if not marks["b_loaded"]:
+            reg.deploy("tiny", key_c)    # let the paused replay end
+    th = _when_scored(10, scenario)
+    run_main(flow)
+    th.join()
+    assert marks["pending"] and marks["kept_scoring"]
+    assert f'veriseg_deploy_pending{{deployment="tiny",version="2",key="{key_b}"}} 1' in marks["prom"]
+    said = [r.getMessage() for r in caplog.records if "still scoring with the superseded" in r.getMessage()]
+    assert len(said) == 1 and key_a[:12] in said[0] and key_b in said[0]
+    assert marks["b_loaded"], "the deploy was dropped: its blob arrived and the flow never took it"
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    _assert_revocation_honoured(rows, summary, key_a, marks["t_revoke"])
+    keys = [r["model_key"] for r in rows]
+    n_a = keys.count(key_a)
+    assert [r["seq"] for r in rows] == list(range(80)) and keys == [key_a] * n_a + [key_b] * (80 - n_a)
+    assert summary["deploy_pending"] == {}
