@@ -332,6 +332,12 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "model_store", *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO)
 
 
+def body_span(data: bytes) -> range:
+    """Offsets of the body: after the header, before the trailing key."""
+    (header_len,) = struct.unpack(">I", data[10:14])
+    return range(14 + header_len, len(data) - 32)
+
+
 def test_cli_verify_intact_and_flipped(tmp_path):
     path = tmp_path / "g.vsb"
     path.write_bytes((DATA / "golden.vsb").read_bytes())
@@ -340,13 +346,15 @@ def test_cli_verify_intact_and_flipped(tmp_path):
     inspected = cli("inspect", path)
     assert inspected.returncode == 0 and GOLDEN_KEY in inspected.stdout
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 4
+    span = body_span(data)
+    data[span[len(span) // 2]] ^= 4  # a body byte: only the hash can notice it (the card is intact)
     path.write_bytes(bytes(data))
-    bad = cli("verify", path)
-    assert bad.returncode == 1
-    assert bad.stdout == ""
-    assert len(bad.stderr.strip().splitlines()) == 1 and str(path) in bad.stderr
-    assert "Traceback" not in bad.stderr
+    for args in ((), ("--key", GOLDEN_KEY)):
+        bad = cli("verify", path, *args)
+        assert bad.returncode == 1
+        assert bad.stdout == ""
+        assert len(bad.stderr.strip().splitlines()) == 1 and str(path) in bad.stderr
+        assert "corrupt or was modified" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_cli_pack_inspect_unpack(tmp_path):
@@ -400,6 +408,46 @@ def test_inspect_never_decompresses(blob, tmp_path):
     forged = reseal(forged[: 14 + header_len] + garbage + b"\0" * 32)
     (tmp_path / "f.vsb").write_bytes(forged)
     assert cli("inspect", tmp_path / "f.vsb").returncode == 0
+
+
+def test_cli_keygen_writes_mode_600_and_never_overwrites(tmp_path):
+    from model_store.cli import main
+
+    path = tmp_path / "dev.key"
+    old_umask = os.umask(0o022)  # the usual umask: it would leave a 0o644 request group/world-readable
+    try:
+        assert main(["keygen", "-o", str(path)]) == 0
+    finally:
+        os.umask(old_umask)
+    assert path.stat().st_mode & 0o777 == 0o600
+    secret = path.read_bytes()
+    again = cli("keygen", "-o", path)
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == secret
+
+
+# --- the key is checked before anything is decompressed or parsed ---------------------------
+
+
+def test_load_never_decompresses_before_the_key_check(blob, onnx_bytes, monkeypatch):
+    calls = []
+    real = zstandard.ZstdDecompressor
+
+    def recording(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(blob_module.zstandard, "ZstdDecompressor", recording)
+    key = ms.verify(blob)
+    flipped = bytearray(blob)
+    flipped[body_span(blob)[3]] ^= 1
+    with pytest.raises(errors.KeyMismatch, match="corrupt or was modified"):
+        ms.load(bytes(flipped), key)
+    resealed = reseal(bytes(flipped))  # intact in itself, but not the trusted model
+    with pytest.raises(errors.KeyMismatch, match="not the trusted model"):
+        ms.load(resealed, key)
+    assert calls == []
+    assert ms.load(blob, key)[1] == onnx_bytes and calls == [1]  # the recorder does see a load
 
 
 # --- hostile headers (re-keyed, so the blob's own key matches): one BadCard, never a Python error
