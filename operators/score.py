@@ -29,7 +29,7 @@ from .preprocess import Preprocessor
 from .sources import pause_stream
 from .telemetry import STATS, log
 
-__all__ = ["ScoreError", "providers_for", "build_session", "SessionEntry", "SessionCache",
+__all__ = ["ScoreError", "providers_for", "provider_options", "trt_cache_dir", "build_session", "SessionEntry", "SessionCache",
            "SESSIONS", "REVOKED", "ScoreLogic", "cpu_threads"]
 
 _GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -78,6 +78,45 @@ def providers_for(choice: str, available=None) -> list:
     return [p for p in want if p in avail or p == "CPUExecutionProvider"]
 
 
+def trt_cache_dir(key: str, home=None):
+    """Where TensorRT engines of one blob key are cached: ``VERISEG_HOME/trt-cache/<key>``.
+    ONNX Runtime names an engine by its graph, not its weights, so one folder shared by all
+    keys could run a retrained (or revoked) model's engine under another key's name."""
+    from pathlib import Path
+    root = Path(str(home) if home else "~/.veriseg").expanduser() / "trt-cache"
+    return root, root / key
+
+
+def _private_dir(path) -> None:
+    """Create ``path`` (mode 700) or accept it only as a real folder of this user that no one
+    else can write: whoever writes an engine cache decides what TensorRT runs."""
+    import stat
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as e:
+        raise ScoreError(f"TensorRT engine cache {path}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ScoreError(f"TensorRT engine cache {path} must be a folder of this user that no one else "
+                         f"can write (mode {stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}, "
+                         f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'not a folder'}); fix or remove it")
+
+
+def provider_options(wanted, key: str, home=None) -> list:
+    """ORT provider options for ``wanted``: TensorRT caches engines per key, in a private folder."""
+    opts = []
+    for p in wanted:
+        if p == "TensorrtExecutionProvider":
+            root, cache = trt_cache_dir(key, home)
+            _private_dir(root)
+            _private_dir(cache)
+            opts.append({"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
+                         "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": key})
+        else:
+            opts.append({})
+    return opts
+
+
 @dataclass
 class SessionEntry:
     key: str
@@ -106,14 +145,7 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "1" else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin == "1" else "0")
     wanted = providers_for(providers)
-    opts = []
-    for p in wanted:
-        if p == "TensorrtExecutionProvider":
-            cache = os.path.join(str(home) if home else os.path.expanduser("~/.veriseg"), "trt-cache")
-            opts.append({"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
-                         "trt_engine_cache_path": cache})
-        else:
-            opts.append({})
+    opts = provider_options(wanted, key, home)
     try:
         sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
     except Exception as e:  # noqa: BLE001 - ORT raises several types

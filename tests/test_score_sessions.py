@@ -45,3 +45,58 @@ def test_a_stream_without_a_valid_model_is_paused_and_resumed_by_the_next_model(
     out, _ = logic.on_batch([ModelUpdate("load", "c" * 64, 1, onnx=tiny_onnx())])
     assert "paused-cam" not in sources._PAUSED
     assert [r.seq for r in out] == [0]
+
+
+_TRT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_tensorrt_engines_are_cached_per_key_in_a_private_folder(tmp_path):
+    """ORT names a TensorRT engine by its graph, not its weights: one cache shared by all
+    keys could run another (even a revoked) model's engine. Each key gets its own folder and
+    prefix, in a folder only this user can write."""
+    import os
+    from operators.score import ScoreError, build_session, provider_options
+    home = tmp_path / "home"
+    ka, kb = "a" * 64, "b" * 64
+    oa, ob = provider_options(_TRT, ka, home), provider_options(_TRT, kb, home)
+    assert oa[1:] == [{}, {}] and oa[0]["trt_engine_cache_enable"] == "True"
+    assert oa[0]["trt_engine_cache_path"] == str(home / "trt-cache" / ka)
+    assert ob[0]["trt_engine_cache_path"] == str(home / "trt-cache" / kb)
+    assert (oa[0]["trt_engine_cache_prefix"], ob[0]["trt_engine_cache_prefix"]) == (ka, kb)
+    for d in (home / "trt-cache", home / "trt-cache" / ka):
+        assert d.is_dir() and (d.stat().st_mode & 0o777) == 0o700
+    assert provider_options(["CPUExecutionProvider"], ka, tmp_path / "h2") == [{}]
+    assert not (tmp_path / "h2").exists()
+    # a cache others can write, or a link to one, is refused with one line
+    (home / "trt-cache").chmod(0o777)
+    with pytest.raises(ScoreError) as ei:
+        provider_options(_TRT, ka, home)
+    assert "\n" not in str(ei.value) and "no one else can write" in str(ei.value)
+    (home / "trt-cache").chmod(0o700)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.rmdir(home / "trt-cache" / kb)
+    (home / "trt-cache" / kb).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ScoreError, match="not a folder"):
+        provider_options(_TRT, kb, home)
+    # the CPU provider makes no cache at all
+    build_session(tiny_onnx(), key=ka, providers="cpu", threads=1, home=tmp_path / "h3")
+    assert not (tmp_path / "h3").exists()
+
+
+def test_tensorrt_runs_each_keys_own_engine(tmp_path):
+    """Where TensorRT loads (never in CI: no GPU there): two models with the same graph and
+    other weights, one after the other, each scores with its own engine."""
+    import onnxruntime as ort
+    from flow_fixtures import tiny_onnx as shifted_onnx
+    from operators.score import build_session, gpu_driver
+    if "TensorrtExecutionProvider" not in ort.get_available_providers() or not gpu_driver():
+        pytest.skip("TensorRT is not available here")
+    x = np.zeros((1, 32, 32, 3), np.uint8)
+    x[..., 0] = 45    # class (45 // 20 + shift) % 13
+    for shift, key in ((0, "a" * 64), (1, "b" * 64)):
+        e = build_session(shifted_onnx(shift), key=key, providers="tensorrt", threads=1,
+                          home=tmp_path)
+        if e.provider != "TensorrtExecutionProvider":
+            pytest.skip(f"TensorRT did not load ({e.provider})")
+        assert (e.session.run([e.output_name], {e.input_name: x})[0] == 2 + shift).all()
+        assert any((tmp_path / "trt-cache" / key).iterdir()), "no engine cached for this key"
