@@ -120,6 +120,9 @@ def message_for(name: str, a: dict, ctx: dict) -> str:
     if name == "NotOwner":
         return (f"account {a.get('caller') or acct} is not the owner of registry {reg}; "
                 "only the owner can grant or revoke roles")
+    if name == "NotPendingOwner":
+        return (f"account {a.get('caller') or acct} is not the pending owner of registry {reg}; "
+                "the owner names one with `python -m chain transfer-ownership ADDRESS`")
     if name == "MissingRole":
         role = ctx.get("role_names", {}).get(a.get("role"), "required")
         return (f"account {a.get('account') or acct} lacks the {role} role on registry {reg}; "

@@ -235,6 +235,16 @@ class AnchorBatch:
     def last_seq(self) -> int:
         return max(lf.seq for lf in self.leaves)
 
+    @property
+    def stream(self) -> str:
+        """The one stream the batch covers (an anchor names one stream)."""
+        streams = {lf.stream for lf in self.leaves}
+        if len(streams) != 1:
+            raise errors.BatchFormatError(
+                f"a batch anchors one stream, this one has {len(streams)} "
+                f"({', '.join(sorted(streams))[:120]}); batch each stream on its own")
+        return next(iter(streams))
+
     def index_of(self, stream: str, seq: int) -> int | None:
         for i, lf in enumerate(self.leaves):
             if lf.stream == stream and lf.seq == seq:
@@ -243,9 +253,11 @@ class AnchorBatch:
 
     def anchor(self, registry) -> str:
         """Send the root to the registry (one transaction); records the tx in ``chain``."""
-        tx = registry.anchor(self.root, self.model_key, self.first_seq, self.last_seq)
+        tx = registry.anchor(self.root, self.model_key, self.first_seq, self.last_seq,
+                             stream=self.stream)
         self.chain = {"tx_hash": tx, "registry": registry.address,
-                      "chain_id": registry.chain_id, "endpoint": registry.endpoint}
+                      "chain_id": registry.chain_id, "endpoint": registry.endpoint,
+                      "anchorer": getattr(registry, "sender", None)}
         return tx
 
     def to_json(self, include_proofs: bool = False) -> dict:
@@ -318,8 +330,8 @@ class AnchorBatcher:
         from .client import normalize_key
         mk = normalize_key(model_key)
         out = None
-        if self._key is not None and mk != self._key:
-            out = self.flush()
+        if self._leaves and (mk != self._key or str(stream_id) != self._leaves[-1].stream):
+            out = self.flush()   # one anchor names one model and one stream
         self._key = mk
         self._leaves.append(Leaf(str(stream_id), int(seq),
                                  leaf_digest(stream_id, seq, mk, class_map, ts=ts, pos=pos), ts, pos))
@@ -377,16 +389,20 @@ class Verification:
     ts: float | None = None
     pos: str | None = None
 
+    anchorer: str = ""            # the device (address) that anchored the root
+
     def line(self) -> str:
+        by = f" by device {self.anchorer}" if self.anchorer else ""
         return (f"verified: stream {self.stream} seq {self.seq} is in batch root {self.root}, "
-                f"anchored in block {self.block} for model {self.model_key} ({self.key_state})")
+                f"anchored in block {self.block}{by} for model {self.model_key} ({self.key_state})")
 
 
 def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map,
                  registry=None) -> Verification:
     """Check one frame's result against its batch and the chain. Raises
     AnchorVerificationFailed whose ``.check`` is one of: leaf_missing, leaf_mismatch,
-    proof_invalid, root_not_anchored, model_key_mismatch, seq_out_of_range."""
+    proof_invalid, root_not_anchored, model_key_mismatch, seq_out_of_range, stream_mismatch,
+    anchor_history_incomplete, conflicting_anchor."""
     batch, raw = AnchorBatch.read(batch_path)
     claimed_root = bytes.fromhex(raw["root"])
     idx = batch.index_of(stream, seq)
@@ -418,13 +434,13 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
     if registry is None:
         raise errors.AnchorVerificationFailed("no chain to check the root against",
                                               check="root_not_anchored")
-    on_chain = registry.anchor_of(claimed_root)
-    if on_chain is None:
+    rec_chain = registry.anchor_record(claimed_root)
+    if rec_chain is None:
         raise errors.AnchorVerificationFailed(
             f"root not anchored on chain: root {claimed_root.hex()} is unknown to registry "
             f"{registry.address} on {registry.endpoint}; wrong --chain/--registry, or the "
             "batch was never anchored (`python -m chain anchor BATCH`)", check="root_not_anchored")
-    key, first, last, block = on_chain
+    key, first, last, block = rec_chain.model_key, rec_chain.first_seq, rec_chain.last_seq, rec_chain.block
     if key != batch.model_key:
         raise errors.AnchorVerificationFailed(
             f"model key mismatch: the chain anchored root {claimed_root.hex()[:16]}… for model "
@@ -433,12 +449,57 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
         raise errors.AnchorVerificationFailed(
             f"seq out of range: the chain anchored seq {first}..{last} for this root, not "
             f"{seq}", check="seq_out_of_range")
+    from .client import stream_hash
+    if rec_chain.stream_id != stream_hash(stream).hex():
+        raise errors.AnchorVerificationFailed(
+            f"stream mismatch: the chain anchored root {claimed_root.hex()[:16]}… for stream id "
+            f"{rec_chain.stream_id[:16]}…, not stream '{stream}'", check="stream_mismatch")
+    _check_conflicts(Path(batch_path), stream, seq, leaf, rec_chain, registry)
     try:
         key_state = registry.status(key).state
     except errors.ChainError:
         key_state = "unknown"
     return Verification(stream, seq, key, claimed_root.hex(), block, key_state, leaf.hex(),
-                        rec.ts, rec.pos)
+                        rec.ts, rec.pos, rec_chain.anchorer)
+
+
+def _leaf_in_batch_file(folder: Path, root: str, stream: str, seq: int) -> bytes | None:
+    """The leaf for (stream, seq) in a batch file of ``folder`` whose root is ``root`` and
+    whose tree really leads to it; None when there is no such file."""
+    for p in sorted(folder.glob("*.json")):
+        try:
+            b, raw = AnchorBatch.read(p)
+        except errors.ChainError:
+            continue
+        if raw.get("root") != root or b.root.hex() != root:
+            continue
+        i = b.index_of(stream, seq)
+        if i is not None:
+            return b.leaves[i].digest
+    return None
+
+
+def _check_conflicts(batch_path: Path, stream: str, seq: int, leaf: bytes, mine, registry) -> None:
+    """No other device may have anchored the same frame with another result: one of two
+    such anchors is forged, so neither proves the frame. An anchor with another root that
+    covers the frame is a conflict unless its batch file (beside this one) holds the same
+    leaf, or the same device anchored it for the same model: a device re-scoring its own
+    stream (a restart, a recovery) anchors new leaves when their ts is the wall clock, and
+    its key vouches for both (a batch it did not write is kept off chain by its seal)."""
+    for other in registry.stream_anchors(stream):
+        if other.root == mine.root or not other.first_seq <= seq <= other.last_seq:
+            continue
+        if other.anchorer == mine.anchorer and other.model_key == mine.model_key:
+            continue
+        if _leaf_in_batch_file(batch_path.parent, other.root, stream, seq) == leaf:
+            continue
+        raise errors.AnchorVerificationFailed(
+            f"conflicting anchor: stream '{stream}' seq {seq} is covered by root "
+            f"{mine.root[:16]}… (seq {mine.first_seq}..{mine.last_seq}, device {mine.anchorer}, "
+            f"block {mine.block}) and by root {other.root[:16]}… (seq "
+            f"{other.first_seq}..{other.last_seq}, device {other.anchorer}, block {other.block}) "
+            "with another result; one of them is forged: revoke the anchorer role of the "
+            "device that should not have anchored it", check="conflicting_anchor")
 
 
 def _class_shares(class_map, names) -> dict:

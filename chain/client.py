@@ -34,7 +34,7 @@ ANCHORER = keccak(text="ANCHORER")
 ROLES = {"publisher": PUBLISHER, "anchorer": ANCHORER}
 ROLE_NAMES = {PUBLISHER: "PUBLISHER", ANCHORER: "ANCHORER"}
 EVENT_KINDS = ("Registered", "Deployed", "Revoked", "Anchored", "RoleGranted", "RoleRevoked",
-               "OwnershipTransferred")
+               "OwnershipTransferStarted", "OwnershipTransferred")
 LOG_CHUNK = 5_000  # blocks per eth_getLogs request
 EMBEDDED_GAS = 1_500_000  # gas limit of embedded-chain transactions (x1.25 below)
 
@@ -57,6 +57,11 @@ def normalize_key(key: str | bytes) -> str:
 
 def key_bytes(key: str | bytes) -> bytes:
     return bytes.fromhex(normalize_key(key))
+
+
+def stream_hash(stream: str) -> bytes:
+    """The on-chain id of a stream: keccak256 of its id in UTF-8 (as Deployed's nameHash)."""
+    return keccak(str(stream).encode("utf-8"))
 
 
 _TRANSIENT: tuple[type[BaseException], ...] | None = None
@@ -165,6 +170,18 @@ class KeyDeployment:
     @property
     def superseded(self) -> bool:
         return self.current_key != self.key
+
+
+@dataclass(frozen=True)
+class AnchorRecord:
+    """What the registry recorded for an anchored Merkle root."""
+    root: str
+    model_key: str
+    stream_id: str            # keccak256 of the stream id (hex)
+    anchorer: str             # the device (address) that anchored it
+    first_seq: int
+    last_seq: int
+    block: int
 
 
 def _jsonable(v):
@@ -370,12 +387,13 @@ class Registry:
         r = self._transact("revoke", key_bytes(key), reason)
         return r["transactionHash"].to_0x_hex()
 
-    def anchor(self, root: bytes | str, model_key: str, first_seq: int, last_seq: int) -> str:
-        """Commit a Merkle root of frame results; returns the transaction hash."""
-        root_b = bytes.fromhex(root[2:] if root.startswith("0x") else root) if isinstance(root, str) else bytes(root)
-        if len(root_b) != 32:
-            raise errors.InvalidKey(f"a Merkle root is 32 bytes, got {len(root_b)}")
-        r = self._transact("anchor", root_b, key_bytes(model_key), int(first_seq), int(last_seq))
+    def anchor(self, root: bytes | str, model_key: str, first_seq: int, last_seq: int, *,
+               stream: str) -> str:
+        """Commit the Merkle root of ``stream``'s results ``first_seq..last_seq``; the
+        signing account is recorded as the anchoring device. Returns the transaction hash."""
+        root_b = _root_bytes(root)
+        r = self._transact("anchor", root_b, stream_hash(stream), int(first_seq), int(last_seq),
+                           key_bytes(model_key))
         return r["transactionHash"].to_0x_hex()
 
     def grant_role(self, role: str, account: str) -> str:
@@ -387,7 +405,14 @@ class Registry:
         return r["transactionHash"].to_0x_hex()
 
     def transfer_ownership(self, new_owner: str) -> str:
+        """Step one: name the next owner; nothing changes until it accepts."""
         r = self._transact("transferOwnership", self._address(new_owner))
+        return r["transactionHash"].to_0x_hex()
+
+    def accept_ownership(self) -> str:
+        """Step two, signed by the pending owner: it takes over and the previous owner
+        loses its publisher and anchorer roles."""
+        r = self._transact("acceptOwnership")
         return r["transactionHash"].to_0x_hex()
 
     @staticmethod
@@ -422,11 +447,44 @@ class Registry:
 
     def anchor_of(self, root: bytes | str) -> tuple[str, int, int, int] | None:
         """(model key, first seq, last seq, block) of an anchored root, None if never anchored."""
-        root_b = bytes.fromhex(root.removeprefix("0x")) if isinstance(root, str) else bytes(root)
-        key, first, last, block = self._call("anchorOf", root_b)
+        rec = self.anchor_record(root)
+        return None if rec is None else (rec.model_key, rec.first_seq, rec.last_seq, rec.block)
+
+    def anchor_record(self, root: bytes | str) -> AnchorRecord | None:
+        """Everything the registry recorded for an anchored root (with its stream and the
+        device that anchored it), None if never anchored."""
+        root_b = _root_bytes(root)
+        key, sid, by, first, last, block = self._call("anchorOf", root_b)
         if int(block) == 0:
             return None
-        return bytes(key).hex(), int(first), int(last), int(block)
+        return AnchorRecord(root_b.hex(), bytes(key).hex(), bytes(sid).hex(),
+                            to_checksum_address(by), int(first), int(last), int(block))
+
+    def stream_anchors(self, stream: str, from_block: int = 0) -> list[AnchorRecord]:
+        """Every anchor of ``stream`` (by any device), from its Anchored logs filtered by
+        the indexed stream id. Raises AnchorVerificationFailed (check
+        ``anchor_history_incomplete``) when the node returns fewer than the registry
+        counted: a node that dropped logs could otherwise hide a conflicting anchor."""
+        sid = stream_hash(stream)
+        latest = self.block_number()
+        evs = self._logs(["0x" + self._topic("Anchored").hex(), None, "0x" + sid.hex()],
+                         from_block, latest)
+        out = [AnchorRecord(str(e.args["merkleRoot"]), str(e.args["modelKey"]),
+                            str(e.args["streamId"]), to_checksum_address(e.args["anchorer"]),
+                            int(e.args["firstSeq"]), int(e.args["lastSeq"]), e.block)
+               for e in evs if e.kind == "Anchored"]
+        counted = int(self._call("streamAnchorCount", sid))
+        if from_block == 0 and len(out) < counted:
+            raise errors.AnchorVerificationFailed(
+                f"anchor history incomplete: registry {self.address} counts {counted} anchors of "
+                f"stream '{stream}' but {self.endpoint} returned {len(out)} Anchored logs; ask a "
+                "node that keeps the registry's logs (an archive node)",
+                check="anchor_history_incomplete")
+        return out
+
+    def pending_owner(self) -> str | None:
+        a = self._call("pendingOwner")
+        return None if int(a, 16) == 0 else to_checksum_address(a)
 
     def has_role(self, role: str, account: str) -> bool:
         return bool(self._call("hasRole", self._role(role), self._address(account)))
@@ -536,6 +594,13 @@ class Registry:
                     return
             else:
                 time.sleep(delay)
+
+
+def _root_bytes(root: bytes | str) -> bytes:
+    root_b = bytes.fromhex(root.removeprefix("0x")) if isinstance(root, str) else bytes(root)
+    if len(root_b) != 32:
+        raise errors.InvalidKey(f"a Merkle root is 32 bytes, got {len(root_b)}")
+    return root_b
 
 
 def _DISCARD():

@@ -123,6 +123,7 @@ class BatchFormatError(ChainError):
 # custom error name in the contract -> exception class
 CONTRACT_ERRORS: dict[str, type[ContractRefusal]] = {
     "NotOwner": Unauthorized,
+    "NotPendingOwner": Unauthorized,
     "MissingRole": Unauthorized,
     "UnknownRole": UnknownRole,
     "ZeroAddress": InvalidArgument,

@@ -241,7 +241,7 @@ class FakeRegistry:
             evs = [e for e in self.log if e.block >= from_block and e.kind in kinds]
             return evs, self.block + 1
 
-    def anchor(self, root, model_key, first_seq, last_seq):
+    def anchor(self, root, model_key, first_seq, last_seq, stream=None):
         import chain
         with self.lock:
             self._chk()

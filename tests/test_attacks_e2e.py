@@ -383,9 +383,9 @@ def test_an_anchor_whose_on_chain_record_disagrees_with_the_batch_is_refused(run
     if lie == "model_key":
         other = make_blob(run.root / "other.vsb", shift=1)
         reg.register(other, "other", "")
-        reg.anchor(bytes.fromhex(forged["root"]), other, 5, 8)
+        reg.anchor(bytes.fromhex(forged["root"]), other, 5, 8, stream=SID)
     else:
-        reg.anchor(bytes.fromhex(forged["root"]), run.key, 7, 8)
+        reg.anchor(bytes.fromhex(forged["root"]), run.key, 7, 8, stream=SID)
     line = run.refused(check, "B", 6)
     if check == "seq_out_of_range":
         assert "the chain anchored seq 7..8 for this root, not 6" in line

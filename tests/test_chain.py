@@ -88,7 +88,7 @@ def test_unauthorised_account_refused(chain_env):
     addr1 = chain_env.address(1)
     owner.register(K1, "m")
     for call in (lambda: other.register(K2, "m"), lambda: other.deploy("d", K1),
-                 lambda: other.revoke(K1, "r"), lambda: other.anchor(b"\x01" * 32, K1, 0, 9)):
+                 lambda: other.revoke(K1, "r"), lambda: other.anchor(b"\x01" * 32, K1, 0, 9, stream="cam0")):
         with pytest.raises(errors.Unauthorized, match="lacks the (PUBLISHER|ANCHORER) role"):
             call()
     with pytest.raises(errors.Unauthorized, match="not the owner"):
@@ -217,23 +217,84 @@ def test_anchor_and_verify_frames(chain_env, tmp_path):
     # root anchored for another model than the batch claims
     reg.register(K2, "m2")
     b6 = AnchorBatch.build(K2, _frames(5, seed=2))
-    reg.anchor(b6.root, K1, 0, 4)
+    reg.anchor(b6.root, K1, 0, 4, stream="cam0")
     p6 = b6.write(tmp_path / "wrongkey.json")
     fails("model_key_mismatch", p=p6, cm=_frames(5, seed=2)[3][2])
     with pytest.raises(errors.RootAlreadyAnchored):
         batch.anchor(reg)
 
 
+def test_anchor_records_device_and_stream_and_conflicting_anchors_are_refused(chain_env, tmp_path):
+    """Finding 8: each anchor records the sending device and the stream; a second anchor by
+    another device that covers the same frame with another result makes anchor-verify
+    refuse, naming both anchors, while frames only one anchor covers still verify."""
+    reg, rogue = chain_env.reg(0), chain_env.reg(1)
+    reg.register(K1, "m")
+    reg.grant_role("anchorer", chain_env.address(1))
+    frames = _frames(6)
+    (tmp_path / "genuine").mkdir()
+    batch = AnchorBatch.build(K1, frames)
+    batch.anchor(reg)
+    path = batch.write(tmp_path / "genuine" / "b.json")
+    rec = reg.anchor_record(batch.root)
+    assert (rec.anchorer, rec.first_seq, rec.last_seq) == (reg.sender, 0, 5)
+    v = verify_frame(path, "cam0", 3, frames[3][2], registry=reg)
+    assert v.anchorer == reg.sender and f"by device {reg.sender}" in v.line()
+    # another device anchors a forged result for frames 2..3 of the same stream
+    forged = [("cam0", s, (cm + 1) % 13) for _, s, cm in frames[2:4]]
+    fb = AnchorBatch.build(K1, forged)
+    fb.anchor(rogue)
+    fpath = fb.write(tmp_path / "forged.json")
+    for p, cm in ((path, frames[3][2]), (fpath, forged[1][2])):
+        with pytest.raises(errors.AnchorVerificationFailed) as ei:
+            verify_frame(p, "cam0", 3, cm, registry=reg)
+        msg = str(ei.value)
+        assert ei.value.check == "conflicting_anchor", msg
+        assert batch.root.hex()[:16] in msg and fb.root.hex()[:16] in msg
+        assert reg.sender in msg and rogue.sender in msg
+    verify_frame(path, "cam0", 5, frames[5][2], registry=reg)      # not covered twice
+    # the same leaf re-batched (recovery) beside the batch is no conflict
+    again = AnchorBatch.build(K1, frames[4:5])
+    again.anchor(reg)
+    again.write(tmp_path / "genuine" / "again.json")
+    verify_frame(path, "cam0", 4, frames[4][2], registry=reg)
+    # a root anchored for another stream than the batch's
+    other = AnchorBatch.build(K1, [("cam1", 0, frames[0][2])])
+    reg.anchor(other.root, K1, 0, 0, stream="cam9")
+    with pytest.raises(errors.AnchorVerificationFailed) as ei:
+        verify_frame(other.write(tmp_path / "o.json"), "cam1", 0, frames[0][2], registry=reg)
+    assert ei.value.check == "stream_mismatch"
+
+
+def test_two_step_ownership_transfer_strips_the_old_owners_roles(chain_env):
+    """Finding 11: after a transfer the old owner held the publisher and anchorer roles."""
+    old, new = chain_env.reg(0), chain_env.reg(1)
+    a0, a1 = chain_env.address(0), chain_env.address(1)
+    old.transfer_ownership(a1)
+    assert old.owner() == a0 and old.pending_owner() == a1
+    with pytest.raises(errors.Unauthorized, match="not the pending owner"):
+        chain_env.reg(2).accept_ownership()
+    new.accept_ownership()
+    assert old.owner() == a1 and old.pending_owner() is None
+    assert not old.has_role("publisher", a0) and not old.has_role("anchorer", a0)
+    with pytest.raises(errors.Unauthorized):
+        old.register(K1, "m")
+    with pytest.raises(errors.Unauthorized, match="not the owner"):
+        old.grant_role("publisher", a0)
+    new.grant_role("publisher", a1)
+    new.register(K1, "m")
+
+
 def test_anchor_refused_for_revoked_or_unknown_key(chain_env):
     reg = chain_env.reg()
     with pytest.raises(errors.UnknownKey):
-        reg.anchor(b"\x02" * 32, K1, 0, 1)
+        reg.anchor(b"\x02" * 32, K1, 0, 1, stream="cam0")
     reg.register(K1, "m")
     with pytest.raises(errors.InvalidArgument, match="reversed"):
-        reg.anchor(b"\x02" * 32, K1, 5, 1)
+        reg.anchor(b"\x02" * 32, K1, 5, 1, stream="cam0")
     reg.revoke(K1, "bad")
     with pytest.raises(errors.KeyRevoked):
-        reg.anchor(b"\x02" * 32, K1, 0, 1)
+        reg.anchor(b"\x02" * 32, K1, 0, 1, stream="cam0")
 
 
 def test_embedded_state_survives_restart(tmp_path):

@@ -182,10 +182,10 @@ def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_p
     good = {s: _sink_line(key, cm, names, s, ts[s], f"clip.avi#{s}", f"masks/{s:06d}.png")
             for s, cm in cms.items()}
 
-    def verify(line, *extra, batch_path=bpath):
+    def verify(line, *extra, batch_path=bpath, seq=1):
         lines = [good[0], line]
         results.write_text("".join(json.dumps(x) + "\n" for x in lines))
-        return cli("anchor-verify", batch_path, "--stream", "cam0", "--seq", 1, "--result",
+        return cli("anchor-verify", batch_path, "--stream", "cam0", "--seq", seq, "--result",
                    results, *extra)
 
     rc, out, err = verify(good[1], "--blob", blob)
@@ -207,15 +207,16 @@ def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_p
         line_ = refused(verify(line, "--blob", blob, "--mask", tmp_path / "masks" / "000001.png"),
                         f"[{check}]")
         assert "stream 'cam0' seq 1" in line_, (what, line_)
-    # a v1 batch (leaves that bind no ts/pos): a line claiming a ts is refused
-    v1 = AnchorBatch.build(key, [("cam0", s, cm) for s, cm in cms.items()])
+    # a v1 batch (leaves that bind no ts/pos; other frames, so no conflicting anchor): a
+    # line claiming a ts is refused
+    v1 = AnchorBatch.build(key, [("cam0", 10 + s, cm) for s, cm in cms.items()])
     v1.anchor(cli.env.reg())
     v1path = v1.write(tmp_path / "v1.json")
-    line = {**good[1], "leaf": v1.leaves[1].digest.hex()}
-    refused(verify(line, "--blob", blob, batch_path=v1path), "[result_claim_mismatch]",
-            "binds no ts")
+    line = {**good[1], "seq": 11, "leaf": v1.leaves[1].digest.hex()}
+    refused(verify(line, "--blob", blob, "--mask", tmp_path / "masks" / "000001.png",
+                   batch_path=v1path, seq=11), "[result_claim_mismatch]", "binds no ts")
     line = {k: v for k, v in line.items() if k not in ("ts", "pos")}
-    assert verify(line, "--blob", blob, batch_path=v1path)[0] == 0
+    assert verify(line, "--blob", blob, batch_path=v1path, seq=11)[0] == 0
 
 
 def _run(home, *argv, env=None):

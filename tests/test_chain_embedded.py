@@ -168,7 +168,7 @@ def test_threads_share_one_embedded_chain(tmp_path):
     for t in ts:
         t.start()
     for i in range(15):
-        reg.anchor(bytes([i + 1]) * 32, "11" * 32, i, i)
+        reg.anchor(bytes([i + 1]) * 32, "11" * 32, i, i, stream="s")
     for t in ts:
         t.join()
     assert not errs

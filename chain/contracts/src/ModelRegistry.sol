@@ -5,7 +5,8 @@ pragma solidity ^0.8.24;
 /// @notice A model blob is identified by its BLAKE3-256 key (bytes32). Publishers register
 ///         keys, point deployment names at them (hot swap with a strictly increasing version,
 ///         never back to a key that name has used before) and revoke them for good. Edge
-///         devices holding the anchorer role commit Merkle roots of their per-frame results.
+///         devices holding the anchorer role commit Merkle roots of their per-frame results,
+///         each recorded with the stream it covers and the device (sender) that anchored it.
 ///         Every refusal is a custom error; every change is an event, so edge devices follow
 ///         the chain by logs instead of polling state.
 contract ModelRegistry {
@@ -14,6 +15,7 @@ contract ModelRegistry {
     bytes32 public constant ANCHORER = keccak256("ANCHORER");
 
     address public owner;
+    address public pendingOwner;  // two-step transfer: set by the owner, accepted by itself
     mapping(bytes32 role => mapping(address account => bool)) public hasRole;
 
     // ------------------------------------------------------------------ state
@@ -33,30 +35,37 @@ contract ModelRegistry {
 
     struct Anchor {
         bytes32 modelKey;
+        bytes32 streamId;     // keccak256 of the stream id (UTF-8)
         uint64 firstSeq;      // firstSeq, lastSeq, blockNumber share one slot
         uint64 lastSeq;
         uint64 blockNumber;
+        address anchorer;     // the device that anchored (msg.sender)
     }
 
     mapping(bytes32 key => Model) private _models;
     mapping(bytes32 nameHash => Deployment) private _deployments;
     mapping(bytes32 nameHash => mapping(bytes32 key => bool)) private _everDeployed;
     mapping(bytes32 root => Anchor) private _anchors;
+    /// @notice Anchors per stream, so a verifier that reads a stream's Anchored logs knows
+    ///         it saw all of them (a node that dropped logs cannot hide a conflicting anchor).
+    mapping(bytes32 streamId => uint64) public streamAnchorCount;
 
     // ------------------------------------------------------------------ events
     event Registered(bytes32 indexed key, address indexed publisher, string name, string uri);
     event Deployed(bytes32 indexed nameHash, bytes32 indexed key, uint64 version, string deployment);
     event Revoked(bytes32 indexed key, address indexed by, string reason);
     event Anchored(
-        bytes32 indexed merkleRoot, bytes32 indexed modelKey, address indexed anchorer,
-        uint64 firstSeq, uint64 lastSeq
+        bytes32 indexed merkleRoot, bytes32 indexed streamId, address indexed anchorer,
+        bytes32 modelKey, uint64 firstSeq, uint64 lastSeq
     );
     event RoleGranted(bytes32 indexed role, address indexed account, address indexed by);
     event RoleRevoked(bytes32 indexed role, address indexed account, address indexed by);
+    event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
 
     // ------------------------------------------------------------------ errors
     error NotOwner(address caller);
+    error NotPendingOwner(address caller);
     error MissingRole(bytes32 role, address account);
     error UnknownRole(bytes32 role);
     error ZeroAddress();
@@ -101,10 +110,27 @@ contract ModelRegistry {
         _setRole(role, account, false);
     }
 
+    /// @notice Step one of two: name the next owner (a typo cannot lose the registry;
+    ///         naming another address replaces the pending one).
     function transferOwnership(address newOwner) external onlyOwner {
         if (newOwner == address(0)) revert ZeroAddress();
-        emit OwnershipTransferred(owner, newOwner);
-        owner = newOwner;
+        pendingOwner = newOwner;
+        emit OwnershipTransferStarted(owner, newOwner);
+    }
+
+    /// @notice Step two: the pending owner takes over. The previous owner loses the
+    ///         publisher and anchorer roles it held, so a handover leaves it nothing; the
+    ///         new owner grants itself (or others) the roles it needs.
+    function acceptOwnership() external {
+        if (msg.sender != pendingOwner) revert NotPendingOwner(msg.sender);
+        address previous = owner;
+        owner = msg.sender;
+        pendingOwner = address(0);
+        if (previous != msg.sender) {
+            _setRole(PUBLISHER, previous, false);
+            _setRole(ANCHORER, previous, false);
+        }
+        emit OwnershipTransferred(previous, msg.sender);
     }
 
     // ------------------------------------------------------------------ models
@@ -171,30 +197,37 @@ contract ModelRegistry {
     }
 
     // ------------------------------------------------------------------ anchoring
-    function anchor(bytes32 merkleRoot, bytes32 modelKey, uint64 firstSeq, uint64 lastSeq)
+    /// @notice Commit the Merkle root of stream `streamId`'s results `firstSeq`..`lastSeq`
+    ///         scored by `modelKey`; the sender is recorded as the device that anchored.
+    function anchor(bytes32 merkleRoot, bytes32 streamId, uint64 firstSeq, uint64 lastSeq,
+                    bytes32 modelKey)
         external
         onlyRole(ANCHORER)
     {
-        if (merkleRoot == bytes32(0)) revert ZeroKey();
+        if (merkleRoot == bytes32(0) || streamId == bytes32(0)) revert ZeroKey();
         if (firstSeq > lastSeq) revert BadSeqRange(firstSeq, lastSeq);
         _requireActive(modelKey);
         Anchor storage a = _anchors[merkleRoot];
         if (a.blockNumber != 0) revert RootAlreadyAnchored(merkleRoot);
         a.modelKey = modelKey;
+        a.streamId = streamId;
         a.firstSeq = firstSeq;
         a.lastSeq = lastSeq;
         a.blockNumber = uint64(block.number);
-        emit Anchored(merkleRoot, modelKey, msg.sender, firstSeq, lastSeq);
+        a.anchorer = msg.sender;
+        streamAnchorCount[streamId] += 1;
+        emit Anchored(merkleRoot, streamId, msg.sender, modelKey, firstSeq, lastSeq);
     }
 
     /// @notice blockNumber is 0 when the root was never anchored.
     function anchorOf(bytes32 merkleRoot)
         external
         view
-        returns (bytes32 modelKey, uint64 firstSeq, uint64 lastSeq, uint64 blockNumber)
+        returns (bytes32 modelKey, bytes32 streamId, address anchorer, uint64 firstSeq,
+                 uint64 lastSeq, uint64 blockNumber)
     {
         Anchor storage a = _anchors[merkleRoot];
-        return (a.modelKey, a.firstSeq, a.lastSeq, a.blockNumber);
+        return (a.modelKey, a.streamId, a.anchorer, a.firstSeq, a.lastSeq, a.blockNumber);
     }
 
     // ------------------------------------------------------------------ internals

@@ -14,8 +14,11 @@ contract ModelRegistryTest is TestBase {
     event Registered(bytes32 indexed key, address indexed publisher, string name, string uri);
     event Deployed(bytes32 indexed nameHash, bytes32 indexed key, uint64 version, string deployment);
     event Revoked(bytes32 indexed key, address indexed by, string reason);
-    event Anchored(bytes32 indexed merkleRoot, bytes32 indexed modelKey, address indexed anchorer,
-                   uint64 firstSeq, uint64 lastSeq);
+    event Anchored(bytes32 indexed merkleRoot, bytes32 indexed streamId, address indexed anchorer,
+                   bytes32 modelKey, uint64 firstSeq, uint64 lastSeq);
+    event RoleRevoked(bytes32 indexed role, address indexed account, address indexed by);
+    event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    bytes32 internal constant CAM0 = keccak256("cam0");
 
     function setUp() public {
         reg = new ModelRegistry();
@@ -54,7 +57,7 @@ contract ModelRegistryTest is TestBase {
         reg.register(K1, "m", "");
         vm.prank(who);
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.MissingRole.selector, ANCHORER, who));
-        reg.anchor(root, K1, a, b);
+        reg.anchor(root, CAM0, a, b, K1);
     }
 
     function testFuzz_OnlyOwnerManagesRoles(address who, address target) public {
@@ -118,7 +121,7 @@ contract ModelRegistryTest is TestBase {
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.KeyRevoked.selector, key));
         reg.deploy("other", key);
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.KeyRevoked.selector, key));
-        reg.anchor(root, key, 0, 1);
+        reg.anchor(root, CAM0, 0, 1, key);
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.KeyRevoked.selector, key));
         reg.revoke(key, "again");
     }
@@ -165,30 +168,67 @@ contract ModelRegistryTest is TestBase {
 
     // ------------------------------------------------------------ anchor
 
-    function testFuzz_Anchor(bytes32 root, uint64 a, uint64 b) public {
-        vm.assume(root != bytes32(0));
+    function testFuzz_Anchor(bytes32 root, bytes32 stream, uint64 a, uint64 b, address device)
+        public
+    {
+        vm.assume(root != bytes32(0) && stream != bytes32(0) && device != address(0));
         reg.register(K1, "m", "");
+        reg.grantRole(ANCHORER, device);
         if (a > b) {
             vm.expectRevert(abi.encodeWithSelector(ModelRegistry.BadSeqRange.selector, a, b));
-            reg.anchor(root, K1, a, b);
+            reg.anchor(root, stream, a, b, K1);
             return;
         }
         vm.expectEmit(true, true, true, true);
-        emit Anchored(root, K1, address(this), a, b);
-        reg.anchor(root, K1, a, b);
-        (bytes32 key, uint64 first, uint64 last, uint64 blk) = reg.anchorOf(root);
+        emit Anchored(root, stream, device, K1, a, b);
+        vm.prank(device);
+        reg.anchor(root, stream, a, b, K1);
+        (bytes32 key, bytes32 sid, address by, uint64 first, uint64 last, uint64 blk) = reg.anchorOf(root);
         assertEq(key, K1, "key");
+        assertEq(sid, stream, "stream");
+        assertEq(by, device, "the sender is recorded as the anchoring device");
         assertEq(first, a, "first");
         assertEq(last, b, "last");
         assertEq(blk, block.number, "block");
+        assertEq(reg.streamAnchorCount(stream), 1, "counted for its stream");
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.RootAlreadyAnchored.selector, root));
-        reg.anchor(root, K1, a, b);
+        reg.anchor(root, stream, a, b, K1);
+        vm.expectRevert(abi.encodeWithSelector(ModelRegistry.ZeroKey.selector));
+        reg.anchor(keccak256(abi.encode(root)), bytes32(0), a, b, K1);
     }
 
     function testFuzz_AnchorNeedsRegisteredKey(bytes32 key, bytes32 root) public {
         vm.assume(root != bytes32(0));
         vm.expectRevert(abi.encodeWithSelector(ModelRegistry.UnknownKey.selector, key));
-        reg.anchor(root, key, 0, 0);
+        reg.anchor(root, CAM0, 0, 0, key);
+    }
+
+    // ------------------------------------------------------------ ownership
+
+    function testFuzz_TwoStepOwnershipStripsTheOldOwnersRoles(address next, address who) public {
+        vm.assume(next != address(0) && next != address(this) && who != next);
+        reg.transferOwnership(next);
+        assertEq(reg.owner(), address(this), "nothing changes before acceptance");
+        assertEq(reg.pendingOwner(), next, "pending");
+        vm.prank(who);
+        vm.expectRevert(abi.encodeWithSelector(ModelRegistry.NotPendingOwner.selector, who));
+        reg.acceptOwnership();
+        vm.expectEmit(true, true, false, true);
+        emit RoleRevoked(PUBLISHER, address(this), next);
+        vm.expectEmit(true, true, false, true);
+        emit RoleRevoked(ANCHORER, address(this), next);
+        vm.expectEmit(true, true, false, true);
+        emit OwnershipTransferred(address(this), next);
+        vm.prank(next);
+        reg.acceptOwnership();
+        assertEq(reg.owner(), next, "owner");
+        assertEq(reg.pendingOwner(), address(0), "pending cleared");
+        assertTrue(!reg.hasRole(PUBLISHER, address(this)) && !reg.hasRole(ANCHORER, address(this)),
+                   "the old owner keeps no role");
+        vm.expectRevert(abi.encodeWithSelector(ModelRegistry.MissingRole.selector, PUBLISHER, address(this)));
+        reg.register(K1, "m", "");
+        vm.expectRevert(abi.encodeWithSelector(ModelRegistry.NotOwner.selector, address(this)));
+        reg.grantRole(PUBLISHER, address(this));
     }
 
     // ------------------------------------------------------------ helpers
