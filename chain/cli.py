@@ -48,7 +48,8 @@ def _blob_name(path: Path) -> str:
 
 def _connect(args):
     from .client import connect
-    return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile)
+    return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
+                   chain_id=args.chain_id)
 
 
 def cmd_deploy_registry(args) -> int:
@@ -133,6 +134,31 @@ def cmd_revoke_role(args) -> int:
     reg = _connect(args)
     tx = reg.revoke_role(args.role, args.address)
     print(f"removed {args.role} from {args.address} (tx {tx})")
+    return 0
+
+
+def cmd_transfer_ownership(args) -> int:
+    reg = _connect(args)
+    tx = reg.transfer_ownership(args.address)
+    print(f"ownership offered to {args.address} (tx {tx}); it takes over with "
+          "`python -m chain accept-ownership`, which removes your publisher and anchorer roles")
+    return 0
+
+
+def cmd_accept_ownership(args) -> int:
+    reg = _connect(args)
+    tx = reg.accept_ownership()
+    print(f"{reg.sender} owns registry {reg.address} (tx {tx}); the previous owner's roles are "
+          "removed: grant yourself the ones you need")
+    return 0
+
+
+def cmd_deployments(args) -> int:
+    key = resolve_key(args.model)
+    reg = _connect(args)
+    for d in reg.deployments_of(key):
+        now = "current" if not d.superseded else f"superseded: now v{d.current_version} {d.current_key}"
+        print(f"'{d.name}' v{d.version} ({now})")
     return 0
 
 
@@ -226,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keyfile", default=None,
                     help="encrypted JSON keystore that signs [VERISEG_KEYFILE; password in "
                          "VERISEG_KEYFILE_PASSWORD]")
+    ap.add_argument("--chain-id", type=int, default=None,
+                    help="the chain id the registry must be on [VERISEG_CHAIN_ID; default: the "
+                         "one recorded at deploy-registry or first use]")
     ap.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
                             parser_class=_Parser)
@@ -269,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("role", choices=["publisher", "anchorer"])
     p.add_argument("address")
     p.set_defaults(fn=cmd_revoke_role)
+
+    p = sub.add_parser("transfer-ownership",
+                       help="offer ownership to ADDRESS (owner; it must accept-ownership)")
+    p.add_argument("address")
+    p.set_defaults(fn=cmd_transfer_ownership)
+
+    p = sub.add_parser("accept-ownership",
+                       help="take over a registry offered to you; the old owner's roles go")
+    p.set_defaults(fn=cmd_accept_ownership)
+
+    p = sub.add_parser("deployments", help="every deployment that ever pointed at a key")
+    p.add_argument("model", metavar="KEY|BLOB")
+    p.set_defaults(fn=cmd_deployments)
 
     p = sub.add_parser("events", help="registry events (Deployed/Revoked; --all for every kind)")
     p.add_argument("--from", dest="from_block", type=int, default=0)

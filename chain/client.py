@@ -226,6 +226,18 @@ class Registry:
                 raise errors.RegistryNotFound(
                     f"no contract at {self.address} on {self.endpoint}; deploy one with "
                     "`python -m chain deploy-registry` and pass its address")
+            # the node's word on every status rests on this being our contract
+            if bytes(code) != bytes.fromhex(art["deployedBytecode"].removeprefix("0x")):
+                raise errors.RegistryCodeMismatch(self._code_mismatch())
+
+    def _code_mismatch(self) -> str:
+        if self.embedded is not None:
+            return (f"the embedded chain in {self.embedded.dir} holds an older ModelRegistry "
+                    "than this version's (chain/artifacts); move that folder away to start a "
+                    "fresh chain (its registrations are lost: register and deploy again)")
+        return (f"the code at {self.address} on {self.endpoint} is not the committed "
+                "ModelRegistry (chain/artifacts): wrong --registry, an old registry, or a node "
+                "that is not telling the truth; use your own node over https")
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -640,10 +652,55 @@ def http_web3(url: str, timeout: float = 10.0) -> Web3:
     return Web3(provider)
 
 
+PINS_FILE = "pins.json"   # under <home>/chain: registry address -> chain id
+
+
+def _pins_path(home) -> Path:
+    from .embedded import default_home
+    return (Path(home).expanduser() if home is not None else default_home()) / "chain" / PINS_FILE
+
+
+def read_pin(home, registry: str) -> int | None:
+    """The chain id pinned for ``registry`` (recorded at deploy-registry or first connect)."""
+    try:
+        pins = json.loads(_pins_path(home).read_text())
+        return int(pins[to_checksum_address(registry)]["chain_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_pin(home, registry: str, chain_id: int, endpoint: str, how: str) -> None:
+    p = _pins_path(home)
+    try:
+        pins = json.loads(p.read_text()) if p.exists() else {}
+        pins[to_checksum_address(registry)] = {"chain_id": int(chain_id), "endpoint": endpoint,
+                                               "recorded": how}
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, p)
+    except (OSError, ValueError) as exc:   # a read-only home: the pin is a safeguard, not state
+        log.warning("could not record the chain id pin in %s: %s", p, exc)
+
+
+def _check_chain_id(w3: Web3, url: str, registry: str, home, pinned: int | None) -> int:
+    got = int(retry(lambda: w3.eth.chain_id, attempts=3, deadline=10.0,
+                    on_error=unavailable(url, "reading the chain id")))
+    if pinned is None:
+        pinned = read_pin(home, registry)
+    if pinned is not None and got != pinned:
+        raise errors.ChainIdMismatch(
+            f"{url} says chain id {got} but registry {registry} is pinned to chain id {pinned}; "
+            "that node is on another chain or is not telling the truth: use your own node "
+            "over https (or fix VERISEG_CHAIN_ID / --chain-id)")
+    return got
+
+
 def connect(chain: str | None = None, home: str | os.PathLike | None = None,
             registry: str | None = None, keyfile: str | os.PathLike | None = None, *,
             private_key: str | bytes | None = None, account_index: int | None = None,
-            timeout: float = 10.0, receipt_timeout: float = 30.0) -> Registry:
+            timeout: float = 10.0, receipt_timeout: float = 30.0,
+            chain_id: int | None = None) -> Registry:
     """Connect to the registry.
 
     ``chain``: ``"embedded"`` (default; ``VERISEG_CHAIN``) or an ``http(s)://`` JSON-RPC URL.
@@ -653,6 +710,12 @@ def connect(chain: str | None = None, home: str | os.PathLike | None = None,
     password ``VERISEG_KEYFILE_PASSWORD``). ``private_key``: sign with this key instead
     (tests with anvil's public dev keys). ``account_index``: on the embedded chain, which
     deterministic dev account signs (default 0, the owner).
+
+    On a node the registry must be pinned to a chain id (``chain_id``, ``VERISEG_CHAIN_ID``,
+    else the pin recorded in ``home`` by ``deploy-registry`` or the first connect) and its
+    code must be the committed runtime bytecode; otherwise ChainIdMismatch /
+    RegistryCodeMismatch. That catches a wrong node or registry, not a node that lies
+    consistently: only an authenticated endpoint (your own node over https) does.
     """
     chain = chain or os.environ.get("VERISEG_CHAIN") or "embedded"
     registry = registry or os.environ.get("VERISEG_REGISTRY") or None
@@ -675,8 +738,24 @@ def connect(chain: str | None = None, home: str | os.PathLike | None = None,
             raise errors.RegistryNotConfigured(
                 f"no registry address for {chain}; pass --registry 0x... or set "
                 "VERISEG_REGISTRY (deploy one with `python -m chain deploy-registry`)")
+        if chain_id is None and os.environ.get("VERISEG_CHAIN_ID"):
+            try:
+                chain_id = int(os.environ["VERISEG_CHAIN_ID"], 0)
+            except ValueError:
+                raise errors.ChainError(f"VERISEG_CHAIN_ID={os.environ['VERISEG_CHAIN_ID']!r} "
+                                        "is not a chain id (an integer)") from None
+        if not is_address(registry):
+            raise errors.RegistryNotConfigured(
+                f"'{registry}' is not a contract address; pass --registry 0x... (40 hex characters)")
         w3 = http_web3(chain, timeout)
-        return Registry(w3, registry, account, endpoint=chain, receipt_timeout=receipt_timeout)
+        got = _check_chain_id(w3, chain, registry, home, chain_id)
+        reg = Registry(w3, registry, account, endpoint=chain, receipt_timeout=receipt_timeout)
+        reg._chain_id = got
+        if read_pin(home, registry) is None:
+            log.warning("registry %s: chain id %d pinned on first use (in %s); pin it "
+                        "explicitly with VERISEG_CHAIN_ID", reg.address, got, _pins_path(home))
+            record_pin(home, registry, got, chain, "first connect")
+        return reg
     raise errors.ChainError(
         f"unknown chain '{chain}'; use 'embedded' or an http:// JSON-RPC URL")
 
@@ -730,4 +809,6 @@ def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
         raise
     if receipt["status"] != 1 or not receipt["contractAddress"]:
         raise errors.ChainError(f"registry deployment {tx_hash.to_0x_hex()} failed on {chain}")
-    return to_checksum_address(receipt["contractAddress"])
+    addr = to_checksum_address(receipt["contractAddress"])
+    record_pin(home, addr, int(w3.eth.chain_id), chain, "deploy-registry")
+    return addr

@@ -100,6 +100,15 @@ class RegistryNotFound(ChainError):
     """No contract code at the configured registry address."""
 
 
+class RegistryCodeMismatch(ChainError):
+    """The code at the registry address is not the committed ModelRegistry runtime
+    bytecode (another contract, an old version, or a node that lies)."""
+
+
+class ChainIdMismatch(ChainError):
+    """The node reports another chain id than the one pinned for the registry."""
+
+
 class JournalError(ChainError):
     """The embedded chain's journal is corrupt or does not replay to the same result."""
 

@@ -219,6 +219,22 @@ def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_p
     assert verify(line, "--blob", blob, batch_path=v1path, seq=11)[0] == 0
 
 
+def test_ownership_transfer_and_deployments_on_the_cli(cli, blob):
+    rc, out, err = cli("register", blob)
+    assert rc == 0, err
+    a1 = cli.env.address(1)
+    rc, out, err = cli("transfer-ownership", a1)
+    assert rc == 0 and "accept-ownership" in out, err
+    refused(cli("accept-ownership", account=2), "not the pending owner")
+    rc, out, err = cli("accept-ownership", account=1)
+    assert rc == 0 and a1 in out, err
+    refused(cli("deploy", "d", blob), "lacks the PUBLISHER role")   # the old owner kept none
+    assert cli("grant", "publisher", a1, account=1)[0] == 0
+    assert cli("deploy", "d", blob, account=1)[0] == 0
+    rc, out, err = cli("deployments", blob)
+    assert rc == 0 and out.strip() == "'d' v1 (current)", (out, err)
+
+
 def _run(home, *argv, env=None):
     e = {**os.environ, "VERISEG_HOME": str(home), **(env or {})}
     e.pop("VERISEG_CHAIN", None)
