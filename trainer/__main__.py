@@ -1,4 +1,4 @@
-"""python -m trainer train | evaluate | export"""
+"""python -m trainer train | evaluate | robustness | export | clip"""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,11 @@ def main(argv=None) -> int:
                    help="share of crops centred on a pixel of a rare class (0: off)")
     t.add_argument("--class-mix", type=float, default=0.0, metavar="P",
                    help="share of samples given ClassMix from another sample of the batch (0: off)")
+    t.add_argument("--conditions", type=float, default=0.0, metavar="P",
+                   help="share of crops given a random weather/light/sensor condition (0: off)")
+    t.add_argument("--consistency", type=float, default=0.0, metavar="W",
+                   help="weight of the clean-vs-condition Jensen-Shannon loss (0: off; 2x compute a step)")
+    t.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint's EMA weights (a fine-tune)")
     t.add_argument("--variant", choices=("prelu", "relu"), default="relu")
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--ema", type=float, default=0.99, help="EMA decay of the weights (0: off)")
@@ -61,6 +66,21 @@ def main(argv=None) -> int:
     e.add_argument("--grid", type=int, default=6, help="frames in the Figure-6 grid")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--no-ema", action="store_true", help="checkpoint: use the raw weights, not the EMA")
+
+    r = sub.add_parser("robustness", help="CARLA-C: score models under weather, light and sensor conditions")
+    r.add_argument("--model", required=True, action="append",
+                   help="checkpoint .pt, .onnx or .vsb; repeat to compare models side by side")
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", choices=("val", "train", "all"), default="val")
+    _add_split_args(r)
+    r.add_argument("--frames", type=int, help="score this many frames spread evenly over the split (default: all)")
+    r.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    r.add_argument("--conditions", help="comma-separated subset (default: all)")
+    r.add_argument("--severities", default="1,2,3")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--size", type=int, default=512, help="network input size")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--out", default="runs/robustness")
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX and pack a .vsb blob")
     x.add_argument("--checkpoint", required=True)
@@ -100,6 +120,7 @@ def main(argv=None) -> int:
                           load_size=a.load_size, eval_size=a.eval_size, batch=a.batch, lr=a.lr,
                           weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
                           weight_c=a.weight_c, rare_crops=a.rare_crops, class_mix=a.class_mix,
+                          conditions=a.conditions, consistency=a.consistency, init=a.init,
                           variant=a.variant, dropout=a.dropout, ema=a.ema,
                           val_fraction=a.val_fraction, val_at=a.val_at, gap=a.gap, val_every=a.val_every, seed=a.seed,
                           device=a.device, amp=a.amp, threads=a.threads, workers=a.workers, limit=a.limit,
@@ -110,6 +131,9 @@ def main(argv=None) -> int:
     if a.cmd == "evaluate":
         from .evaluate import main as ev
         return ev(a)
+    if a.cmd == "robustness":
+        from .robustness import main as rb
+        return rb(a)
     if a.cmd == "export":
         from .export import main as ex
         return ex(a)

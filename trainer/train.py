@@ -1,5 +1,12 @@
 """Training loop: weighted cross-entropy (ENet weights), AdamW, warmup + cosine schedule,
-EMA of the weights, checkpoints every epoch with resume, best checkpoint by val mIoU."""
+EMA of the weights, checkpoints every epoch with resume, best checkpoint by val mIoU.
+
+Robustness (``conditions``, ``consistency``): a share of the crops is given a weather, light
+or sensor condition drawn by ``trainer.conditions.training_condition`` (never the benchmark's
+draws).  With ``consistency`` > 0 each batch carries the clean crops too and the loss adds
+AugMix's Jensen-Shannon term between the clean and the conditioned predictions (Hendrycks et
+al., ICLR 2020), which asks the net to see the same classes whatever the weather; it costs a
+second forward and backward pass per step."""
 from __future__ import annotations
 
 import copy
@@ -18,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .conditions import training_condition
 from .data import (MEAN, STD, FolderData, RareClassSampler, augment, class_mix, load_folder, synthetic_data,
                    time_split)
 from .enet import ENet, count_macs, count_params
@@ -45,6 +53,9 @@ class TrainConfig:
     weight_c: float = 1.02           # class weights 1/ln(c + p)
     rare_crops: float = 0.0          # share of crops centred on a rare-class pixel (RareClassSampler)
     class_mix: float = 0.0           # share of samples given ClassMix from the next one in the batch
+    conditions: float = 0.0          # share of samples given a weather/light/sensor condition (trainer.conditions)
+    consistency: float = 0.0         # weight of the clean-vs-condition Jensen-Shannon loss (0: off)
+    init: str | None = None          # start from this checkpoint's (EMA) weights: a fine-tune
     variant: str = "relu"
     dropout: float = 0.1
     ema: float = 0.99                # 0 disables the weight average
@@ -125,6 +136,14 @@ def evaluate_model(model, data: FolderData, size: int, device) -> ConfusionMatri
             p = cv2.resize(p, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
         cm.update(p, t)
     return cm
+
+
+def js_consistency(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence between two batches of per-pixel class distributions
+    (logits [N, C, H, W]), averaged over pixels: AugMix's consistency term for two views."""
+    p, q = F.softmax(clean, 1), F.softmax(other, 1)
+    m = (0.5 * (p + q)).clamp(1e-7, 1).log()
+    return 0.5 * (F.kl_div(m, p, reduction="none").sum(1).mean() + F.kl_div(m, q, reduction="none").sum(1).mean())
 
 
 def seed_all(seed: int) -> None:
@@ -217,7 +236,17 @@ class _AugmentedBatches(torch.utils.data.Dataset):
             for n in range(len(pairs)):
                 if rng.random() < cfg.class_mix:
                     pairs[n] = class_mix(*pairs[n], *src[(n + 1) % len(src)], rng)
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        images = np.stack([p[0] for p in pairs])
+        labels = np.stack([p[1] for p in pairs])
+        if cfg.conditions <= 0:     # draws only when on: the recipe without it keeps its stream
+            return images, labels
+        cond = images.copy()
+        for n in range(len(pairs)):
+            if rng.random() < cfg.conditions:
+                cond[n] = training_condition(images[n], labels[n], rng)
+        if cfg.consistency > 0:
+            return np.concatenate([images, cond]), labels
+        return cond, labels
 
 
 class _EpochSteps(torch.utils.data.Sampler):
@@ -296,6 +325,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.init and not resume:
+        # a fine-tune starts from the weights the source run would ship (its EMA), with a fresh
+        # optimiser and schedule
+        src, _ = load_checkpoint(cfg.init)
+        model.load_state_dict(src.state_dict())
+        log(f"init: weights from {cfg.init}")
     ema = copy.deepcopy(model.state_dict()) if cfg.ema > 0 else None
     steps_per_epoch = max(1, len(train_d) // cfg.batch)
     state = {"epoch": 0, "step": 0, "best_miou": -1.0, "epochs": cfg.epochs, "elapsed": 0.0}
@@ -363,6 +398,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = yb.to(device, non_blocking=True).long()
+            if len(x) != len(y):    # consistency: clean crops, then the same crops conditioned
+                y = torch.cat([y, y])
             if time_based:   # --minutes without --epochs: cosine over the wall-clock budget
                 frac = (time.time() - t_start) / (cfg.minutes * 60)
                 f = _lr_factor(int(frac * 100000), 100000, 0) if state["step"] >= warm \
@@ -374,6 +411,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             with ctx:
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, weight=w_t)
+            if cfg.consistency > 0:
+                loss = loss + cfg.consistency * js_consistency(*logits.float().chunk(2))
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
