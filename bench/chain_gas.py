@@ -95,13 +95,15 @@ def anvil_run(binary: str) -> dict:
     from chain_fixtures import ANVIL_KEYS, Anvil
     from chain import connect, deploy_registry
     node = Anvil(binary).start()
+    home = tempfile.mkdtemp()   # the chain-id pin goes to a scratch home, not ~/.veriseg
     try:
-        addr = deploy_registry(node.url, private_key=ANVIL_KEYS[0])
-        reg = connect(node.url, registry=addr, private_key=ANVIL_KEYS[0])
+        addr = deploy_registry(node.url, home=home, private_key=ANVIL_KEYS[0])
+        reg = connect(node.url, home=home, registry=addr, private_key=ANVIL_KEYS[0])
         dep = reg.w3.eth.get_block(1)["transactions"][0]
         return measure(reg, _gas(reg, dep))
     finally:
         node.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def leaf_throughput() -> dict:

@@ -358,8 +358,10 @@ class ChainControl:
                     self.close()
                     raise SystemExit(f"error: anvil did not start on {self.url}")
                 time.sleep(0.2)
-        addr = chain.deploy_registry(self.url, private_key=ANVIL_KEYS[0])
-        self.reg = chain.connect(chain=self.url, registry=addr, private_key=ANVIL_KEYS[0])
+        # the chain-id pin is recorded in the flow's home (not ~/.veriseg)
+        addr = chain.deploy_registry(self.url, home=self.home, private_key=ANVIL_KEYS[0])
+        self.reg = chain.connect(chain=self.url, home=self.home, registry=addr,
+                                 private_key=ANVIL_KEYS[0])
         # the flow signs its anchors with its own account (no nonce race with the script)
         from eth_account import Account
         flow_acct = Account.from_key(ANVIL_KEYS[1])

@@ -110,6 +110,13 @@ class Anvil:
         self.proc = None
 
 
+@pytest.fixture(autouse=True)
+def private_veriseg_home(tmp_path, monkeypatch):
+    """deploy_registry and a first connect record chain-id pins under VERISEG_HOME: in a
+    test that is a temporary folder, never the user's ~/.veriseg."""
+    monkeypatch.setenv("VERISEG_HOME", str(tmp_path / "veriseg-home"))
+
+
 @pytest.fixture(scope="session")
 def anvil_bin() -> str:
     b = tool("anvil")
