@@ -2,25 +2,40 @@
 
     key = write("model.vsb", onnx_bytes, card)
     card, onnx_bytes = load("model.vsb", expected_key=key)
+    spec = card.drive_spec()          # how the flow drives it (refuses what it cannot)
+    x = preprocess(frame_bgr, spec)   # reference pre/postprocessing, numpy
+    ids = postprocess(session.run([spec.output_name], {spec.input_name: x})[0], spec)
 """
 
 from . import errors
 from .blob import FORMAT_VERSION, load, normalize_key, pack, read_header, verify, verify_card, write
-from .card import CARLA_CLASSES, BodyInfo, ClassInfo, ModelCard, TensorSpec, utc_now
+from .card import CARLA_CLASSES, MAX_CLASSES, BodyInfo, ClassInfo, DriveSpec, ModelCard, Preprocessing, TensorSpec, classes_from_json, utc_now
+from .drive import NO_CLASS, palette_lut, postprocess, preprocess
+from .graph import check_graph, read_graph
 from .secrets import generate_secret, read_secret
 
 __all__ = [
     "CARLA_CLASSES",
     "FORMAT_VERSION",
+    "MAX_CLASSES",
+    "NO_CLASS",
     "BodyInfo",
     "ClassInfo",
+    "DriveSpec",
     "ModelCard",
+    "Preprocessing",
     "TensorSpec",
+    "check_graph",
+    "classes_from_json",
     "errors",
     "generate_secret",
     "load",
     "normalize_key",
     "pack",
+    "palette_lut",
+    "postprocess",
+    "preprocess",
+    "read_graph",
     "read_header",
     "read_secret",
     "utc_now",

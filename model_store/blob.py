@@ -43,6 +43,7 @@ import blake3
 import zstandard
 
 from . import errors
+from . import graph as _graph
 from .card import BodyInfo, ModelCard
 from .secrets import decrypt, encrypt, key_id, synthetic_nonce
 
@@ -172,8 +173,14 @@ def verify_card(blob: Blob, expected_key: Optional[str] = None) -> Tuple[str, Mo
     return key, card
 
 
-def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None) -> Tuple[ModelCard, bytes]:
-    """Verify against the expected key, then decrypt and decompress under a hard size limit."""
+def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None, check_graph: bool = True) -> Tuple[ModelCard, bytes]:
+    """Verify against the expected key, then decrypt and decompress under a hard size limit.
+
+    Then the graph is checked against its card (`model_store.graph.check_graph`): it must
+    be self-contained (no external data, no custom-op domains) and be the graph the card
+    describes, or an `errors.Undrivable` is raised. `check_graph=False` skips that, for
+    benchmarks whose body is not a model.
+    """
     if expected_key is None:
         raise ValueError("load needs the expected key: a blob's own key proves it is intact, not that it is the model you trust")
     expected_key = normalize_key(expected_key)
@@ -186,7 +193,10 @@ def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None) 
     body = data[start : len(data) - KEY_SIZE]
     if body_info.encrypted:
         body = _decrypt(body_info, decrypt_key, body, data[:start], source)
-    return card, _decompress(body, body_info.raw_size, source)
+    onnx_bytes = _decompress(body, body_info.raw_size, source)
+    if check_graph:
+        _graph.check_graph(card, onnx_bytes, source)
+    return card, onnx_bytes
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +347,10 @@ def _check(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> 
         card = _parse_card(header, source)
         _check_lengths(card, header_end, size, source)  # before hashing: a wrong size costs no read
         key = _check_key(f, size, source, None)
+    try:
+        card.drive_spec()  # a card the flow cannot drive is refused here, not on every frame
+    except errors.BlobError as exc:
+        raise errors.resourced(exc, source) from None
     return card, key
 
 

@@ -13,11 +13,9 @@ from typing import Any, Optional, Sequence, Tuple
 
 from . import errors
 from .blob import load, normalize_key, verify, verify_card, write
-from .card import CARLA_CLASSES, ModelCard, TensorSpec, utc_now
+from .card import CARLA_CLASSES, CLASS_MAP_DTYPES, INPUT_DTYPES, ModelCard, Preprocessing, TensorSpec, classes_from_json, utc_now
+from .graph import GraphInfo, check_graph, read_graph
 from .secrets import generate_secret, read_secret
-
-_DTYPES = {"tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(float)": "float32", "tensor(float16)": "float16",
-           "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bfloat16)": "bfloat16"}
 
 
 class CliError(Exception):
@@ -50,14 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("model", help="the ONNX model file")
     pk.add_argument("--name", required=True)
     pk.add_argument("--description", required=True)
-    pk.add_argument("--algorithm", default="ENet")
-    pk.add_argument("--scoring-function", default="uint8 NHWC RGB image -> per-pixel argmax class id (uint8 NHW)")
+    pk.add_argument("--algorithm", default="unspecified", help="the architecture, e.g. DeepLabV3 (default: unspecified)")
     pk.add_argument("--params", help="JSON file of training parameters")
     pk.add_argument("--metrics", help="JSON file of metrics")
-    pk.add_argument("--classes", help="JSON list of {id, name, color}; default: the 13 CARLA classes")
-    pk.add_argument("--card", help="JSON file of card fields that override everything derived")
-    pk.add_argument("--input-layout", help="e.g. NHWC (default: guessed from the shape)")
-    pk.add_argument("--color-order", default="RGB", choices=["RGB", "BGR", "GRAY"])
+    pk.add_argument("--classes", help='JSON list of {"name": ..., "colour": [r, g, b]} in id order, 1..255; default: the 13 CARLA classes')
+    pk.add_argument("--card", help="JSON file of card fields that override everything derived (checked against the graph)")
+    pk.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="float inputs: subtract per channel after --input-scale")
+    pk.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="float inputs: then divide per channel")
+    pk.add_argument("--input-scale", type=_number, metavar="S", help="float inputs: multiply the 0..255 pixels by S first (1/255 or 1); required for float inputs")
+    pk.add_argument("--colour", "--color-order", dest="colour", default="RGB", choices=["RGB", "BGR"], help="channel order the model was trained on (default RGB)")
+    pk.add_argument("--resize", default="stretch", choices=["stretch", "letterbox"], help="stretch to the input size (default) or keep the aspect and pad")
+    pk.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize target for a dynamic-size input (default: the frame's size)")
+    pk.add_argument("--input-layout", choices=["NCHW", "NHWC"], help="only when the graph is ambiguous (default: the axis of size 3)")
+    pk.add_argument("--output-layout", choices=["NHW", "NCHW", "NHWC"], help="only when the graph is ambiguous (default: the axis of the class count)")
+    pk.add_argument("--output-kind", choices=["class_map", "logits", "probabilities"], help="default: from the graph (integer: class_map; Softmax last: probabilities; else logits)")
     pk.add_argument("--opset", type=int, help="ONNX opset (default: read from the model)")
     pk.add_argument("--created", help="ISO 8601 UTC creation time (default: now); fix it for reproducible blobs")
     pk.add_argument("--encrypt-key", help="secret file: encrypt the body for devices that hold it")
@@ -91,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
 def _pack(args: argparse.Namespace) -> int:
     with open(args.model, "rb") as f:
         onnx_bytes = f.read()
-    inputs, outputs, opset = _describe_onnx(onnx_bytes, args)
+    # the graph is read (and refused if not self-contained) before onnxruntime sees it
+    info = read_graph(onnx_bytes, args.model, args.name)
+    classes = classes_from_json(_json_file(args.classes, None), args.classes) if args.classes else CARLA_CLASSES
+    inputs, outputs, kind = _describe(info, args, len(classes))
     created = args.created or utc_now()
     derived = ModelCard(
         name=args.name,
@@ -100,53 +107,113 @@ def _pack(args: argparse.Namespace) -> int:
         created=created,
         modified=created,
         training_params=_json_file(args.params, {}),
-        classes=CARLA_CLASSES,
-        scoring_function=args.scoring_function,
+        classes=classes,
+        scoring_function="(set below)",
         inputs=inputs,
         outputs=outputs,
         metrics=_json_file(args.metrics, {}),
-        onnx_opset=args.opset or opset,
+        onnx_opset=args.opset or info.opset or _opset(onnx_bytes),
+        preprocessing=Preprocessing(scale=args.input_scale if args.input_scale is not None else 1.0,
+                                    mean=args.mean, std=args.std, resize=args.resize,
+                                    size=tuple(args.size) if args.size else None),
+        output_kind=kind,
     ).to_dict()
-    if args.classes:
-        derived["classes"] = _json_file(args.classes, [])
-    card = ModelCard.from_dict({**derived, **_json_file(args.card, {})})
+    overrides = _json_file(args.card, {})
+    card = ModelCard.from_dict({**derived, **overrides})
+    if "scoring_function" not in overrides:
+        # what the flow will do, from the card itself: never a default that could be untrue
+        card = card.replace(scoring_function=_drive(card, args.model).describe())
+    check_graph(card, onnx_bytes, args.model)  # a hand-edited --card must still describe the graph
+    _ort_loads(onnx_bytes, args.model)
     secret = read_secret(args.encrypt_key) if args.encrypt_key else None
     key = write(args.output, onnx_bytes, card, encrypt_key=secret, level=args.level)
     size = os.path.getsize(args.output)
     print(f"packed {args.model} ({len(onnx_bytes)} bytes) -> {args.output} ({size} bytes)")
+    print(f"scoring: {card.scoring_function}")
     print(key)
     return 0
 
 
-def _describe_onnx(onnx_bytes: bytes, args: argparse.Namespace) -> Tuple[Tuple[TensorSpec, ...], Tuple[TensorSpec, ...], int]:
-    """Typed inputs/outputs and opset, read from the model itself."""
+def _drive(card: ModelCard, source: str):
+    try:
+        return card.drive_spec()
+    except errors.BlobError as exc:
+        raise errors.resourced(exc, source) from None
+
+
+def _ort_loads(onnx_bytes: bytes, source: str) -> None:
+    """The graph must build in onnxruntime here, not first on a device."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the user needs the refusal, not ORT's notes
     try:
-        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own types for every parse failure
-        raise CliError(f"{args.model}: not a loadable ONNX model ({_one_line(exc)})") from None
-
-    def spec(arg: Any, is_input: bool) -> TensorSpec:
-        dtype = _DTYPES.get(arg.type)
-        if dtype is None:
-            raise CliError(f"{args.model}: tensor {arg.name!r} has type {arg.type}; pass --card with its spec")
-        shape = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d.isidentifier() else "N") for d in arg.shape)
-        layout = _guess_layout(shape, is_input, args.input_layout)
-        color = args.color_order if is_input and "C" in layout else None
-        return TensorSpec(arg.name, dtype, shape, layout, color)
-
-    inputs = tuple(spec(a, True) for a in session.get_inputs())
-    outputs = tuple(spec(a, False) for a in session.get_outputs())
-    return inputs, outputs, _opset(onnx_bytes)
+        raise CliError(f"{source}: not a loadable ONNX model ({_one_line(exc)})") from None
 
 
-def _guess_layout(shape: Tuple[Any, ...], is_input: bool, given: Optional[str]) -> str:
-    if given and is_input:
-        return given
-    if len(shape) == 4:
-        return "NCHW" if shape[1] in (1, 3) and shape[3] not in (1, 3) else "NHWC"
-    return {1: "N", 2: "NC", 3: "NHW"}.get(len(shape), "X" * len(shape))
+def _describe(info: GraphInfo, args: argparse.Namespace, n_classes: int) -> Tuple[Tuple[TensorSpec, ...], Tuple[TensorSpec, ...], Optional[str]]:
+    """Card inputs, outputs and output kind, from the graph where it says them, else the options."""
+    who = f"{args.model}"
+    name = f"model {args.name!r}"
+    if len(info.inputs) != 1:
+        shown = ", ".join(f"{t.name!r}" for t in info.inputs) or "none"
+        raise errors.TooManyInputs(who, f"{name}: the graph takes {len(info.inputs)} inputs ({shown}); the flow feeds exactly one image: export the graph with a single image input")
+    inp = info.inputs[0]
+    if inp.dtype not in INPUT_DTYPES:
+        raise errors.UnsupportedDtype(who, f"{name}: input {inp.name!r} is {inp.type_name}; the flow feeds uint8, float32 or float16: re-export with one of those")
+    shape = inp.card_shape()
+    if inp.shape is None or len(shape) != 4:
+        raise errors.UnsupportedInput(who, f"{name}: input {inp.name!r} has shape [{','.join(map(str, shape)) if inp.shape else '?'}]; expected a 4-D image [N,3,H,W] or [N,H,W,3]")
+    layout = args.input_layout or _input_layout(shape)
+    if layout is None:
+        raise errors.UnsupportedInput(who, f"{name}: cannot tell the channel axis of input {inp.name!r} [{','.join(map(str, shape))}]: pass --input-layout NCHW or NHWC")
+    if inp.dtype != "uint8" and args.input_scale is None:
+        raise CliError(f"{who}: input {inp.name!r} is {inp.dtype}: say what values it expects: --input-scale 1/255 (0..1) or --input-scale 1 (0..255), with --mean R G B --std R G B if it was trained normalised")
+    specs_in = (TensorSpec(inp.name, inp.dtype, shape, layout, args.colour),)
+    out = info.outputs[0]
+    if out.dtype is None:
+        raise errors.UnsupportedDtype(who, f"{name}: output {out.name!r} is {out.type_name}; expected an integer class map or float scores")
+    oshape = out.card_shape()
+    integer = out.dtype in CLASS_MAP_DTYPES
+    out_layout = args.output_layout or _output_layout(oshape, integer, n_classes, layout)
+    specs_out = [TensorSpec(out.name, out.dtype, oshape, out_layout, None)]
+    for extra in info.outputs[1:]:  # described too, never driven: the flow reads the first output
+        if extra.dtype is not None and extra.shape is not None:
+            s = extra.card_shape()
+            specs_out.append(TensorSpec(extra.name, extra.dtype, s, _output_layout(s, extra.dtype in CLASS_MAP_DTYPES, n_classes, layout), None))
+    if args.output_kind:
+        kind = args.output_kind
+    elif integer:
+        kind = "class_map"
+    else:  # a Softmax writing the output itself means probabilities; argmax is the same either way
+        kind = "probabilities" if info.producers.get(out.name) == "Softmax" else "logits"
+    return specs_in, tuple(specs_out), kind
+
+
+def _input_layout(shape: Tuple[Any, ...]) -> Optional[str]:
+    first, last = shape[1] == 3, shape[3] == 3
+    if first != last:
+        return "NCHW" if first else "NHWC"
+    if not first and isinstance(shape[1], int) != isinstance(shape[3], int):
+        # one channel count fixed (not 3), the other dynamic: the fixed one is the channel axis
+        return "NCHW" if isinstance(shape[1], int) else "NHWC"
+    return None
+
+
+def _output_layout(shape: Tuple[Any, ...], integer: bool, n_classes: int, input_layout: str) -> str:
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) != 4:
+        return {0: "", 1: "N", 2: "NC"}.get(len(shape), "X" * len(shape))
+    want = 1 if integer else n_classes
+    first, last = shape[1] == want, shape[3] == want
+    if first != last:
+        return "NCHW" if first else "NHWC"
+    if not first and isinstance(shape[1], int) != isinstance(shape[3], int):
+        return "NCHW" if isinstance(shape[1], int) else "NHWC"
+    return input_layout  # ambiguous: the input's convention (drive_spec names a wrong count)
 
 
 def _opset(onnx_bytes: bytes) -> int:
@@ -192,6 +259,17 @@ def _varint(buf: bytes, i: int) -> Tuple[int, int]:
         shift += 7
 
 
+def _number(text: str) -> float:
+    """A float, or a fraction like 1/255."""
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 1/255 or 0.00392)") from None
+
+
 def _json_file(path: Optional[str], default: Any) -> Any:
     if not path:
         return default
@@ -224,6 +302,10 @@ def _inspect(args: argparse.Namespace) -> int:
         for t in specs:
             color = f" {t.color_order}" if t.color_order else ""
             lines.append(f"{kind:<12} {t.name} {t.dtype}[{','.join(map(str, t.shape))}] {t.layout}{color}")
+    if card.preprocessing != Preprocessing():
+        lines.append(f"preprocess   {json.dumps(card.to_dict()['preprocessing'], sort_keys=True)}")
+    if card.output_kind:
+        lines.append(f"output kind  {card.output_kind}")
     lines.append(f"classes      {', '.join(f'{c.id}:{c.name}' for c in card.classes)}")
     if card.training_params:
         lines.append(f"training     {json.dumps(card.training_params, sort_keys=True)}")

@@ -21,6 +21,18 @@ __all__ = [
     "BadCard",
     "DecryptionFailed",
     "Unreadable",
+    "Undrivable",
+    "NotOnnx",
+    "NotSelfContained",
+    "ExternalData",
+    "CustomOps",
+    "TooManyInputs",
+    "UnsupportedInput",
+    "UnsupportedDtype",
+    "NotPerPixel",
+    "ClassCountMismatch",
+    "CardContradictsGraph",
+    "resourced",
 ]
 
 
@@ -29,6 +41,7 @@ class BlobError(Exception):
 
     def __init__(self, source: str, message: str) -> None:
         self.source = source
+        self.message = message
         super().__init__(f"{source}: {message}")
 
 
@@ -82,3 +95,59 @@ class DecryptionFailed(BlobError):
 
 class Unreadable(BlobError):
     """The file exists but cannot be read (permissions, an I/O error, not a regular file)."""
+
+
+# --- models the flow cannot drive (refused at pack, at verify and at load) -------------------
+#
+# The card says how a frame becomes the input tensor and how the output becomes a class map
+# (model_store.card.DriveSpec). A model whose graph or card falls outside that is refused
+# with one of these, naming the model, instead of failing on every frame later.
+
+
+class Undrivable(BlobError):
+    """The model is intact but the flow cannot drive it (base of the refusals below)."""
+
+
+class NotOnnx(Undrivable):
+    """The body is not an ONNX model protobuf."""
+
+
+class NotSelfContained(Undrivable):
+    """The graph needs something outside the blob (base of ExternalData and CustomOps)."""
+
+
+class ExternalData(NotSelfContained):
+    """A tensor keeps its data in an external file: a runtime would read a path the graph names."""
+
+
+class CustomOps(NotSelfContained):
+    """A node is in an operator domain ONNX Runtime has no built-in kernels for (a custom-op library)."""
+
+
+class TooManyInputs(Undrivable):
+    """The graph takes more than one input; the flow feeds exactly one image."""
+
+
+class UnsupportedInput(Undrivable):
+    """The input is not a 4-D, 3-channel image tensor (NCHW or NHWC)."""
+
+
+class UnsupportedDtype(Undrivable):
+    """An input or output element type the flow has no conversion for."""
+
+
+class NotPerPixel(Undrivable):
+    """The output is not a per-pixel map (a classifier's [1, 1000], a detector's boxes)."""
+
+
+class ClassCountMismatch(Undrivable):
+    """The output's class axis and the card's class list have different lengths."""
+
+
+class CardContradictsGraph(Undrivable):
+    """The card's inputs or outputs are not the graph's (a hand-edited card, another graph)."""
+
+
+def resourced(exc: BlobError, source: str) -> BlobError:
+    """The same refusal, naming `source` (a file) instead of where it was found ('<card>')."""
+    return type(exc)(source, exc.message)
