@@ -195,3 +195,14 @@ def test_fine_tune_with_conditions_and_consistency_starts_from_the_init_weights(
     for k, v in src.state_dict().items():
         if "running" not in k and "num_batches" not in k:
             assert torch.equal(got[k].float(), v.float()), k
+
+
+def test_amp_auto_uses_bf16_on_the_cpu_only_with_native_kernels(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from trainer import train as tr
+    monkeypatch.setattr(tr, "cpu_bf16_is_fast", lambda: False)
+    ctx, _ = tr._autocast(torch.device("cpu"), "auto")
+    assert not ctx._enabled
+    monkeypatch.setattr(tr, "cpu_bf16_is_fast", lambda: True)
+    ctx, _ = tr._autocast(torch.device("cpu"), "auto")
+    assert ctx._enabled and ctx.fast_dtype == torch.bfloat16
