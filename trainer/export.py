@@ -224,6 +224,15 @@ def _against_overfitting(cfg: dict) -> list[str]:
     if cfg.get("class_mix"):
         out.append(f"ClassMix: {cfg['class_mix']:.0%} of samples get half the classes of another sample of the "
                    "batch pasted over them, so classes appear against backgrounds this drive never shows")
+    if cfg.get("conditions"):
+        out.append(f"weather, light and sensor conditions: {cfg['conditions']:.0%} of crops get a random draw of "
+                   "rain (with wet road and overcast sky), wet road, dusk, night, fog, overcast or a sensor fault "
+                   "(trainer.conditions.training_condition: other parameters and draws than the CARLA-C benchmark)")
+    if cfg.get("consistency"):
+        out.append(f"Jensen-Shannon consistency (weight {cfg['consistency']}) between each crop's clean and "
+                   "conditioned predictions (AugMix)")
+    if cfg.get("init"):
+        out.append(f"fine-tuned from {cfg['init']} (its EMA weights) with a fresh optimiser and schedule")
     return out
 
 
