@@ -37,6 +37,8 @@ from typing import Sequence
 import blake3
 import numpy as np
 
+from model_store.util import atomic_write
+
 from . import errors
 
 LEAF_PREFIX = b"\x00"
@@ -275,10 +277,7 @@ class AnchorBatch:
     def write(self, path: str | os.PathLike, include_proofs: bool = False) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(include_proofs), separators=(",", ":")) + "\n")
-        os.replace(tmp, p)
-        return p
+        return atomic_write(p, json.dumps(self.to_json(include_proofs), separators=(",", ":")) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> tuple["AnchorBatch", dict]:

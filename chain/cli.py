@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from model_store.util import one_line
+
 from . import errors
 
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -340,10 +342,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
@@ -351,17 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except errors.AnchorVerificationFailed as exc:
-        print(f"anchor-verify failed [{exc.check}]: {_one_line(exc)}", file=sys.stderr)
+        print(f"anchor-verify failed [{exc.check}]: {one_line(exc)}", file=sys.stderr)
     except (errors.ChainError, CliError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - refusals from model_store and friends
         mod = type(exc).__module__ or ""
         if mod.startswith("model_store"):
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
         elif isinstance(exc, (OSError, ValueError)):
-            print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         else:
-            print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (rerun with -v "
+            print(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (rerun with -v "
                   "and report it)", file=sys.stderr)
             if args.verbose:
                 raise

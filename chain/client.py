@@ -22,6 +22,8 @@ from eth_account import Account
 from eth_utils import is_address, keccak, to_checksum_address
 from web3 import Web3
 
+from model_store.util import atomic_write, first_line
+
 from . import errors
 from ._revert import ErrorDecoder, is_revert, to_chain_error
 from .artifact import load_artifact
@@ -117,7 +119,7 @@ def retry(fn: Callable[[], T], *, attempts: int = 3, base_delay: float = 0.2,
 def unavailable(endpoint: str, what: str) -> Callable[[BaseException], errors.ChainError]:
     """A converter of transport errors into a one-line ChainUnavailable."""
     def conv(exc: BaseException) -> errors.ChainError:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 160)
         return errors.ChainUnavailable(
             f"chain node {endpoint} unavailable while {what} ({type(exc).__name__}: "
             f"{reason}); check that the node runs and the URL is right")
@@ -676,9 +678,7 @@ def record_pin(home, registry: str, chain_id: int, endpoint: str, how: str) -> N
         pins[to_checksum_address(registry)] = {"chain_id": int(chain_id), "endpoint": endpoint,
                                                "recorded": how}
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, p)
+        atomic_write(p, json.dumps(pins, indent=1, sort_keys=True) + "\n")
     except (OSError, ValueError) as exc:   # a read-only home: the pin is a safeguard, not state
         log.warning("could not record the chain id pin in %s: %s", p, exc)
 

@@ -31,6 +31,8 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 
+from model_store.util import atomic_writer
+
 from . import errors
 from .artifact import load_artifact
 
@@ -237,12 +239,10 @@ class EmbeddedChain:
             parts.append(v)
         body = b"".join(parts)
         head = self.backend.chain.get_canonical_head().block_number
-        tmp = self.snapshot.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_writer(self.snapshot) as f:
             f.write(SNAPSHOT_MAGIC + struct.pack(">QQ", self._offset, head)
                     + self._journal_digest(self._offset) + hashlib.sha256(body).digest())
             f.write(body)
-        os.replace(tmp, self.snapshot)
         self._since_snapshot = 0
         log.info("embedded chain: snapshot at journal byte %d (%d db entries)", self._offset, len(kv))
 

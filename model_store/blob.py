@@ -46,6 +46,7 @@ from . import errors
 from . import graph as _graph
 from .card import BodyInfo, ModelCard
 from .secrets import decrypt, encrypt, key_id, synthetic_nonce
+from .util import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -122,12 +123,7 @@ def pack(onnx_bytes: bytes, card: ModelCard, *, encrypt_key: Optional[bytes] = N
 def write(path: Union[str, "os.PathLike[str]"], onnx_bytes: bytes, card: ModelCard, **kw) -> str:
     """Pack to a file (atomically: write then rename) and return the blob's key."""
     blob = pack(onnx_bytes, card, **kw)
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, blob, fsync=True)
     return blob[-KEY_SIZE:].hex()
 
 

@@ -16,6 +16,7 @@ from .blob import load, normalize_key, verify, verify_card, write
 from .card import CARLA_CLASSES, CLASS_MAP_DTYPES, INPUT_DTYPES, ModelCard, Preprocessing, TensorSpec, classes_from_json, utc_now
 from .graph import GraphInfo, check_graph, read_graph
 from .secrets import generate_secret, read_secret
+from .util import one_line
 
 
 class CliError(Exception):
@@ -30,14 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (errors.BlobError, CliError, ValueError, OSError) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror or exc}"
-    return " ".join(str(exc).split())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +95,9 @@ def _pack(args: argparse.Namespace) -> int:
     classes = classes_from_json(_json_file(args.classes, None), args.classes) if args.classes else CARLA_CLASSES
     inputs, outputs, kind = _describe(info, args, len(classes))
     created = args.created or utc_now()
+    opset = args.opset or info.opset   # read_graph found the default domain's opset_import
+    if not opset:
+        raise CliError("could not read the model's ONNX opset; pass --opset")
     derived = ModelCard(
         name=args.name,
         description=args.description,
@@ -112,7 +110,7 @@ def _pack(args: argparse.Namespace) -> int:
         inputs=inputs,
         outputs=outputs,
         metrics=_json_file(args.metrics, {}),
-        onnx_opset=args.opset or info.opset or _opset(onnx_bytes),
+        onnx_opset=opset,
         preprocessing=Preprocessing(scale=args.input_scale if args.input_scale is not None else 1.0,
                                     mean=args.mean, std=args.std, resize=args.resize,
                                     size=tuple(args.size) if args.size else None),
@@ -150,7 +148,7 @@ def _ort_loads(onnx_bytes: bytes, source: str) -> None:
     try:
         ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own types for every parse failure
-        raise CliError(f"{source}: not a loadable ONNX model ({_one_line(exc)})") from None
+        raise CliError(f"{source}: not a loadable ONNX model ({one_line(exc)})") from None
 
 
 def _describe(info: GraphInfo, args: argparse.Namespace, n_classes: int) -> Tuple[Tuple[TensorSpec, ...], Tuple[TensorSpec, ...], Optional[str]]:
@@ -214,49 +212,6 @@ def _output_layout(shape: Tuple[Any, ...], integer: bool, n_classes: int, input_
     if not first and isinstance(shape[1], int) != isinstance(shape[3], int):
         return "NCHW" if isinstance(shape[1], int) else "NHWC"
     return input_layout  # ambiguous: the input's convention (drive_spec names a wrong count)
-
-
-def _opset(onnx_bytes: bytes) -> int:
-    """The default-domain opset, from ModelProto field 8 (opset_import), without the onnx package."""
-    try:
-        for field, value in _proto_fields(onnx_bytes):
-            if field == 8 and isinstance(value, bytes):
-                entry = dict(_proto_fields(value))
-                if not entry.get(1):  # default domain "" (absent or empty)
-                    return int(entry.get(2, 0))
-    except (IndexError, ValueError):
-        pass
-    raise CliError("could not read the model's ONNX opset; pass --opset")
-
-
-def _proto_fields(buf: bytes):
-    i = 0
-    while i < len(buf):
-        tag, i = _varint(buf, i)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            value, i = buf[i : i + n], i + n
-        elif wire == 1:
-            value, i = buf[i : i + 8], i + 8
-        elif wire == 5:
-            value, i = buf[i : i + 4], i + 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        yield field, value
-
-
-def _varint(buf: bytes, i: int) -> Tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        result |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return result, i
-        shift += 7
 
 
 def _number(text: str) -> float:

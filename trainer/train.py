@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model_store.util import atomic_writer
+
 from .conditions import training_condition
 from .data import (MEAN, STD, FolderData, RareClassSampler, augment, class_mix, load_folder, synthetic_data,
                    time_split)
@@ -469,11 +471,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         metrics_f.flush()
         ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema, "state": state,
               "config": asdict(cfg), "meta": meta, "metrics": rec, "rng": _rng_state(device)}
-        torch.save(ck, out / "last.tmp")
-        os.replace(out / "last.tmp", last)
+        with atomic_writer(last) as f:
+            torch.save(ck, f)
         if rec.get("best"):
-            torch.save(ck, out / "best.tmp")
-            os.replace(out / "best.tmp", out / "best.pt")
+            with atomic_writer(out / "best.pt") as f:
+                torch.save(ck, f)
         log(f"epoch {epoch}/{state['epochs'] or '?'} loss {rec['loss']:.4f} " +
             (f"val acc {rec['val_pixel_accuracy']:.4f} mIoU {rec['val_miou']:.4f} " if "val_miou" in rec else "") +
             f"({t_train:.0f}s train, {rec['elapsed_s'] / 60:.1f} min total{_eta(state['elapsed'], epoch, state['epochs'])})")
