@@ -9,16 +9,12 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 from model_store.util import one_line
 
 from . import errors
-
-_HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
-
 
 class CliError(Exception):
     pass
@@ -32,12 +28,15 @@ def blob_key(path: str | os.PathLike) -> str:
 
 def resolve_key(arg: str) -> str:
     """A KEY argument or a BLOB path -> 64-hex key."""
-    if _HEX_KEY.match(arg.strip()) and not Path(arg).exists():
-        return arg.strip().lower().removeprefix("0x")
+    from .client import normalize_key
     p = Path(arg)
-    if not p.exists():
-        raise CliError(f"'{arg}' is neither a model key (64 hex characters) nor an existing blob file")
-    return blob_key(p)
+    if p.exists():
+        return blob_key(p)
+    try:
+        return normalize_key(arg)
+    except errors.InvalidKey:
+        raise CliError(f"'{arg}' is neither a model key (64 hex characters) nor an existing blob "
+                       "file") from None
 
 
 def _blob_name(path: Path) -> str:

@@ -22,6 +22,7 @@ from eth_account import Account
 from eth_utils import is_address, keccak, to_checksum_address
 from web3 import Web3
 
+import model_store
 from model_store.util import atomic_write, first_line
 
 from . import errors
@@ -44,17 +45,12 @@ EMBEDDED_GAS = 1_500_000  # gas limit of embedded-chain transactions (x1.25 belo
 
 
 def normalize_key(key: str | bytes) -> str:
-    """A model key as 64 lowercase hex chars (accepts bytes32 and an optional 0x)."""
-    if isinstance(key, (bytes, bytearray)):
-        if len(key) != 32:
-            raise errors.InvalidKey(f"a key is 32 bytes, got {len(key)}")
-        return bytes(key).hex()
-    k = key.strip().lower()
-    if k.startswith("0x"):
-        k = k[2:]
-    if len(k) != 64 or any(c not in "0123456789abcdef" for c in k):
-        raise errors.InvalidKey(f"'{key}' is not a model key (64 hex characters)")
-    return k
+    """A model key as 64 lowercase hex chars (accepts bytes32 and an optional 0x):
+    model_store's rule, refused as the chain's InvalidKey."""
+    try:
+        return model_store.normalize_key(key)
+    except ValueError as exc:
+        raise errors.InvalidKey(str(exc)) from None
 
 
 def key_bytes(key: str | bytes) -> bytes:

@@ -81,8 +81,13 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def normalize_key(key: str) -> str:
-    """Accept a key as printed anywhere (upper case, 0x prefix); return 64 lower-case hex."""
+def normalize_key(key: Union[str, bytes]) -> str:
+    """Accept a key as printed anywhere (upper case, 0x prefix) or as its 32 bytes (a
+    contract's bytes32); return 64 lower-case hex. The one rule for a key's spelling."""
+    if isinstance(key, (bytes, bytearray)):
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"a blob key is {KEY_SIZE} bytes, got {len(key)}")
+        return bytes(key).hex()
     if not isinstance(key, str) or not _HEX_KEY.match(key.strip()):
         raise ValueError(f"{key!r} is not a blob key; expected 64 hex characters")
     key = key.strip().lower()

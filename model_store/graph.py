@@ -35,7 +35,7 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple, Union
 from . import errors
 from .card import Dim, ModelCard, TensorSpec
 
-__all__ = ["ALLOWED_DOMAINS", "GraphInfo", "GraphTensor", "check_graph", "read_graph"]
+__all__ = ["ALLOWED_DOMAINS", "ELEM_TYPES", "ORT_TYPES", "GraphInfo", "GraphTensor", "check_graph", "read_graph"]
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
@@ -43,6 +43,9 @@ ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
               10: "float16", 11: "float64", 16: "bfloat16"}
 ELEM_NAMES = {8: "string", 9: "bool", 12: "uint32", 13: "uint64", 14: "complex64", 15: "complex128"}
+# the card's dtype names as ONNX Runtime spells a tensor's type (NodeArg.type)
+ORT_TYPES = {dtype: "tensor(" + {"float32": "float", "float64": "double"}.get(dtype, dtype) + ")"
+             for dtype in ELEM_TYPES.values()}
 MAX_NESTING = 64  # subgraphs inside subgraphs; a real model nests a few levels
 
 

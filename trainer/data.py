@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .palette import NUM_CLASSES, rgb_palette_to_ids
+from .palette import NUM_CLASSES, PALETTE, rgb_palette_to_ids
 
 __all__ = ["DataError", "read_image", "read_label", "find_pairs", "FolderData", "load_folder",
            "time_split", "synthetic_scene", "synthetic_data", "augment", "resize_pair",
@@ -177,9 +177,8 @@ def synthetic_scene(rng: np.random.Generator, h: int = 64, w: int = 64):
     lab[cy:cy + ch, cx:cx + cw] = 10                   # car
     px = int(rng.integers(0, w - 2))
     lab[h // 5:horizon + h // 8, px:px + max(1, w // 64)] = 5   # pole
-    base = np.array([(90, 150, 230), (70, 70, 70), (190, 153, 153), (250, 170, 160), (220, 20, 60),
-                     (153, 153, 153), (157, 234, 50), (128, 64, 128), (244, 35, 232), (107, 142, 35),
-                     (0, 0, 142), (102, 102, 156), (220, 220, 0)], np.float32)
+    base = PALETTE.astype(np.float32)                  # each class drawn in its CARLA colour,
+    base[0] = (90, 150, 230)                           # but the sky (Unlabeled) blue
     img = base[lab] + rng.normal(0, 12, (h, w, 3)).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8), lab
 

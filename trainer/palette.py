@@ -1,5 +1,7 @@
-"""CARLA class names and colour palette (numpy only, no torch).
+"""CARLA class names and colour palette for training (numpy only, no torch).
 
+The classes and colours are defined once, in ``model_store.card.CARLA_CLASSES`` (what a
+blob's card carries); this module re-exports them in the shapes the trainer uses.
 Ids follow the Lyft Perception Challenge / CARLA 0.8 semantic camera: the id is
 stored in the red channel of the original label images.
 """
@@ -7,31 +9,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from model_store import CARLA_CLASSES, palette_lut
+
 __all__ = ["CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "PALETTE", "colorize", "rgb_palette_to_ids"]
 
-CLASS_NAMES: tuple[str, ...] = (
-    "Unlabeled", "Building", "Fence", "Other", "Pedestrian", "Pole", "RoadLine",
-    "Road", "Sidewalk", "Vegetation", "Car", "Wall", "TrafficSign",
-)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CARLA_CLASSES)
 NUM_CLASSES = len(CLASS_NAMES)
 
 #: RGB colour of each class id (the CARLA palette).
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 0), (70, 70, 70), (190, 153, 153), (250, 170, 160), (220, 20, 60),
-    (153, 153, 153), (157, 234, 50), (128, 64, 128), (244, 35, 232), (107, 142, 35),
-    (0, 0, 142), (102, 102, 156), (220, 220, 0),
-)
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = tuple(c.color for c in CARLA_CLASSES)
 #: ``PALETTE[id]`` is the RGB colour, uint8 [13, 3].
 PALETTE = np.array(CLASS_COLORS, dtype=np.uint8)
+_LUT = palette_lut(CARLA_CLASSES)   # ids past the classes are drawn white
 
 _CODE = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(CLASS_COLORS)}
 
 
 def colorize(class_map: np.ndarray) -> np.ndarray:
     """uint8 class map [H, W] -> RGB image [H, W, 3]; ids > 12 are drawn white."""
-    lut = np.full((256, 3), 255, np.uint8)
-    lut[:NUM_CLASSES] = PALETTE
-    return lut[np.asarray(class_map, dtype=np.uint8)]
+    return _LUT[np.asarray(class_map, dtype=np.uint8)]
 
 
 def rgb_palette_to_ids(rgb: np.ndarray) -> np.ndarray | None:
