@@ -25,7 +25,6 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from operators.config import REPO_ROOT, ConfigError, load_config
 from operators.frames import Result
 from operators.pipeline import build_flow as _build, flow_from_env
-from operators.telemetry import STATS, log
 
 __all__ = ["build_flow", "flow", "EvalSink", "read_label"]
 
@@ -52,6 +51,7 @@ class _EvalPart(StatefulSinkPartition):
     def __init__(self, sink: "EvalSink", sid: str):
         from trainer.metrics import ConfusionMatrix
         self.sink = sink
+        self.stats = sink.stats
         self.sid = sid
         n = len(sink.class_names)
         self.cm = ConfusionMatrix(n, sink.class_names)
@@ -73,20 +73,20 @@ class _EvalPart(StatefulSinkPartition):
             try:
                 truth = read_label(r.label)
             except ValueError as e:
-                STATS.bad_frame(self.sid, str(e))
+                self.stats.bad_frame(self.sid, str(e))
                 continue
             h, w = truth.shape
             pred = resize_prediction(r.class_map, h, w)
             self.cm.update(pred, truth)
             self.cm_nohood.update(pred, truth, mask=~hood_mask(h, w))
             self.frames += 1
-            total = STATS.totals.get(self.sid) or 0
+            total = self.stats.totals.get(self.sid) or 0
             every = max(1, total // GRID_FRAMES) if total else 1
             if len(self.samples) < GRID_FRAMES and r.seq % every == every // 2 and r.raw is not None:
                 raw = r.raw
                 rgb = cv2.cvtColor(raw, cv2.COLOR_BGR2RGB) if raw.ndim == 3 else raw
                 self.samples.append((rgb, truth, pred))
-            STATS.add("written", self.sid)
+            self.stats.add("written", self.sid)
 
     def snapshot(self):
         return None
@@ -96,7 +96,8 @@ class _EvalPart(StatefulSinkPartition):
 
 
 class EvalSink(FixedPartitionedSink):
-    def __init__(self, out: Path, stream_ids, class_names, model_info: dict):
+    def __init__(self, stats, out: Path, stream_ids, class_names, model_info: dict):
+        self.stats = stats
         self.out = Path(out)
         self.sids = list(stream_ids)
         self.class_names = tuple(class_names)
@@ -119,10 +120,10 @@ class EvalSink(FixedPartitionedSink):
             self.parts.append(part)
             if len(self.parts) < len(self.sids):
                 return
-        self.report = write_report(self.out / "eval", self.parts, self.model_info)
+        self.report = write_report(self.stats, self.out / "eval", self.parts, self.model_info)
 
 
-def write_report(folder: Path, parts, model_info: dict) -> dict:
+def write_report(stats, folder: Path, parts, model_info: dict) -> dict:
     from trainer.metrics import ConfusionMatrix, confusion_image, format_table, grid_image
     folder.mkdir(parents=True, exist_ok=True)
     names = parts[0].cm.names if parts else ()
@@ -140,14 +141,14 @@ def write_report(folder: Path, parts, model_info: dict) -> dict:
     summ = cm.summary()
     nohood = cm_nh.summary()
     report = {"frames": frames, "frames_without_label": unlabelled,
-              "bad_frames": sum(STATS.bad.values()), "model": model_info,
+              "bad_frames": sum(stats.bad.values()), "model": model_info,
               "frames_by_model_key": keys, "metrics": summ,
               "metrics_without_hood_rows": {
                   "pixel_accuracy": nohood["pixel_accuracy"], "mean_iou": nohood["mean_iou"],
                   "car_accuracy": nohood["per_class"].get("Car", {}).get("accuracy"),
                   "car_iou": nohood["per_class"].get("Car", {}).get("iou")},
               "resolution": "label native (predictions resized back, nearest neighbour)",
-              "fps": round(STATS.fps(), 3), "provider": STATS.provider}
+              "fps": round(stats.fps(), 3), "provider": stats.provider}
     (folder / "report.json").write_text(json.dumps(report, indent=1))
     (folder / "confusion.json").write_text(json.dumps(
         {"classes": list(names), "rows": "truth", "columns": "prediction",
@@ -189,9 +190,10 @@ def build_flow(cfg=None, *, registry=None, decrypt_key=None):
         raise ConfigError([f"VERISEG_SOURCE: evaluate replays a labelled dataset folder or CSV, "
                            f"not {s.kind} {s.target!r}" for s in bad])
 
-    def sink_factory(cfg, first, reg):
+    def sink_factory(ctx):
+        cfg, first = ctx.config, ctx.first
         names = [c.name for c in first.card.classes] if first.card is not None else []
-        return EvalSink(cfg.out, cfg.stream_ids, names,
+        return EvalSink(ctx.stats, cfg.out, cfg.stream_ids, names,
                         {"key": first.key, "name": getattr(first.card, "name", None),
                          "source": first.source})
     return _build(cfg, registry=registry, decrypt_key=decrypt_key, sink_factory=sink_factory,

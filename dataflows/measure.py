@@ -56,10 +56,8 @@ def main() -> int:
 
     from operators.config import ConfigError, load_config
     from operators.model_reader import ModelRefused
-    from operators.pipeline import build_flow, flow_parts, startup_error
-    from operators.score import SESSIONS
+    from operators.pipeline import build_flow, startup_error
     from operators.sources import open_reader
-    from operators.telemetry import STATS
 
     repeat = int(os.environ.get("VERISEG_MEASURE_REPEAT", "1") or 1)
     try:
@@ -67,8 +65,8 @@ def main() -> int:
         flow = build_flow(cfg)
     except (ConfigError, ModelRefused) as e:
         raise startup_error(e) from None
-    first = flow_parts(flow)["first"]
-    entry = SESSIONS.get(first)
+    first = flow.context.first
+    entry = flow.context.sessions.get(first)
     spec = cfg.sources[0]
     if spec.live:
         print("veriseg: error: measure needs a file source (video, dir:, csv:)", file=sys.stderr)
@@ -96,15 +94,16 @@ def main() -> int:
 
     runs = []
     for _ in range(repeat):
-        flow = build_flow(cfg)     # fresh counters, same verified model (session cached)
+        flow = build_flow(cfg)     # its own counters, the same verified model
         c0 = _cpu()
         t0 = time.perf_counter()
         run_main(flow)
         wall = time.perf_counter() - t0
         cpu = _cpu() - c0
-        snap = STATS.snapshot()
+        stats = flow.context.stats
+        snap = stats.snapshot()
         n = sum(snap["frames_scored"].values())
-        runs.append({"frames": n, "fps_steady": round(STATS.fps(), 3),
+        runs.append({"frames": n, "fps_steady": round(stats.fps(), 3),
                      "cpu_ms_per_frame": round(cpu * 1e3 / max(1, n), 2),
                      "fps_wall": round(n / wall, 3), "wall_s": round(wall, 3),
                      "latency": snap["latency"], "batch_sizes": snap["batch_sizes"],

@@ -15,8 +15,8 @@ refuses to start with one line, before Bytewax runs):
 
 Then a background thread polls ``reg.events(from_block)``: a ``Deployed`` event of the
 followed deployment with a higher version hot-swaps the model (verified again, session
-built off the scoring thread); a ``Revoked`` event marks the key revoked in the
-process-wide set at once and queues a revoke update, so scoring with it stops.  Chain
+built off the scoring thread); a ``Revoked`` event marks the key revoked in the flow's
+set at once and queues a revoke update, so scoring with it stops.  Chain
 outages are retried with backoff while the verified model keeps scoring.
 
 ``ModelReaderSource`` is the Bytewax input: one partition per stream id, emitting
@@ -37,9 +37,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import MODELS_DIR, Config
 from .frames import ModelUpdate
-from .score import REVOKED, SESSIONS, ScoreError
-from .sources import stream_done
-from .telemetry import STATS, log
+from .score import ScoreError
+from .telemetry import log
 
 __all__ = ["ModelRefused", "ChainDown", "BlobNotHere", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
 
@@ -76,7 +75,8 @@ def _one_line(e: BaseException) -> str:
 class BlobLocator:
     """Finds the blob file holding a key: its registered URI, then the model folders."""
 
-    def __init__(self, dirs: Iterable[Path]):
+    def __init__(self, dirs: Iterable[Path], stats=None):
+        self.stats = stats   # counts the files that are no readable blob
         self.dirs = []
         for d in dirs:
             d = Path(d).expanduser()
@@ -96,7 +96,8 @@ class BlobLocator:
             try:   # raises only BlobError, whatever the file holds (hostile headers included)
                 self._keys[sig] = model_store.verify(str(path))
             except model_store.errors.BlobError as e:
-                STATS.bad_model_file(_one_line(e))   # skip it; the scan goes on
+                if self.stats is not None:   # skip it; the scan goes on
+                    self.stats.bad_model_file(_one_line(e))
         return self._keys[sig] or None
 
     def find(self, key: str, uri: str = "") -> Optional[Path]:
@@ -117,10 +118,14 @@ class BlobLocator:
 class ModelWatcher:
     """Resolves, verifies and follows the model; feeds updates to every stream."""
 
-    def __init__(self, cfg: Config, registry=None, *, decrypt_key: Optional[bytes] = None,
-                 locator: Optional[BlobLocator] = None,
-                 flow_stop: Optional[threading.Event] = None):
+    def __init__(self, ctx, registry=None, *, decrypt_key: Optional[bytes] = None,
+                 locator: Optional[BlobLocator] = None):
+        cfg: Config = ctx.config
         self.cfg = cfg
+        # the flow's shared parts (operators.context.FlowContext)
+        self.stats, self.sessions, self.revoked = ctx.stats, ctx.sessions, ctx.revoked
+        self.streams = ctx.streams
+        self.flow_stop = ctx.stop   # set when the follower fails: the sources end
         self._reg = registry
         self.decrypt_key = decrypt_key
         dirs = []
@@ -129,7 +134,7 @@ class ModelWatcher:
         extra = cfg.extra.get("VERISEG_MODEL_DIRS", "")
         dirs += [Path(p) for p in extra.split(os.pathsep) if p.strip()]
         dirs += [MODELS_DIR, cfg.home / "models"]
-        self.locator = locator or BlobLocator(dirs)
+        self.locator = locator or BlobLocator(dirs, self.stats)
         self.updates: list[ModelUpdate] = []
         self.cond = threading.Condition()
         self._uid = 0
@@ -141,7 +146,6 @@ class ModelWatcher:
         self.started = False
         self.sids = tuple(cfg.stream_ids)
         self.follow_name: Optional[str] = None   # blob-path mode: the deployment that supersedes it
-        self.flow_stop = flow_stop   # set when the follower fails: the sources end
         self.pending: Optional[tuple] = None   # (name, version, key): a deploy whose blob is not here yet
 
     @property
@@ -171,7 +175,7 @@ class ModelWatcher:
         u = ModelUpdate("load", key, self._next_uid(), name=name, version=version, card=card,
                         onnx=onnx, source=str(path))
         try:
-            SESSIONS.get(u)   # build (and fail fast: REQUIRE_GPU, bad graph) off the score thread
+            self.sessions.get(u)   # build (and fail fast: REQUIRE_GPU, bad graph) off the score thread
         except ScoreError as e:
             raise ModelRefused(str(e)) from None
         return u
@@ -182,7 +186,7 @@ class ModelWatcher:
             raise ModelRefused(f"{what}: key {key} is not registered on the model registry "
                                f"({self.cfg.chain}); register it first (python -m chain register)")
         if st.revoked:
-            REVOKED.add(key, st.reason)
+            self.revoked.add(key, st.reason)
             raise ModelRefused(f"{what}: key {key} is revoked on the model registry "
                                f"({st.reason or 'no reason given'})")
         return st
@@ -205,7 +209,7 @@ class ModelWatcher:
             self._save_status(u)
         self.current = u
         self._publish(u)
-        STATS.models_loaded.append({"key": u.key, "name": u.name, "version": u.version,
+        self.stats.models_loaded.append({"key": u.key, "name": u.name, "version": u.version,
                                     "path": u.source, "at": time.time()})
         log.info("model %s verified (key %s%s) from %s", getattr(u.card, "name", "?"), u.key,
                  f", {u.name} v{u.version}" if u.version else "", u.source)
@@ -251,7 +255,7 @@ class ModelWatcher:
             raise ModelRefused(f"{why}; the cached status of {self.cfg.model!r} is {age:.0f} s old "
                                f"(VERISEG_STATUS_MAX_AGE={max_age:g})") from None
         key = ent["key"]
-        if key in REVOKED:
+        if key in self.revoked:
             raise ModelRefused(f"{why}; the cached key {key} is revoked") from None
         if self.cfg.model_is_path:
             path = Path(self.cfg.model)
@@ -270,7 +274,7 @@ class ModelWatcher:
         self.version = int(ent.get("version") or 0)
         log.warning("%s: starting from the status verified %.0f s ago (VERISEG_STATUS_MAX_AGE=%g); "
                     "revocations are applied when the registry is back", why, age, max_age)
-        STATS.error = None
+        self.stats.error = None
         return self._verified_update(key, path, ent.get("name") or str(path), self.version)
 
     def _resolve_online(self) -> ModelUpdate:
@@ -428,14 +432,13 @@ class ModelWatcher:
         msg = (f"model reader stopped ({type(e).__name__}: {_one_line(e)}): scoring stops, "
                "revocations can no longer be followed")
         why = "fail safe: the model reader stopped"
-        REVOKED.halt(why)
+        self.revoked.halt(why)
         if self.current is not None:
             self._publish(ModelUpdate("revoke", self.current.key, self._next_uid(), reason=why))
             self.current = None
-        STATS.error = msg
+        self.stats.error = msg
         log.error("%s", msg)
-        if self.flow_stop is not None:
-            self.flow_stop.set()
+        self.flow_stop.set()
 
     def _follow_events(self):
         import chain
@@ -443,7 +446,7 @@ class ModelWatcher:
         outage = None
         last_saved = time.monotonic()
         while not self.stop.wait(delay):
-            if self.sids and all(stream_done(s) for s in self.sids):
+            if self.sids and self.streams.all_done(self.sids):
                 return
             try:
                 evs, nxt = self.reg.events(self.block)
@@ -471,7 +474,7 @@ class ModelWatcher:
                     break
                 except ModelRefused as e:
                     log.error("model reader: %s", e)
-                    STATS.models_refused.append({"key": getattr(ev, "key", None), "reason": str(e)})
+                    self.stats.models_refused.append({"key": getattr(ev, "key", None), "reason": str(e)})
                 except chain.errors.ChainError as e:
                     log.warning("model reader: %s (will retry)", _one_line(e))
                     nxt = ev.block   # retry from this event's block
@@ -482,7 +485,7 @@ class ModelWatcher:
 
     def _set_pending(self, p: Optional[tuple]):
         self.pending = p
-        STATS.deploy_pending = ({"name": p[0], "version": p[1], "key": p[2], "since": time.time()}
+        self.stats.deploy_pending = ({"name": p[0], "version": p[1], "key": p[2], "since": time.time()}
                                 if p else {})
 
     def _retry_pending(self):
@@ -495,22 +498,22 @@ class ModelWatcher:
             return   # not here yet, or the node is away: next poll
         except ModelRefused as e:
             log.error("model reader: %s", e)
-            STATS.models_refused.append({"key": key, "reason": str(e)})
+            self.stats.models_refused.append({"key": key, "reason": str(e)})
             self._set_pending(None)
 
     def _on_event(self, ev):
         kind, key = ev.kind, (ev.key or "").lower()
         if kind == "Revoked":
-            if key in REVOKED and not (self.current and self.current.key == key):
+            if key in self.revoked and not (self.current and self.current.key == key):
                 return
-            REVOKED.add(key, ev.reason or "")
-            STATS.revoked.append({"key": key, "reason": ev.reason, "block": ev.block, "at": time.time()})
+            self.revoked.add(key, ev.reason or "")
+            self.stats.revoked.append({"key": key, "reason": ev.reason, "block": ev.block, "at": time.time()})
             self._publish(ModelUpdate("revoke", key, self._next_uid(), reason=ev.reason or ""))
             if self.current and self.current.key == key:
                 log.warning("model %s revoked on chain (%s): scoring stops until a valid model is "
                             "deployed", key[:12], ev.reason or "no reason given")
                 self.current = None
-            SESSIONS.drop(key)
+            self.sessions.drop(key)
             if self.pending and self.pending[2] == key:
                 log.warning("deployment %r v%d: its key %s was revoked before its blob arrived: "
                             "no longer waiting for it", self.pending[0], self.pending[1], key[:12])
@@ -526,7 +529,7 @@ class ModelWatcher:
             log.warning("deployment %r: ignoring version %d (in use: %d; no rollback)",
                         ev.deployment, version, self.version)
             return
-        if key in REVOKED:
+        if key in self.revoked:
             raise ModelRefused(f"deployment {ev.deployment!r} v{version}: key {key[:12]} is revoked")
         self._check_status(key, f"deployment {ev.deployment!r} v{version}")
         if self.pending and self.pending[1] > version:
@@ -552,7 +555,7 @@ class ModelWatcher:
         self.current = u
         if self.pending and self.pending[1] <= version:
             self._set_pending(None)
-        STATS.models_loaded.append({"key": key, "name": name, "version": version,
+        self.stats.models_loaded.append({"key": key, "name": name, "version": version,
                                     "path": str(path), "at": time.time()})
         log.info("deployment %r v%d: hot-swapping to model %s", name, version, key[:12])
         self._publish(u)
@@ -573,8 +576,8 @@ class _ReaderPartition(StatefulSourcePartition):
         if new:
             self.awake = None
             return [(self.sid, u) for u in new]
-        if stream_done(self.sid):
-            if self.w.sids and all(stream_done(s) for s in self.w.sids):
+        if self.w.streams.done(self.sid):
+            if self.w.sids and self.w.streams.all_done(self.w.sids):
                 self.w.stop.set()   # the follower thread ends with the last stream
             raise StopIteration()
         self.awake = datetime.now(timezone.utc) + timedelta(milliseconds=20)

@@ -13,17 +13,16 @@ import threading
 from typing import Callable, Optional
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
 
 from .config import Config, ConfigError, load_config
+from .context import FlowContext, VerisegFlow
 from .model_reader import ModelRefused, ModelReaderSource, ModelWatcher, connect_registry
 from .preprocess import Preprocessor
-from .score import REVOKED, SESSIONS, ScoreLogic
+from .score import ScoreLogic
 from .sinks import ResultSink, classes_of
-from .sources import FrameSource, check_pipeline, reset_streams
-from .telemetry import STATS
+from .sources import FrameSource, check_pipeline
 
-__all__ = ["build_flow", "LockedRegistry", "startup_error", "flow_from_env", "flow_parts"]
+__all__ = ["build_flow", "LockedRegistry", "startup_error", "flow_from_env"]
 
 
 class LockedRegistry:
@@ -52,8 +51,10 @@ def _tag(kv):
 
 def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Optional[bytes] = None,
                sink_factory: Optional[Callable] = None, flow_id: str = "veriseg_segment",
-               keep_raw: bool = False, reader_factory=None) -> Dataflow:
-    """Build the segmentation flow; raises ConfigError / ModelRefused (one line each)."""
+               keep_raw: bool = False, reader_factory=None) -> VerisegFlow:
+    """Build the segmentation flow with its own ``FlowContext`` (``flow.context``);
+    raises ConfigError / ModelRefused (one line each).  ``sink_factory(ctx)`` replaces the
+    result sink (``dataflows.evaluate``)."""
     cfg = cfg or load_config()
     problems = []
     for s in cfg.sources:
@@ -65,27 +66,20 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
                                 f"VERISEG_SOURCE: {e}")
     if problems:
         raise ConfigError(problems)
-    STATS.reset()
-    REVOKED.clear()
-    SESSIONS.clear()
-    reset_streams(cfg.stream_ids)
-    SESSIONS.configure(providers=cfg.providers, require_gpu=cfg.require_gpu, threads=cfg.threads,
-                       home=cfg.home)
+    ctx = FlowContext(cfg)
     if decrypt_key is None and cfg.decrypt_key_file is not None:
         from model_store import read_secret
         try:
             decrypt_key = read_secret(cfg.decrypt_key_file)
         except (OSError, ValueError) as e:
             raise ConfigError([f"VERISEG_DECRYPT_KEY: {cfg.decrypt_key_file}: {e}"]) from None
-    reg = LockedRegistry(registry if registry is not None else connect_registry(cfg))
-    # set when the sinks' outputs fail or the model reader fails safe: the sources end
-    flow_stop = threading.Event()
-    watcher = ModelWatcher(cfg, reg, decrypt_key=decrypt_key, flow_stop=flow_stop)
-    first = watcher.resolve()
+    reg = ctx.registry = LockedRegistry(registry if registry is not None else connect_registry(cfg))
+    watcher = ctx.watcher = ModelWatcher(ctx, reg, decrypt_key=decrypt_key)
+    first = ctx.first = watcher.resolve()
     pre = Preprocessor.for_card(first.card) if cfg.preprocess else None
     batch = cfg.batch
     if not batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
-        entry = SESSIONS.get(first)
+        entry = ctx.sessions.get(first)
         batch = 4 if entry.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else 1
     colour = pre.colour if pre is not None else "BGR"
     if keep_raw:
@@ -95,12 +89,11 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
     else:
         prepare = pre
 
-    flow = Dataflow(flow_id)
+    flow = VerisegFlow(flow_id, context=ctx)
     frames = op.input("source", flow, FrameSource(
-        cfg.sources, queue=cfg.queue, batch=batch, loop=cfg.loop, max_frames=cfg.max_frames,
+        ctx, cfg.sources, queue=cfg.queue, batch=batch, loop=cfg.loop, max_frames=cfg.max_frames,
         prepare=prepare, reconnect_max=cfg.reconnect_max, colour=colour,
-        reader_factory=reader_factory, stall=cfg.stall, flow_stop=flow_stop,
-        max_pixels=cfg.max_pixels))
+        reader_factory=reader_factory, stall=cfg.stall, max_pixels=cfg.max_pixels))
     if pre is not None:
         # the image-processing window; a no-op check when the decoder already did the work
         def preprocess(kv, _pre=pre):
@@ -120,7 +113,7 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
             return super().on_batch([v for _, v in values])
 
     def builder(resume):
-        lg = _Logic(None, batch=batch, pending=pending, resume=resume)
+        lg = _Logic(ctx, None, batch=batch, pending=pending)
         # start with the model verified at build time (no startup race with the frames);
         # the model reader re-sends it (same uid: ignored) and then any later change
         lg._apply(first)
@@ -138,26 +131,17 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
                 break
         progress = cfg.progress == "1" or (cfg.progress == "auto" and sys.stderr.isatty()
                                            and not any(s.live for s in cfg.sources))
-        sink = ResultSink(cfg.out, cfg.stream_ids, classes=classes_of(first.card), masks=cfg.masks,
+        sink = ResultSink(ctx, cfg.out, cfg.stream_ids, classes=classes_of(first.card), masks=cfg.masks,
                           video=cfg.video, jsonl=cfg.jsonl, anchor_every=cfg.anchor_every,
                           registry=reg, metrics_port=cfg.metrics_port, progress=progress, fps=fps,
                           summary_extra={"config": _cfg_summary(cfg), "model": {
                               "key": first.key, "name": getattr(first.card, "name", None),
-                              "source": first.source}}, flow_stop=flow_stop,
+                              "source": first.source}},
                           video_scale=cfg.video_scale, home=cfg.home)
     else:
-        sink = sink_factory(cfg, first, reg)
+        sink = sink_factory(ctx)
     op.output("sinks", scored, sink)
-    _PARTS[id(flow)] = {"watcher": watcher, "config": cfg, "registry": reg, "first": first}
     return flow
-
-
-_PARTS: dict = {}
-
-
-def flow_parts(flow) -> dict:
-    """The watcher, config, registry and first model update of a flow built here."""
-    return _PARTS[id(flow)]
 
 
 def _cfg_summary(cfg: Config) -> dict:
@@ -172,7 +156,7 @@ def startup_error(e: BaseException) -> "SystemExit":
     return SystemExit(2)
 
 
-def flow_from_env(build=build_flow) -> Dataflow:
+def flow_from_env(build=build_flow) -> VerisegFlow:
     """The module-level ``flow`` of a dataflow module: one-line errors, exit status 2."""
     try:
         return build()

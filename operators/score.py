@@ -4,16 +4,17 @@
   CPU); :func:`build_session` logs the provider actually loaded (``get_providers()``: the
   GPU build silently falls back to CPU) and refuses to run when a GPU is required but none
   loaded.
-- :data:`SESSIONS` caches sessions per model key in this process (the model reader warms it
-  in its own thread so a hot swap does not stall scoring); :data:`REVOKED` is the
-  process-wide set of revoked keys, checked right before every ``run``, so a revocation
-  stops scoring at once, even before its update reaches a stream.
+- :class:`SessionCache` holds a flow's sessions per model key (the model reader warms it
+  in its own thread so a hot swap does not stall scoring); the flow's revoked keys
+  (``FlowContext.revoked``) are checked right before every ``run``, so a revocation stops
+  scoring at once, even before its update reaches a stream.
 - :class:`ScoreLogic` is a ``stateful_batch`` logic per stream id: it receives the stream's
   frames and model updates in order, holds frames that arrive while no valid model is
   loaded in a bounded queue (oldest dropped and counted), and scores micro-batches.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -26,11 +27,10 @@ from bytewax.operators import StatefulBatchLogic
 
 from .frames import Frame, ModelUpdate, Result, StreamEnd
 from .preprocess import Preprocessor
-from .sources import pause_stream
-from .telemetry import STATS, log
+from .telemetry import log
 
-__all__ = ["ScoreError", "providers_for", "provider_options", "trt_cache_dir", "build_session", "SessionEntry", "SessionCache",
-           "SESSIONS", "REVOKED", "ScoreLogic", "cpu_threads"]
+__all__ = ["ScoreError", "providers_for", "provider_options", "trt_cache_dir", "build_session",
+           "SessionEntry", "SessionCache", "ScoreLogic", "cpu_threads", "gpu_driver"]
 
 _GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -46,21 +46,16 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_DRIVER = None
-
-
+@functools.cache
 def gpu_driver() -> bool:
     """True when an NVIDIA driver is loadable (else auto skips the GPU providers, which the
     GPU build of ORT lists even on machines without CUDA, with a noisy fallback)."""
-    global _DRIVER
-    if _DRIVER is None:
-        import ctypes
-        try:
-            ctypes.CDLL("libcuda.so.1")
-            _DRIVER = True
-        except OSError:
-            _DRIVER = False
-    return _DRIVER
+    import ctypes
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
 
 
 def providers_for(choice: str, available=None) -> list:
@@ -127,6 +122,7 @@ class SessionEntry:
     pre: Preprocessor
     max_batch: Optional[int]     # None: dynamic batch dim
     card: object = None
+    how: str = ""                # providers asked for and threads, for the log
 
 
 def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
@@ -157,10 +153,6 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
         raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
                          f"(asked for {', '.join(wanted)}; available: "
                          f"{', '.join(ort.get_available_providers())})")
-    if STATS.provider != active:
-        log.info("ONNX Runtime provider in use: %s (asked for %s; %d intra-op threads)",
-                 active, ", ".join(wanted), so.intra_op_num_threads)
-    STATS.provider = active
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
     if card is not None:
         problem = card_mismatch(card, inp, out)
@@ -179,7 +171,8 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
         pre = Preprocessor(size, "RGB")
     if inp.type != "tensor(uint8)":
         log.warning("model %s takes %s, not uint8: frames are cast per batch (slower)", key[:12], inp.type)
-    return SessionEntry(key, sess, inp.name, out.name, active, pre, max_batch, card)
+    return SessionEntry(key, sess, inp.name, out.name, active, pre, max_batch, card,
+                        f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads")
 
 
 _ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)", "float16": "tensor(float16)",
@@ -210,15 +203,15 @@ class SessionCache:
     Keeping three cost ~134 MiB per 512² ENet session, so RSS doubled after two hot swaps
     (the soak, ``bench/soak.py``); freeing a session returns its memory to the OS."""
 
-    def __init__(self, keep: int = 1):
+    def __init__(self, *, keep: int = 1, stats=None, providers: str = "auto",
+                 require_gpu: bool = False, threads: int = 0, home=None):
         self.keep = keep
+        self.stats = stats           # records the provider in use
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Event] = {}
-        self.options = dict(providers="auto", require_gpu=False, threads=0, home=None)
-
-    def configure(self, **kw):
-        self.options.update(kw)
+        self.options = dict(providers=providers, require_gpu=require_gpu, threads=threads, home=home)
+        self.provider: Optional[str] = None
 
     def get(self, update: ModelUpdate) -> SessionEntry:
         while True:
@@ -240,6 +233,11 @@ class SessionCache:
                 if update.onnx is None:
                     raise ScoreError(f"model {update.key[:12]}: update carries no model bytes")
                 e = build_session(update.onnx, key=update.key, card=update.card, **self.options)
+                if self.provider != e.provider:
+                    log.info("ONNX Runtime provider in use: %s (%s)", e.provider, e.how)
+                    self.provider = e.provider
+                if self.stats is not None:
+                    self.stats.provider = e.provider
                 with self._lock:
                     self._d[update.key] = e
                     while len(self._d) > self.keep:
@@ -263,41 +261,14 @@ class SessionCache:
             self._d.clear()
 
 
-class _Revoked:
-    def __init__(self):
-        self._keys: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._halted = ""   # fail safe: the model reader died, every key counts as revoked
-
-    def add(self, key: str, reason: str = ""):
-        with self._lock:
-            self._keys[key] = reason
-
-    def halt(self, reason: str):
-        with self._lock:
-            self._halted = reason or "halted"
-
-    def __contains__(self, key) -> bool:
-        return bool(self._halted) or key in self._keys
-
-    def reason(self, key) -> str:
-        return self._keys.get(key, "") or self._halted
-
-    def clear(self):
-        with self._lock:
-            self._keys.clear()
-            self._halted = ""
-
-
-SESSIONS = SessionCache()
-REVOKED = _Revoked()
-
-
 class ScoreLogic(StatefulBatchLogic):
     """Per-stream scoring state: the model in use and the frames waiting for one."""
 
-    def __init__(self, stream_id: str, *, batch: int = 4, pending: int = 64, resume=None):
+    def __init__(self, ctx, stream_id: Optional[str], *, batch: int = 4, pending: int = 64):
         self.sid = stream_id
+        # the flow's shared parts (operators.context.FlowContext)
+        self.stats, self.sessions, self.revoked = ctx.stats, ctx.sessions, ctx.revoked
+        self.streams = ctx.streams
         self.max_batch = max(1, batch)
         self.pending: deque = deque()
         self.pending_cap = pending
@@ -306,7 +277,6 @@ class ScoreLogic(StatefulBatchLogic):
         self.name = ""
         self.seen: set[int] = set()
         self.waiting_logged = False
-        self.resume = resume or {}
 
     # -- model updates ----------------------------------------------------------------
     def _apply(self, u: ModelUpdate):
@@ -314,14 +284,14 @@ class ScoreLogic(StatefulBatchLogic):
             return
         self.seen.add(u.uid)
         if u.kind == "revoke":
-            REVOKED.add(u.key, u.reason)
-            SESSIONS.drop(u.key)
+            self.revoked.add(u.key, u.reason)
+            self.sessions.drop(u.key)
             if self.entry is not None and self.entry.key == u.key:
                 log.warning("stream %s: model %s revoked (%s): scoring stopped until a valid model "
                             "arrives", self.sid, u.key[:12], u.reason or "no reason given")
                 self.entry = None
             return
-        if u.key in REVOKED:
+        if u.key in self.revoked:
             log.warning("stream %s: refusing model %s: it is revoked", self.sid, u.key[:12])
             return
         if u.version and u.name == self.name and u.version < self.version:
@@ -329,14 +299,14 @@ class ScoreLogic(StatefulBatchLogic):
                         self.sid, u.key[:12], u.version, self.version)
             return
         try:
-            entry = SESSIONS.get(u)
+            entry = self.sessions.get(u)
         except ScoreError as e:
             log.error("stream %s: %s", self.sid, e)
-            STATS.models_refused.append({"key": u.key, "reason": str(e)})
+            self.stats.models_refused.append({"key": u.key, "reason": str(e)})
             return
         old = self.entry.key if self.entry is not None else None
         self.entry, self.version, self.name = entry, u.version, u.name
-        pause_stream(self.sid, False)
+        self.streams.pause(self.sid, False)
         if old != u.key and self.sid is not None:
             what = f"{u.name} v{u.version}" if u.version else (u.name or "blob")
             log.info("stream %s: scoring with model %s (%s)%s", self.sid, u.key[:12], what,
@@ -345,14 +315,14 @@ class ScoreLogic(StatefulBatchLogic):
 
     # -- frames -----------------------------------------------------------------------
     def _hold(self, frames):
-        pause_stream(self.sid, True)
+        self.streams.pause(self.sid, True)
         for f in frames:
             if self.pending_cap <= 0:
-                STATS.drop(self.sid, "no_model")
+                self.stats.drop(self.sid, "no_model")
                 continue
             if len(self.pending) >= self.pending_cap:
                 self.pending.popleft()
-                STATS.drop(self.sid, "no_model")
+                self.stats.drop(self.sid, "no_model")
             self.pending.append(f)
         if frames and not self.waiting_logged:
             log.warning("stream %s: no valid model: a file replay pauses until one is deployed; a live "
@@ -364,9 +334,9 @@ class ScoreLogic(StatefulBatchLogic):
         e = self.entry
         if e is None:
             return False
-        if e.key in REVOKED:
+        if e.key in self.revoked:
             log.warning("stream %s: model %s revoked (%s): scoring stopped", self.sid, e.key[:12],
-                        REVOKED.reason(e.key) or "no reason given")
+                        self.revoked.reason(e.key) or "no reason given")
             self.entry = None
             return False
         return True
@@ -414,8 +384,8 @@ class ScoreLogic(StatefulBatchLogic):
         except Exception as err:  # noqa: BLE001 - one bad batch must not stop the stream
             msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             for f in chunk:
-                STATS.bad_frame(self.sid, f"{f.pos}: scoring failed ({msg})")
-            STATS.drop(self.sid, "score_error", len(chunk))
+                self.stats.bad_frame(self.sid, f"{f.pos}: scoring failed ({msg})")
+            self.stats.drop(self.sid, "score_error", len(chunk))
             return []
         t1 = time.perf_counter()
         if y.dtype != np.uint8:
@@ -436,7 +406,7 @@ class ScoreLogic(StatefulBatchLogic):
             res.append(Result(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n, latency_ms=lat,
                               image=f.image, colour=f.colour, orig_size=f.orig_size, label=f.label,
                               raw=f.raw, t_emit=f.t_emit))
-        STATS.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
+        self.stats.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
                                                 "preprocess": chunk[0].preprocess_ms,
                                                 "wait": res[0].latency_ms["wait"], "score": score_ms})
         return res
@@ -459,7 +429,7 @@ class ScoreLogic(StatefulBatchLogic):
         out = self._score([])
         if self.pending:
             n = len(self.pending)
-            STATS.drop(self.sid, "no_model", n)
+            self.stats.drop(self.sid, "no_model", n)
             log.warning("stream %s: input ended with %d frames still waiting for a valid model: "
                         "dropped", self.sid, n)
             self.pending.clear()
@@ -468,5 +438,5 @@ class ScoreLogic(StatefulBatchLogic):
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
-        return {"key": self.entry.key if self.entry else None, "version": self.version,
-                "name": self.name}
+        # nothing to resume: on a restart the model reader re-verifies and re-sends the model
+        return None

@@ -34,8 +34,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from .anchor_seal import SealError, is_sealed, load_secret, write_sealed
 from .frames import Result
-from .score import REVOKED
-from .telemetry import STATS, log, lower_thread_priority
+from .telemetry import log, lower_thread_priority
 
 __all__ = ["ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
 
@@ -79,7 +78,8 @@ def class_lut(classes: Sequence, order: str = "BGR") -> np.ndarray:
 class MetricsPublisher:
     """Writes ``metrics.prom`` every second and serves it over HTTP when a port is set."""
 
-    def __init__(self, out: Path, port: Optional[int] = None, progress: bool = False):
+    def __init__(self, stats, out: Path, port: Optional[int] = None, progress: bool = False):
+        self.stats = stats
         self.out = out
         self.port = port
         self.progress = progress
@@ -96,9 +96,11 @@ class MetricsPublisher:
                 return
             self.stop.clear()
             if self.port:
+                stats = self.stats
+
                 class H(BaseHTTPRequestHandler):
                     def do_GET(self):  # noqa: N802
-                        body = STATS.prometheus().encode()
+                        body = stats.prometheus().encode()
                         self.send_response(200 if self.path in ("/", "/metrics") else 404)
                         self.send_header("Content-Type", "text/plain; version=0.0.4")
                         self.send_header("Content-Length", str(len(body)))
@@ -141,18 +143,18 @@ class MetricsPublisher:
             self.out.mkdir(parents=True, exist_ok=True)
             name = f"metrics{process_suffix()}.prom"
             tmp = self.out / (name + ".tmp")
-            tmp.write_text(STATS.prometheus())
+            tmp.write_text(self.stats.prometheus())
             os.replace(tmp, self.out / name)
         except OSError as e:
             log.error("cannot write %s: %s", self.out / "metrics.prom", e.strerror or e)
 
     def _progress(self, final=False):
-        done = dict(STATS.written)
+        done = dict(self.stats.written)
         parts = []
         for sid, n in sorted(done.items()):
-            tot = STATS.totals.get(sid)
+            tot = self.stats.totals.get(sid)
             parts.append(f"{sid} {n}/{tot}" if tot else f"{sid} {n}")
-        line = f"\r[veriseg] {' | '.join(parts) or 'starting'} frames, {STATS.fps_now():.1f} fps"
+        line = f"\r[veriseg] {' | '.join(parts) or 'starting'} frames, {self.stats.fps_now():.1f} fps"
         sys.stderr.write(line + ("\n" if final else "   "))
         sys.stderr.flush()
 
@@ -170,7 +172,8 @@ class MetricsPublisher:
 class AnchorSender:
     """Sends Merkle roots of result batches to the registry, in order, retrying outages."""
 
-    def __init__(self, registry, out: Path, secret: Optional[bytes] = None):
+    def __init__(self, registry, out: Path, secret: Optional[bytes] = None, *, stats, revoked):
+        self.stats, self.revoked = stats, revoked
         self.reg = registry
         self.out = out
         self.secret = secret   # seals the batch file again once its tx is recorded
@@ -195,21 +198,21 @@ class AnchorSender:
             if item is None:
                 return
             path, batch = item
-            if batch.model_key in REVOKED:
+            if batch.model_key in self.revoked:
                 # the registry does not certify results of a revoked model; the flow never asks
-                STATS.anchor_failures += 1
+                self.stats.anchor_failures += 1
                 log.error("anchor %s not sent: model %s is revoked (%s)", path.name,
-                          batch.model_key[:12], REVOKED.reason(batch.model_key) or "no reason given")
+                          batch.model_key[:12], self.revoked.reason(batch.model_key) or "no reason given")
                 continue
             delay = 0.5
             while True:
                 try:
                     batch.anchor(self.reg)
                     write_sealed(path, batch, self.secret)
-                    STATS.anchors += 1
+                    self.stats.anchors += 1
                     break
                 except chain.errors.ChainUnavailable as e:
-                    STATS.anchor_failures += 1
+                    self.stats.anchor_failures += 1
                     log.warning("anchor %s: chain unavailable (%s); retrying in %.1fs", path.name,
                                 str(e).splitlines()[0][:120], delay)
                     time.sleep(delay)
@@ -224,17 +227,17 @@ class AnchorSender:
                     if got and got[0] == batch.model_key and got[1:3] == (batch.first_seq, batch.last_seq):
                         batch.chain = {"tx_hash": None, "block": got[3], "note": "already anchored"}
                         write_sealed(path, batch, self.secret)
-                        STATS.anchors += 1
+                        self.stats.anchors += 1
                     else:
-                        STATS.anchor_failures += 1
+                        self.stats.anchor_failures += 1
                         log.error("anchor %s refused: root already anchored for %s", path.name, got)
                     break
                 except chain.errors.ChainError as e:
-                    STATS.anchor_failures += 1
+                    self.stats.anchor_failures += 1
                     log.error("anchor %s refused: %s", path.name, str(e).splitlines()[0][:300])
                     break
                 except Exception as e:  # noqa: BLE001 - keep the sender alive for later batches
-                    STATS.anchor_failures += 1
+                    self.stats.anchor_failures += 1
                     log.error("anchor %s failed: %s: %s (batch file kept; anchor it later with "
                               "python -m chain anchor)", path.name, type(e).__name__, e)
                     break
@@ -297,7 +300,7 @@ class _Partition(StatefulSinkPartition):
                         item.set()
                     continue
                 if self.sink.failed:
-                    STATS.drop(self.sid, "output_error")
+                    self.sink.stats.drop(self.sid, "output_error")
                 else:
                     self._write(item)
             except Exception as e:  # noqa: BLE001 - disk full, permissions: stop the flow cleanly
@@ -330,12 +333,12 @@ class _Partition(StatefulSinkPartition):
         if r.t_emit:   # decode start to written: the frame's end-to-end latency in the flow
             lat["total"] = round(lat.get("decode", 0) + lat.get("preprocess", 0)
                                  + (now - r.t_emit) * 1e3, 3)
-            STATS.latency("total", lat["total"])
+            self.sink.stats.latency("total", lat["total"])
         rec["latency_ms"] = lat
         if self.jsonl is not None:
             self.jsonl.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
-        STATS.latency("sink", lat["sink"])
-        STATS.add("written", self.sid)
+        self.sink.stats.latency("sink", lat["sink"])
+        self.sink.stats.add("written", self.sid)
         self.next_seq = r.seq + 1
 
     def _video(self, r: Result):
@@ -405,7 +408,7 @@ class _Partition(StatefulSinkPartition):
             if r.stream_id != self.sid:
                 raise RuntimeError(f"result of stream {r.stream_id} routed to partition {self.sid}")
             if self.sink.failed:
-                STATS.drop(self.sid, "output_error")
+                self.sink.stats.drop(self.sid, "output_error")
                 continue
             self.q.put(r)
 
@@ -452,7 +455,7 @@ class _NullPartition(StatefulSinkPartition):
         sink.metrics.acquire()
 
     def write_batch(self, values):
-        STATS.drop(self.sid, "output_error", sum(isinstance(r, Result) for r in values))
+        self.sink.stats.drop(self.sid, "output_error", sum(isinstance(r, Result) for r in values))
 
     def snapshot(self):
         return None
@@ -483,14 +486,14 @@ def _finish_with_error(msg: str):
 
 
 class ResultSink(FixedPartitionedSink):
-    def __init__(self, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True, video=True,
-                 jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
+    def __init__(self, ctx, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True,
+                 video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
-                 flow_stop: Optional[threading.Event] = None, video_scale: float = 1.0,
-                 home: Optional[Path] = None):
+                 video_scale: float = 1.0, home: Optional[Path] = None):
+        self.stats, self.revoked = ctx.stats, ctx.revoked
+        self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
         self.out = Path(out)
         self.video_scale = video_scale
-        self.flow_stop = flow_stop
         self.sids = list(stream_ids)
         self.classes = tuple(classes or _DEFAULT_CLASSES)
         self.masks, self.video, self.jsonl = masks, video, jsonl
@@ -498,7 +501,7 @@ class ResultSink(FixedPartitionedSink):
         self.registry = registry
         self.fps = fps
         self.summary_extra = summary_extra or {}
-        self.metrics = MetricsPublisher(self.out, metrics_port, progress)
+        self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress)
         self.anchoring = None
         self.sender = None
         self._closed: set = set()
@@ -534,9 +537,8 @@ class ResultSink(FixedPartitionedSink):
                 self.failed = msg
         if first:
             log.error("%s; stopping the flow", msg)
-            STATS.error = msg
-            if self.flow_stop is not None:
-                self.flow_stop.set()
+            self.stats.error = msg
+            self.flow_stop.set()
 
     def build_part(self, step_id, for_part, resume_state):
         try:
@@ -547,7 +549,8 @@ class ResultSink(FixedPartitionedSink):
             return _NullPartition(self, for_part)
         with self._lock:
             if self.anchoring is not None and self.registry is not None and self.sender is None:
-                self.sender = AnchorSender(self.registry, self.out, self.secret)
+                self.sender = AnchorSender(self.registry, self.out, self.secret,
+                                           stats=self.stats, revoked=self.revoked)
             if self.sender is not None:
                 self._resubmit(for_part)
         try:
@@ -573,7 +576,7 @@ class ResultSink(FixedPartitionedSink):
             if raw.get("chain"):
                 continue
             if not is_sealed(self.secret, batch, raw):
-                STATS.anchors_refused += 1
+                self.stats.anchors_refused += 1
                 log.error("anchor batch %s not sent: it carries no valid seal of this device, so "
                           "this flow did not write it (planted or altered)", path)
                 continue
@@ -600,10 +603,10 @@ class ResultSink(FixedPartitionedSink):
         if last:
             extra = dict(self.summary_extra)
             # the outputs failed, or the model reader failed safe (it stopped the sources)
-            failed = self.failed or STATS.error
+            failed = self.failed or self.stats.error
             if failed:
                 extra["error"] = failed
-            write_summary(self.out, extra)
+            write_summary(self.stats, self.out, extra)
             if failed:
                 _finish_with_error(failed)
 
@@ -621,9 +624,9 @@ def process_suffix() -> str:
     return f".p{pid}" if pid not in (None, "") else ""
 
 
-def write_summary(out: Path, extra: Optional[dict] = None) -> dict:
-    snap = STATS.snapshot()
-    doc = {"fps": round(STATS.fps(), 3), "scored": sum(snap["frames_scored"].values()),
+def write_summary(stats, out: Path, extra: Optional[dict] = None) -> dict:
+    snap = stats.snapshot()
+    doc = {"fps": round(stats.fps(), 3), "scored": sum(snap["frames_scored"].values()),
            "dropped": sum(sum(d.values()) for d in snap["frames_dropped"].values()),
            "bad": sum(snap["bad_frames"].values())}
     doc.update(snap)

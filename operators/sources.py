@@ -8,7 +8,7 @@ buffer; ``next_batch`` never blocks, it only drains what is ready:
 - file replay (video, image folder, CSV) never drops: the decoder waits when the buffer
   is full, ``next_batch`` hands over up to ``batch`` frames (micro-batching), and it
   hands over nothing while the score has paused the stream for want of a valid model
-  (:func:`pause_stream`, e.g. after a revocation until the next deploy);
+  (``FlowContext.streams``, e.g. after a revocation until the next deploy);
 - live sources (``gst:`` pipelines, ``rtsp://``) drop the *oldest* buffered frame when the
   buffer is full (counted as ``backpressure``), hand over one frame at a time (batch 1),
   and reconnect with exponential backoff when the camera goes away.
@@ -19,6 +19,7 @@ file and position; it never stops the stream.
 from __future__ import annotations
 
 import csv
+import functools
 import threading
 import time
 from collections import deque
@@ -32,55 +33,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import IMAGE_EXTS, SourceSpec
 from .frames import Frame
-from .telemetry import STATS, log, lower_thread_priority
+from .telemetry import log, lower_thread_priority
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
-           "gst_available", "check_pipeline", "stream_done", "streams_done", "reset_streams",
-           "pause_stream"]
-
-# --- which streams have finished in this process (the model reader ends with them) ---------
-_DONE: dict[str, threading.Event] = {}
-_DONE_LOCK = threading.Lock()
-
-
-def _done_event(sid: str) -> threading.Event:
-    with _DONE_LOCK:
-        ev = _DONE.get(sid)
-        if ev is None:
-            ev = _DONE[sid] = threading.Event()
-        return ev
-
-
-def stream_done(sid: str) -> bool:
-    return _done_event(sid).is_set()
-
-
-def streams_done(sids: Iterable[str]) -> bool:
-    return all(stream_done(s) for s in sids)
-
-
-def reset_streams(sids: Iterable[str]) -> None:
-    for s in sids:
-        _done_event(s).clear()
-        _PAUSED.discard(s)
-
-
-# --- file streams the score has paused: no valid model to score their frames ---------------
-_PAUSED: set[str] = set()
-
-
-def pause_stream(sid: str, paused: bool) -> None:
-    """Pause or resume handing over a stream's frames (this process only).
-
-    The score pauses a stream while it has no valid model, so a file replay waits for the
-    next deploy instead of dropping frames.  Live sources cannot wait: they ignore it and
-    the score keeps the newest ``VERISEG_PENDING`` frames.  Across processes (``-i``) the
-    pause is not seen and the bounded drop applies, counted as ``no_model``."""
-    if paused:
-        _PAUSED.add(sid)
-    else:
-        _PAUSED.discard(sid)
-
+           "gst_available", "check_pipeline"]
 
 # --- readers: the blocking decode side ------------------------------------------------------
 class _Skip(Exception):
@@ -391,26 +347,26 @@ class ImageListReader:
 
 
 # --- GStreamer ------------------------------------------------------------------------------
-_GST = None
-_GST_ERR = None
+@functools.cache
+def _load_gst():
+    """(Gst module, None) or (None, why not): GStreamer is initialised once per process."""
+    try:
+        import gi
+        gi.require_version("Gst", "1.0")
+        gi.require_version("GstApp", "1.0")
+        from gi.repository import Gst, GstApp  # noqa: F401 - GstApp gives appsink its methods
+        Gst.init(None)
+        return Gst, None
+    except Exception as e:  # ImportError, ValueError (no typelib)
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _gst():
-    global _GST, _GST_ERR
-    if _GST is None and _GST_ERR is None:
-        try:
-            import gi
-            gi.require_version("Gst", "1.0")
-            gi.require_version("GstApp", "1.0")
-            from gi.repository import Gst, GstApp  # noqa: F401 - GstApp gives appsink its methods
-            Gst.init(None)
-            _GST = Gst
-        except Exception as e:  # ImportError, ValueError (no typelib)
-            _GST_ERR = f"{type(e).__name__}: {e}"
-    if _GST is None:
-        raise RuntimeError(f"GStreamer/PyGObject not available ({_GST_ERR}); install the gst extra "
+    gst, why = _load_gst()
+    if gst is None:
+        raise RuntimeError(f"GStreamer/PyGObject not available ({why}); install the gst extra "
                            "and the gstreamer1.0 packages")
-    return _GST
+    return gst
 
 
 def _gerr(e) -> str:
@@ -599,10 +555,12 @@ def open_reader(spec: SourceSpec, loop: bool = False, colour: str = "BGR"):
 
 # --- the Bytewax partition ------------------------------------------------------------------
 class _Partition(StatefulSourcePartition):
-    def __init__(self, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
+    def __init__(self, ctx, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
                  max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
                  reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0,
-                 flow_stop: Optional[threading.Event] = None, max_pixels: Optional[int] = None):
+                 max_pixels: Optional[int] = None):
+        self.stats, self.streams = ctx.stats, ctx.streams
+        self.flow_stop = ctx.stop      # set when the outputs failed: every stream ends
         self.spec = spec
         self.sid = spec.stream_id
         self.live = spec.live
@@ -612,7 +570,6 @@ class _Partition(StatefulSourcePartition):
         self.prepare = prepare
         self.reconnect_max = reconnect_max
         self.stall = stall
-        self.flow_stop = flow_stop     # set when the outputs failed: every stream ends
         self.buf: deque = deque()
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -628,7 +585,7 @@ class _Partition(StatefulSourcePartition):
         if max_pixels is not None and hasattr(self.reader, "max_pixels"):
             self.reader.max_pixels = max_pixels
         self.total = None
-        _done_event(self.sid).clear()
+        self.streams.started(self.sid)
         self.thread = threading.Thread(target=self._run, args=(start,), daemon=True,
                                        name=f"veriseg-src-{self.sid}")
         self.thread.start()
@@ -643,7 +600,7 @@ class _Partition(StatefulSourcePartition):
                 while len(self.buf) >= self.cap:
                     old = self.buf.popleft()
                     if isinstance(old, Frame):
-                        STATS.drop(self.sid, "backpressure")
+                        self.stats.drop(self.sid, "backpressure")
             else:
                 while len(self.buf) >= self.cap and not self.stop.is_set():
                     self.cond.wait(0.2)
@@ -666,20 +623,20 @@ class _Partition(StatefulSourcePartition):
                             self.total = self.reader.total
                             if self.max_frames is not None:
                                 self.total = min(self.total, self.max_frames)
-                            STATS.totals[self.sid] = self.total
+                            self.stats.totals[self.sid] = self.total
                         if attempt:
                             log.info("stream %s: reconnected", self.sid)
                         backoff = 0.5
                         last_frame = time.monotonic()
                     except ValueError as e:
-                        STATS.source_error(self.sid, str(e))
+                        self.stats.source_error(self.sid, str(e))
                         return
                     except (IOError, OSError, RuntimeError) as e:
                         if not self.live:
-                            STATS.source_error(self.sid, str(e))
+                            self.stats.source_error(self.sid, str(e))
                             return
                         attempt += 1
-                        STATS.add("reconnects", self.sid)
+                        self.stats.add("reconnects", self.sid)
                         log.warning("stream %s: %s; retrying in %.1fs", self.sid, e, backoff)
                         if self.stop.wait(backoff):
                             return
@@ -689,16 +646,16 @@ class _Partition(StatefulSourcePartition):
                     t0 = time.perf_counter()
                     got = self.reader.read()
                 except _Skip as e:
-                    STATS.bad_frame(self.sid, str(e))
+                    self.stats.bad_frame(self.sid, str(e))
                     continue
                 except (IOError, OSError) as e:
                     if not self.live:
-                        STATS.source_error(self.sid, str(e))
+                        self.stats.source_error(self.sid, str(e))
                         return
                     self.reader.close()
                     opened = False
                     attempt += 1
-                    STATS.add("reconnects", self.sid)
+                    self.stats.add("reconnects", self.sid)
                     log.warning("stream %s: %s; reconnecting in %.1fs", self.sid, e, backoff)
                     if self.stop.wait(backoff):
                         return
@@ -710,7 +667,7 @@ class _Partition(StatefulSourcePartition):
                         self.reader.close()
                         opened = False
                         attempt += 1
-                        STATS.add("reconnects", self.sid)
+                        self.stats.add("reconnects", self.sid)
                         log.warning("stream %s: no frame for %.0fs; reconnecting", self.sid, self.stall)
                         last_frame = time.monotonic()
                     continue
@@ -720,7 +677,7 @@ class _Partition(StatefulSourcePartition):
                         self.reader.close()
                         opened = False
                         attempt += 1
-                        STATS.add("reconnects", self.sid)
+                        self.stats.add("reconnects", self.sid)
                         log.warning("stream %s: end of stream; reconnecting in %.1fs", self.sid, backoff)
                         if self.stop.wait(backoff):
                             return
@@ -742,16 +699,16 @@ class _Partition(StatefulSourcePartition):
                     try:
                         frame = self.prepare(frame)
                     except Exception as e:   # noqa: BLE001 - a bad frame must not stop the stream
-                        STATS.bad_frame(self.sid, f"{pos}: preprocessing failed: {e}")
+                        self.stats.bad_frame(self.sid, f"{pos}: preprocessing failed: {e}")
                         continue
-                STATS.add("decoded", self.sid)
+                self.stats.add("decoded", self.sid)
                 frame.t_emit = time.perf_counter()
                 self._put(frame)
                 produced += 1
                 if self.max_frames is not None and produced >= self.max_frames:
                     return
         except Exception as e:  # noqa: BLE001 - report, end this stream, keep the flow alive
-            STATS.source_error(self.sid, f"decoder stopped: {type(e).__name__}: {e}")
+            self.stats.source_error(self.sid, f"decoder stopped: {type(e).__name__}: {e}")
         finally:
             try:
                 self.reader.close()
@@ -763,14 +720,14 @@ class _Partition(StatefulSourcePartition):
     def next_batch(self):
         if self.finished:
             raise StopIteration()
-        if self.flow_stop is not None and self.flow_stop.is_set():
+        if self.flow_stop.is_set():
             self.finished = True
             self.stop.set()
             with self.cond:
                 self.cond.notify_all()
-            _done_event(self.sid).set()
+            self.streams.ended(self.sid)
             raise StopIteration()
-        if self.sid in _PAUSED and not self._drops_when_full():
+        if self.streams.paused(self.sid) and not self._drops_when_full():
             self.idle_until = datetime.now(timezone.utc) + timedelta(milliseconds=20)
             return []
         out = []
@@ -788,7 +745,7 @@ class _Partition(StatefulSourcePartition):
             self.idle_until = None
             return [(self.sid, f) for f in out]
         if self.finished:
-            _done_event(self.sid).set()
+            self.streams.ended(self.sid)
             raise StopIteration()
         self.idle_until = datetime.now(timezone.utc) + timedelta(milliseconds=2)
         return []
@@ -804,21 +761,23 @@ class _Partition(StatefulSourcePartition):
         with self.cond:
             self.cond.notify_all()
         self.thread.join(timeout=5)
-        _done_event(self.sid).set()
+        self.streams.ended(self.sid)
 
 
 class FrameSource(FixedPartitionedSource):
-    """Frames of every configured stream, as ``(stream_id, Frame)``."""
+    """Frames of every configured stream, as ``(stream_id, Frame)``; ``ctx`` is the flow's
+    ``FlowContext`` (counters, pauses, the stop event)."""
 
-    def __init__(self, specs: Iterable[SourceSpec], *, queue: int = 8, batch: int = 4,
+    def __init__(self, ctx, specs: Iterable[SourceSpec], *, queue: int = 8, batch: int = 4,
                  loop: bool = False, max_frames: Optional[int] = None,
                  prepare: Optional[Callable[[Frame], Frame]] = None, reconnect_max: float = 30.0,
                  colour: str = "BGR", reader_factory=None, stall: float = 10.0,
-                 flow_stop: Optional[threading.Event] = None, max_pixels: Optional[int] = None):
+                 max_pixels: Optional[int] = None):
+        self.ctx = ctx
         self.specs = {s.stream_id: s for s in specs}
         self.kw = dict(queue=queue, batch=batch, loop=loop, max_frames=max_frames, prepare=prepare,
                        reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory,
-                       stall=stall, flow_stop=flow_stop, max_pixels=max_pixels)
+                       stall=stall, max_pixels=max_pixels)
 
     def list_parts(self):
         return list(self.specs)
@@ -827,4 +786,4 @@ class FrameSource(FixedPartitionedSource):
         start = int(resume_state or 0)
         if resume_state:
             log.info("stream %s: resuming at position %d", for_part, start)
-        return _Partition(self.specs[for_part], start, **self.kw)
+        return _Partition(self.ctx, self.specs[for_part], start, **self.kw)

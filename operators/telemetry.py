@@ -1,8 +1,7 @@
-"""Process-wide counters of the flow: frames, drops, bad frames, latency, model in use.
+"""The counters of one flow: frames, drops, bad frames, latency, model in use.
 
-Every operator reports here (thread-safe); the metrics sink renders it as Prometheus text
-and the summary JSON.  ``STATS.reset()`` starts a fresh run (tests run several flows in
-one process).
+Every step of a flow reports to its context's ``Stats`` (thread-safe); the metrics sink
+renders it as Prometheus text and the summary JSON.  Each built flow has its own.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from collections import defaultdict, deque
 
 import numpy as np
 
-__all__ = ["Stats", "STATS", "log", "lower_thread_priority"]
+__all__ = ["Stats", "log", "lower_thread_priority"]
 
 
 def lower_thread_priority() -> None:
@@ -46,10 +45,7 @@ _STAGES = ("decode", "preprocess", "wait", "score", "sink", "total")
 class Stats:
     def __init__(self):
         self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self):
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self.t0 = time.time()
             self.t_first = None
             self.t_last = None
@@ -73,7 +69,7 @@ class Stats:
             self.bad_model_file_reports: list[str] = []
             self.deploy_pending: dict = {}   # a deploy waiting for its blob: name, version, key, since
             self.error = None
-            self.provider = getattr(self, "provider", None)   # sessions outlive a reset
+            self.provider = None       # ONNX Runtime provider in use
             self.batches = defaultdict(int)
             self.lat = {s: deque(maxlen=20000) for s in _STAGES}
             self.totals = {}     # stream -> expected frames (file replay)
@@ -240,5 +236,3 @@ class Stats:
             lines.append("veriseg_deploy_pending 0")
         return "\n".join(lines) + "\n"
 
-
-STATS = Stats()

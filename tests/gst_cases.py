@@ -73,10 +73,12 @@ def test_videotestsrc_pipeline_through_the_flow(tmp_path):
 
 
 def test_live_gst_source_drops_oldest_under_backpressure_and_counts(tmp_path):
+    from operators.context import FlowContext
     from operators.sources import _Partition
     spec = SourceSpec("cam", "gst", "videotestsrc is-live=true num-buffers=40 "
                       "! video/x-raw,width=16,height=16,framerate=200/1")
-    p = _Partition(spec, 0, queue=8, batch=4, loop=False, max_frames=None, prepare=None,
+    ctx = FlowContext()
+    p = _Partition(ctx, spec, 0, queue=8, batch=4, loop=False, max_frames=None, prepare=None,
                    reconnect_max=1, colour="BGR")
     time.sleep(1.0)            # nobody pulls: the buffer keeps only the newest frames
     got = []
@@ -88,8 +90,7 @@ def test_live_gst_source_drops_oldest_under_backpressure_and_counts(tmp_path):
             break
         time.sleep(0.01)
     p.close()
-    from operators.telemetry import STATS
-    dropped = STATS.dropped["cam"]["backpressure"]
+    dropped = ctx.stats.dropped["cam"]["backpressure"]
     assert len(got) <= 3 and dropped >= 30 and len(got) + dropped == 40
     assert got[-1][1].seq == 39
 

@@ -22,7 +22,6 @@ from operators.config import ConfigError, load_config
 from operators.model_reader import ModelRefused
 from operators.pipeline import build_flow
 from operators.sources import open_reader
-from operators.telemetry import STATS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,6 +204,44 @@ def test_two_streams_and_micro_batches(tmp_path):
     assert not (cfg.out / "a" / "masks").exists()
 
 
+def test_two_flows_in_one_process_run_side_by_side_with_their_own_state(tmp_path):
+    """Each built flow has its own context: two flows with different models, outputs and
+    settings, built one after the other and run at the same time, keep their own results,
+    counters, revoked keys and sessions (nothing is shared through module globals)."""
+    runs = []
+    for name, shift, extra in (("one", 0, {"VERISEG_BATCH": 1}),
+                               ("two", 1, {"VERISEG_BATCH": 4, "VERISEG_MASKS": 0})):
+        d = tmp_path / name
+        reg, blob, key = _registered(d, shift=shift)
+        folder = make_folder(d / name, n=12 if shift == 0 else 9)
+        cfg = load_config(env_for(d, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=5, **extra))
+        runs.append((cfg, build_flow(cfg, registry=reg), reg, key, shift))
+    (cfg1, flow1, *_), (cfg2, flow2, *_) = runs
+    assert flow1.context is not flow2.context and cfg1.out != cfg2.out
+    threads = [threading.Thread(target=run_main, args=(f,)) for f in (flow1, flow2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for cfg, flow, reg, key, shift in runs:
+        sid, n = ("one", 12) if shift == 0 else ("two", 9)
+        rows = read_jsonl(cfg.out / sid / "results.jsonl")
+        assert [r["seq"] for r in rows] == list(range(n)) and {r["model_key"] for r in rows} == {key}
+        if shift == 0:
+            assert all(_dominant(cfg.out / sid / r["mask"]) == r["seq"] % 13 for r in rows)
+        else:
+            assert not (cfg.out / sid / "masks").exists() and max(r["batch"] for r in rows) > 1
+        stats = flow.context.stats
+        assert dict(stats.scored) == {sid: n} and dict(stats.by_key) == {key: n}
+        summary = json.loads((cfg.out / "summary.json").read_text())
+        assert summary["frames_by_model_key"] == {key: n} and summary["scored"] == n
+        assert flow.context.sessions.keys() == [key]
+        assert len(reg.anchors) == -(-n // 5)    # each flow anchored on its own registry
+    # a key revoked in one flow is not revoked in the other
+    flow1.context.revoked.add(runs[0][3], "test")
+    assert runs[0][3] in flow1.context.revoked and runs[0][3] not in flow2.context.revoked
+
+
 # --------------------------------------------------------------------------- refusals
 def test_unregistered_blob_refuses_to_start_with_one_line(tmp_path):
     reg = FakeRegistry()
@@ -268,10 +305,13 @@ def _slow_factory(delay):
     return lambda spec, **kw: _Slow(open_reader(spec, **kw), delay)
 
 
-def _when_scored(n, action, timeout=30):
+def _when_scored(flow, n, action, timeout=30):
+    """Run ``action`` in a thread once ``flow`` has scored ``n`` frames."""
+    stats = flow.context.stats
+
     def run():
         t0 = time.time()
-        while sum(STATS.scored.values()) < n and time.time() - t0 < timeout:
+        while sum(stats.scored.values()) < n and time.time() - t0 < timeout:
             time.sleep(0.005)
         action()
     th = threading.Thread(target=run, daemon=True)
@@ -285,7 +325,7 @@ def test_hot_swap_on_new_deploy_mid_stream(tmp_path):
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
                               VERISEG_MODEL_DIRS=str(tmp_path / "models")))
     flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
-    th = _when_scored(10, lambda: reg.deploy("tiny", key_b))
+    th = _when_scored(flow, 10, lambda: reg.deploy("tiny", key_b))
     run_main(flow)
     th.join()
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
@@ -327,7 +367,7 @@ def test_revocation_mid_stream_stops_scoring_until_a_new_deploy(tmp_path):
         reg.revoke(key_a, "compromised")
         time.sleep(0.4)   # ~40 frames would arrive with no valid model: the replay pauses instead
         reg.deploy("tiny", key_b)
-    th = _when_scored(10, revoke)
+    th = _when_scored(flow, 10, revoke)
     run_main(flow)
     th.join()
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
@@ -361,12 +401,12 @@ def test_a_hostile_file_in_the_model_folder_never_turns_revocation_off(tmp_path,
 
     def attack():
         reg.deploy("tiny", key_b)     # B is found by scanning the folder: past the hostile file
-        marks["b_loaded"] = wait_for(lambda: STATS.key_in_use.get("f") == key_b, timeout=10)
+        marks["b_loaded"] = wait_for(lambda: flow.context.stats.key_in_use.get("f") == key_b, timeout=10)
         marks["t_revoke"] = time.time()
         reg.revoke(key_b, "compromised")
         time.sleep(0.3)
         reg.deploy("tiny", key_c)     # the replay resumes with C and ends
-    th = _when_scored(10, attack)
+    th = _when_scored(flow, 10, attack)
     run_main(flow)
     th.join()
     assert marks["b_loaded"], "the deploy found by scanning the folder was never loaded"
@@ -403,7 +443,7 @@ def test_an_unexpected_error_in_the_follower_stops_scoring_with_one_line(tmp_pat
 
     def brk():
         reg.broken_at = time.time()
-    th = _when_scored(10, brk)
+    th = _when_scored(flow, 10, brk)
     with pytest.raises(RuntimeError) as ei:
         run_main(flow)
     th.join()
@@ -434,7 +474,7 @@ def test_chain_outage_mid_stream_keeps_scoring_with_the_verified_model(tmp_path)
         reg.down = True
         time.sleep(0.3)
         reg.down = False
-    th = _when_scored(5, outage)
+    th = _when_scored(flow, 5, outage)
     run_main(flow)
     th.join()
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
@@ -580,7 +620,7 @@ def test_metrics_http_endpoint_while_running(tmp_path):
 
     def fetch():
         got["body"] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    th = _when_scored(5, fetch)
+    th = _when_scored(flow, 5, fetch)
     run_main(flow)
     th.join()
     assert "veriseg_fps" in got["body"] and f'key="{key}"' in got["body"]
@@ -752,7 +792,7 @@ def test_a_superseded_blob_is_refused_and_a_pinned_blob_follows_newer_deploys(tm
     # pinned to blob A while A is current: a deploy of B mid-stream swaps to B
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob_a, VERISEG_ANCHOR_EVERY=0))
     flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
-    th = _when_scored(10, lambda: reg.deploy("tiny", key_b))
+    th = _when_scored(flow, 10, lambda: reg.deploy("tiny", key_b))
     run_main(flow)
     th.join()
     keys = [r["model_key"] for r in read_jsonl(cfg.out / "f" / "results.jsonl")]
@@ -773,7 +813,7 @@ def test_hot_swap_to_a_model_with_another_input_size(tmp_path):
     folder = make_folder(tmp_path / "f", n=30)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0))
     flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
-    th = _when_scored(8, lambda: reg.deploy("tiny", key_b))
+    th = _when_scored(flow, 8, lambda: reg.deploy("tiny", key_b))
     run_main(flow)
     th.join()
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
@@ -835,7 +875,7 @@ def test_a_batch_of_a_revoked_key_is_never_anchored_by_the_flow(tmp_path):
         marks["block"] = reg.block
         time.sleep(0.2)
         reg.deploy("tiny", key_b)
-    th = _when_scored(10, revoke)
+    th = _when_scored(flow, 10, revoke)
     run_main(flow)
     th.join()
     keys = [r["model_key"] for r in read_jsonl(cfg.out / "f" / "results.jsonl")]
@@ -894,18 +934,18 @@ def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog)
 
     def scenario():
         reg.deploy("tiny", key_b)
-        marks["pending"] = wait_for(lambda: STATS.deploy_pending.get("key") == key_b, timeout=5)
-        marks["prom"] = STATS.prometheus()
-        n = sum(STATS.scored.values())
-        marks["kept_scoring"] = wait_for(lambda: sum(STATS.scored.values()) >= n + 5, timeout=5)
+        marks["pending"] = wait_for(lambda: flow.context.stats.deploy_pending.get("key") == key_b, timeout=5)
+        marks["prom"] = flow.context.stats.prometheus()
+        n = sum(flow.context.stats.scored.values())
+        marks["kept_scoring"] = wait_for(lambda: sum(flow.context.stats.scored.values()) >= n + 5, timeout=5)
         marks["t_revoke"] = time.time()
         reg.revoke(key_a, "compromised")
         time.sleep(0.3)
         shutil.copy(staged, tmp_path / "models" / "b.vsb")
-        marks["b_loaded"] = wait_for(lambda: STATS.key_in_use.get("f") == key_b, timeout=5)
+        marks["b_loaded"] = wait_for(lambda: flow.context.stats.key_in_use.get("f") == key_b, timeout=5)
         if not marks["b_loaded"]:
             reg.deploy("tiny", key_c)    # let the paused replay end
-    th = _when_scored(10, scenario)
+    th = _when_scored(flow, 10, scenario)
     run_main(flow)
     th.join()
     assert marks["pending"] and marks["kept_scoring"]

@@ -8,7 +8,7 @@ import numpy as np
 from flow_fixtures import frame_image, make_clip, make_folder
 from operators.config import SourceSpec
 from operators.sources import FrameSource, ImageListReader
-from operators.telemetry import STATS
+from operators.context import FlowContext
 
 
 def _drain(part, timeout=10):
@@ -25,7 +25,7 @@ def _drain(part, timeout=10):
 
 def test_video_source_resumes_at_its_snapshot_position(tmp_path):
     clip = make_clip(tmp_path / "c.avi", n=12)
-    src = FrameSource([SourceSpec("c", "video", str(clip))], batch=3)
+    src = FrameSource(FlowContext(), [SourceSpec("c", "video", str(clip))], batch=3)
     part = src.build_part("source", "c", None)
     first = []
     while len(first) < 5:
@@ -44,7 +44,7 @@ def test_video_source_resumes_at_its_snapshot_position(tmp_path):
 
 def test_looping_video_with_max_frames(tmp_path):
     clip = make_clip(tmp_path / "c.avi", n=5)
-    src = FrameSource([SourceSpec("c", "video", str(clip))], loop=True, max_frames=13, batch=4)
+    src = FrameSource(FlowContext(), [SourceSpec("c", "video", str(clip))], loop=True, max_frames=13, batch=4)
     got = _drain(src.build_part("source", "c", None))
     assert [f.seq for _, f in got] == list(range(13))
     assert [f.pos.rsplit("#", 1)[1] for _, f in got] == [str(i % 5) for i in range(13)]
@@ -52,12 +52,12 @@ def test_looping_video_with_max_frames(tmp_path):
 
 def test_file_replay_never_drops_with_a_tiny_buffer(tmp_path):
     folder = make_folder(tmp_path / "f", n=30)
-    STATS.reset()
-    src = FrameSource([SourceSpec("f", "dir", str(folder))], queue=1, batch=1)
+    ctx = FlowContext()
+    src = FrameSource(ctx, [SourceSpec("f", "dir", str(folder))], queue=1, batch=1)
     part = src.build_part("source", "f", None)
     time.sleep(0.3)     # the decoder waits instead of dropping
     got = _drain(part)
-    assert [f.seq for _, f in got] == list(range(30)) and not STATS.dropped.get("f")
+    assert [f.seq for _, f in got] == list(range(30)) and not ctx.stats.dropped.get("f")
 
 
 def test_dataset_folder_pairs_images_with_labels_by_stem(tmp_path):
@@ -97,8 +97,7 @@ def test_grey_and_alpha_images_become_three_channels(tmp_path):
 def test_unreadable_video_ends_its_stream_with_one_error_line(tmp_path, caplog):
     clip = tmp_path / "c.avi"
     clip.write_bytes(b"RIFF" + bytes(100))
-    STATS.reset()
-    src = FrameSource([SourceSpec("c", "video", str(clip))])
+    src = FrameSource(FlowContext(), [SourceSpec("c", "video", str(clip))])
     assert _drain(src.build_part("source", "c", None)) == []
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert msgs == [f"stream c: cannot open video {str(clip)!r}"]

@@ -1,0 +1,50 @@
+"""One ``FlowContext`` per built flow: everything its steps share, passed to each of them.
+
+Nothing in ``operators/`` lives at module level: two flows built in one process (tests,
+``dataflows.measure``, an embedding application) keep their own counters, revoked keys,
+sessions and stream states.  ``VerisegFlow`` is a Bytewax ``Dataflow`` that carries its
+context, so whoever runs a flow can read its counters.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from bytewax.dataflow import Dataflow
+
+from .config import Config
+from .revocation import RevokedKeys
+from .score import SessionCache
+from .streams import StreamControl
+from .telemetry import Stats
+
+__all__ = ["FlowContext", "VerisegFlow"]
+
+
+@dataclass(eq=False)
+class FlowContext:
+    config: Optional[Config] = None
+    stats: Stats = field(default_factory=Stats)
+    revoked: RevokedKeys = field(default_factory=RevokedKeys)
+    sessions: SessionCache = None            # type: ignore[assignment] - set in __post_init__
+    streams: StreamControl = field(default_factory=StreamControl)
+    # set when the outputs fail or the model reader fails safe: every source ends
+    stop: threading.Event = field(default_factory=threading.Event)
+    registry: Any = None      # the (locked) registry client shared by the reader and anchors
+    watcher: Any = None       # operators.model_reader.ModelWatcher
+    first: Any = None         # the model verified at build time
+
+    def __post_init__(self):
+        if self.sessions is None:
+            cfg = self.config
+            opts = ({} if cfg is None else
+                    dict(providers=cfg.providers, require_gpu=cfg.require_gpu,
+                         threads=cfg.threads, home=cfg.home))
+            self.sessions = SessionCache(stats=self.stats, **opts)
+
+
+@dataclass(frozen=True)
+class VerisegFlow(Dataflow):
+    """A Bytewax dataflow with the context its steps share (``flow.context.stats``, ...)."""
+    context: Optional[FlowContext] = field(default=None, compare=False, repr=False)
