@@ -48,10 +48,9 @@ LEAF_DOMAIN = b"veriseg/anchor/leaf/v2"      # ... and the frame's ts and pos
 BATCH_FORMAT = "veriseg-anchor-batch"
 BATCH_VERSION = 1
 
-__all__ = ["leaf_digest", "node_digest", "MerkleTree", "verify_proof", "Leaf", "AnchorBatch",
+__all__ = ["leaf_digest", "ts_micros", "node_digest", "MerkleTree", "verify_proof", "Leaf", "AnchorBatch",
            "AnchorBatcher", "Verification",
-           "read_mask", "verify_frame", "result_lines", "verify_result_line", "proof_to_json",
-           "proof_from_json"]
+           "read_mask", "verify_frame", "proof_to_json", "proof_from_json"]
 
 
 def _key32(model_key: str | bytes) -> bytes:
@@ -59,7 +58,7 @@ def _key32(model_key: str | bytes) -> bytes:
     return key_bytes(model_key)
 
 
-def _ts_micros(ts) -> int:
+def ts_micros(ts) -> int:
     us = int(round(float(ts) * 1e6))
     if not -2**63 <= us < 2**63:
         raise ValueError(f"ts {ts} out of range for i64 microseconds")
@@ -95,7 +94,7 @@ def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map, *,
     h.update(struct.pack(">Q", len(data)))
     h.update(data)
     if v2:
-        h.update(b"\x00" if ts is None else b"\x01" + struct.pack(">q", _ts_micros(ts)))
+        h.update(b"\x00" if ts is None else b"\x01" + struct.pack(">q", ts_micros(ts)))
         if pos is None:
             h.update(b"\x00")
         else:
@@ -499,134 +498,3 @@ def _check_conflicts(batch_path: Path, stream: str, seq: int, leaf: bytes, mine,
             f"{other.first_seq}..{other.last_seq}, device {other.anchorer}, block {other.block}) "
             "with another result; one of them is forged: revoke the anchorer role of the "
             "device that should not have anchored it", check="conflicting_anchor")
-
-
-def _class_shares(class_map, names) -> dict:
-    """What the flow's sink writes as a results line's ``shares``: class -> fraction of the
-    pixels (5 decimals), classes absent from the map left out."""
-    arr = np.asarray(class_map)
-    counts = np.bincount(arr.ravel(), minlength=len(names or ()))
-    tot = max(1, arr.size)
-    return {(names[i] if names and i < len(names) else str(i)): round(int(c) / tot, 5)
-            for i, c in enumerate(counts.tolist()) if c}
-
-
-def result_lines(results_path: str | os.PathLike, stream: str, seq: int) -> list:
-    """``(line number, record)`` of every ``results.jsonl`` line for (stream, seq); raises
-    AnchorVerificationFailed (check ``result_missing``) when there is none or the file
-    cannot be read."""
-    p = Path(results_path)
-    found = []
-    try:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue   # a torn or garbled line is not this frame's record
-                if isinstance(rec, dict) and rec.get("stream") == stream and rec.get("seq") == seq:
-                    found.append((n, rec))
-    except OSError as exc:
-        raise errors.AnchorVerificationFailed(f"results file {p} cannot be read ({exc})",
-                                              check="result_missing") from None
-    if not found:
-        raise errors.AnchorVerificationFailed(
-            f"result missing: {p} has no line for stream '{stream}' seq {seq}", check="result_missing")
-    return found
-
-
-#: What a ``results.jsonl`` line may carry. Bound: covered by the proven leaf. Derived:
-#: recomputed from the proven class map. Diagnostics: how the frame was processed (timings,
-#: micro-batch size), which claim nothing about the result. Any other field is refused.
-RESULT_BOUND = ("stream", "seq", "model_key", "ts", "pos")
-RESULT_DERIVED = ("leaf", "shares", "mask")
-RESULT_DIAGNOSTICS = ("latency_ms", "batch")
-
-
-def _as_map(class_map) -> np.ndarray:
-    arr = np.asarray(class_map)
-    return arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
-
-
-def _claim_equal(name: str, got, want) -> bool:
-    if name == "ts":
-        try:
-            return _ts_micros(got) == _ts_micros(want)
-        except (TypeError, ValueError):
-            return False
-    return isinstance(got, str) and got == want
-
-
-def verify_result_line(results_path: str | os.PathLike, v: Verification, class_map,
-                       class_names=None) -> dict:
-    """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: every
-    field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos),
-    recomputed from the proven class map (leaf, required; shares, exact by class name;
-    mask, the same class map), or a known diagnostic (latency_ms, batch). ``class_names``
-    (the card's, by class id) are needed to check shares: without them a line carrying
-    shares is refused. Returns the line; raises AnchorVerificationFailed whose ``.check``
-    is one of: result_missing, result_model_key_mismatch, result_leaf_missing,
-    result_leaf_mismatch, result_claim_mismatch, result_unbound_field,
-    result_shares_unverifiable, result_shares_mismatch, result_mask_mismatch."""
-    from .client import normalize_key
-    p = Path(results_path)
-    found = result_lines(p, v.stream, v.seq)
-    leaf = v.leaf or leaf_digest(v.stream, v.seq, v.model_key, class_map, ts=v.ts, pos=v.pos).hex()
-    want = _class_shares(class_map, class_names)
-    known = set(RESULT_BOUND) | set(RESULT_DERIVED) | set(RESULT_DIAGNOSTICS)
-    for n, rec in found:   # every line for the frame must hold (a second, edited copy too)
-        where = f"{p} line {n} (stream '{v.stream}' seq {v.seq})"
-
-        def fail(check: str, msg: str):
-            raise errors.AnchorVerificationFailed(f"{msg.replace('@', where)}", check=check)
-        try:
-            key = normalize_key(str(rec.get("model_key")))
-        except Exception:  # noqa: BLE001 - any unparsable key is a mismatch
-            key = str(rec.get("model_key"))
-        if key != v.model_key:
-            fail("result_model_key_mismatch", f"result model key mismatch: @ says model "
-                 f"{rec.get('model_key')}, the chain anchored this result for {v.model_key}")
-        # the leaf is what ties the line to the anchor: a line without one proves nothing
-        if "leaf" not in rec:
-            fail("result_leaf_missing", "result leaf missing: @ carries no leaf, so nothing "
-                 "binds it to the anchored result; the line was altered (or written without "
-                 "anchoring)")
-        if rec["leaf"] != leaf:
-            fail("result_leaf_mismatch", f"result leaf mismatch: @ records leaf "
-                 f"{str(rec['leaf'])[:16]}…, the proven result is {leaf[:16]}…")
-        for name in ("ts", "pos"):
-            if name not in rec:
-                continue   # claiming less than the leaf binds is fine
-            bound = getattr(v, name)
-            if bound is None:
-                fail("result_claim_mismatch", f"result claim mismatch: @ claims {name} "
-                     f"{json.dumps(rec[name])[:80]} but the anchored leaf binds no {name}; "
-                     "the claim is unproven")
-            if not _claim_equal(name, rec[name], bound):
-                fail("result_claim_mismatch", f"result claim mismatch: @ claims {name} "
-                     f"{json.dumps(rec[name])[:80]}, the anchored leaf binds "
-                     f"{json.dumps(bound)[:80]}")
-        extra = sorted(k for k in rec if k not in known)
-        if extra:
-            fail("result_unbound_field", f"result unbound field: @ carries {', '.join(extra)}, "
-                 "which no anchor covers; the line was altered")
-        if "shares" in rec:
-            got = rec["shares"]
-            if not class_names:
-                fail("result_shares_unverifiable", "result shares unverifiable: the class names "
-                     f"of model {v.model_key[:16]}… are unknown (its registered URI is not a local "
-                     "blob), so @'s shares cannot be checked; pass --blob BLOB")
-            if got != want:
-                fail("result_shares_mismatch", "result shares mismatch: @ has class shares "
-                     f"{json.dumps(got, sort_keys=True)[:200]}, the proven class map gives "
-                     f"{json.dumps(want, sort_keys=True)[:200]}")
-        if "mask" in rec:
-            mp = p.parent / str(rec["mask"])
-            try:
-                same = np.array_equal(read_mask(mp), _as_map(class_map))
-            except errors.AnchorVerificationFailed:
-                same = False
-            if not same:
-                fail("result_mask_mismatch", f"result mask mismatch: @ names mask {mp}, which is "
-                     "missing or not the proven class map")
-    return found[0][1]

@@ -214,7 +214,8 @@ def _card_class_names(reg, key: str, blob: str | None = None):
 
 
 def cmd_anchor_verify(args) -> int:
-    from .anchoring import read_mask, result_lines, verify_frame, verify_result_line
+    from .anchoring import read_mask, verify_frame
+    from .results import result_lines, verify_result_line
     mask_path = args.mask
     if mask_path is None:
         if args.result is None:

@@ -150,12 +150,14 @@ def test_anchor_verify_cli(cli, tmp_path, blob):
 
 
 def _sink_line(key, cm, names, seq, ts, pos, mask):
-    """A results line as operators/sinks.py writes it (its leaf binds ts and pos)."""
-    from chain.anchoring import _class_shares, leaf_digest
-    return {"stream": "cam0", "seq": seq, "ts": ts, "pos": pos, "model_key": key, "batch": 1,
-            "mask": mask, "shares": _class_shares(cm, names),
-            "leaf": leaf_digest("cam0", seq, key, cm, ts=ts, pos=pos).hex(),
-            "latency_ms": {"score": 1.5}}
+    """A results line as the flow's sink writes it (its leaf binds ts and pos)."""
+    from chain.anchoring import leaf_digest
+    from chain.results import frame_record
+    line = dict(frame_record("cam0", seq, key, cm, ts=ts, pos=pos, class_names=names, batch=1,
+                             mask=mask).line, latency_ms={"score": 1.5})
+    # the record's leaf is the anchoring module's v2 leaf over what the line states
+    assert line["leaf"] == leaf_digest("cam0", seq, key, cm, ts=ts, pos=pos).hex()
+    return line
 
 
 def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_path, blob):

@@ -1,0 +1,203 @@
+"""A frame's results line: what the flow writes to ``results.jsonl`` and what
+``python -m chain anchor-verify --result`` checks, computed in one place.
+
+    rec = frame_record("cam0", 7, key, class_map, ts=ts, pos="clip.avi#7", class_names=names,
+                       batch=1, mask="masks/000007.png")
+    line = dict(rec.line, latency_ms=...)   # diagnostics go after the computed fields
+    batcher.add_leaf(key, rec.anchor_leaf)  # the Merkle leaf the line names
+
+The line's ``leaf`` is ``chain.anchoring.leaf_digest`` of the frame (v2: it binds the ts and
+pos the line states, as rounded in the line) and its ``shares`` the fraction of pixels per
+class (5 decimals, absent classes left out). The verifier recomputes both from the proven
+class map with the same functions, so a line the sink wrote always verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import errors
+from .anchoring import Leaf, Verification, leaf_digest, read_mask, ts_micros
+from .client import normalize_key
+
+__all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "class_shares",
+           "frame_record", "result_lines", "verify_result_line"]
+
+TS_DECIMALS = 6      # a line states ts to the microsecond: what the v2 leaf binds
+SHARE_DECIMALS = 5
+
+#: What a ``results.jsonl`` line may carry. Bound: covered by the proven leaf. Derived:
+#: recomputed from the proven class map. Diagnostics: how the frame was processed (timings,
+#: micro-batch size), which claim nothing about the result. Any other field is refused.
+RESULT_BOUND = ("stream", "seq", "model_key", "ts", "pos")
+RESULT_DERIVED = ("leaf", "shares", "mask")
+RESULT_DIAGNOSTICS = ("latency_ms", "batch")
+
+
+def _as_map(class_map) -> np.ndarray:
+    arr = np.asarray(class_map)
+    return arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+
+
+def class_shares(class_map, class_names: Optional[Sequence[str]]) -> dict:
+    """Class name -> fraction of the class map's pixels (5 decimals); classes absent from
+    the map are left out, ids past ``class_names`` are named by their number."""
+    arr = _as_map(class_map)
+    counts = np.bincount(arr.ravel(), minlength=len(class_names or ()))
+    total = max(1, arr.size)
+    return {(class_names[i] if class_names and i < len(class_names) else str(i)):
+            round(int(c) / total, SHARE_DECIMALS)
+            for i, c in enumerate(counts.tolist()) if c}
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """A frame's results line (the computed fields, in the order they are written) and the
+    Merkle leaf it names (None when the frame is not anchored)."""
+
+    line: dict
+    leaf: Optional[bytes]
+
+    @property
+    def anchor_leaf(self) -> Leaf:
+        """The leaf as an anchor batch holds it (stream, seq, digest and the claims it binds)."""
+        if self.leaf is None:
+            raise ValueError("this record was built without a leaf (with_leaf=False)")
+        return Leaf(self.line["stream"], self.line["seq"], self.leaf, self.line["ts"], self.line["pos"])
+
+
+def frame_record(stream: str, seq: int, model_key: str, class_map, *, ts: float,
+                 pos: Optional[str], class_names: Optional[Sequence[str]],
+                 batch: Optional[int] = None, mask: Optional[str] = None,
+                 with_shares: bool = True, with_leaf: bool = True) -> FrameRecord:
+    """The results line of one scored frame and its leaf. ``mask`` is the class-map PNG's
+    path relative to the results file; ``batch`` the micro-batch size (a diagnostic)."""
+    key = normalize_key(model_key)
+    ts = round(float(ts), TS_DECIMALS)   # the leaf binds the ts as the line states it
+    line = {"stream": str(stream), "seq": int(seq), "ts": ts, "pos": pos, "model_key": key}
+    if batch is not None:
+        line["batch"] = batch
+    if mask is not None:
+        line["mask"] = mask
+    if with_shares:
+        line["shares"] = class_shares(class_map, class_names)
+    leaf = None
+    if with_leaf:
+        leaf = leaf_digest(stream, seq, key, _as_map(class_map), ts=ts, pos=pos)
+        line["leaf"] = leaf.hex()
+    return FrameRecord(line, leaf)
+
+
+def result_lines(results_path: str | os.PathLike, stream: str, seq: int) -> list:
+    """``(line number, record)`` of every ``results.jsonl`` line for (stream, seq); raises
+    AnchorVerificationFailed (check ``result_missing``) when there is none or the file
+    cannot be read."""
+    p = Path(results_path)
+    found = []
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue   # a torn or garbled line is not this frame's record
+                if isinstance(rec, dict) and rec.get("stream") == stream and rec.get("seq") == seq:
+                    found.append((n, rec))
+    except OSError as exc:
+        raise errors.AnchorVerificationFailed(f"results file {p} cannot be read ({exc})",
+                                              check="result_missing") from None
+    if not found:
+        raise errors.AnchorVerificationFailed(
+            f"result missing: {p} has no line for stream '{stream}' seq {seq}", check="result_missing")
+    return found
+
+
+
+
+def _claim_equal(name: str, got, want) -> bool:
+    if name == "ts":
+        try:
+            return ts_micros(got) == ts_micros(want)
+        except (TypeError, ValueError):
+            return False
+    return isinstance(got, str) and got == want
+
+
+def verify_result_line(results_path: str | os.PathLike, v: Verification, class_map,
+                       class_names=None) -> dict:
+    """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: every
+    field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos),
+    recomputed from the proven class map (leaf, required; shares, exact by class name;
+    mask, the same class map), or a known diagnostic (latency_ms, batch). ``class_names``
+    (the card's, by class id) are needed to check shares: without them a line carrying
+    shares is refused. Returns the line; raises AnchorVerificationFailed whose ``.check``
+    is one of: result_missing, result_model_key_mismatch, result_leaf_missing,
+    result_leaf_mismatch, result_claim_mismatch, result_unbound_field,
+    result_shares_unverifiable, result_shares_mismatch, result_mask_mismatch."""
+    p = Path(results_path)
+    found = result_lines(p, v.stream, v.seq)
+    leaf = v.leaf or leaf_digest(v.stream, v.seq, v.model_key, class_map, ts=v.ts, pos=v.pos).hex()
+    want = class_shares(class_map, class_names)
+    known = set(RESULT_BOUND) | set(RESULT_DERIVED) | set(RESULT_DIAGNOSTICS)
+    for n, rec in found:   # every line for the frame must hold (a second, edited copy too)
+        where = f"{p} line {n} (stream '{v.stream}' seq {v.seq})"
+
+        def fail(check: str, msg: str):
+            raise errors.AnchorVerificationFailed(f"{msg.replace('@', where)}", check=check)
+        try:
+            key = normalize_key(str(rec.get("model_key")))
+        except Exception:  # noqa: BLE001 - any unparsable key is a mismatch
+            key = str(rec.get("model_key"))
+        if key != v.model_key:
+            fail("result_model_key_mismatch", f"result model key mismatch: @ says model "
+                 f"{rec.get('model_key')}, the chain anchored this result for {v.model_key}")
+        # the leaf is what ties the line to the anchor: a line without one proves nothing
+        if "leaf" not in rec:
+            fail("result_leaf_missing", "result leaf missing: @ carries no leaf, so nothing "
+                 "binds it to the anchored result; the line was altered (or written without "
+                 "anchoring)")
+        if rec["leaf"] != leaf:
+            fail("result_leaf_mismatch", f"result leaf mismatch: @ records leaf "
+                 f"{str(rec['leaf'])[:16]}…, the proven result is {leaf[:16]}…")
+        for name in ("ts", "pos"):
+            if name not in rec:
+                continue   # claiming less than the leaf binds is fine
+            bound = getattr(v, name)
+            if bound is None:
+                fail("result_claim_mismatch", f"result claim mismatch: @ claims {name} "
+                     f"{json.dumps(rec[name])[:80]} but the anchored leaf binds no {name}; "
+                     "the claim is unproven")
+            if not _claim_equal(name, rec[name], bound):
+                fail("result_claim_mismatch", f"result claim mismatch: @ claims {name} "
+                     f"{json.dumps(rec[name])[:80]}, the anchored leaf binds "
+                     f"{json.dumps(bound)[:80]}")
+        extra = sorted(k for k in rec if k not in known)
+        if extra:
+            fail("result_unbound_field", f"result unbound field: @ carries {', '.join(extra)}, "
+                 "which no anchor covers; the line was altered")
+        if "shares" in rec:
+            got = rec["shares"]
+            if not class_names:
+                fail("result_shares_unverifiable", "result shares unverifiable: the class names "
+                     f"of model {v.model_key[:16]}… are unknown (its registered URI is not a local "
+                     "blob), so @'s shares cannot be checked; pass --blob BLOB")
+            if got != want:
+                fail("result_shares_mismatch", "result shares mismatch: @ has class shares "
+                     f"{json.dumps(got, sort_keys=True)[:200]}, the proven class map gives "
+                     f"{json.dumps(want, sort_keys=True)[:200]}")
+        if "mask" in rec:
+            mp = p.parent / str(rec["mask"])
+            try:
+                same = np.array_equal(read_mask(mp), _as_map(class_map))
+            except errors.AnchorVerificationFailed:
+                same = False
+            if not same:
+                fail("result_mask_mismatch", f"result mask mismatch: @ names mask {mp}, which is "
+                     "missing or not the proven class map")
+    return found[0][1]
