@@ -126,3 +126,23 @@ def test_batcher_splits_on_size_and_model_change(tmp_path):
     spans = [(json.loads(p.read_text())["first_seq"], json.loads(p.read_text())["last_seq"])
              for p in bt.written]
     assert spans == [(0, 2), (3, 3), (4, 4)]
+
+
+def test_batcher_hands_closed_batches_to_a_send_hook_and_resumes_an_open_one():
+    """The flow's sink batches through a send hook (it writes and sends its own files) and
+    keeps the open batch in its snapshot."""
+    sent = []
+    cm = np.zeros((2, 2), np.uint8)
+    bt = AnchorBatcher(every=3, send=lambda b: sent.append(b) or f"batch-{len(sent)}")
+    assert [bt.add("c", i, K, cm, ts=i / 10, pos=f"f#{i}") for i in range(4)] == [None, None, "batch-1", None]
+    assert bt.add("d", 4, K, cm) == "batch-2"               # another stream closes seq 3
+    state = bt.open_batch()
+    assert state == {"model_key": K, "leaves": [{"stream": "d", "seq": 4,
+                                                 "digest": leaf_digest("d", 4, K, cm).hex()}]}
+    resumed = AnchorBatcher(every=3, send=sent.append, resume=json.loads(json.dumps(state)))
+    resumed.add_leaf(K, AnchorBatch.build(K, [("d", 5, cm)]).leaves[0])
+    resumed.flush()
+    assert [[lf.seq for lf in b.leaves] for b in sent] == [[0, 1, 2], [3], [4, 5]]
+    assert sent[0].leaves[1].ts == 0.1 and sent[0].leaves[1].pos == "f#1"
+    with pytest.raises(ValueError):
+        AnchorBatcher(every=3)                               # nowhere to go
