@@ -581,29 +581,13 @@ class Registry:
         """Yield ``Deployed`` events of ``deployment`` and every ``Revoked`` event from
         ``from_block`` on, in order, polling the chain; ends when ``stop`` is set. Node
         outages are retried with backoff; longer than ``max_outage`` s raises
-        ChainUnavailable."""
-        block = from_block
-        down_since: float | None = None
-        delay = poll_interval
-        while stop is None or not stop.is_set():
-            try:
-                evs, block = self.events(block)
-                down_since, delay = None, poll_interval
-            except errors.ChainUnavailable:
-                now = time.monotonic()
-                down_since = down_since or now
-                if now - down_since > max_outage:
-                    raise
-                delay = min(max(delay * 2, poll_interval), 10.0)
-                evs = []
-            for ev in evs:
-                if ev.kind == "Revoked" or ev.deployment == deployment:
-                    yield ev
-            if stop is not None:
-                if stop.wait(delay):
-                    return
-            else:
-                time.sleep(delay)
+        ChainUnavailable. (``chain.follower.EventFollower`` gives every round.)"""
+        from .follower import EventFollower
+        follower = EventFollower(self, from_block, poll_interval=poll_interval, stop=stop,
+                                 max_outage=max_outage)
+        for ev in follower.events():
+            if ev.kind == "Revoked" or ev.deployment == deployment:
+                yield ev
 
 
 def _root_bytes(root: bytes | str) -> bytes:
