@@ -23,7 +23,7 @@ import numpy as np
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from operators.config import REPO_ROOT, ConfigError, load_config
-from operators.frames import Result
+from operators.frames import ScoredFrame
 from operators.pipeline import build_flow as _build, flow_from_env
 
 __all__ = ["build_flow", "flow", "EvalSink", "read_label"]
@@ -64,7 +64,7 @@ class _EvalPart(StatefulSinkPartition):
     def write_batch(self, values):
         from trainer.metrics import hood_mask, resize_prediction
         for r in values:
-            if not isinstance(r, Result):
+            if not isinstance(r, ScoredFrame):
                 continue
             self.keys[r.model_key] = self.keys.get(r.model_key, 0) + 1
             if not r.label or not os.path.exists(r.label):

@@ -82,7 +82,7 @@ def main() -> int:
         if got is None:
             break
         from operators.frames import Frame
-        f = entry.pre(Frame(spec.stream_id, got[0], 0.0, got[1], got[2]))
+        f = entry.pre(Frame(spec.stream_id, got.seq, 0.0, got.pos, got.image, colour=got.colour))
         frames.append(f.image)
         if cfg.max_frames and len(frames) >= cfg.max_frames:
             break

@@ -1,19 +1,42 @@
-"""The items that travel through the flow: frames, model updates and results.
+"""The items that travel through the flow: decoded frames, model events and scored frames.
 
-Inside one process Bytewax passes these by reference (no pickling); across processes they
-are pickled, so they hold plain data only (never an ONNX Runtime session).
+All are frozen: a step that changes an item returns a new one (``dataclasses.replace``),
+so no step sees another step's edits.  Inside one process Bytewax passes them by
+reference (no pickling); across processes they are pickled, so they hold plain data only
+(never an ONNX Runtime session).
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
-__all__ = ["Frame", "ModelUpdate", "Result", "StreamEnd"]
+__all__ = ["Decoded", "NOT_YET", "Frame", "ModelLoaded", "ModelRevoked", "ModelEvent",
+           "ScoredFrame", "StreamEnd"]
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """What a reader decoded at one position of its source."""
+    seq: int                 # position in the source (frame index / row / file index)
+    pos: str                 # human-readable position (file#frame, CSV row, image path, ...)
+    image: np.ndarray        # HxWx3 uint8 in ``colour`` order
+    colour: str = "BGR"
+    label: Optional[str] = None   # label path (CSV / dataset replay)
+    ts: Optional[float] = None    # capture time the source states (CSV column), else None
+
+
+class _NotYet(enum.Enum):
+    NOT_YET = "no frame yet"
+
+
+#: a live reader's answer when no frame has arrived yet (``None`` means the stream ended)
+NOT_YET = _NotYet.NOT_YET
+
+
+@dataclass(frozen=True, eq=False)
 class Frame:
     """One decoded frame. ``image`` is HxWx3 uint8 in ``colour`` order (BGR from OpenCV)."""
     stream_id: str
@@ -31,23 +54,32 @@ class Frame:
     raw: Optional[np.ndarray] = None  # the undistorted original when kept for reports
 
 
-@dataclass(eq=False)
-class ModelUpdate:
-    """A verified model to score with (``kind="load"``) or a key that must stop at once
-    (``kind="revoke"``). ``uid`` increases per update so duplicates can be ignored."""
-    kind: str
+@dataclass(frozen=True, eq=False)
+class ModelLoaded:
+    """A verified model to score with.  ``uid`` increases per event, so a stream ignores
+    one it has seen; ``onnx`` is dropped from old events (bounded memory over hot swaps)."""
     key: str
     uid: int
     name: str = ""           # deployment name or blob path
     version: int = 0
     card: Any = None         # model_store.ModelCard
     onnx: Optional[bytes] = None
-    reason: str = ""
     source: str = ""         # where the blob came from
 
 
-@dataclass(eq=False)
-class Result:
+@dataclass(frozen=True, eq=False)
+class ModelRevoked:
+    """A key that must stop scoring at once."""
+    key: str
+    uid: int
+    reason: str = ""
+
+
+ModelEvent = Union[ModelLoaded, ModelRevoked]
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredFrame:
     """The scored frame: its ids, the class map and the key of the model that scored it."""
     stream_id: str
     seq: int
@@ -65,7 +97,7 @@ class Result:
     t_emit: float = 0.0      # perf_counter when the source queued the frame
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class StreamEnd:
     """Emitted by the score step when its input ends: makes sure every stream's sink
     partition exists (Bytewax builds them on the first item) so its summary is written."""

@@ -11,7 +11,7 @@ refuses to start with one line, before Bytewax runs):
 2. ``model_store.load(path, expected_key=key)`` re-hashes the very bytes it decompresses
    (verify *before* load, no time-of-check gap);
 3. the ONNX Runtime session is built (warms the score's session cache) and a
-   ``ModelUpdate`` is queued for every stream.
+   ``ModelLoaded`` event is queued for every stream.
 
 Then a background thread polls ``reg.events(from_block)``: a ``Deployed`` event of the
 followed deployment with a higher version hot-swaps the model (verified again, session
@@ -20,11 +20,12 @@ set at once and queues a revoke update, so scoring with it stops.  Chain
 outages are retried with backoff while the verified model keeps scoring.
 
 ``ModelReaderSource`` is the Bytewax input: one partition per stream id, emitting
-``(stream_id, ModelUpdate)``; a partition ends when its stream's frame source has ended in
+``(stream_id, ModelLoaded | ModelRevoked)``; a partition ends when its stream's frame source has ended in
 this process (Bytewax places same-named partitions of the two inputs on the same worker).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from urllib.parse import unquote, urlparse
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import MODELS_DIR, Config
-from .frames import ModelUpdate
+from .frames import ModelEvent, ModelLoaded, ModelRevoked
 from .score import ScoreError
 from .telemetry import log
 
@@ -135,10 +136,10 @@ class ModelWatcher:
         dirs += [Path(p) for p in extra.split(os.pathsep) if p.strip()]
         dirs += [MODELS_DIR, cfg.home / "models"]
         self.locator = locator or BlobLocator(dirs, self.stats)
-        self.updates: list[ModelUpdate] = []
+        self.updates: list[ModelEvent] = []
         self.cond = threading.Condition()
         self._uid = 0
-        self.current: Optional[ModelUpdate] = None
+        self.current: Optional[ModelLoaded] = None
         self.version = 0
         self.block = 0
         self.stop = threading.Event()
@@ -166,13 +167,13 @@ class ModelWatcher:
         except chain.errors.ChainUnavailable as e:
             raise ChainDown(f"model registry unreachable while {what}: {_one_line(e)}") from None
 
-    def _verified_update(self, key: str, path: Path, name: str, version: int) -> ModelUpdate:
+    def _verified_update(self, key: str, path: Path, name: str, version: int) -> ModelLoaded:
         import model_store
         try:
             card, onnx = model_store.load(str(path), expected_key=key, decrypt_key=self.decrypt_key)
         except model_store.errors.BlobError as e:
             raise ModelRefused(f"model blob refused: {_one_line(e)}") from None
-        u = ModelUpdate("load", key, self._next_uid(), name=name, version=version, card=card,
+        u = ModelLoaded(key, self._next_uid(), name=name, version=version, card=card,
                         onnx=onnx, source=str(path))
         try:
             self.sessions.get(u)   # build (and fail fast: REQUIRE_GPU, bad graph) off the score thread
@@ -191,7 +192,7 @@ class ModelWatcher:
                                f"({st.reason or 'no reason given'})")
         return st
 
-    def resolve(self) -> ModelUpdate:
+    def resolve(self) -> ModelLoaded:
         """Verify the configured model now; raises ModelRefused with one line.
 
         With the registry unreachable, a status verified online at most
@@ -230,7 +231,7 @@ class ModelWatcher:
         except (OSError, ValueError):
             return {}
 
-    def _save_status(self, u: ModelUpdate, block: Optional[int] = None):
+    def _save_status(self, u: ModelLoaded, block: Optional[int] = None):
         import json
         d = self._load_cache()
         d[self._cache_id()] = {"key": u.key, "version": u.version, "name": u.name,
@@ -243,7 +244,7 @@ class ModelWatcher:
         except OSError as e:
             log.warning("cannot write the status cache %s: %s", self._cache_path(), e)
 
-    def _resolve_cached(self, why: str) -> ModelUpdate:
+    def _resolve_cached(self, why: str) -> ModelLoaded:
         import model_store
         ent = self._load_cache().get(self._cache_id())
         max_age = self.cfg.status_max_age
@@ -277,7 +278,7 @@ class ModelWatcher:
         self.stats.error = None
         return self._verified_update(key, path, ent.get("name") or str(path), self.version)
 
-    def _resolve_online(self) -> ModelUpdate:
+    def _resolve_online(self) -> ModelLoaded:
         import chain
         import model_store
         cfg = self.cfg
@@ -389,20 +390,21 @@ class ModelWatcher:
             pass
         return self.locator.find(key, uri)
 
-    def _publish(self, u: ModelUpdate):
+    def _publish(self, u: ModelEvent):
         with self.cond:
             self.updates.append(u)
-            if u.kind == "load":   # bounded memory over many hot swaps: older bytes go
-                loads = [x for x in self.updates if x.kind == "load" and x.onnx is not None]
-                for old in loads[:-2]:
-                    old.onnx = None
+            if isinstance(u, ModelLoaded):   # bounded memory over many hot swaps: older bytes go
+                loads = [i for i, x in enumerate(self.updates)
+                         if isinstance(x, ModelLoaded) and x.onnx is not None]
+                for i in loads[:-2]:
+                    self.updates[i] = dataclasses.replace(self.updates[i], onnx=None)
             self.cond.notify_all()
 
     def start_index(self) -> int:
         """Where a new reader partition starts: the latest model (older history is moot)."""
         with self.cond:
             for i in range(len(self.updates) - 1, -1, -1):
-                if self.updates[i].kind == "load":
+                if isinstance(self.updates[i], ModelLoaded):
                     return i
             return 0
 
@@ -434,7 +436,7 @@ class ModelWatcher:
         why = "fail safe: the model reader stopped"
         self.revoked.halt(why)
         if self.current is not None:
-            self._publish(ModelUpdate("revoke", self.current.key, self._next_uid(), reason=why))
+            self._publish(ModelRevoked(self.current.key, self._next_uid(), reason=why))
             self.current = None
         self.stats.error = msg
         log.error("%s", msg)
@@ -508,7 +510,7 @@ class ModelWatcher:
                 return
             self.revoked.add(key, ev.reason or "")
             self.stats.revoked.append({"key": key, "reason": ev.reason, "block": ev.block, "at": time.time()})
-            self._publish(ModelUpdate("revoke", key, self._next_uid(), reason=ev.reason or ""))
+            self._publish(ModelRevoked(key, self._next_uid(), reason=ev.reason or ""))
             if self.current and self.current.key == key:
                 log.warning("model %s revoked on chain (%s): scoring stops until a valid model is "
                             "deployed", key[:12], ev.reason or "no reason given")

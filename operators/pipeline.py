@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from typing import Callable, Optional
@@ -82,9 +83,9 @@ def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Opti
         entry = ctx.sessions.get(first)
         batch = 4 if entry.provider in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else 1
     colour = pre.colour if pre is not None else "BGR"
-    if keep_raw:
+    if keep_raw:   # the evaluation grid shows the frame as decoded
         def prepare(f, _pre=pre):
-            f.raw = f.image
+            f = dataclasses.replace(f, raw=f.image)
             return _pre(f) if _pre is not None else f
     else:
         prepare = pre

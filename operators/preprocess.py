@@ -8,6 +8,7 @@ no-op check that only acts when the model changed its input under a running stre
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -60,23 +61,25 @@ class Preprocessor:
                 and img.flags.c_contiguous)
 
     def __call__(self, frame: Frame) -> Frame:
+        """The frame at the model's size and colour order: a new Frame (the one given is
+        returned as it is when it is ready already)."""
         if self.ready(frame):
             return frame
         t0 = time.perf_counter()
         img = frame.image
-        if not frame.orig_size:
-            frame.orig_size = img.shape[:2]
+        colour = frame.colour
         if self.size is not None and img.shape[:2] != tuple(self.size):
             h, w = self.size
             shrink = img.shape[0] > h and img.shape[1] > w
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink and
                              (img.shape[0] >= 2 * h) else cv2.INTER_LINEAR)
-        if frame.colour != self.colour:
-            if {frame.colour, self.colour} == {"BGR", "RGB"}:
+        if colour != self.colour:
+            if {colour, self.colour} == {"BGR", "RGB"}:
                 img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             else:
-                raise ValueError(f"cannot convert colour order {frame.colour} to {self.colour}")
-            frame.colour = self.colour
-        frame.image = np.ascontiguousarray(img)
-        frame.preprocess_ms += (time.perf_counter() - t0) * 1e3
-        return frame
+                raise ValueError(f"cannot convert colour order {colour} to {self.colour}")
+            colour = self.colour
+        return dataclasses.replace(
+            frame, image=np.ascontiguousarray(img), colour=colour,
+            orig_size=frame.orig_size or frame.image.shape[:2],
+            preprocess_ms=frame.preprocess_ms + (time.perf_counter() - t0) * 1e3)

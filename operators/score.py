@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
-from .frames import Frame, ModelUpdate, Result, StreamEnd
+from .frames import Frame, ModelEvent, ModelLoaded, ModelRevoked, ScoredFrame, StreamEnd
 from .preprocess import Preprocessor
 from .telemetry import log
 
@@ -213,7 +213,7 @@ class SessionCache:
         self.options = dict(providers=providers, require_gpu=require_gpu, threads=threads, home=home)
         self.provider: Optional[str] = None
 
-    def get(self, update: ModelUpdate) -> SessionEntry:
+    def get(self, update: ModelLoaded) -> SessionEntry:
         while True:
             with self._lock:
                 e = self._d.get(update.key)
@@ -279,11 +279,11 @@ class ScoreLogic(StatefulBatchLogic):
         self.waiting_logged = False
 
     # -- model updates ----------------------------------------------------------------
-    def _apply(self, u: ModelUpdate):
+    def _apply(self, u: ModelEvent):
         if u.uid in self.seen:
             return
         self.seen.add(u.uid)
-        if u.kind == "revoke":
+        if isinstance(u, ModelRevoked):
             self.revoked.add(u.key, u.reason)
             self.sessions.drop(u.key)
             if self.entry is not None and self.entry.key == u.key:
@@ -403,9 +403,10 @@ class ScoreLogic(StatefulBatchLogic):
             lat = {"decode": round(f.decode_ms, 3), "preprocess": round(f.preprocess_ms, 3),
                    "wait": round(wait_ms, 3), "score": round(score_ms, 3),
                    "score_per_frame": round(score_ms / n, 3)}
-            res.append(Result(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n, latency_ms=lat,
-                              image=f.image, colour=f.colour, orig_size=f.orig_size, label=f.label,
-                              raw=f.raw, t_emit=f.t_emit))
+            res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n,
+                                   latency_ms=lat, image=f.image, colour=f.colour,
+                                   orig_size=f.orig_size, label=f.label, raw=f.raw,
+                                   t_emit=f.t_emit))
         self.stats.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
                                                 "preprocess": chunk[0].preprocess_ms,
                                                 "wait": res[0].latency_ms["wait"], "score": score_ms})
@@ -416,7 +417,7 @@ class ScoreLogic(StatefulBatchLogic):
         out = []
         frames = []
         for v in values:
-            if isinstance(v, ModelUpdate):
+            if isinstance(v, (ModelLoaded, ModelRevoked)):
                 out.extend(self._score(frames))
                 frames = []
                 self._apply(v)

@@ -33,7 +33,7 @@ import numpy as np
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from .anchor_seal import SealError, is_sealed, load_secret, write_sealed
-from .frames import Result
+from .frames import ScoredFrame
 from .telemetry import log, lower_thread_priority
 
 __all__ = ["ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
@@ -308,7 +308,7 @@ class _Partition(StatefulSinkPartition):
             finally:
                 self.q.task_done()
 
-    def _write(self, r: Result):
+    def _write(self, r: ScoredFrame):
         t0 = time.perf_counter()
         cm = r.class_map
         rec = {"stream": r.stream_id, "seq": r.seq, "ts": round(r.ts, 6), "pos": r.pos,
@@ -341,7 +341,7 @@ class _Partition(StatefulSinkPartition):
         self.sink.stats.add("written", self.sid)
         self.next_seq = r.seq + 1
 
-    def _video(self, r: Result):
+    def _video(self, r: ScoredFrame):
         img = r.image
         if r.colour == "RGB":
             img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
@@ -370,7 +370,7 @@ class _Partition(StatefulSinkPartition):
                 raise OSError(f"cannot open {self.dir / name} for writing (MJPG)")
         self.video.write(over)
 
-    def _leaf(self, r: Result, rec: dict):
+    def _leaf(self, r: ScoredFrame, rec: dict):
         anch = self.sink.anchoring
         if anch is None:
             return
@@ -403,7 +403,7 @@ class _Partition(StatefulSinkPartition):
     # -- bytewax side -----------------------------------------------------------------
     def write_batch(self, values):
         for r in values:
-            if not isinstance(r, Result):
+            if not isinstance(r, ScoredFrame):
                 continue   # StreamEnd
             if r.stream_id != self.sid:
                 raise RuntimeError(f"result of stream {r.stream_id} routed to partition {self.sid}")
@@ -455,7 +455,7 @@ class _NullPartition(StatefulSinkPartition):
         sink.metrics.acquire()
 
     def write_batch(self, values):
-        self.sink.stats.drop(self.sid, "output_error", sum(isinstance(r, Result) for r in values))
+        self.sink.stats.drop(self.sid, "output_error", sum(isinstance(r, ScoredFrame) for r in values))
 
     def snapshot(self):
         return None

@@ -19,6 +19,7 @@ file and position; it never stops the stream.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import threading
 import time
@@ -32,7 +33,7 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import IMAGE_EXTS, SourceSpec
-from .frames import Frame
+from .frames import NOT_YET, Decoded, Frame
 from .telemetry import log, lower_thread_priority
 
 __all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
@@ -74,8 +75,8 @@ class VideoReader:
         if self.idx:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, self.idx)
 
-    def read(self):
-        """-> (seq, pos, image) | raises _Skip | returns None at the end."""
+    def read(self) -> Optional[Decoded]:
+        """The next frame; None at the end; raises _Skip for a frame that cannot be decoded."""
         while True:
             seq, idx = self.seq, self.idx
             ok, img = self.cap.read()
@@ -83,7 +84,7 @@ class VideoReader:
                 self.seq += 1
                 self.idx += 1
                 self._fails = 0
-                return seq, f"{self.path}#{idx}", img
+                return Decoded(seq, f"{self.path}#{idx}", img)
             if self.count and idx < self.count - 1 and self._fails < 64:
                 # a frame in the middle failed to decode: skip it and carry on
                 # (FFmpeg moves past the bad packet; the next read gives the next frame)
@@ -327,7 +328,7 @@ class ImageListReader:
     def open(self, start: int = 0):
         self.seq = start
 
-    def read(self):
+    def read(self) -> Optional[Decoded]:
         n = len(self.entries)
         if n == 0 or (not self.loop and self.seq >= n):
             return None
@@ -340,7 +341,7 @@ class ImageListReader:
             img = _imread(img_path, self.max_pixels)
         except _Skip as e:
             raise _Skip(_printable(f"{pos}: {e}" if pos != img_path else str(e))) from None
-        return seq, pos, img, label, ts
+        return Decoded(seq, pos, img, label=label, ts=ts)
 
     def close(self):
         pass
@@ -474,7 +475,8 @@ class GstReader:
         return f"{err.message}"
 
     def read(self, timeout: float = 0.1):
-        """-> (seq, pos, image) | "wait" (nothing yet) | None (end of stream) | raises IOError."""
+        """The next frame; NOT_YET when none arrived in ``timeout``; None at the end of the
+        stream; raises IOError on a pipeline error, _Skip for a buffer it cannot read."""
         Gst = _gst()
         sample = self.sink.try_pull_sample(int(timeout * Gst.SECOND))
         if sample is None:
@@ -483,7 +485,7 @@ class GstReader:
                 raise IOError(f"{self.kind} {self.target!r}: {err}")
             if self.sink.is_eos():
                 return None
-            return "wait"
+            return NOT_YET
         seq = self.seq
         self.seq += 1
         buf = sample.get_buffer()
@@ -514,7 +516,7 @@ class GstReader:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
             fmt = "BGR"
         pos = f"{self.kind}:{self.target[:60]}#pts={pts if pts != Gst.CLOCK_TIME_NONE else 'none'}"
-        return seq, pos, img, fmt
+        return Decoded(seq, pos, img, colour=fmt)
 
     def close(self):
         if self.pipeline is not None:
@@ -661,7 +663,7 @@ class _Partition(StatefulSourcePartition):
                         return
                     backoff = min(backoff * 2, self.reconnect_max)
                     continue
-                if got == "wait":
+                if got is NOT_YET:
                     if self.live and opened and time.monotonic() - last_frame > self.stall:
                         # a camera that stopped sending without an error: reconnect
                         self.reader.close()
@@ -685,25 +687,17 @@ class _Partition(StatefulSourcePartition):
                         continue
                     return
                 dec_ms = (time.perf_counter() - t0) * 1e3
-                seq, pos, img = got[0], got[1], got[2]
-                label = ts = None
-                colour = "BGR"
-                if len(got) == 5:
-                    label, ts = got[3], got[4]
-                elif len(got) == 4:
-                    colour = got[3]
-                frame = Frame(self.sid, seq, ts if ts is not None else time.time(), pos, img,
-                              colour=colour, live=self.live, decode_ms=dec_ms,
-                              orig_size=img.shape[:2], label=label)
+                frame = Frame(self.sid, got.seq, got.ts if got.ts is not None else time.time(),
+                              got.pos, got.image, colour=got.colour, live=self.live,
+                              decode_ms=dec_ms, orig_size=got.image.shape[:2], label=got.label)
                 if self.prepare is not None:
                     try:
                         frame = self.prepare(frame)
                     except Exception as e:   # noqa: BLE001 - a bad frame must not stop the stream
-                        self.stats.bad_frame(self.sid, f"{pos}: preprocessing failed: {e}")
+                        self.stats.bad_frame(self.sid, f"{got.pos}: preprocessing failed: {e}")
                         continue
                 self.stats.add("decoded", self.sid)
-                frame.t_emit = time.perf_counter()
-                self._put(frame)
+                self._put(dataclasses.replace(frame, t_emit=time.perf_counter()))
                 produced += 1
                 if self.max_frames is not None and produced >= self.max_frames:
                     return

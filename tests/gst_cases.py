@@ -19,6 +19,7 @@ from bytewax.testing import run_main
 
 from flow_fixtures import FakeRegistry, env_for, make_blob, read_jsonl
 from operators.config import SourceSpec, load_config
+from operators.frames import NOT_YET
 from operators.pipeline import build_flow
 from operators.sources import GstReader, gst_available
 
@@ -51,12 +52,12 @@ def test_gst_reader_pulls_frames_and_sees_eos():
         x = r.read()
         if x is None:
             break
-        if x != "wait":
+        if x is not NOT_YET:
             got.append(x)
     r.close()
     assert len(got) == 5
-    seq, pos, img, fmt = got[0]
-    assert img.shape == (21, 37, 3) and fmt == "RGB" and seq == 0 and pos.startswith("gst:")
+    d = got[0]
+    assert d.image.shape == (21, 37, 3) and d.colour == "RGB" and d.seq == 0 and d.pos.startswith("gst:")
 
 
 def test_videotestsrc_pipeline_through_the_flow(tmp_path):

@@ -11,12 +11,12 @@ pytest.importorskip("onnxruntime")
 
 
 def test_a_superseded_session_lives_only_while_a_stream_still_scores_with_it():
-    from operators.frames import ModelUpdate
+    from operators.frames import ModelLoaded
     from operators.score import SessionCache
     cache = SessionCache(providers="cpu", threads=1)
     onnx = tiny_onnx()
-    old = cache.get(ModelUpdate("load", "a" * 64, 1, onnx=onnx))
-    new = cache.get(ModelUpdate("load", "b" * 64, 2, onnx=onnx))
+    old = cache.get(ModelLoaded("a" * 64, 1, onnx=onnx))
+    new = cache.get(ModelLoaded("b" * 64, 2, onnx=onnx))
     assert cache.keys() == ["b" * 64]
     # the stream that still holds the old entry can finish its batch with it ...
     x = np.zeros((1, 8, 8, 3), np.uint8)
@@ -27,21 +27,21 @@ def test_a_superseded_session_lives_only_while_a_stream_still_scores_with_it():
     del old
     gc.collect()
     assert ref() is None
-    assert cache.get(ModelUpdate("load", "b" * 64, 3, onnx=onnx)) is new
+    assert cache.get(ModelLoaded("b" * 64, 3, onnx=onnx)) is new
 
 
 def test_a_stream_without_a_valid_model_is_paused_and_resumed_by_the_next_model():
     """The score pauses the stream's file replay while no valid model may score it (no frame
     is dropped) and resumes it when a verified model arrives."""
     from operators.context import FlowContext
-    from operators.frames import Frame, ModelUpdate
+    from operators.frames import Frame, ModelLoaded
     from operators.score import ScoreLogic, SessionCache
     ctx = FlowContext(sessions=SessionCache(providers="cpu", threads=1))
     logic = ScoreLogic(ctx, "paused-cam", pending=4)
     frame = Frame("paused-cam", 0, 0.0, "#0", np.zeros((8, 8, 3), np.uint8))
     out, _ = logic.on_batch([frame])
     assert out == [] and ctx.streams.paused("paused-cam") and len(logic.pending) == 1
-    out, _ = logic.on_batch([ModelUpdate("load", "c" * 64, 1, onnx=tiny_onnx())])
+    out, _ = logic.on_batch([ModelLoaded("c" * 64, 1, onnx=tiny_onnx())])
     assert not ctx.streams.paused("paused-cam")
     assert [r.seq for r in out] == [0]
 

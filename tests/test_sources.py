@@ -69,8 +69,8 @@ def test_dataset_folder_pairs_images_with_labels_by_stem(tmp_path):
     r = ImageListReader.from_dir(str(root))
     assert [e[2] is not None for e in r.entries] == [True, False, True]
     r.open()
-    seq, pos, img, label, ts = r.read()
-    assert seq == 0 and label.endswith("labels/0000.png") and img.shape == (24, 40, 3)
+    d = r.read()
+    assert d.seq == 0 and d.label.endswith("labels/0000.png") and d.image.shape == (24, 40, 3)
 
 
 def test_csv_header_variants_and_tab_separated(tmp_path):
@@ -91,7 +91,7 @@ def test_grey_and_alpha_images_become_three_channels(tmp_path):
     cv2.imwrite(str(tmp_path / "b.png"), np.zeros((5, 6, 4), np.uint8))
     r = ImageListReader.from_dir(str(tmp_path))
     r.open()
-    assert r.read()[2].shape == (5, 6, 3) and r.read()[2].shape == (5, 6, 3)
+    assert r.read().image.shape == (5, 6, 3) and r.read().image.shape == (5, 6, 3)
 
 
 def test_unreadable_video_ends_its_stream_with_one_error_line(tmp_path, caplog):
