@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-/// The few forge cheatcodes these tests use (forge-std is not on our registries).
+/// The few forge cheatcodes these tests use: forge-std is not on our registries (npm has only an
+/// unofficial 1.1.2 republication that lacks the ds-test it imports; see docs/chain.md).
 interface Vm {
     function prank(address sender) external;
     function startPrank(address sender) external;
