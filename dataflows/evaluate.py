@@ -20,13 +20,19 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from operators.config import REPO_ROOT, ConfigError, load_config
+from operators.context import FlowContext, VerisegFlow
 from operators.frames import ScoredFrame
-from operators.pipeline import build_flow as _build, flow_from_env
+from operators.model_reader import verified_models
+from operators.score import score
+from operators.sources import read_frames
+from operators.startup import flow_from_env, start_flow
 
-__all__ = ["build_flow", "flow", "EvalSink", "read_label"]
+__all__ = ["build", "build_flow", "flow", "evaluate_results", "EvalSink", "read_label"]
 
 GRID_FRAMES = 6
 
@@ -173,36 +179,56 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def build_flow(cfg=None, *, registry=None, decrypt_key=None):
-    if cfg is None:
-        env = dict(os.environ)
-        if not env.get("VERISEG_SOURCE"):
-            default = env.get("VERISEG_CARLA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "carla")
-            if Path(default).is_dir():
-                env["VERISEG_SOURCE"] = f"dir:{default}"
-            else:
-                raise ConfigError(["VERISEG_SOURCE: set it to a dataset folder (images/ + labels/) "
-                                   "or a CSV with label paths"])
-        env.setdefault("VERISEG_ANCHOR_EVERY", "0")
-        cfg = load_config(env)
+@operator
+def evaluate_results(step_id: str, scored: Stream, ctx: FlowContext) -> None:
+    """Count every scored frame against its label; the report is written when the last
+    stream ends."""
+    cfg, first = ctx.config, ctx.first
+    names = [c.name for c in first.card.classes] if first.card is not None else []
+    model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
+    op.output("report", scored, EvalSink(ctx.stats, cfg.out, cfg.stream_ids, names, model))
+
+
+def _config_from_env():
+    """The flow's configuration, with a labelled dataset as the default source and
+    anchoring off by default."""
+    env = dict(os.environ)
+    if not env.get("VERISEG_SOURCE"):
+        default = env.get("VERISEG_CARLA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "carla")
+        if Path(default).is_dir():
+            env["VERISEG_SOURCE"] = f"dir:{default}"
+        else:
+            raise ConfigError(["VERISEG_SOURCE: set it to a dataset folder (images/ + labels/) "
+                               "or a CSV with label paths"])
+    env.setdefault("VERISEG_ANCHOR_EVERY", "0")
+    return load_config(env)
+
+
+def build_flow(cfg=None, *, registry=None, decrypt_key=None) -> VerisegFlow:
+    """The evaluation flow: the segment flow's frames, models and score, counted against
+    the labels; raises ConfigError or ModelRefused (one line each)."""
+    cfg = cfg or _config_from_env()
     bad = [s for s in cfg.sources if s.kind not in ("dir", "csv")]
     if bad:
         raise ConfigError([f"VERISEG_SOURCE: evaluate replays a labelled dataset folder or CSV, "
                            f"not {s.kind} {s.target!r}" for s in bad])
+    ctx = start_flow(cfg, registry=registry, decrypt_key=decrypt_key)
+    flow = VerisegFlow("veriseg_evaluate", context=ctx)
+    frames = read_frames("frames", flow, ctx, keep_raw=True)
+    models = verified_models("models", flow, ctx)
+    scored = score("score", frames, models, ctx)
+    evaluate_results("evaluate", scored, ctx)
+    return flow
 
-    def sink_factory(ctx):
-        cfg, first = ctx.config, ctx.first
-        names = [c.name for c in first.card.classes] if first.card is not None else []
-        return EvalSink(ctx.stats, cfg.out, cfg.stream_ids, names,
-                        {"key": first.key, "name": getattr(first.card, "name", None),
-                         "source": first.source})
-    return _build(cfg, registry=registry, decrypt_key=decrypt_key, sink_factory=sink_factory,
-                  flow_id="veriseg_evaluate", keep_raw=True)
+
+def build() -> VerisegFlow:
+    """The flow from ``VERISEG_*`` (``python -m bytewax.run "dataflows.evaluate:build()"``)."""
+    return flow_from_env(build_flow)
 
 
 def __getattr__(name):
     if name == "flow":
-        f = flow_from_env(build_flow)
+        f = build()
         globals()["flow"] = f
         return f
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,7 +56,8 @@ def main() -> int:
 
     from operators.config import ConfigError, load_config
     from operators.model_reader import ModelRefused
-    from operators.pipeline import build_flow, startup_error
+    from dataflows.segment import build_flow
+    from operators.startup import startup_error
     from operators.sources import open_reader
 
     repeat = int(os.environ.get("VERISEG_MEASURE_REPEAT", "1") or 1)

@@ -15,7 +15,7 @@ from bytewax.dataflow import Dataflow
 
 from .config import Config
 from .revocation import RevokedKeys
-from .score import SessionCache
+from .sessions import SessionCache
 from .streams import StreamControl
 from .telemetry import Stats
 
@@ -33,7 +33,9 @@ class FlowContext:
     stop: threading.Event = field(default_factory=threading.Event)
     registry: Any = None      # the (locked) registry client shared by the reader and anchors
     watcher: Any = None       # operators.model_reader.ModelWatcher
-    first: Any = None         # the model verified at build time
+    first: Any = None         # the model verified at build time (ModelLoaded)
+    preprocessor: Any = None  # operators.preprocess.Preprocessor for the model's input, or None
+    batch: int = 1            # largest micro-batch of file replay
 
     def __post_init__(self):
         if self.sessions is None:

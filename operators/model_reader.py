@@ -34,14 +34,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 from urllib.parse import unquote, urlparse
 
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import MODELS_DIR, Config
+from .context import FlowContext
 from .frames import ModelEvent, ModelLoaded, ModelRevoked
-from .score import ScoreError
+from .sessions import ScoreError
 from .telemetry import log
 
-__all__ = ["ModelRefused", "ChainDown", "BlobNotHere", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
+__all__ = ["verified_models", "ModelRefused", "ChainDown", "BlobNotHere", "ModelWatcher", "ModelReaderSource", "BlobLocator", "connect_registry"]
 
 
 class ModelRefused(RuntimeError):
@@ -605,3 +608,11 @@ class ModelReaderSource(FixedPartitionedSource):
 
     def build_part(self, step_id, for_part, resume_state):
         return _ReaderPartition(self.watcher, for_part)
+
+
+@operator
+def verified_models(step_id: str, flow: Dataflow, ctx: FlowContext) -> Stream:
+    """``(stream_id, ModelLoaded | ModelRevoked)``: the model verified at start, then every
+    verified hot swap and revocation the watcher follows, one partition per stream (Bytewax
+    places it on the worker of that stream's frames, so the events meet them in order)."""
+    return op.input("follow", flow, ModelReaderSource(ctx.watcher, ctx.config.stream_ids))

@@ -28,15 +28,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+import bytewax.operators as op
 import cv2
 import numpy as np
+from bytewax.dataflow import Stream, operator
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from .anchor_seal import SealError, is_sealed, load_secret, write_sealed
+from .context import FlowContext
 from .frames import ScoredFrame
 from .telemetry import log, lower_thread_priority
 
-__all__ = ["ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
+__all__ = ["write_results", "result_sink", "ResultSink", "MetricsPublisher", "AnchorSender", "class_lut", "write_summary"]
 
 _DEFAULT_CLASSES = (
     ("Unlabeled", (0, 0, 0)), ("Building", (70, 70, 70)), ("Fence", (190, 153, 153)),
@@ -639,3 +642,41 @@ def write_summary(stats, out: Path, extra: Optional[dict] = None) -> dict:
     log.info("done: %d frames scored at %.1f FPS, %d dropped, %d bad; outputs in %s",
              doc["scored"], doc["fps"], doc["dropped"], doc["bad"], out)
     return doc
+
+
+def _video_fps(cfg) -> float:
+    """Frame rate of the overlay video: the first video source's, else 10."""
+    for s in cfg.sources:
+        if s.kind == "video":
+            cap = cv2.VideoCapture(s.target)
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
+            cap.release()
+            return fps or 10.0
+    return 10.0
+
+
+def _config_summary(cfg) -> dict:
+    return {"sources": [s.describe() for s in cfg.sources], "model": cfg.model, "chain": cfg.chain,
+            "out": str(cfg.out), "providers": cfg.providers, "batch": cfg.batch,
+            "anchor_every": cfg.anchor_every, "max_frames": cfg.max_frames, "loop": cfg.loop}
+
+
+def result_sink(ctx: FlowContext) -> ResultSink:
+    """The sink of the segment flow as the configuration asks for it."""
+    cfg, first = ctx.config, ctx.first
+    progress = cfg.progress == "1" or (cfg.progress == "auto" and sys.stderr.isatty()
+                                       and not any(s.live for s in cfg.sources))
+    model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
+    return ResultSink(ctx, cfg.out, cfg.stream_ids, classes=classes_of(first.card),
+                      masks=cfg.masks, video=cfg.video, jsonl=cfg.jsonl,
+                      anchor_every=cfg.anchor_every, registry=ctx.registry,
+                      metrics_port=cfg.metrics_port, progress=progress, fps=_video_fps(cfg),
+                      summary_extra={"config": _config_summary(cfg), "model": model},
+                      video_scale=cfg.video_scale, home=cfg.home)
+
+
+@operator
+def write_results(step_id: str, scored: Stream, ctx: FlowContext) -> None:
+    """Masks, overlay video, JSON lines, anchor batches, metrics and the summary of every
+    stream under ``VERISEG_OUT``."""
+    op.output("write", scored, result_sink(ctx))

@@ -30,13 +30,16 @@ from typing import Callable, Iterable, Optional
 
 import cv2
 import numpy as np
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from .config import IMAGE_EXTS, SourceSpec
+from .context import FlowContext
 from .frames import NOT_YET, Decoded, Frame
 from .telemetry import log, lower_thread_priority
 
-__all__ = ["FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
+__all__ = ["read_frames", "FrameSource", "open_reader", "VideoReader", "ImageListReader", "GstReader",
            "gst_available", "check_pipeline"]
 
 # --- readers: the blocking decode side ------------------------------------------------------
@@ -781,3 +784,32 @@ class FrameSource(FixedPartitionedSource):
         if resume_state:
             log.info("stream %s: resuming at position %d", for_part, start)
         return _Partition(self.ctx, self.specs[for_part], start, **self.kw)
+
+
+@operator
+def read_frames(step_id: str, flow: Dataflow, ctx: FlowContext,
+                reader_factory: Optional[Callable] = None, keep_raw: bool = False) -> Stream:
+    """``(stream_id, Frame)`` of every configured stream, at the model's input size and
+    colour order.  The decoder thread does that work (it overlaps scoring), so the
+    ``preprocess`` window is a no-op check here; the score adapts frames to a model swapped
+    in with another input.  ``keep_raw``: each frame also keeps the picture as decoded
+    (the evaluation grid)."""
+    cfg, pre = ctx.config, ctx.preprocessor
+    if keep_raw:
+        def prepare(f):
+            f = dataclasses.replace(f, raw=f.image)
+            return pre(f) if pre is not None else f
+    else:
+        prepare = pre
+    frames = op.input("decode", flow, FrameSource(
+        ctx, cfg.sources, queue=cfg.queue, batch=ctx.batch, loop=cfg.loop,
+        max_frames=cfg.max_frames, prepare=prepare, reconnect_max=cfg.reconnect_max,
+        colour=pre.colour if pre is not None else "BGR", reader_factory=reader_factory,
+        stall=cfg.stall, max_pixels=cfg.max_pixels))
+    if pre is None:
+        return frames
+
+    def preprocess(item):
+        sid, f = item
+        return item if pre.ready(f) else (sid, pre(f))
+    return op.map("preprocess", frames, preprocess)

@@ -17,10 +17,10 @@ import time
 import pytest
 from bytewax.testing import run_main
 
+from dataflows.segment import build_flow
 from flow_fixtures import FakeRegistry, env_for, make_blob, read_jsonl
 from operators.config import SourceSpec, load_config
 from operators.frames import NOT_YET
-from operators.pipeline import build_flow
 from operators.sources import GstReader, gst_available
 
 pytestmark = pytest.mark.gst

@@ -25,9 +25,9 @@ from bytewax.testing import run_main
 import chain
 from chain import anchoring
 from chain.cli import main as chain_main
+from dataflows.segment import build_flow
 from flow_fixtures import env_for, make_blob, make_folder, read_jsonl, register_embedded
 from operators.config import load_config
-from operators.pipeline import build_flow
 
 REPO = Path(__file__).resolve().parents[1]
 SID = "frames"

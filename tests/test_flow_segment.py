@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from bytewax.testing import run_main
 
+from dataflows.segment import build_flow
 from flow_fixtures import (HOSTILE_HEADERS, FakeRegistry, env_for, hostile_blob, make_blob,
                            make_clip, make_folder, read_jsonl, register_embedded, score_start,
                            wait_for)
 from operators.config import ConfigError, load_config
 from operators.model_reader import ModelRefused
-from operators.pipeline import build_flow
 from operators.sources import open_reader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -628,7 +628,7 @@ def test_metrics_http_endpoint_while_running(tmp_path):
 
 
 def test_require_gpu_without_a_gpu_refuses_with_one_line(tmp_path):
-    from operators.score import gpu_driver
+    from operators.sessions import gpu_driver
     if gpu_driver():
         pytest.skip("this machine has an NVIDIA driver")
     reg, blob, key = _registered(tmp_path)

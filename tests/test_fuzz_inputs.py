@@ -25,9 +25,9 @@ from bytewax.testing import run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataflows.segment import build_flow
 from flow_fixtures import FakeRegistry, env_for, frame_image, make_blob, make_clip, read_jsonl
 from operators.config import ENV_DOC, ConfigError, load_config
-from operators.pipeline import build_flow
 from operators.sources import ImageListReader, _imread, _Skip, declared_size
 
 REPO = Path(__file__).resolve().parents[1]

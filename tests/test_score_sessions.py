@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 
 def test_a_superseded_session_lives_only_while_a_stream_still_scores_with_it():
     from operators.frames import ModelLoaded
-    from operators.score import SessionCache
+    from operators.sessions import SessionCache
     cache = SessionCache(providers="cpu", threads=1)
     onnx = tiny_onnx()
     old = cache.get(ModelLoaded("a" * 64, 1, onnx=onnx))
@@ -35,13 +35,14 @@ def test_a_stream_without_a_valid_model_is_paused_and_resumed_by_the_next_model(
     is dropped) and resumes it when a verified model arrives."""
     from operators.context import FlowContext
     from operators.frames import Frame, ModelLoaded
-    from operators.score import ScoreLogic, SessionCache
+    from operators.score import ScoreLogic
+    from operators.sessions import SessionCache
     ctx = FlowContext(sessions=SessionCache(providers="cpu", threads=1))
     logic = ScoreLogic(ctx, "paused-cam", pending=4)
     frame = Frame("paused-cam", 0, 0.0, "#0", np.zeros((8, 8, 3), np.uint8))
-    out, _ = logic.on_batch([frame])
+    out, _ = logic.on_batch([("paused-cam", frame)])
     assert out == [] and ctx.streams.paused("paused-cam") and len(logic.pending) == 1
-    out, _ = logic.on_batch([ModelLoaded("c" * 64, 1, onnx=tiny_onnx())])
+    out, _ = logic.on_batch([("paused-cam", ModelLoaded("c" * 64, 1, onnx=tiny_onnx()))])
     assert not ctx.streams.paused("paused-cam")
     assert [r.seq for r in out] == [0]
 
@@ -54,7 +55,7 @@ def test_tensorrt_engines_are_cached_per_key_in_a_private_folder(tmp_path):
     keys could run another (even a revoked) model's engine. Each key gets its own folder and
     prefix, in a folder only this user can write."""
     import os
-    from operators.score import ScoreError, build_session, provider_options
+    from operators.sessions import ScoreError, build_session, provider_options
     home = tmp_path / "home"
     ka, kb = "a" * 64, "b" * 64
     oa, ob = provider_options(_TRT, ka, home), provider_options(_TRT, kb, home)
@@ -87,7 +88,7 @@ def test_tensorrt_runs_each_keys_own_engine(tmp_path):
     other weights, one after the other, each scores with its own engine."""
     import onnxruntime as ort
     from flow_fixtures import tiny_onnx as shifted_onnx
-    from operators.score import build_session, gpu_driver
+    from operators.sessions import build_session, gpu_driver
     if "TensorrtExecutionProvider" not in ort.get_available_providers() or not gpu_driver():
         pytest.skip("TensorRT is not available here")
     x = np.zeros((1, 32, 32, 3), np.uint8)

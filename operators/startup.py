@@ -1,0 +1,97 @@
+"""Before Bytewax runs: check the configuration, verify the model, make the flow's context.
+
+Everything that can refuse a start happens here, so a bad value or model is one line and
+exit status 2 before any step runs; the dataflows then only compose the operators.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Callable, Optional
+
+from .config import Config, ConfigError, load_config
+from .context import FlowContext
+from .model_reader import ModelRefused, ModelWatcher, connect_registry
+from .preprocess import Preprocessor
+from .sources import check_pipeline
+
+__all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env"]
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class LockedRegistry:
+    """Serialises calls to one registry client shared by the model reader and the anchor
+    sender (the embedded chain is not thread-safe)."""
+
+    def __init__(self, reg):
+        self._reg = reg
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name):
+        a = getattr(self._reg, name)
+        if not callable(a):
+            return a
+        lock = self._lock
+
+        def call(*args, **kw):
+            with lock:
+                return a(*args, **kw)
+        return call
+
+
+def _check_pipelines(cfg: Config) -> None:
+    problems = []
+    for s in cfg.sources:
+        if s.kind == "gst":
+            try:
+                check_pipeline(s.kind, s.target)
+            except (ValueError, RuntimeError) as e:
+                problems.append(str(e) if str(e).startswith("VERISEG_SOURCE") else
+                                f"VERISEG_SOURCE: {e}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _decrypt_key(cfg: Config) -> Optional[bytes]:
+    if cfg.decrypt_key_file is None:
+        return None
+    from model_store import read_secret
+    try:
+        return read_secret(cfg.decrypt_key_file)
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"VERISEG_DECRYPT_KEY: {cfg.decrypt_key_file}: {e}"]) from None
+
+
+def start_flow(cfg: Optional[Config] = None, *, registry=None,
+               decrypt_key: Optional[bytes] = None) -> FlowContext:
+    """The context of a new flow with its model verified; raises ConfigError or
+    ModelRefused (one line each)."""
+    cfg = cfg or load_config()
+    _check_pipelines(cfg)
+    if decrypt_key is None:
+        decrypt_key = _decrypt_key(cfg)
+    ctx = FlowContext(cfg)
+    ctx.registry = LockedRegistry(registry if registry is not None else connect_registry(cfg))
+    ctx.watcher = ModelWatcher(ctx, ctx.registry, decrypt_key=decrypt_key)
+    ctx.first = ctx.watcher.resolve()
+    ctx.preprocessor = Preprocessor.for_card(ctx.first.card) if cfg.preprocess else None
+    ctx.batch = cfg.batch
+    if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
+        provider = ctx.sessions.get(ctx.first).provider
+        ctx.batch = 4 if provider in _GPU_PROVIDERS else 1
+    return ctx
+
+
+def startup_error(e: BaseException) -> "SystemExit":
+    for line in str(e).splitlines() or [type(e).__name__]:
+        print(f"veriseg: error: {line}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def flow_from_env(build: Callable):
+    """``build()`` for ``python -m bytewax.run``: one line per problem, exit status 2."""
+    try:
+        return build()
+    except (ConfigError, ModelRefused) as e:
+        raise startup_error(e) from None
