@@ -140,6 +140,8 @@ def test_cli_two_frames_two_conditions_two_models(tmp_path):
         assert k in r["clean"]
     assert 0 <= r["mPA-C"] <= 1 and 0 <= r["mIoU-C"] <= 1
     assert (out / "robustness.png").stat().st_size > 1000
+    from trainer.robustness import format_summary
+    assert format_summary(doc["results"]).count("\n") == 3
 
 
 def test_cli_refuses_an_unknown_condition(tmp_path):

@@ -28,7 +28,7 @@ from .conditions import CONDITIONS, SEVERITIES, apply_condition, benchmark_seed
 from .metrics import ConfusionMatrix, resize_prediction
 from .palette import CLASS_NAMES, colorize
 
-__all__ = ["figures", "run_benchmark", "grid", "main"]
+__all__ = ["figures", "run_benchmark", "grid", "format_report", "format_summary", "main"]
 
 ROAD, CAR = CLASS_NAMES.index("Road"), CLASS_NAMES.index("Car")
 GRID_SEVERITY = 2
@@ -129,6 +129,25 @@ def format_report(report: dict) -> str:
     return "\n".join(out)
 
 
+def format_summary(report: dict) -> str:
+    """Markdown: one row per model; clean, each condition's mean over severities and the means
+    (pixel accuracy %, Road accuracy % in brackets)."""
+    names = list(report)
+    conds = list(report[names[0]]["per_condition"])
+
+    def p(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+    out = ["| model | clean | " + " | ".join(conds) + " | mPA-C | mIoU-C |",
+           "|---|---:|" + "---:|" * (len(conds) + 2)]
+    for n in names:
+        r = report[n]
+        cells = [f"{p(r['per_condition'][c]['pixel_accuracy'])} ({p(r['per_condition'][c]['road_accuracy'])})"
+                 for c in conds]
+        out.append(f"| {n} | {p(r['clean']['pixel_accuracy'])} ({p(r['clean']['road_accuracy'])}) | "
+                   + " | ".join(cells) + f" | **{p(r['mPA-C'])}** | **{p(r['mIoU-C'])}** |")
+    return "\n".join(out)
+
+
 def main(a) -> int:
     from .data import load_folder, time_split
     from .evaluate import make_predictor
@@ -169,5 +188,7 @@ def main(a) -> int:
     cv2.imwrite(str(out / "robustness.png"), cv2.cvtColor(grid(tiles, list(predictors)), cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_PNG_COMPRESSION, 9])
     print(format_report(report))
+    print()
+    print(format_summary(report))
     print(f"wrote {out}/robustness.json, robustness.png ({doc['seconds']:.0f}s)")
     return 0
