@@ -30,7 +30,7 @@ from operators.frames import ScoredFrame
 from operators.model_reader import verified_models
 from operators.score import score
 from operators.sources import read_frames
-from operators.startup import flow_from_env, start_flow
+from operators.startup import flow_from_env, lazy_flow, start_flow
 
 __all__ = ["build", "build_flow", "flow", "evaluate_results", "EvalSink", "read_label"]
 
@@ -214,9 +214,10 @@ def build_flow(cfg=None, *, registry=None, decrypt_key=None) -> VerisegFlow:
                            f"not {s.kind} {s.target!r}" for s in bad])
     ctx = start_flow(cfg, registry=registry, decrypt_key=decrypt_key)
     flow = VerisegFlow("veriseg_evaluate", context=ctx)
-    frames = read_frames("frames", flow, ctx, keep_raw=True)
-    models = verified_models("models", flow, ctx)
-    scored = score("score", frames, models, ctx)
+    # the segment flow's frames (each keeps its picture as decoded), models and score;
+    # counted against the labels instead of written out
+    scored = score("score", read_frames("frames", flow, ctx, keep_raw=True),
+                   verified_models("models", flow, ctx), ctx)
     evaluate_results("evaluate", scored, ctx)
     return flow
 
@@ -226,9 +227,4 @@ def build() -> VerisegFlow:
     return flow_from_env(build_flow)
 
 
-def __getattr__(name):
-    if name == "flow":
-        f = build()
-        globals()["flow"] = f
-        return f
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_flow(__name__, build)

@@ -17,7 +17,7 @@ from operators.model_reader import verified_models
 from operators.score import score
 from operators.sinks import write_results
 from operators.sources import read_frames
-from operators.startup import flow_from_env, start_flow
+from operators.startup import flow_from_env, lazy_flow, start_flow
 
 __all__ = ["build", "build_flow", "flow"]
 
@@ -42,9 +42,4 @@ def build() -> VerisegFlow:
     return flow_from_env(build_flow)
 
 
-def __getattr__(name):
-    if name == "flow":
-        f = build()
-        globals()["flow"] = f
-        return f
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_flow(__name__, build)

@@ -15,7 +15,7 @@ from .model_reader import ModelRefused, ModelWatcher, connect_registry
 from .preprocess import Preprocessor
 from .sources import check_pipeline
 
-__all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env"]
+__all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env", "lazy_flow"]
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -95,3 +95,15 @@ def flow_from_env(build: Callable):
         return build()
     except (ConfigError, ModelRefused) as e:
         raise startup_error(e) from None
+
+
+def lazy_flow(module: str, build: Callable):
+    """The ``__getattr__`` of a dataflow module whose ``flow`` is built on first access,
+    so that importing the module (for ``build_flow``) costs nothing."""
+    def __getattr__(name):
+        if name == "flow":
+            flow = build()
+            setattr(sys.modules[module], "flow", flow)
+            return flow
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return __getattr__

@@ -75,12 +75,12 @@ def test_videotestsrc_pipeline_through_the_flow(tmp_path):
 
 def test_live_gst_source_drops_oldest_under_backpressure_and_counts(tmp_path):
     from operators.context import FlowContext
-    from operators.sources import _Partition
+    from operators.sources.partition import StreamPartition
     spec = SourceSpec("cam", "gst", "videotestsrc is-live=true num-buffers=40 "
                       "! video/x-raw,width=16,height=16,framerate=200/1")
     ctx = FlowContext()
-    p = _Partition(ctx, spec, 0, queue=8, batch=4, loop=False, max_frames=None, prepare=None,
-                   reconnect_max=1, colour="BGR")
+    p = StreamPartition(ctx, spec, 0, queue=8, batch=4, loop=False, max_frames=None, prepare=None,
+                        reconnect_max=1, colour="BGR")
     time.sleep(1.0)            # nobody pulls: the buffer keeps only the newest frames
     got = []
     t0 = time.time()

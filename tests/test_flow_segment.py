@@ -561,14 +561,14 @@ def test_default_run_trusts_the_committed_blob_on_first_use_only(tmp_path, monke
     import chain
     import chain.cli
     import operators.config as config
-    import operators.model_reader as model_reader
+    import operators.model_reader.resolver as resolver
     models = tmp_path / "models"
     blob = models / "carla-enet.vsb"
     key = make_blob(blob)
     make_clip(models / "sample.avi", n=6)
     monkeypatch.setattr(config, "MODELS_DIR", models)
     monkeypatch.setattr(config, "DEFAULT_MODEL", blob)
-    monkeypatch.setattr(model_reader, "MODELS_DIR", models)
+    monkeypatch.setattr(resolver, "MODELS_DIR", models)
     env = env_for(tmp_path, "", "", VERISEG_ANCHOR_EVERY=3)
     del env["VERISEG_SOURCE"], env["VERISEG_MODEL"]
     for run in (1, 2):
@@ -665,16 +665,15 @@ def test_a_card_that_lies_about_its_input_is_refused(tmp_path):
 
 
 def test_output_failure_stops_the_flow_cleanly_in_process(tmp_path, monkeypatch):
-    import operators.sinks as sinks
     reg, blob, key = _registered(tmp_path)
     folder = make_folder(tmp_path / "f", n=200)
-    real = sinks.cv2.imwrite
+    real = cv2.imwrite
     calls = {"n": 0}
 
     def flaky(path, img, params=None):
         calls["n"] += 1
         return False if calls["n"] > 5 else real(path, img, params or [])
-    monkeypatch.setattr(sinks.cv2, "imwrite", flaky)
+    monkeypatch.setattr(cv2, "imwrite", flaky)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=0))
     with pytest.raises(RuntimeError) as ei:   # Bytewax wraps it ("error closing ...")
         run_main(build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.002)))

@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 from dataflows.segment import build_flow
 from flow_fixtures import FakeRegistry, env_for, frame_image, make_blob, make_clip, read_jsonl
 from operators.config import ENV_DOC, ConfigError, load_config
-from operators.sources import ImageListReader, _imread, _Skip, declared_size
+from operators.sources import ImageListReader
+from operators.sources.errors import BadFrame
+from operators.sources.image_file import declared_size, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -275,8 +277,8 @@ def test_random_bytes_after_any_image_magic_are_a_skip_never_a_crash(tmp_path, m
     p = tmp_path / "x.img"
     p.write_bytes(magic + tail)
     try:
-        img = _imread(str(p))
-    except _Skip as e:
+        img = read_image(str(p))
+    except BadFrame as e:
         msg = str(e)
         assert msg.startswith(str(p) + ": ") and "\n" not in msg
     else:   # something decodable: always an HxWx3 uint8 frame

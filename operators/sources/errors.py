@@ -1,0 +1,16 @@
+"""What a reader raises for one frame it cannot decode, and how a message shows a name."""
+from __future__ import annotations
+
+__all__ = ["BadFrame", "printable"]
+
+
+class BadFrame(Exception):
+    """A frame that could not be decoded (the message names file and position): skipped,
+    counted and reported in one line; the stream goes on."""
+
+
+def printable(s: str) -> str:
+    """A CSV cell for a message: undecodable bytes as \\xNN, control characters escaped
+    (a log line must stay one line and encodable)."""
+    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)

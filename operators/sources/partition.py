@@ -1,0 +1,238 @@
+"""One stream of the source window: a decoder thread filling a bounded buffer.
+
+One partition per stream id (``FixedPartitionedSource``), so every stream keeps its own
+position for Bytewax recovery (the snapshot is the next sequence number to read; file
+sources seek there on resume).  Each partition runs a decoder thread that fills a bounded
+buffer; ``next_batch`` never blocks, it only drains what is ready:
+
+- file replay (video, image folder, CSV) never drops: the decoder waits when the buffer
+  is full, ``next_batch`` hands over up to ``batch`` frames (micro-batching), and it
+  hands over nothing while the score has paused the stream for want of a valid model
+  (``FlowContext.streams``, e.g. after a revocation until the next deploy);
+- live sources (``gst:`` pipelines, ``rtsp://``) drop the *oldest* buffered frame when the
+  buffer is full (counted as ``backpressure``), hand over one frame at a time (batch 1),
+  and reconnect with exponential backoff when the camera goes away.
+
+A frame that cannot be decoded is skipped, counted and reported in one line naming the
+file and position; it never stops the stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Optional
+
+from bytewax.inputs import StatefulSourcePartition
+
+from ..frames import NOT_YET, Frame
+from ..source_spec import SourceSpec
+from ..telemetry import log, lower_thread_priority
+from .errors import BadFrame
+from .readers import Unreadable, open_reader
+
+__all__ = ["StreamPartition"]
+
+
+class StreamPartition(StatefulSourcePartition):
+    def __init__(self, ctx, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
+                 max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
+                 reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0,
+                 max_pixels: Optional[int] = None):
+        self.stats, self.streams = ctx.stats, ctx.streams
+        self.flow_stop = ctx.stop      # set when the outputs failed: every stream ends
+        self.spec = spec
+        self.sid = spec.stream_id
+        self.live = spec.live
+        self.batch = 1 if self.live else max(1, batch)
+        self.cap = max(1, queue if not self.live else min(queue, 2))
+        self.max_frames = max_frames
+        self.prepare = prepare
+        self.reconnect_max = reconnect_max
+        self.stall = stall
+        self.buf: deque = deque()
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.finished = False
+        self.next_seq = start        # snapshot: the next position not yet handed over
+        self.emitted = 0
+        self.idle_until = None
+        try:
+            self.reader = (reader_factory or open_reader)(spec, loop=loop, colour=colour)
+        except (OSError, ValueError) as e:
+            # e.g. a CSV that cannot be read: this stream ends with one line, the flow goes on
+            self.reader = Unreadable(f"{spec.kind} source {spec.target!r}: {e}")
+        if max_pixels is not None and hasattr(self.reader, "max_pixels"):
+            self.reader.max_pixels = max_pixels
+        self.total = None
+        self.streams.started(self.sid)
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True,
+                                       name=f"veriseg-src-{self.sid}")
+        self.thread.start()
+
+    # decoder thread -------------------------------------------------------------------------
+    def _drops_when_full(self) -> bool:
+        return self.live and getattr(self.reader, "is_live", True)
+
+    def _put(self, item):
+        with self.cond:
+            if self._drops_when_full():
+                while len(self.buf) >= self.cap:
+                    old = self.buf.popleft()
+                    if isinstance(old, Frame):
+                        self.stats.drop(self.sid, "backpressure")
+            else:
+                while len(self.buf) >= self.cap and not self.stop.is_set():
+                    self.cond.wait(0.2)
+            self.buf.append(item)
+
+    def _run(self, start: int):
+        lower_thread_priority()
+        backoff = 0.5
+        attempt = 0
+        produced = 0
+        opened = False
+        last_frame = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                if not opened:
+                    try:
+                        self.reader.open(start if attempt == 0 else self.reader.seq)
+                        opened = True
+                        if self.total is None and self.reader.total is not None:
+                            self.total = self.reader.total
+                            if self.max_frames is not None:
+                                self.total = min(self.total, self.max_frames)
+                            self.stats.totals[self.sid] = self.total
+                        if attempt:
+                            log.info("stream %s: reconnected", self.sid)
+                        backoff = 0.5
+                        last_frame = time.monotonic()
+                    except ValueError as e:
+                        self.stats.source_error(self.sid, str(e))
+                        return
+                    except (IOError, OSError, RuntimeError) as e:
+                        if not self.live:
+                            self.stats.source_error(self.sid, str(e))
+                            return
+                        attempt += 1
+                        self.stats.add("reconnects", self.sid)
+                        log.warning("stream %s: %s; retrying in %.1fs", self.sid, e, backoff)
+                        if self.stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, self.reconnect_max)
+                        continue
+                try:
+                    t0 = time.perf_counter()
+                    got = self.reader.read()
+                except BadFrame as e:
+                    self.stats.bad_frame(self.sid, str(e))
+                    continue
+                except (IOError, OSError) as e:
+                    if not self.live:
+                        self.stats.source_error(self.sid, str(e))
+                        return
+                    self.reader.close()
+                    opened = False
+                    attempt += 1
+                    self.stats.add("reconnects", self.sid)
+                    log.warning("stream %s: %s; reconnecting in %.1fs", self.sid, e, backoff)
+                    if self.stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, self.reconnect_max)
+                    continue
+                if got is NOT_YET:
+                    if self.live and opened and time.monotonic() - last_frame > self.stall:
+                        # a camera that stopped sending without an error: reconnect
+                        self.reader.close()
+                        opened = False
+                        attempt += 1
+                        self.stats.add("reconnects", self.sid)
+                        log.warning("stream %s: no frame for %.0fs; reconnecting", self.sid, self.stall)
+                        last_frame = time.monotonic()
+                    continue
+                last_frame = time.monotonic()
+                if got is None:
+                    if self.live and getattr(self.reader, "reconnect_on_eos", False):
+                        self.reader.close()
+                        opened = False
+                        attempt += 1
+                        self.stats.add("reconnects", self.sid)
+                        log.warning("stream %s: end of stream; reconnecting in %.1fs", self.sid, backoff)
+                        if self.stop.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, self.reconnect_max)
+                        continue
+                    return
+                dec_ms = (time.perf_counter() - t0) * 1e3
+                frame = Frame(self.sid, got.seq, got.ts if got.ts is not None else time.time(),
+                              got.pos, got.image, colour=got.colour, live=self.live,
+                              decode_ms=dec_ms, orig_size=got.image.shape[:2], label=got.label)
+                if self.prepare is not None:
+                    try:
+                        frame = self.prepare(frame)
+                    except Exception as e:   # noqa: BLE001 - a bad frame must not stop the stream
+                        self.stats.bad_frame(self.sid, f"{got.pos}: preprocessing failed: {e}")
+                        continue
+                self.stats.add("decoded", self.sid)
+                self._put(dataclasses.replace(frame, t_emit=time.perf_counter()))
+                produced += 1
+                if self.max_frames is not None and produced >= self.max_frames:
+                    return
+        except Exception as e:  # noqa: BLE001 - report, end this stream, keep the flow alive
+            self.stats.source_error(self.sid, f"decoder stopped: {type(e).__name__}: {e}")
+        finally:
+            try:
+                self.reader.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._put(None)   # end marker
+
+    # Bytewax side ---------------------------------------------------------------------------
+    def next_batch(self):
+        if self.finished:
+            raise StopIteration()
+        if self.flow_stop.is_set():
+            self.finished = True
+            self.stop.set()
+            with self.cond:
+                self.cond.notify_all()
+            self.streams.ended(self.sid)
+            raise StopIteration()
+        if self.streams.paused(self.sid) and not self._drops_when_full():
+            self.idle_until = datetime.now(timezone.utc) + timedelta(milliseconds=20)
+            return []
+        out = []
+        with self.cond:
+            while self.buf and len(out) < self.batch:
+                item = self.buf.popleft()
+                if item is None:
+                    self.finished = True
+                    break
+                out.append(item)
+            self.cond.notify_all()
+        if out:
+            self.next_seq = out[-1].seq + 1
+            self.emitted += len(out)
+            self.idle_until = None
+            return [(self.sid, f) for f in out]
+        if self.finished:
+            self.streams.ended(self.sid)
+            raise StopIteration()
+        self.idle_until = datetime.now(timezone.utc) + timedelta(milliseconds=2)
+        return []
+
+    def next_awake(self):
+        return self.idle_until
+
+    def snapshot(self):
+        return self.next_seq
+
+    def close(self):
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        self.thread.join(timeout=5)
+        self.streams.ended(self.sid)
