@@ -167,10 +167,12 @@ def main(a) -> int:
     report = json.loads(Path(a.metrics).read_text()) if a.metrics else None
     if report is not None:
         metrics = {k: report[k] for k in ("pixel_accuracy", "mean_iou", "mean_class_accuracy", "per_class",
-                                          "without_hood", "split", "frames") if k in report}
+                                          "without_hood", "split", "frames", "robustness") if k in report}
         metrics["evaluated_at"] = "label native resolution (800x600), prediction resized back with nearest"
         metrics["measured_with"] = report.get("model")
-        if not ck.get("meta", {}).get("val_frames"):
+        if report.get("note"):      # the report says itself what its figures are (e.g. in-sample)
+            metrics["note"] = report["note"]
+        elif not ck.get("meta", {}).get("val_frames"):
             # A final fit on every frame has no held-out frames of its own: the figures are the
             # time-split estimate of the same recipe, and the card must say so.
             metrics["note"] = ("time-split estimate of the training recipe, measured with the model named in "
