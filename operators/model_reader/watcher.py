@@ -62,44 +62,41 @@ class ModelWatcher(ModelResolver):
 
     def _follow_events(self):
         import chain
-        delay = self.cfg.poll
-        outage = None
+        from chain.follower import EventFollower
+        # chain.follower owns polling and outage backoff; any registry error is an outage
+        # here (the verified model keeps scoring), anything else stops the flow (fail safe)
+        follower = EventFollower(
+            self.reg, self.block, poll_interval=self.cfg.poll, max_delay=30.0, stop=self.stop,
+            retry_on=(chain.errors.ChainError,),
+            on_outage=lambda e: log.warning("model registry unreachable (%s): keep scoring with "
+                                            "the verified model, retrying", first_line(e)),
+            on_reconnect=lambda down: log.info("model registry reachable again after %.1fs", down))
         last_saved = time.monotonic()
-        while not self.stop.wait(delay):
+        for poll in follower.polls():
             if self.sids and self.streams.all_done(self.sids):
                 return
-            try:
-                evs, nxt = self.reg.events(self.block)
-            except chain.errors.ChainError as e:
-                if outage is None:
-                    outage = time.monotonic()
-                    log.warning("model registry unreachable (%s): keep scoring with the verified "
-                                "model, retrying", first_line(e))
-                delay = min(delay * 2, 30.0)
+            if not poll.reachable:
                 continue
-            if outage is not None:
-                log.info("model registry reachable again after %.1fs", time.monotonic() - outage)
-                outage = None
-            if self.cfg.status_max_age > 0 and self.current is not None and not evs \
+            if self.cfg.status_max_age > 0 and self.current is not None and not poll.events \
                     and time.monotonic() - last_saved > 30:
-                self._save_status(self.current, nxt)   # still valid: refresh the cached status
+                self._save_status(self.current, poll.next_block)   # still valid: refresh it
                 last_saved = time.monotonic()
-            delay = self.cfg.poll
-            for ev in evs:
+            for ev in poll.events:
                 try:
                     self._on_event(ev)
                 except ChainDown as e:
                     log.warning("model reader: %s (will retry)", e)
-                    nxt = ev.block   # the node went away while handling it: retry this block
+                    follower.rewind(ev.block)   # the node went away while handling it
                     break
                 except ModelRefused as e:
                     log.error("model reader: %s", e)
-                    self.stats.models_refused.append({"key": getattr(ev, "key", None), "reason": str(e)})
+                    self.stats.models_refused.append({"key": getattr(ev, "key", None),
+                                                      "reason": str(e)})
                 except chain.errors.ChainError as e:
                     log.warning("model reader: %s (will retry)", first_line(e))
-                    nxt = ev.block   # retry from this event's block
+                    follower.rewind(ev.block)   # retry from this event's block
                     break
-            self.block = nxt
+            self.block = follower.block
             if self.pending is not None:
                 self._retry_pending()
 

@@ -3,9 +3,9 @@ line, overlay frame and anchor leaf.
 
 The scoring thread only enqueues (bounded queue: a slow disk slows the flow, it never drops
 results); PNG and MJPG encoding release the GIL.  Recovery: the snapshot is the byte
-length of ``results.jsonl``, the open anchor batch and the video segment; on resume the
-file is truncated back to that length and masks are rewritten by name, so outputs after a
-restart hold each frame once.
+length of ``results.jsonl``, the open anchor batch (``AnchorBatcher.open_batch``) and the
+video segment; on resume the file is truncated back to that length and masks are
+rewritten by name, so outputs after a restart hold each frame once.
 """
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import json
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import cv2
-import numpy as np
 from bytewax.outputs import StatefulSinkPartition
 
+from chain.anchoring import AnchorBatcher
+from chain.results import frame_record
 from model_store.util import one_line
 
 from ..anchor_seal import write_sealed
@@ -36,13 +38,6 @@ __all__ = ["ResultPartition", "NullPartition"]
 _PNG_OPTS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     _PNG_OPTS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
-
-
-def _class_counts(cm: np.ndarray, n: int) -> np.ndarray:
-    """Pixels per class id (cv2.calcHist: ~3x faster than np.bincount at 512²)."""
-    h = cv2.calcHist([np.ascontiguousarray(cm)], [0], None, [256], [0, 256]).ravel()
-    k = max(n, int(np.flatnonzero(h).max()) + 1 if h.any() else n)
-    return h[:k].astype(np.int64)
 
 
 class ResultPartition(StatefulSinkPartition):
@@ -68,8 +63,11 @@ class ResultPartition(StatefulSinkPartition):
                                    segment=int(resume.get("video_segment", -1)))
                       if sink.video else None)
         self.names = [n for n, _ in sink.classes]
-        self.leaves: list = list(resume.get("leaves", []))  # open batch: (seq, leaf hex, ts, pos)
-        self.batch_key = resume.get("batch_key")
+        # chain.anchoring owns the batching rule (every N leaves, a new key closes a batch);
+        # the flow seals each closed batch and queues it for the sender thread
+        self.batcher = (AnchorBatcher(every=sink.anchor_every, send=self._send_batch,
+                                      resume=resume.get("open_batch"))
+                        if sink.anchor_every else None)
         self.q: "queue.Queue" = queue.Queue(maxsize=64)
         self.err: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"veriseg-sink-{sid}")
@@ -102,23 +100,20 @@ class ResultPartition(StatefulSinkPartition):
 
     def _write(self, r: ScoredFrame):
         t0 = time.perf_counter()
-        cm = r.class_map
-        rec = {"stream": r.stream_id, "seq": r.seq, "ts": round(r.ts, 6), "pos": r.pos,
-               "model_key": r.model_key, "batch": r.batch}
+        mask = None
         if self.sink.masks:
-            name = f"{r.seq:06d}.png"
-            if not cv2.imwrite(str(self.masks_dir / name), cm, _PNG_OPTS):
-                raise OSError(f"cannot write {self.masks_dir / name}")
-            rec["mask"] = f"masks/{name}"
-        if self.jsonl is not None:
-            counts = _class_counts(cm, len(self.names))
-            tot = max(1, cm.size)
-            rec["shares"] = {(self.names[i] if i < len(self.names) else str(i)): round(c / tot, 5)
-                             for i, c in enumerate(counts.tolist()) if c}
+            mask = f"masks/{r.seq:06d}.png"
+            if not cv2.imwrite(str(self.dir / mask), r.class_map, _PNG_OPTS):
+                raise OSError(f"cannot write {self.dir / mask}")
+        # chain.results owns the line and its leaf: anchor-verify recomputes both the same way
+        record = frame_record(r.stream_id, r.seq, r.model_key, r.class_map, ts=r.ts, pos=r.pos,
+                              class_names=self.names, batch=r.batch, mask=mask,
+                              with_shares=self.jsonl is not None,
+                              with_leaf=self.batcher is not None)
         if self.video is not None and r.image is not None:
             self.video.write(r)
-        if self.sink.anchor_every:
-            self._leaf(r, rec)
+        if self.batcher is not None:
+            self.batcher.add_leaf(r.model_key, record.anchor_leaf)
         lat = dict(r.latency_ms)
         now = time.perf_counter()
         lat["sink"] = round((now - t0) * 1e3, 3)
@@ -126,41 +121,19 @@ class ResultPartition(StatefulSinkPartition):
             lat["total"] = round(lat.get("decode", 0) + lat.get("preprocess", 0)
                                  + (now - r.t_emit) * 1e3, 3)
             self.sink.stats.latency("total", lat["total"])
-        rec["latency_ms"] = lat
         if self.jsonl is not None:
-            self.jsonl.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
+            line = dict(record.line, latency_ms=lat)
+            self.jsonl.write((json.dumps(line, separators=(",", ":")) + "\n").encode())
         self.sink.stats.latency("sink", lat["sink"])
         self.sink.stats.add("written", self.sid)
 
-    def _leaf(self, r: ScoredFrame, rec: dict):
-        anch = self.sink.anchoring
-        if anch is None:
-            return
-        if self.batch_key is not None and r.model_key != self.batch_key and self.leaves:
-            self._close_batch()
-        self.batch_key = r.model_key
-        # the leaf binds the ts and pos the line states (the verifier refuses unbound claims)
-        leaf = anch.leaf_digest(r.stream_id, r.seq, r.model_key, r.class_map, ts=rec["ts"],
-                                pos=rec["pos"])
-        leaf_hex = leaf.hex() if isinstance(leaf, (bytes, bytearray)) else str(leaf)
-        rec["leaf"] = leaf_hex
-        self.leaves.append((r.seq, leaf_hex, rec["ts"], rec["pos"]))
-        if len(self.leaves) >= self.sink.anchor_every:
-            self._close_batch()
-
-    def _close_batch(self):
-        anch = self.sink.anchoring
-        if not self.leaves or anch is None:
-            return
-        # (seq, leaf) pairs from an older snapshot carry no claims: v1 leaves
-        batch = anch.AnchorBatch(self.batch_key, [anch.Leaf(self.sid, s, bytes.fromhex(h), *claims)
-                                                  for s, h, *claims in self.leaves])
+    def _send_batch(self, batch) -> Path:
         path = (self.sink.out / "anchors" / self.sid /
                 f"{batch.first_seq:06d}-{batch.last_seq:06d}.json")
         write_sealed(path, batch, self.sink.secret)
         if self.sink.sender is not None:
             self.sink.sender.submit(path, batch)
-        self.leaves = []
+        return path
 
     # -- bytewax side -----------------------------------------------------------------
     def write_batch(self, values):
@@ -183,16 +156,15 @@ class ResultPartition(StatefulSinkPartition):
         self._flush()
         return {"jsonl_bytes": self.jsonl.tell() if self.jsonl is not None else 0,
                 "video_segment": self.video.segment if self.video is not None else -1,
-                "leaves": list(self.leaves),
-                "batch_key": self.batch_key}
+                "open_batch": self.batcher.open_batch() if self.batcher is not None else None}
 
     def close(self):
         self._flush()
         self.q.put(None)
         self.thread.join()
         try:
-            if self.leaves and not self.sink.failed:
-                self._close_batch()
+            if self.batcher is not None and not self.sink.failed:
+                self.batcher.flush()
             if self.video is not None:
                 self.video.close()
             if self.jsonl is not None:
