@@ -32,6 +32,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_CHAIN": "embedded | http(s)://JSON-RPC URL (default embedded)",
     "VERISEG_HOME": "state folder of the embedded chain (default ~/.veriseg)",
     "VERISEG_REGISTRY": "ModelRegistry contract address 0x... (default: the one the chain knows)",
+    "VERISEG_CHAIN_ID": "the chain id the registry must be on, decimal or 0x hex (default: the one "
+                        "pinned at first use; read by chain.connect)",
     "VERISEG_OUT": "output folder (default ./out)",
     "VERISEG_PROVIDERS": "auto | tensorrt | cuda | cpu (auto: TensorRT > CUDA > CPU)",
     "VERISEG_REQUIRE_GPU": "1: refuse to run unless a GPU provider loaded (default 0)",
@@ -88,6 +90,7 @@ class Config:
     chain: str = "embedded"
     home: Path = Path("~/.veriseg").expanduser()
     registry: Optional[str] = None
+    chain_id: Optional[int] = None  # None: the id pinned on first use (chain.connect)
     out: Path = Path("out")
     providers: str = "auto"
     require_gpu: bool = False
@@ -220,6 +223,21 @@ def _scale(env, problems) -> float:
     return v
 
 
+def _chain_id(env, problems) -> Optional[int]:
+    raw = (env.get("VERISEG_CHAIN_ID") or "").strip()
+    if not raw:
+        return None
+    try:
+        v = int(raw, 0)
+    except ValueError:
+        v = 0
+    if not 0 < v < 1 << 64:
+        problems.append(f"VERISEG_CHAIN_ID: expected a chain id (a whole number > 0, decimal or "
+                        f"0x hex), got {raw!r}")
+        return None
+    return v
+
+
 def _batch(env, problems) -> int:
     raw = (env.get("VERISEG_BATCH") or "").strip().lower()
     if raw in ("", "auto"):
@@ -268,6 +286,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
     registry = env.get("VERISEG_REGISTRY", "").strip() or None
     if registry is not None and not re.fullmatch(r"0x[0-9a-fA-F]{40}", registry):
         problems.append(f"VERISEG_REGISTRY: expected a contract address 0x + 40 hex digits, got {registry!r}")
+    chain_id = _chain_id(env, problems)
 
     out = Path(env.get("VERISEG_OUT", "").strip() or "out").expanduser()
     _folder(env, "VERISEG_OUT", problems)
@@ -309,6 +328,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         chain=chain,
         home=home,
         registry=registry,
+        chain_id=chain_id,
         out=out,
         providers=providers,
         require_gpu=_bool(env, "VERISEG_REQUIRE_GPU", False, problems),

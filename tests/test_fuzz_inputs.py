@@ -426,6 +426,8 @@ BAD_CONFIG = [
     ("VERISEG_AUX_NICE", "20", "expected a whole number in 0..19"),
     ("VERISEG_MAX_PIXELS", "0", "expected a whole number in 1..1073741824"),
     ("VERISEG_MAX_PIXELS", "lots", "expected a whole number, got 'lots'"),
+    ("VERISEG_CHAIN_ID", "mainnet", "expected a chain id (a whole number > 0, decimal or 0x hex)"),
+    ("VERISEG_CHAIN_ID", "0", "expected a chain id"),
     ("VERISEG_ANCHOR_EVRY", "5", "unknown variable (did you mean VERISEG_ANCHOR_EVERY?)"),
     ("VERISEG_FOO", "1", "unknown variable"),
 ]

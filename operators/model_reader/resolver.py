@@ -39,7 +39,8 @@ __all__ = ["ModelResolver", "connect_registry"]
 def connect_registry(cfg: Config):
     import chain
     try:
-        return chain.connect(chain=cfg.chain, home=cfg.home, registry=cfg.registry)
+        return chain.connect(chain=cfg.chain, home=cfg.home, registry=cfg.registry,
+                             chain_id=cfg.chain_id)
     except chain.errors.ChainError as e:
         raise ModelRefused(f"VERISEG_CHAIN={cfg.chain}: cannot reach the model registry: "
                            f"{first_line(e)}") from None
