@@ -112,6 +112,52 @@ def test_gst_source_without_frames_still_writes_a_summary(tmp_path):
     assert summary["scored"] == 0
 
 
+def test_a_bare_appsink_gets_the_flows_caps_and_every_frame_is_scored(tmp_path):
+    # README's camera shape: without caps on the appsink, videoconvert handed it ABGR64_LE and
+    # every one of the 60 frames was a bad frame
+    reg, blob, key = _registered(tmp_path)
+    cfg = load_config(env_for(tmp_path, "gst:videotestsrc num-buffers=60 ! video/x-raw,width=64,height=48 "
+                                        "! videoconvert ! appsink", blob, VERISEG_ANCHOR_EVERY=0))
+    flow = build_flow(cfg, registry=reg)
+    run_main(flow)
+    rows = read_jsonl(cfg.out / "gst0" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(60))
+    assert not flow.context.stats.bad and not flow.context.stats.source_errors
+
+
+def test_rows_are_read_with_gstreamers_stride():
+    # 37 RGB pixels are 111 bytes in rows padded to 112: read as size // height, every row
+    # after the first would shift by one byte and the solid colour would smear into the others
+    r = GstReader("gst", "videotestsrc num-buffers=2 pattern=solid-color foreground-color=0xff5a1e0a "
+                         "! video/x-raw,width=37,height=21", colour="RGB")
+    r.open()
+    got = []
+    t0 = time.time()
+    while time.time() - t0 < 10 and len(got) < 2:
+        x = r.read()
+        if x is None:
+            break
+        if x is not NOT_YET:
+            got.append(x)
+    r.close()
+    assert len(got) == 2
+    img = got[0].image
+    assert img.shape == (21, 37, 3)
+    assert (abs(img.astype(int) - (0x5a, 0x1e, 0x0a)) <= 2).all(), img.reshape(-1, 3)[::97]
+
+
+def test_an_appsink_asking_for_a_format_the_flow_cannot_read_is_one_line_at_start(tmp_path):
+    reg, blob, key = _registered(tmp_path)
+    cfg = load_config(env_for(tmp_path, "gst:videotestsrc num-buffers=30 ! videoconvert ! "
+                                        "appsink caps=video/x-raw,format=I420", blob, VERISEG_ANCHOR_EVERY=0))
+    flow = build_flow(cfg, registry=reg)
+    run_main(flow)
+    stats = flow.context.stats
+    assert not stats.bad, "a stream format problem was blamed on every frame"
+    why = stats.source_errors["gst0"]
+    assert "I420" in why and "format=BGR" in why and "\n" not in why
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -1,12 +1,17 @@
 """What a reader raises for one frame it cannot decode, and how a message shows a name."""
 from __future__ import annotations
 
-__all__ = ["BadFrame", "printable"]
+__all__ = ["BadFrame", "StreamUnreadable", "printable"]
 
 
 class BadFrame(Exception):
     """A frame that could not be decoded (the message names file and position): skipped,
     counted and reported in one line; the stream goes on."""
+
+
+class StreamUnreadable(Exception):
+    """A stream the flow cannot read at all (e.g. a pixel format it cannot take): the stream
+    ends with one line and a source error; retrying would fail the same way."""
 
 
 def printable(s: str) -> str:

@@ -8,9 +8,12 @@ import cv2
 import numpy as np
 
 from ..frames import NOT_YET, Decoded
-from .errors import BadFrame
+from .errors import BadFrame, StreamUnreadable
 
-__all__ = ["GstReader", "gst_available", "check_pipeline"]
+__all__ = ["GstReader", "gst_available", "check_pipeline", "READABLE_FORMATS"]
+
+#: raw video formats a frame can be read in (GRAY8 is converted to BGR)
+READABLE_FORMATS = ("BGR", "RGB", "GRAY8")
 
 
 @functools.cache
@@ -20,6 +23,7 @@ def _load_gst():
         import gi
         gi.require_version("Gst", "1.0")
         gi.require_version("GstApp", "1.0")
+        gi.require_version("GstVideo", "1.0")
         from gi.repository import Gst, GstApp  # noqa: F401 - GstApp gives appsink its methods
         Gst.init(None)
         return Gst, None
@@ -107,6 +111,7 @@ class GstReader:
                     break
         if sink is None:
             raise IOError(f"GStreamer pipeline has no appsink: {desc!r}")
+        self._give_caps(Gst, sink)
         sink.set_property("emit-signals", False)
         sink.set_property("sync", False)
         # no silent drops inside GStreamer: the decoder thread pulls continuously and the
@@ -128,6 +133,24 @@ class GstReader:
         # a live source (camera, RTSP, is-live=true) does not preroll: it drops under
         # backpressure; a non-live pipeline (a file) is replayed without drops
         self.is_live = self.kind == "rtsp" or live
+
+    def _give_caps(self, Gst, sink) -> None:
+        """A user's bare ``appsink`` accepts anything, so ``videoconvert ! appsink`` hands it
+        the converter's first format (ABGR64_LE), one bad frame per buffer: give it the flow's
+        caps. Caps the user set that ask for a format the flow cannot read end the stream at
+        start with one line instead."""
+        caps = sink.get_property("caps")
+        if caps is None or caps.is_any() or caps.is_empty():
+            sink.set_property("caps", Gst.Caps.from_string(f"video/x-raw,format={self.colour}"))
+            return
+        for i in range(caps.get_size()):
+            st = caps.get_structure(i)
+            fmt = st.get_value("format") if st.has_field("format") else None
+            if st.get_name() != "video/x-raw" or (isinstance(fmt, str) and fmt not in READABLE_FORMATS):
+                raise StreamUnreadable(f"{self.kind} {self.target!r}: the appsink's caps ask for "
+                              f"{st.get_name()}{', format=' + fmt if isinstance(fmt, str) else ''}; the flow "
+                              f"reads video/x-raw in {', '.join(READABLE_FORMATS)} (end the pipeline with "
+                              "videoconvert ! video/x-raw,format=BGR ! appsink, or a bare appsink)")
 
     def _bus_error(self) -> Optional[str]:
         Gst = _gst()
@@ -163,18 +186,18 @@ class GstReader:
         if not ok:
             raise BadFrame(f"{self.kind} {self.target!r} frame {seq}: cannot map buffer")
         try:
-            if fmt in ("RGB", "BGR"):
-                ch = 3
-            elif fmt == "GRAY8":
-                ch = 1
-            else:
-                raise BadFrame(f"{self.kind} frame {seq}: unsupported format {fmt} (add videoconvert ! "
-                            "video/x-raw,format=BGR before the appsink)")
+            if fmt not in READABLE_FORMATS:
+                # the caps are the stream's, not this buffer's: every buffer would fail alike
+                raise StreamUnreadable(f"{self.kind} {self.target!r}: unsupported format {fmt}; end the pipeline with "
+                              "videoconvert ! video/x-raw,format=BGR ! appsink")
+            ch = 1 if fmt == "GRAY8" else 3
             data = np.frombuffer(info.data, dtype=np.uint8)
-            if h <= 0 or w <= 0 or data.size < h * w * ch:
-                raise BadFrame(f"{self.kind} frame {seq}: buffer of {data.size} bytes for {w}x{h} {fmt}")
-            stride = data.size // h
-            img = data[: h * stride].reshape(h, stride)[:, : w * ch].reshape(h, w, ch).copy()
+            stride = self._row_stride(caps)
+            if h <= 0 or w <= 0 or stride < w * ch or data.size < (h - 1) * stride + w * ch:
+                raise BadFrame(f"{self.kind} frame {seq}: buffer of {data.size} bytes for {w}x{h} {fmt} "
+                               f"(rows of {stride} bytes)")
+            rows = np.lib.stride_tricks.as_strided(data, (h, w * ch), (stride, 1))
+            img = rows.reshape(h, w, ch).copy()
         finally:
             buf.unmap(info)
         if ch == 1:
@@ -182,6 +205,13 @@ class GstReader:
             fmt = "BGR"
         pos = f"{self.kind}:{self.target[:60]}#pts={pts if pts != Gst.CLOCK_TIME_NONE else 'none'}"
         return Decoded(seq, pos, img, colour=fmt)
+
+    def _row_stride(self, caps) -> int:
+        """Bytes from one row to the next, as GStreamer lays the buffer out (rows of RGB/BGR
+        are padded to 4 bytes: 37 px wide is 111 bytes of pixels in 112-byte rows)."""
+        from gi.repository import GstVideo
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        return int(info.stride[0])
 
     def close(self):
         if self.pipeline is not None:

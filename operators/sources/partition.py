@@ -30,7 +30,7 @@ from bytewax.inputs import StatefulSourcePartition
 from ..frames import NOT_YET, Frame
 from ..source_spec import SourceSpec
 from ..telemetry import log, lower_thread_priority
-from .errors import BadFrame
+from .errors import BadFrame, StreamUnreadable
 from .readers import Unreadable, open_reader
 
 __all__ = ["StreamPartition"]
@@ -110,7 +110,7 @@ class StreamPartition(StatefulSourcePartition):
                             log.info("stream %s: reconnected", self.sid)
                         backoff = 0.5
                         last_frame = time.monotonic()
-                    except ValueError as e:
+                    except (ValueError, StreamUnreadable) as e:
                         self.stats.source_error(self.sid, str(e))
                         return
                     except (IOError, OSError, RuntimeError) as e:
@@ -130,6 +130,9 @@ class StreamPartition(StatefulSourcePartition):
                 except BadFrame as e:
                     self.stats.bad_frame(self.sid, str(e))
                     continue
+                except StreamUnreadable as e:
+                    self.stats.source_error(self.sid, str(e))
+                    return
                 except (IOError, OSError) as e:
                     if not self.live:
                         self.stats.source_error(self.sid, str(e))
