@@ -43,18 +43,23 @@ def _registered(tmp_path):
     return reg, blob, key
 
 
-def test_gst_reader_pulls_frames_and_sees_eos():
-    r = GstReader("gst", "videotestsrc num-buffers=5 ! video/x-raw,width=37,height=21", colour="RGB")
-    r.open()
+def _pull(reader, seconds: float = 10.0) -> list:
+    """Every frame a reader gives until its end of stream (or ``seconds``)."""
+    reader.open()
     got = []
     t0 = time.time()
-    while time.time() - t0 < 10:
-        x = r.read()
+    while time.time() - t0 < seconds:
+        x = reader.read()
         if x is None:
             break
         if x is not NOT_YET:
             got.append(x)
-    r.close()
+    reader.close()
+    return got
+
+
+def test_gst_reader_pulls_frames_and_sees_eos():
+    got = _pull(GstReader("gst", "videotestsrc num-buffers=5 ! video/x-raw,width=37,height=21", colour="RGB"))
     assert len(got) == 5
     d = got[0]
     assert d.image.shape == (21, 37, 3) and d.colour == "RGB" and d.seq == 0 and d.pos.startswith("gst:")
@@ -112,14 +117,20 @@ def test_gst_source_without_frames_still_writes_a_summary(tmp_path):
     assert summary["scored"] == 0
 
 
+def _run_gst(tmp_path, pipeline: str):
+    """(config, finished flow) of the segment flow on one ``gst:`` pipeline, anchoring off."""
+    reg, blob, key = _registered(tmp_path)
+    cfg = load_config(env_for(tmp_path, f"gst:{pipeline}", blob, VERISEG_ANCHOR_EVERY=0))
+    flow = build_flow(cfg, registry=reg)
+    run_main(flow)
+    return cfg, flow
+
+
 def test_a_bare_appsink_gets_the_flows_caps_and_every_frame_is_scored(tmp_path):
     # README's camera shape: without caps on the appsink, videoconvert handed it ABGR64_LE and
     # every one of the 60 frames was a bad frame
-    reg, blob, key = _registered(tmp_path)
-    cfg = load_config(env_for(tmp_path, "gst:videotestsrc num-buffers=60 ! video/x-raw,width=64,height=48 "
-                                        "! videoconvert ! appsink", blob, VERISEG_ANCHOR_EVERY=0))
-    flow = build_flow(cfg, registry=reg)
-    run_main(flow)
+    cfg, flow = _run_gst(tmp_path, "videotestsrc num-buffers=60 ! video/x-raw,width=64,height=48 "
+                                   "! videoconvert ! appsink")
     rows = read_jsonl(cfg.out / "gst0" / "results.jsonl")
     assert [r["seq"] for r in rows] == list(range(60))
     assert not flow.context.stats.bad and not flow.context.stats.source_errors
@@ -128,18 +139,8 @@ def test_a_bare_appsink_gets_the_flows_caps_and_every_frame_is_scored(tmp_path):
 def test_rows_are_read_with_gstreamers_stride():
     # 37 RGB pixels are 111 bytes in rows padded to 112: read as size // height, every row
     # after the first would shift by one byte and the solid colour would smear into the others
-    r = GstReader("gst", "videotestsrc num-buffers=2 pattern=solid-color foreground-color=0xff5a1e0a "
-                         "! video/x-raw,width=37,height=21", colour="RGB")
-    r.open()
-    got = []
-    t0 = time.time()
-    while time.time() - t0 < 10 and len(got) < 2:
-        x = r.read()
-        if x is None:
-            break
-        if x is not NOT_YET:
-            got.append(x)
-    r.close()
+    got = _pull(GstReader("gst", "videotestsrc num-buffers=2 pattern=solid-color foreground-color=0xff5a1e0a "
+                                 "! video/x-raw,width=37,height=21", colour="RGB"))
     assert len(got) == 2
     img = got[0].image
     assert img.shape == (21, 37, 3)
@@ -147,11 +148,7 @@ def test_rows_are_read_with_gstreamers_stride():
 
 
 def test_an_appsink_asking_for_a_format_the_flow_cannot_read_is_one_line_at_start(tmp_path):
-    reg, blob, key = _registered(tmp_path)
-    cfg = load_config(env_for(tmp_path, "gst:videotestsrc num-buffers=30 ! videoconvert ! "
-                                        "appsink caps=video/x-raw,format=I420", blob, VERISEG_ANCHOR_EVERY=0))
-    flow = build_flow(cfg, registry=reg)
-    run_main(flow)
+    cfg, flow = _run_gst(tmp_path, "videotestsrc num-buffers=30 ! videoconvert ! appsink caps=video/x-raw,format=I420")
     stats = flow.context.stats
     assert not stats.bad, "a stream format problem was blamed on every frame"
     why = stats.source_errors["gst0"]
