@@ -53,6 +53,19 @@ def _two_models(tmp_path, uri_b=True, **b_kw):
     return reg, blob_a, key_a, blob_b, key_b
 
 
+def _model_c_and_slow_flow(tmp_path, reg, c_dir):
+    """Blob C (classes shifted by two) in ``c_dir``, registered as 'tiny' with its URI, and a
+    slowed 80-frame folder flow following 'tiny' that scans ``tmp_path/models`` for blobs:
+    (key_c, cfg, flow)."""
+    blob_c = c_dir / "c.vsb"
+    key_c = make_blob(blob_c, shift=2)
+    reg.register(key_c, "tiny", blob_c.as_uri())
+    folder = make_folder(tmp_path / "f", n=80)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_MODEL_DIRS=tmp_path / "models"))
+    return key_c, cfg, build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.01))
+
+
 def _dominant(mask_path) -> int:
     m = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
     assert m is not None and m.ndim == 2 and m.dtype == np.uint8
@@ -390,13 +403,7 @@ def test_a_hostile_file_in_the_model_folder_never_turns_revocation_off(tmp_path,
     follower goes on: revoking the key in use stops scoring within one poll."""
     reg, blob_a, key_a, blob_b, key_b = _two_models(tmp_path, uri_b=False)
     bad = hostile_blob(tmp_path / "models" / "0-hostile.vsb", HOSTILE_HEADERS[hostile])
-    blob_c = tmp_path / "models" / "c.vsb"
-    key_c = make_blob(blob_c, shift=2)
-    reg.register(key_c, "tiny", blob_c.as_uri())
-    folder = make_folder(tmp_path / "f", n=80)
-    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
-                              VERISEG_MODEL_DIRS=tmp_path / "models"))
-    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.01))
+    key_c, cfg, flow = _model_c_and_slow_flow(tmp_path, reg, tmp_path / "models")
     marks = {}
 
     def attack():
@@ -922,13 +929,7 @@ def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog)
     staged = tmp_path / "staging" / "b.vsb"
     key_b = make_blob(staged, shift=1)
     reg.register(key_b, "tiny", "")      # found only by scanning the model folder
-    blob_c = tmp_path / "staging" / "c.vsb"
-    key_c = make_blob(blob_c, shift=2)
-    reg.register(key_c, "tiny", blob_c.as_uri())
-    folder = make_folder(tmp_path / "f", n=80)
-    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
-                              VERISEG_MODEL_DIRS=tmp_path / "models"))
-    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.01))
+    key_c, cfg, flow = _model_c_and_slow_flow(tmp_path, reg, tmp_path / "staging")
     marks = {}
 
     def scenario():
