@@ -95,6 +95,26 @@ class StreamPartition(StatefulSourcePartition):
         produced = 0
         opened = False
         last_frame = time.monotonic()
+
+        def back_off(why: str, close: bool, wait: bool = True) -> bool:
+            """Count a reconnect, say why in one line, close the reader (``close``) and wait
+            the backoff (``wait``), doubling it; False when the flow stopped meanwhile."""
+            nonlocal attempt, backoff, opened
+            if close:
+                self.reader.close()
+                opened = False
+            attempt += 1
+            self.stats.add("reconnects", self.sid)
+            if not wait:
+                log.warning("stream %s: %s; reconnecting", self.sid, why)
+                return True
+            log.warning("stream %s: %s; %s in %.1fs", self.sid, why, "reconnecting" if close else "retrying",
+                        backoff)
+            if self.stop.wait(backoff):
+                return False
+            backoff = min(backoff * 2, self.reconnect_max)
+            return True
+
         try:
             while not self.stop.is_set():
                 if not opened:
@@ -117,12 +137,8 @@ class StreamPartition(StatefulSourcePartition):
                         if not self.live:
                             self.stats.source_error(self.sid, str(e))
                             return
-                        attempt += 1
-                        self.stats.add("reconnects", self.sid)
-                        log.warning("stream %s: %s; retrying in %.1fs", self.sid, e, backoff)
-                        if self.stop.wait(backoff):
+                        if not back_off(str(e), close=False):
                             return
-                        backoff = min(backoff * 2, self.reconnect_max)
                         continue
                 try:
                     t0 = time.perf_counter()
@@ -137,36 +153,20 @@ class StreamPartition(StatefulSourcePartition):
                     if not self.live:
                         self.stats.source_error(self.sid, str(e))
                         return
-                    self.reader.close()
-                    opened = False
-                    attempt += 1
-                    self.stats.add("reconnects", self.sid)
-                    log.warning("stream %s: %s; reconnecting in %.1fs", self.sid, e, backoff)
-                    if self.stop.wait(backoff):
+                    if not back_off(str(e), close=True):
                         return
-                    backoff = min(backoff * 2, self.reconnect_max)
                     continue
                 if got is NOT_YET:
                     if self.live and opened and time.monotonic() - last_frame > self.stall:
                         # a camera that stopped sending without an error: reconnect
-                        self.reader.close()
-                        opened = False
-                        attempt += 1
-                        self.stats.add("reconnects", self.sid)
-                        log.warning("stream %s: no frame for %.0fs; reconnecting", self.sid, self.stall)
+                        back_off(f"no frame for {self.stall:.0f}s", close=True, wait=False)
                         last_frame = time.monotonic()
                     continue
                 last_frame = time.monotonic()
                 if got is None:
                     if self.live and getattr(self.reader, "reconnect_on_eos", False):
-                        self.reader.close()
-                        opened = False
-                        attempt += 1
-                        self.stats.add("reconnects", self.sid)
-                        log.warning("stream %s: end of stream; reconnecting in %.1fs", self.sid, backoff)
-                        if self.stop.wait(backoff):
+                        if not back_off("end of stream", close=True):
                             return
-                        backoff = min(backoff * 2, self.reconnect_max)
                         continue
                     return
                 dec_ms = (time.perf_counter() - t0) * 1e3
