@@ -16,7 +16,7 @@ import numpy as np
 from .data import load_folder, time_split
 from .metrics import ConfusionMatrix, confusion_image, format_table, grid_image, hood_mask, resize_prediction
 
-__all__ = ["make_predictor", "evaluate_folder", "main"]
+__all__ = ["make_predictor", "evaluate_folder", "load_split", "main"]
 
 
 def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool = True):
@@ -75,11 +75,18 @@ def evaluate_folder(predict, data, size: int = 512, grid_n: int = 6, batch: int 
     return s, cm, grid
 
 
-def main(a) -> int:
-    data = load_folder(a.data, None)
+def load_split(a, limit: int | None = None):
+    """The frames of ``a.data`` at native size, cut to ``a.split`` (val | train | all) by the
+    time split of ``a.val_fraction``, ``a.gap``, ``a.val_at``: what evaluate and robustness score."""
+    data = load_folder(a.data, None, limit=limit)
     if a.split != "all":
         tr, va = time_split(len(data), a.val_fraction, a.gap, a.val_at)
         data = data.subset(va if a.split == "val" else tr)
+    return data
+
+
+def main(a) -> int:
+    data = load_split(a)
     predict, desc = make_predictor(a.model, a.size, a.threads, use_ema=not a.no_ema)
     s, cm, grid = evaluate_folder(predict, data, a.size, a.grid)
     s["model"] = desc

@@ -25,23 +25,19 @@ import cv2
 import numpy as np
 
 from .conditions import CONDITIONS, SEVERITIES, apply_condition, benchmark_seed
-from .metrics import ConfusionMatrix, resize_prediction
-from .palette import CLASS_NAMES, colorize
+from .metrics import ConfusionMatrix, _text, resize_prediction
+from .palette import colorize
 
 __all__ = ["figures", "run_benchmark", "grid", "format_report", "format_summary", "main"]
 
-ROAD, CAR = CLASS_NAMES.index("Road"), CLASS_NAMES.index("Car")
 GRID_SEVERITY = 2
 
 
 def figures(cm: ConfusionMatrix) -> dict:
-    """The four figures a report row carries."""
-    acc = cm.class_accuracy()
-
-    def f(x):
-        return None if not np.isfinite(x) else round(float(x), 6)
-    return {"pixel_accuracy": f(cm.pixel_accuracy()), "mean_iou": f(cm.mean_iou()),
-            "road_accuracy": f(acc[ROAD]), "car_accuracy": f(acc[CAR])}
+    """The four figures a report row carries (rounded as ``ConfusionMatrix.summary`` does)."""
+    s = cm.summary()
+    return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"],
+            "road_accuracy": s["per_class"]["Road"]["accuracy"], "car_accuracy": s["per_class"]["Car"]["accuracy"]}
 
 
 def _mean(rows: list[dict], key: str):
@@ -99,8 +95,7 @@ def grid(tiles: dict, names: list[str], tile_width: int = 200) -> np.ndarray:
                  cv2.resize(colorize(lab), (tile_width, th), interpolation=cv2.INTER_NEAREST)]
         cells += [cv2.resize(colorize(preds[n]), (tile_width, th), interpolation=cv2.INTER_NEAREST) for n in names]
         row = np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=255) for c in cells], 1)
-        cv2.putText(row, cond, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(row, cond, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        _text(row, cond, (6, 16), scale=0.45)
         rows.append(row)
     head = np.full((22, rows[0].shape[1], 3), 255, np.uint8)
     for k, s in enumerate(["input", "truth"] + names):
@@ -149,12 +144,8 @@ def format_summary(report: dict) -> str:
 
 
 def main(a) -> int:
-    from .data import load_folder, time_split
-    from .evaluate import make_predictor
-    data = load_folder(a.data, None, limit=a.limit)
-    if a.split != "all":
-        tr, va = time_split(len(data), a.val_fraction, a.gap, a.val_at)
-        data = data.subset(va if a.split == "val" else tr)
+    from .evaluate import load_split, make_predictor
+    data = load_split(a, limit=a.limit)
     if a.frames and a.frames < len(data):       # evenly spread over the split, not its first N
         data = data.subset(np.linspace(0, len(data) - 1, a.frames).round().astype(int).tolist())
     predictors, descs = {}, {}
