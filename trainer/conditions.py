@@ -30,13 +30,15 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .palette import CLASS_NAMES
+
 __all__ = ["CONDITIONS", "SEVERITIES", "SKY", "ASPHALT", "apply_condition", "training_condition",
            "wet_road", "benchmark_seed"]
 
-#: CARLA ids: 0 is the sky (Unlabeled), 6 road line, 7 road, 8 sidewalk
-SKY = 0
-ASPHALT = (6, 7)
-SIDEWALK = 8
+#: the label ids the physics reads, from the classes' one definition (CARLA: the sky is Unlabeled)
+SKY = CLASS_NAMES.index("Unlabeled")
+ASPHALT = (CLASS_NAMES.index("RoadLine"), CLASS_NAMES.index("Road"))
+SIDEWALK = CLASS_NAMES.index("Sidewalk")
 SEVERITIES = (1, 2, 3)
 
 
