@@ -22,10 +22,10 @@ from .frames import ModelLoaded
 from .preprocess import Preprocessor
 from .telemetry import log
 
-__all__ = ["ScoreError", "providers_for", "provider_options", "trt_cache_dir", "build_session",
+__all__ = ["ScoreError", "GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "build_session",
            "card_mismatch", "SessionEntry", "SessionCache", "cpu_threads", "gpu_driver"]
 
-_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class ScoreError(RuntimeError):
@@ -62,7 +62,7 @@ def providers_for(choice: str, available=None) -> list:
     elif choice == "tensorrt":
         want = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
-        want = ([p for p in _GPU if p in avail] if gpu_driver() else []) + ["CPUExecutionProvider"]
+        want = ([p for p in GPU_PROVIDERS if p in avail] if gpu_driver() else []) + ["CPUExecutionProvider"]
     return [p for p in want if p in avail or p == "CPUExecutionProvider"]
 
 
@@ -142,7 +142,7 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
         raise ScoreError(f"model {key[:12]}: ONNX Runtime cannot build a session: {msg}") from None
     got = sess.get_providers()
     active = got[0] if got else "none"
-    if require_gpu and active not in _GPU:
+    if require_gpu and active not in GPU_PROVIDERS:
         raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
                          f"(asked for {', '.join(wanted)}; available: "
                          f"{', '.join(ort.get_available_providers())})")

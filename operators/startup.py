@@ -13,12 +13,10 @@ from .config import Config, ConfigError, load_config
 from .context import FlowContext
 from .model_reader import ModelRefused, ModelWatcher, connect_registry
 from .preprocess import Preprocessor
+from .sessions import GPU_PROVIDERS
 from .sources import check_pipeline
 
 __all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env", "lazy_flow"]
-
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
 
 class LockedRegistry:
     """Serialises calls to one registry client shared by the model reader and the anchor
@@ -79,7 +77,7 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     ctx.batch = cfg.batch
     if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
         provider = ctx.sessions.get(ctx.first).provider
-        ctx.batch = 4 if provider in _GPU_PROVIDERS else 1
+        ctx.batch = 4 if provider in GPU_PROVIDERS else 1
     return ctx
 
 
