@@ -35,6 +35,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_CHAIN_ID": "the chain id the registry must be on, decimal or 0x hex (default: the one "
                         "pinned at first use; read by chain.connect)",
     "VERISEG_OUT": "output folder (default ./out)",
+    "VERISEG_BACKEND": "auto | openvino | onnxruntime: the runtime that scores (auto: ONNX Runtime "
+                       "on an NVIDIA GPU, OpenVINO on a CPU where it is installed, else ONNX Runtime)",
     "VERISEG_PROVIDERS": "auto | tensorrt | cuda | cpu (auto: TensorRT > CUDA > CPU)",
     "VERISEG_REQUIRE_GPU": "1: refuse to run unless a GPU provider loaded (default 0)",
     "VERISEG_THREADS": "ONNX Runtime intra-op threads (default: CPU cores available)",
@@ -55,6 +57,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_VIDEO_SCALE": "size of the overlay video relative to the model input, 0 < s <= 1 "
                            "(default 1; 0.5 cuts its encoding cost ~3x)",
     "VERISEG_METRICS_PORT": "serve Prometheus metrics over HTTP on this port (default off)",
+    "VERISEG_VIEW_PORT": "serve the live view and audit page over HTTP on this port (default off)",
+    "VERISEG_VIEW_HOST": "address the live view binds to (default 127.0.0.1: this machine only)",
     "VERISEG_PROGRESS": "auto | 1 | 0: progress line on stderr for file replay (default auto)",
     "VERISEG_PREPROCESS": "auto | off: resize/colour-convert frames to the model input (default auto)",
     "VERISEG_RECONNECT_MAX": "largest reconnect backoff for live sources, seconds (default 30)",
@@ -92,6 +96,7 @@ class Config:
     registry: Optional[str] = None
     chain_id: Optional[int] = None  # None: the id pinned on first use (chain.connect)
     out: Path = Path("out")
+    backend: str = "auto"           # auto | openvino | onnxruntime
     providers: str = "auto"
     require_gpu: bool = False
     threads: int = 0                # 0: all cores available
@@ -106,6 +111,8 @@ class Config:
     video: bool = True
     jsonl: bool = True
     metrics_port: Optional[int] = None
+    view_port: Optional[int] = None
+    view_host: str = "127.0.0.1"
     progress: str = "auto"
     preprocess: bool = True
     reconnect_max: float = 30.0
@@ -301,6 +308,10 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
     if providers not in ("auto", "tensorrt", "cuda", "cpu"):
         problems.append(f"VERISEG_PROVIDERS: expected auto, tensorrt, cuda or cpu, got {providers!r}")
 
+    backend = (env.get("VERISEG_BACKEND", "auto").strip() or "auto").lower()
+    if backend not in ("auto", "openvino", "onnxruntime"):
+        problems.append(f"VERISEG_BACKEND: expected auto, openvino or onnxruntime, got {backend!r}")
+
     progress = (env.get("VERISEG_PROGRESS", "auto").strip() or "auto").lower()
     if progress in ("true", "yes", "on"):
         progress = "1"
@@ -314,6 +325,10 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         problems.append(f"VERISEG_PREPROCESS: expected auto or off, got {pre!r}")
 
     port = _int(env, "VERISEG_METRICS_PORT", None, problems, lo=0, hi=65535)
+    view_port = _int(env, "VERISEG_VIEW_PORT", None, problems, lo=0, hi=65535)
+    view_host = (env.get("VERISEG_VIEW_HOST") or "").strip() or "127.0.0.1"
+    if not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", view_host):
+        problems.append(f"VERISEG_VIEW_HOST: expected an IP address or host name, got {view_host!r}")
     dkey = (env.get("VERISEG_DECRYPT_KEY") or "").strip() or None
     if dkey is not None and not Path(dkey).expanduser().is_file():
         problems.append(f"VERISEG_DECRYPT_KEY: secret file {dkey!r} does not exist")
@@ -330,6 +345,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         registry=registry,
         chain_id=chain_id,
         out=out,
+        backend=backend,
         providers=providers,
         require_gpu=_bool(env, "VERISEG_REQUIRE_GPU", False, problems),
         threads=_int(env, "VERISEG_THREADS", 0, problems, lo=0, hi=1024),
@@ -344,6 +360,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         video=_bool(env, "VERISEG_VIDEO", True, problems),
         jsonl=_bool(env, "VERISEG_JSONL", True, problems),
         metrics_port=port if port else None,
+        view_port=view_port if view_port else None,
+        view_host=view_host,
         progress=progress,
         preprocess=pre not in ("off", "0"),
         reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
