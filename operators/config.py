@@ -57,8 +57,10 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_VIDEO_SCALE": "size of the overlay video relative to the model input, 0 < s <= 1 "
                            "(default 1; 0.5 cuts its encoding cost ~3x)",
     "VERISEG_METRICS_PORT": "serve Prometheus metrics over HTTP on this port (default off)",
-    "VERISEG_VIEW_PORT": "serve the live view and audit page over HTTP on this port (default off)",
-    "VERISEG_VIEW_HOST": "address the live view binds to (default 127.0.0.1: this machine only)",
+    "VERISEG_WEB": "serve the live view on [HOST:]PORT (default off; HOST defaults to 127.0.0.1, "
+                   "and a non-loopback HOST needs VERISEG_WEB_TOKEN)",
+    "VERISEG_WEB_TOKEN": "token a viewer must present (at least 16 characters); required when "
+                         "VERISEG_WEB binds beyond loopback",
     "VERISEG_PROGRESS": "auto | 1 | 0: progress line on stderr for file replay (default auto)",
     "VERISEG_PREPROCESS": "auto | off: resize/colour-convert frames to the model input (default auto)",
     "VERISEG_RECONNECT_MAX": "largest reconnect backoff for live sources, seconds (default 30)",
@@ -111,8 +113,8 @@ class Config:
     video: bool = True
     jsonl: bool = True
     metrics_port: Optional[int] = None
-    view_port: Optional[int] = None
-    view_host: str = "127.0.0.1"
+    web: Optional[tuple[str, int]] = None   # (host, port) of the live view; None: off
+    web_token: Optional[str] = None
     progress: str = "auto"
     preprocess: bool = True
     reconnect_max: float = 30.0
@@ -245,6 +247,37 @@ def _chain_id(env, problems) -> Optional[int]:
     return v
 
 
+def _web(env, problems) -> tuple[Optional[tuple[str, int]], Optional[str]]:
+    """``VERISEG_WEB`` as (host, port) and its token; beyond loopback only with a token."""
+    import ipaddress
+    raw = (env.get("VERISEG_WEB") or "").strip()
+    token = (env.get("VERISEG_WEB_TOKEN") or "").strip() or None
+    if token is not None and len(token) < 16:
+        problems.append("VERISEG_WEB_TOKEN: expected at least 16 characters (e.g. the output of "
+                        "`openssl rand -hex 16`)")
+        token = None
+    if not raw or raw.lower() in ("0", "off"):
+        return None, token
+    host, _, port_s = raw.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536 or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host):
+        problems.append(f"VERISEG_WEB: expected [HOST:]PORT (e.g. 127.0.0.1:8080), got {raw!r}")
+        return None, token
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and token is None:
+        problems.append(f"VERISEG_WEB: {host!r} is reachable from other machines: set VERISEG_WEB_TOKEN "
+                        "(16+ characters) or bind 127.0.0.1")
+        return None, token
+    return (host, port), token
+
+
 def _batch(env, problems) -> int:
     raw = (env.get("VERISEG_BATCH") or "").strip().lower()
     if raw in ("", "auto"):
@@ -325,10 +358,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         problems.append(f"VERISEG_PREPROCESS: expected auto or off, got {pre!r}")
 
     port = _int(env, "VERISEG_METRICS_PORT", None, problems, lo=0, hi=65535)
-    view_port = _int(env, "VERISEG_VIEW_PORT", None, problems, lo=0, hi=65535)
-    view_host = (env.get("VERISEG_VIEW_HOST") or "").strip() or "127.0.0.1"
-    if not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", view_host):
-        problems.append(f"VERISEG_VIEW_HOST: expected an IP address or host name, got {view_host!r}")
+    web, web_token = _web(env, problems)
     dkey = (env.get("VERISEG_DECRYPT_KEY") or "").strip() or None
     if dkey is not None and not Path(dkey).expanduser().is_file():
         problems.append(f"VERISEG_DECRYPT_KEY: secret file {dkey!r} does not exist")
@@ -360,8 +390,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         video=_bool(env, "VERISEG_VIDEO", True, problems),
         jsonl=_bool(env, "VERISEG_JSONL", True, problems),
         metrics_port=port if port else None,
-        view_port=view_port if view_port else None,
-        view_host=view_host,
+        web=web,
+        web_token=web_token,
         progress=progress,
         preprocess=pre not in ("off", "0"),
         reconnect_max=_float(env, "VERISEG_RECONNECT_MAX", 30.0, problems),
