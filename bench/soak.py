@@ -300,15 +300,18 @@ def read_counters(metrics: Path, stream: str = STREAM) -> dict:
         text = metrics.read_text()
     except OSError:
         return c
-    for line in text.splitlines():
-        if line.startswith("veriseg_frames_total{") and f'stream="{stream}"' in line:
-            for st in ("decoded", "scored", "written"):
-                if f'stage="{st}"' in line:
-                    c[st] = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("veriseg_frames_dropped_total{") and f'stream="{stream}"' in line:
-            c["dropped"] += int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("veriseg_fps "):
-            c["fps"] = float(line.split()[1])
+    from prometheus_client.parser import text_string_to_metric_families
+    try:
+        samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+    except ValueError:      # caught mid-write cannot happen (renamed into place); be safe
+        return c
+    for s in samples:
+        if s.name == "veriseg_frames_total" and s.labels.get("stream") == stream:
+            c[s.labels["stage"]] = int(s.value)
+        elif s.name == "veriseg_frames_dropped_total" and s.labels.get("stream") == stream:
+            c["dropped"] += int(s.value)
+        elif s.name == "veriseg_fps":
+            c["fps"] = float(s.value)
     return c
 
 

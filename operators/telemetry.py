@@ -1,7 +1,9 @@
 """The counters of one flow: frames, drops, bad frames, latency, model in use.
 
-Every step of a flow reports to its context's ``Stats`` (thread-safe); the metrics sink
-renders it as Prometheus text and the summary JSON.  Each built flow has its own.
+Every step of a flow reports to its context's ``Stats`` (thread-safe).  The counts live in
+prometheus_client metrics on a ``CollectorRegistry`` of that flow alone (never the global
+default registry: two flows in one process keep their own); the metrics sink exposes the
+registry (``metrics.prom``, HTTP) and the summary JSON reads the same metrics back.
 """
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
+from typing import Optional
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["Stats", "log", "lower_thread_priority"]
 
@@ -40,61 +45,163 @@ if not log.handlers:
     log.propagate = False
 
 _STAGES = ("decode", "preprocess", "wait", "score", "sink", "total")
+#: seconds; a CPU frame scores in ~5-60 ms, a stalled sink or decoder shows up past 0.5 s
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+def _counts(metric, label: str, **match) -> dict:
+    """``{label value: count}`` of a counter's samples whose other labels match."""
+    out = {}
+    for fam in metric.collect():
+        for s in fam.samples:
+            if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in match.items()):
+                out[s.labels[label]] = int(s.value)
+    return out
+
+
+def _total(metric) -> int:
+    return int(sum(s.value for fam in metric.collect() for s in fam.samples if s.name.endswith("_total")))
+
+
+class _Derived:
+    """Metrics read at scrape time from state other modules keep (the refused models'
+    list, the pending deploy) rather than counted as they change."""
+
+    def __init__(self, stats: "Stats"):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats
+        c = CounterMetricFamily("veriseg_models_refused", "Model updates refused (see summary.json).")
+        c.add_metric([], len(s.models_refused))
+        yield c
+        g = GaugeMetricFamily("veriseg_deploy_pending", "1 while a deploy waits for its blob (the "
+                              "superseded key keeps scoring).", labels=["deployment", "version", "key"])
+        p = dict(s.deploy_pending)
+        if p:
+            g.add_metric([str(p["name"]), str(p["version"]), str(p["key"])], 1)
+        yield g
 
 
 class Stats:
     def __init__(self):
         self._lock = threading.Lock()
+        self.registry = r = CollectorRegistry()
+        self._frames = Counter("veriseg_frames", "Frames by stream and stage.", ["stream", "stage"],
+                               registry=r)
+        self._dropped = Counter("veriseg_frames_dropped", "Frames dropped by stream and reason.",
+                                ["stream", "reason"], registry=r)
+        self._bad = Counter("veriseg_bad_frames", "Frames skipped as unreadable.", ["stream"], registry=r)
+        self._source_errors = Counter("veriseg_source_errors", "Streams ended early by an error.",
+                                      ["stream"], registry=r)
+        self._reconnects = Counter("veriseg_reconnects", "Live source reconnects.", ["stream"], registry=r)
+        self._by_key = Counter("veriseg_model_frames", "Frames scored by model key.", ["key"], registry=r)
+        self._anchors = Counter("veriseg_anchors", "Anchor batches sent.", registry=r)
+        self._anchor_failures = Counter("veriseg_anchor_failures", "Anchor batches not sent (kept "
+                                        "on disk, resent at the next start).", registry=r)
+        self._anchors_refused = Counter("veriseg_anchors_refused", "Batch files this flow did not "
+                                        "write and seal: never sent.", registry=r)
+        self._bad_model_files = Counter("veriseg_bad_model_files", "Files in a model folder that "
+                                        "are no readable blob.", registry=r)
+        self._latency = Histogram("veriseg_latency_seconds", "Per-stage latency per frame.", ["stage"],
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self._in_use = Gauge("veriseg_model_in_use", "1 for the model key each stream scores with.",
+                             ["stream", "key"], registry=r)
+        self._runtime = Gauge("veriseg_runtime_info", "1 for the backend and provider that score.",
+                              ["backend", "provider"], registry=r)
+        Gauge("veriseg_fps", "Frames scored per second (recent).", registry=r).set_function(self.fps_now)
+        r.register(_Derived(self))
         with self._lock:
             self.t0 = time.time()
             self.t_first = None
             self.t_last = None
-            self.decoded = defaultdict(int)
-            self.scored = defaultdict(int)
-            self.written = defaultdict(int)
-            self.dropped = defaultdict(lambda: defaultdict(int))   # stream -> reason -> n
-            self.bad = defaultdict(int)
             self.bad_reports: list[str] = []
-            self.reconnects = defaultdict(int)
             self.source_errors: dict[str, str] = {}   # stream -> why it ended early
-            self.by_key = defaultdict(int)
             self.key_in_use: dict[str, str] = {}
             self.models_loaded: list[dict] = []
             self.models_refused: list[dict] = []
             self.revoked: list[dict] = []
-            self.anchors = 0
-            self.anchor_failures = 0
-            self.anchors_refused = 0     # batch files the flow did not write and seal: never sent
-            self.bad_model_files = 0     # files in a model folder that are not readable blobs
             self.bad_model_file_reports: list[str] = []
             self.deploy_pending: dict = {}   # a deploy waiting for its blob: name, version, key, since
             self.error = None
-            self.provider = None       # ONNX Runtime provider in use
+            self._provider: Optional[str] = None   # ONNX Runtime provider (or device) in use
+            self._backend: Optional[str] = None
             self.batches = defaultdict(int)
-            self.lat = {s: deque(maxlen=20000) for s in _STAGES}
+            self.lat = {s: deque(maxlen=20000) for s in _STAGES}   # exact percentiles for summary.json
             self.totals = {}     # stream -> expected frames (file replay)
             self.recent = deque(maxlen=256)   # perf_counter of recent results (FPS now)
 
+    # -- read back from the metrics (the summary, the progress line, tests) -------------
+    decoded = property(lambda self: _counts(self._frames, "stream", stage="decoded"))
+    scored = property(lambda self: _counts(self._frames, "stream", stage="scored"))
+    written = property(lambda self: _counts(self._frames, "stream", stage="written"))
+    bad = property(lambda self: _counts(self._bad, "stream"))
+    reconnects = property(lambda self: _counts(self._reconnects, "stream"))
+    by_key = property(lambda self: _counts(self._by_key, "key"))
+    anchors = property(lambda self: _total(self._anchors))
+    anchor_failures = property(lambda self: _total(self._anchor_failures))
+    anchors_refused = property(lambda self: _total(self._anchors_refused))
+    bad_model_files = property(lambda self: _total(self._bad_model_files))
+
+    @property
+    def dropped(self) -> dict:
+        out: dict = defaultdict(dict)
+        for fam in self._dropped.collect():
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    out[s.labels["stream"]][s.labels["reason"]] = int(s.value)
+        return dict(out)
+
+    @property
+    def provider(self) -> Optional[str]:
+        return self._provider
+
+    @provider.setter
+    def provider(self, value: Optional[str]) -> None:
+        self._provider = value
+        self._runtime_changed()
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The runtime that scores (onnxruntime, openvino); None until a session loads."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Optional[str]) -> None:
+        self._backend = value
+        self._runtime_changed()
+
+    def _runtime_changed(self) -> None:
+        self._runtime.clear()
+        if self._provider or self._backend:
+            backend = self._backend or ("onnxruntime" if str(self._provider).endswith(
+                "ExecutionProvider") else "")
+            self._runtime.labels(backend=backend, provider=self._provider or "").set(1)
+
     # -- counters -----------------------------------------------------------------
     def add(self, attr: str, stream: str, n: int = 1):
-        with self._lock:
-            getattr(self, attr)[stream] += n
+        """``attr``: decoded | scored | written | reconnects."""
+        if attr == "reconnects":
+            self._reconnects.labels(stream=stream).inc(n)
+        elif attr in ("decoded", "scored", "written"):
+            self._frames.labels(stream=stream, stage=attr).inc(n)
+        else:
+            raise ValueError(f"Stats.add: unknown counter {attr!r}")
 
     def drop(self, stream: str, reason: str, n: int = 1):
-        with self._lock:
-            self.dropped[stream][reason] += n
+        self._dropped.labels(stream=stream, reason=reason).inc(n)
 
     def bad_frame(self, stream: str, message: str):
+        self._bad.labels(stream=stream).inc()
         with self._lock:
-            self.bad[stream] += 1
             if len(self.bad_reports) < 1000:
                 self.bad_reports.append(message)
         log.warning("skipped bad frame: %s", message)
 
     def bad_model_file(self, message: str):
         """A file in a model folder that is no readable blob: skipped, named, counted."""
+        self._bad_model_files.inc()
         with self._lock:
-            self.bad_model_files += 1
             if len(self.bad_model_file_reports) < 1000:
                 self.bad_model_file_reports.append(message)
         log.warning("skipped model file: %s", message)
@@ -102,14 +209,27 @@ class Stats:
     def source_error(self, stream: str, message: str):
         """A file source that could not be opened or read: the stream ends (one line)."""
         with self._lock:
+            first = stream not in self.source_errors
             self.source_errors[stream] = message
+        if first:
+            self._source_errors.labels(stream=stream).inc()
         log.error("stream %s: %s", stream, message)
+
+    def anchor_sent(self):
+        self._anchors.inc()
+
+    def anchor_failed(self):
+        self._anchor_failures.inc()
+
+    def anchor_refused(self):
+        self._anchors_refused.inc()
 
     def scored_batch(self, stream: str, key: str, n: int, lat: dict):
         now = time.perf_counter()
+        self._frames.labels(stream=stream, stage="scored").inc(n)
+        self._by_key.labels(key=key).inc(n)
         with self._lock:
-            self.scored[stream] += n
-            self.by_key[key] += n
+            old = self.key_in_use.get(stream)
             self.key_in_use[stream] = key
             self.batches[n] += 1
             t = time.time()
@@ -121,15 +241,23 @@ class Stats:
                     self.lat[k].append(v)
             for _ in range(n):
                 self.recent.append(now)
+        if old != key:
+            if old is not None:
+                self._in_use.remove(stream, old)
+            self._in_use.labels(stream=stream, key=key).set(1)
+        for k, v in lat.items():
+            if k in self.lat:
+                self._latency.labels(stage=k).observe(v / 1000.0)
 
     def latency(self, stage: str, ms: float):
         with self._lock:
             self.lat[stage].append(ms)
+        self._latency.labels(stage=stage).observe(ms / 1000.0)
 
     # -- views --------------------------------------------------------------------
     def fps(self) -> float:
+        n = sum(self.scored.values())
         with self._lock:
-            n = sum(self.scored.values())
             if not n or self.t_first is None or self.t_last is None or self.t_last <= self.t_first:
                 return 0.0
             return (n - 1) / (self.t_last - self.t_first) if n > 1 else 0.0
@@ -154,85 +282,31 @@ class Stats:
 
     def snapshot(self) -> dict:
         pct = self.percentiles()
+        counts = {"frames_decoded": self.decoded, "frames_scored": self.scored,
+                  "frames_written": self.written, "frames_dropped": self.dropped,
+                  "bad_frames": self.bad, "reconnects": self.reconnects,
+                  "frames_by_model_key": self.by_key, "anchors_sent": self.anchors,
+                  "anchor_failures": self.anchor_failures, "anchors_refused": self.anchors_refused,
+                  "bad_model_files": self.bad_model_files}
         with self._lock:
             return {
-                "frames_decoded": dict(self.decoded),
-                "frames_scored": dict(self.scored),
-                "frames_written": dict(self.written),
-                "frames_dropped": {s: dict(d) for s, d in self.dropped.items()},
-                "bad_frames": dict(self.bad),
+                **counts,
                 "bad_frame_reports": list(self.bad_reports[:100]),
-                "reconnects": dict(self.reconnects),
                 "source_errors": dict(self.source_errors),
-                "frames_by_model_key": dict(self.by_key),
                 "model_key_in_use": dict(self.key_in_use),
                 "models_loaded": list(self.models_loaded),
                 "models_refused": list(self.models_refused),
                 "revoked": list(self.revoked),
                 "error": self.error,
-                "anchors_sent": self.anchors,
-                "anchor_failures": self.anchor_failures,
-                "anchors_refused": self.anchors_refused,
-                "bad_model_files": self.bad_model_files,
                 "bad_model_file_reports": list(self.bad_model_file_reports[:100]),
                 "deploy_pending": dict(self.deploy_pending),
-                "provider": self.provider,
+                "provider": self._provider,
+                "backend": self._backend,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batches.items())},
                 "latency": pct,
                 "wall_s": round(time.time() - self.t0, 3),
             }
 
     def prometheus(self) -> str:
-        s = self.snapshot()
-        fps = self.fps_now()
-        lines = [
-            "# HELP veriseg_frames_total Frames by stream and stage.",
-            "# TYPE veriseg_frames_total counter",
-        ]
-        for stage, key in (("decoded", "frames_decoded"), ("scored", "frames_scored"),
-                           ("written", "frames_written")):
-            for stream, n in sorted(s[key].items()):
-                lines.append(f'veriseg_frames_total{{stream="{stream}",stage="{stage}"}} {n}')
-        lines += ["# HELP veriseg_frames_dropped_total Frames dropped by stream and reason.",
-                  "# TYPE veriseg_frames_dropped_total counter"]
-        for stream, d in sorted(s["frames_dropped"].items()):
-            for reason, n in sorted(d.items()):
-                lines.append(f'veriseg_frames_dropped_total{{stream="{stream}",reason="{reason}"}} {n}')
-        lines += ["# TYPE veriseg_bad_frames_total counter"]
-        for stream, n in sorted(s["bad_frames"].items()):
-            lines.append(f'veriseg_bad_frames_total{{stream="{stream}"}} {n}')
-        lines += ["# TYPE veriseg_source_errors_total counter"]
-        for stream in sorted(s["source_errors"]):
-            lines.append(f'veriseg_source_errors_total{{stream="{stream}"}} 1')
-        lines += ["# TYPE veriseg_reconnects_total counter"]
-        for stream, n in sorted(s["reconnects"].items()):
-            lines.append(f'veriseg_reconnects_total{{stream="{stream}"}} {n}')
-        lines += ["# HELP veriseg_fps Frames scored per second (recent).", "# TYPE veriseg_fps gauge",
-                  f"veriseg_fps {fps:.3f}",
-                  "# HELP veriseg_model_in_use 1 for the model key each stream scores with.",
-                  "# TYPE veriseg_model_in_use gauge"]
-        for stream, key in sorted(s["model_key_in_use"].items()):
-            lines.append(f'veriseg_model_in_use{{stream="{stream}",key="{key}"}} 1')
-        lines += ["# HELP veriseg_latency_ms Per-stage latency per frame.", "# TYPE veriseg_latency_ms summary"]
-        for stage, d in sorted(s["latency"].items()):
-            lines.append(f'veriseg_latency_ms{{stage="{stage}",quantile="0.5"}} {d["p50_ms"]}')
-            lines.append(f'veriseg_latency_ms{{stage="{stage}",quantile="0.99"}} {d["p99_ms"]}')
-            lines.append(f'veriseg_latency_ms_count{{stage="{stage}"}} {d["n"]}')
-        lines += ["# TYPE veriseg_anchors_total counter", f"veriseg_anchors_total {s['anchors_sent']}",
-                  "# TYPE veriseg_anchors_refused_total counter",
-                  f"veriseg_anchors_refused_total {s['anchors_refused']}",
-                  "# TYPE veriseg_models_refused_total counter",
-                  f"veriseg_models_refused_total {len(s['models_refused'])}",
-                  "# TYPE veriseg_bad_model_files_total counter",
-                  f"veriseg_bad_model_files_total {s['bad_model_files']}",
-                  "# HELP veriseg_deploy_pending 1 while a deploy waits for its blob (the "
-                  "superseded key keeps scoring).",
-                  "# TYPE veriseg_deploy_pending gauge"]
-        p = s["deploy_pending"]
-        if p:
-            lines.append(f'veriseg_deploy_pending{{deployment="{p["name"]}",version="{p["version"]}",'
-                         f'key="{p["key"]}"}} 1')
-        else:
-            lines.append("veriseg_deploy_pending 0")
-        return "\n".join(lines) + "\n"
-
+        """The flow's metrics in the Prometheus text format."""
+        return generate_latest(self.registry).decode()

@@ -265,6 +265,18 @@ def env_for(tmp_path, source, model, **extra) -> dict:
     return env
 
 
+def prom_value(text: str, sample: str, **labels):
+    """The value of the Prometheus sample ``sample`` whose labels include ``labels`` (parsed
+    with prometheus_client's own parser: label order and number format do not matter),
+    or None when there is none."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == sample and all(s.labels.get(k) == str(v) for k, v in labels.items()):
+                return s.value
+    return None
+
+
 def read_jsonl(path) -> list[dict]:
     import json
     p = Path(path)

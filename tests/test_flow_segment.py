@@ -17,7 +17,7 @@ from bytewax.testing import run_main
 
 from dataflows.segment import build_flow
 from flow_fixtures import (HOSTILE_HEADERS, FakeRegistry, env_for, hostile_blob, make_blob,
-                           make_clip, make_folder, read_jsonl, register_embedded, score_start,
+                           make_clip, make_folder, prom_value, read_jsonl, register_embedded, score_start,
                            wait_for)
 from operators.config import ConfigError, load_config
 from operators.model_reader import ModelRefused
@@ -138,8 +138,11 @@ def test_video_end_to_end_outputs_and_keys(tmp_path):
     assert summary["frames_by_model_key"] == {key: 20}
     assert summary["provider"] == "CPUExecutionProvider"
     prom = (out / "metrics.prom").read_text()
-    assert 'veriseg_frames_total{stream="clip",stage="scored"} 20' in prom
-    assert f'veriseg_model_in_use{{stream="clip",key="{key}"}} 1' in prom
+    assert prom_value(prom, "veriseg_frames_total", stream="clip", stage="scored") == 20
+    assert prom_value(prom, "veriseg_model_in_use", stream="clip", key=key) == 1
+    assert prom_value(prom, "veriseg_latency_seconds_count", stage="score") == 20
+    assert prom_value(prom, "veriseg_latency_seconds_bucket", stage="score", le="+Inf") == 20
+    assert prom_value(prom, "veriseg_runtime_info", provider="CPUExecutionProvider") == 1
     # anchors: 8 + 8 + 4 frames, each batch anchored once on the (fake) chain
     batches = sorted((out / "anchors" / "clip").glob("*.json"))
     assert [b.name for b in batches] == ["000000-000007.json", "000008-000015.json",
@@ -246,6 +249,11 @@ def test_two_flows_in_one_process_run_side_by_side_with_their_own_state(tmp_path
             assert not (cfg.out / sid / "masks").exists() and max(r["batch"] for r in rows) > 1
         stats = flow.context.stats
         assert dict(stats.scored) == {sid: n} and dict(stats.by_key) == {key: n}
+        # each flow has its own metrics registry: the other stream never shows in it
+        prom = (cfg.out / "metrics.prom").read_text()
+        assert prom_value(prom, "veriseg_frames_total", stage="scored") == n
+        other = "two" if sid == "one" else "one"
+        assert prom_value(stats.prometheus(), "veriseg_frames_total", stream=other) is None
         summary = json.loads((cfg.out / "summary.json").read_text())
         assert summary["frames_by_model_key"] == {key: n} and summary["scored"] == n
         assert flow.context.sessions.keys() == [key]
@@ -424,7 +432,7 @@ def test_a_hostile_file_in_the_model_folder_never_turns_revocation_off(tmp_path,
     assert [r["seq"] for r in rows] == list(range(80)) and keys[-1] == key_c
     assert summary["bad_model_files"] == 1 and str(bad) in summary["bad_model_file_reports"][0]
     assert "\n" not in summary["bad_model_file_reports"][0]
-    assert "veriseg_bad_model_files_total 1" in (cfg.out / "metrics.prom").read_text()
+    assert prom_value((cfg.out / "metrics.prom").read_text(), "veriseg_bad_model_files_total") == 1
 
 
 class _BrokenEvents(FakeRegistry):
@@ -630,8 +638,12 @@ def test_metrics_http_endpoint_while_running(tmp_path):
     th = _when_scored(flow, 5, fetch)
     run_main(flow)
     th.join()
-    assert "veriseg_fps" in got["body"] and f'key="{key}"' in got["body"]
-    assert 'veriseg_frames_total{stream="f",stage="scored"}' in got["body"]
+    assert prom_value(got["body"], "veriseg_fps") is not None
+    assert prom_value(got["body"], "veriseg_model_in_use", stream="f", key=key) == 1
+    assert prom_value(got["body"], "veriseg_frames_total", stream="f", stage="scored") >= 5
+    # served with the flow only: the port is closed once the flow ends
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
 
 
 def test_require_gpu_without_a_gpu_refuses_with_one_line(tmp_path):
@@ -949,7 +961,8 @@ def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog)
     run_main(flow)
     th.join()
     assert marks["pending"] and marks["kept_scoring"]
-    assert f'veriseg_deploy_pending{{deployment="tiny",version="2",key="{key_b}"}} 1' in marks["prom"]
+    assert prom_value(marks["prom"], "veriseg_deploy_pending", deployment="tiny", version="2",
+                      key=key_b) == 1
     said = [r.getMessage() for r in caplog.records if "still scoring with the superseded" in r.getMessage()]
     assert len(said) == 1 and key_a[:12] in said[0] and key_b in said[0]
     assert marks["b_loaded"], "the deploy was dropped: its blob arrived and the flow never took it"

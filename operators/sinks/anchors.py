@@ -52,7 +52,7 @@ class AnchorSender:
             path, batch = item
             if batch.model_key in self.revoked:
                 # the registry does not certify results of a revoked model; the flow never asks
-                self.stats.anchor_failures += 1
+                self.stats.anchor_failed()
                 log.error("anchor %s not sent: model %s is revoked (%s)", path.name,
                           batch.model_key[:12], self.revoked.reason(batch.model_key) or "no reason given")
                 continue
@@ -61,10 +61,10 @@ class AnchorSender:
                 try:
                     batch.anchor(self.reg)
                     write_sealed(path, batch, self.secret)
-                    self.stats.anchors += 1
+                    self.stats.anchor_sent()
                     break
                 except chain.errors.ChainUnavailable as e:
-                    self.stats.anchor_failures += 1
+                    self.stats.anchor_failed()
                     log.warning("anchor %s: chain unavailable (%s); retrying in %.1fs", path.name,
                                 first_line(e, 120), delay)
                     time.sleep(delay)
@@ -79,17 +79,17 @@ class AnchorSender:
                     if got and got[0] == batch.model_key and got[1:3] == (batch.first_seq, batch.last_seq):
                         batch.chain = {"tx_hash": None, "block": got[3], "note": "already anchored"}
                         write_sealed(path, batch, self.secret)
-                        self.stats.anchors += 1
+                        self.stats.anchor_sent()
                     else:
-                        self.stats.anchor_failures += 1
+                        self.stats.anchor_failed()
                         log.error("anchor %s refused: root already anchored for %s", path.name, got)
                     break
                 except chain.errors.ChainError as e:
-                    self.stats.anchor_failures += 1
+                    self.stats.anchor_failed()
                     log.error("anchor %s refused: %s", path.name, first_line(e))
                     break
                 except Exception as e:  # noqa: BLE001 - keep the sender alive for later batches
-                    self.stats.anchor_failures += 1
+                    self.stats.anchor_failed()
                     log.error("anchor %s failed: %s: %s (batch file kept; anchor it later with "
                               "python -m chain anchor)", path.name, type(e).__name__, e)
                     break
@@ -113,7 +113,7 @@ def resend_unsent(folder: Path, *, secret: Optional[bytes], registry, sender: "A
         if raw.get("chain"):
             continue
         if not is_sealed(secret, batch, raw):
-            stats.anchors_refused += 1
+            stats.anchor_refused()
             log.error("anchor batch %s not sent: it carries no valid seal of this device, so "
                       "this flow did not write it (planted or altered)", path)
             continue

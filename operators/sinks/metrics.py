@@ -1,5 +1,6 @@
 """The flow's metrics: ``metrics.prom`` every second (and over HTTP), the progress line and
-``summary.json`` at the end."""
+``summary.json`` at the end.  The metrics themselves are the flow's prometheus_client
+registry (:class:`operators.telemetry.Stats`)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ import os
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
 from model_store.util import atomic_write
+from prometheus_client import start_http_server, write_to_textfile
 
 from ..telemetry import log
 
@@ -19,12 +20,17 @@ __all__ = ["MetricsPublisher", "process_suffix", "write_summary"]
 
 
 class MetricsPublisher:
-    """Writes ``metrics.prom`` every second and serves it over HTTP when a port is set."""
+    """Writes ``metrics.prom`` every second (``write_to_textfile``: written aside, then
+    renamed) and, when a port is set, serves the flow's registry with prometheus_client's
+    own HTTP server on ``host`` (loopback unless VERISEG_METRICS_HOST says otherwise), from
+    the first user's acquire to the last one's release."""
 
-    def __init__(self, stats, out: Path, port: Optional[int] = None, progress: bool = False):
+    def __init__(self, stats, out: Path, port: Optional[int] = None, progress: bool = False,
+                 host: str = "127.0.0.1"):
         self.stats = stats
         self.out = out
         self.port = port
+        self.host = host
         self.progress = progress
         self.stop = threading.Event()
         self.users = 0
@@ -39,26 +45,13 @@ class MetricsPublisher:
                 return
             self.stop.clear()
             if self.port:
-                stats = self.stats
-
-                class H(BaseHTTPRequestHandler):
-                    def do_GET(self):  # noqa: N802
-                        body = stats.prometheus().encode()
-                        self.send_response(200 if self.path in ("/", "/metrics") else 404)
-                        self.send_header("Content-Type", "text/plain; version=0.0.4")
-                        self.send_header("Content-Length", str(len(body)))
-                        self.end_headers()
-                        self.wfile.write(body)
-
-                    def log_message(self, *a):
-                        pass
                 try:
-                    self.server = ThreadingHTTPServer(("0.0.0.0", self.port), H)
-                    threading.Thread(target=self.server.serve_forever, daemon=True,
-                                     name="veriseg-metrics-http").start()
-                    log.info("metrics on http://0.0.0.0:%d/metrics", self.port)
+                    self.server, _ = start_http_server(self.port, addr=self.host,
+                                                       registry=self.stats.registry)
+                    log.info("metrics on http://%s:%d/metrics", self.host, self.port)
                 except OSError as e:
-                    log.error("VERISEG_METRICS_PORT=%d: cannot listen: %s", self.port, e.strerror or e)
+                    log.error("VERISEG_METRICS_PORT=%d: cannot listen on %s: %s", self.port,
+                              self.host, e.strerror or e)
                     self.server = None
             self.thread = threading.Thread(target=self._run, daemon=True, name="veriseg-metrics")
             self.thread.start()
@@ -82,11 +75,12 @@ class MetricsPublisher:
         return last
 
     def _write(self):
+        path = self.out / f"metrics{process_suffix()}.prom"
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out / f"metrics{process_suffix()}.prom", self.stats.prometheus())
+            write_to_textfile(str(path), self.stats.registry)
         except OSError as e:
-            log.error("cannot write %s: %s", self.out / "metrics.prom", e.strerror or e)
+            log.error("cannot write %s: %s", path, e.strerror or e)
 
     def _progress(self, final=False):
         done = dict(self.stats.written)

@@ -53,7 +53,8 @@ class ResultSink(FixedPartitionedSink):
     def __init__(self, ctx, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True,
                  video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
-                 video_scale: float = 1.0, home: Optional[Path] = None):
+                 video_scale: float = 1.0, home: Optional[Path] = None,
+                 metrics_host: str = "127.0.0.1"):
         self.stats, self.revoked = ctx.stats, ctx.revoked
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
         self.out = Path(out)
@@ -65,7 +66,7 @@ class ResultSink(FixedPartitionedSink):
         self.registry = registry
         self.fps = fps
         self.summary_extra = summary_extra or {}
-        self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress)
+        self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress, metrics_host)
         self.anchoring = None
         self.sender = None
         self._closed: set = set()
@@ -170,7 +171,7 @@ def result_sink(ctx: FlowContext) -> ResultSink:
     return ResultSink(ctx, cfg.out, cfg.stream_ids, classes=classes_of(first.card),
                       masks=cfg.masks, video=cfg.video, jsonl=cfg.jsonl,
                       anchor_every=cfg.anchor_every, registry=ctx.registry,
-                      metrics_port=cfg.metrics_port, progress=progress, fps=_video_fps(cfg),
+                      metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host, progress=progress, fps=_video_fps(cfg),
                       summary_extra={"config": _config_summary(cfg), "model": model},
                       video_scale=cfg.video_scale, home=cfg.home)
 
