@@ -11,9 +11,7 @@ import contextlib
 import json
 import logging
 import os
-import random
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -28,6 +26,7 @@ from model_store.util import atomic_write, first_line
 from . import errors
 from ._revert import ErrorDecoder, is_revert, to_chain_error
 from .artifact import load_artifact
+from .retries import is_transient, retry, unavailable  # noqa: F401 - re-exported
 
 log = logging.getLogger("chain")
 T = TypeVar("T")
@@ -62,64 +61,9 @@ def stream_hash(stream: str) -> bytes:
     return keccak(str(stream).encode("utf-8"))
 
 
-_TRANSIENT: tuple[type[BaseException], ...] | None = None
-
-
-def _transient_types() -> tuple[type[BaseException], ...]:
-    global _TRANSIENT
-    if _TRANSIENT is None:
-        import requests
-        from web3.exceptions import ProviderConnectionError, RequestTimedOut, TimeExhausted
-        _TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                      ProviderConnectionError, RequestTimedOut, TimeExhausted,
-                      ConnectionError, TimeoutError)
-    return _TRANSIENT
-
-
-def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, _transient_types())
-
-
 def _is_funds_error(exc: BaseException) -> bool:
     msg = str(exc).lower()
     return "cannot afford" in msg or "insufficient funds" in msg
-
-
-def retry(fn: Callable[[], T], *, attempts: int = 3, base_delay: float = 0.2,
-          max_delay: float = 2.0, deadline: float | None = None,
-          on_error: Callable[[BaseException], errors.ChainError] | None = None) -> T:
-    """Call ``fn``; on a transient (connection / timeout) error retry with exponential
-    backoff and jitter, at most ``attempts`` times and never past ``deadline`` seconds
-    in total. The last error is converted by ``on_error`` (default: ChainUnavailable)."""
-    start = time.monotonic()
-    delay = base_delay
-    for i in range(attempts):
-        try:
-            return fn()
-        except errors.ChainError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not is_transient(exc):
-                raise
-            spent = time.monotonic() - start
-            last = i == attempts - 1 or (deadline is not None and spent + delay > deadline)
-            if last:
-                if on_error is not None:
-                    raise on_error(exc) from exc
-                raise errors.ChainUnavailable(f"chain unavailable: {exc}") from exc
-            time.sleep(delay * (0.75 + random.random() / 2))
-            delay = min(delay * 2, max_delay)
-    raise AssertionError("unreachable")
-
-
-def unavailable(endpoint: str, what: str) -> Callable[[BaseException], errors.ChainError]:
-    """A converter of transport errors into a one-line ChainUnavailable."""
-    def conv(exc: BaseException) -> errors.ChainError:
-        reason = first_line(exc, 160)
-        return errors.ChainUnavailable(
-            f"chain node {endpoint} unavailable while {what} ({type(exc).__name__}: "
-            f"{reason}); check that the node runs and the URL is right")
-    return conv
 
 
 @dataclass(frozen=True)

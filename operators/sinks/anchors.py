@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +29,7 @@ class AnchorSender:
         self.out = out
         self.secret = secret   # seals the batch file again once its tx is recorded
         self.q: "queue.Queue" = queue.Queue()
+        self.give_up = threading.Event()   # set when close() stops waiting for the chain
         self.thread = threading.Thread(target=self._run, daemon=True, name="veriseg-anchor")
         self.thread.start()
 
@@ -40,14 +40,14 @@ class AnchorSender:
         self.q.put(None)
         self.thread.join(timeout)
         if self.thread.is_alive():
+            self.give_up.set()      # stop waiting out the outage: the files are resent next start
             log.warning("anchors still queued after %.0fs (chain down?); their batch files stay in "
                         "%s without a tx hash", timeout, self.out / "anchors")
 
     def _run(self):
-        import chain
         while True:
             item = self.q.get()
-            if item is None:
+            if item is None or self.give_up.is_set():
                 return
             path, batch = item
             if batch.model_key in self.revoked:
@@ -56,43 +56,51 @@ class AnchorSender:
                 log.error("anchor %s not sent: model %s is revoked (%s)", path.name,
                           batch.model_key[:12], self.revoked.reason(batch.model_key) or "no reason given")
                 continue
-            delay = 0.5
-            while True:
-                try:
-                    batch.anchor(self.reg)
-                    write_sealed(path, batch, self.secret)
-                    self.stats.anchor_sent()
-                    break
-                except chain.errors.ChainUnavailable as e:
-                    self.stats.anchor_failed()
-                    log.warning("anchor %s: chain unavailable (%s); retrying in %.1fs", path.name,
-                                first_line(e, 120), delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-                except chain.errors.RootAlreadyAnchored:
-                    # idempotent on replay (recovery, re-runs): the same root, key and range
-                    # already on chain counts as anchored
-                    try:
-                        got = self.reg.anchor_of(batch.root)
-                    except chain.errors.ChainError:
-                        got = None
-                    if got and got[0] == batch.model_key and got[1:3] == (batch.first_seq, batch.last_seq):
-                        batch.chain = {"tx_hash": None, "block": got[3], "note": "already anchored"}
-                        write_sealed(path, batch, self.secret)
-                        self.stats.anchor_sent()
-                    else:
-                        self.stats.anchor_failed()
-                        log.error("anchor %s refused: root already anchored for %s", path.name, got)
-                    break
-                except chain.errors.ChainError as e:
-                    self.stats.anchor_failed()
-                    log.error("anchor %s refused: %s", path.name, first_line(e))
-                    break
-                except Exception as e:  # noqa: BLE001 - keep the sender alive for later batches
-                    self.stats.anchor_failed()
-                    log.error("anchor %s failed: %s: %s (batch file kept; anchor it later with "
-                              "python -m chain anchor)", path.name, type(e).__name__, e)
-                    break
+            self._send(path, batch)
+
+    def _send(self, path: Path, batch) -> None:
+        """One batch: an outage is waited out (chain.retries.outage_policy), a refusal is
+        final (logged, counted, the file kept)."""
+        import chain
+        from chain.retries import outage_policy
+
+        def outage(state) -> None:
+            self.stats.anchor_failed()
+            log.warning("anchor %s: chain unavailable (%s); retrying in %.1fs", path.name,
+                        first_line(state.outcome.exception(), 120), state.upcoming_sleep)
+
+        def send() -> None:
+            batch.anchor(self.reg)
+            write_sealed(path, batch, self.secret)
+
+        try:
+            outage_policy(self.give_up, before_sleep=outage)(send)
+            self.stats.anchor_sent()
+        except chain.errors.ChainUnavailable as e:     # given up at close
+            self.stats.anchor_failed()
+            log.warning("anchor %s left unsent (%s); it is sent at the next start", path.name,
+                        first_line(e, 120))
+        except chain.errors.RootAlreadyAnchored:
+            # idempotent on replay (recovery, re-runs): the same root, key and range
+            # already on chain counts as anchored
+            try:
+                got = self.reg.anchor_of(batch.root)
+            except chain.errors.ChainError:
+                got = None
+            if got and got[0] == batch.model_key and got[1:3] == (batch.first_seq, batch.last_seq):
+                batch.chain = {"tx_hash": None, "block": got[3], "note": "already anchored"}
+                write_sealed(path, batch, self.secret)
+                self.stats.anchor_sent()
+            else:
+                self.stats.anchor_failed()
+                log.error("anchor %s refused: root already anchored for %s", path.name, got)
+        except chain.errors.ChainError as e:
+            self.stats.anchor_failed()
+            log.error("anchor %s refused: %s", path.name, first_line(e))
+        except Exception as e:  # noqa: BLE001 - keep the sender alive for later batches
+            self.stats.anchor_failed()
+            log.error("anchor %s failed: %s: %s (batch file kept; anchor it later with "
+                      "python -m chain anchor)", path.name, type(e).__name__, e)
 
 
 def resend_unsent(folder: Path, *, secret: Optional[bytes], registry, sender: "AnchorSender",
