@@ -157,11 +157,9 @@ class Registry:
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self.decoder = ErrorDecoder(self.abi)
         self._lock = threading.RLock()
-        self._topic_to_event = {}
-        for item in self.abi:
-            if item.get("type") == "event":
-                sig = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
-                self._topic_to_event[keccak(text=sig)] = item["name"]
+        # topic0 of each event, as web3 computes it from the ABI
+        self._topic_to_event = {bytes.fromhex(ev.topic.removeprefix("0x")): ev.event_name
+                                for ev in self.contract.events}
         if check_code:
             code = self._read(lambda: self.w3.eth.get_code(self.address), "reading contract code")
             if not code:
@@ -278,8 +276,9 @@ class Registry:
                 return gas, nonce, self._fees(), self.w3.eth.chain_id
             gas, nonce, fees, chain_id = retry(prepare, attempts=3, deadline=10.0,
                                                on_error=down)
-            tx = {"to": self.address, "data": fn._encode_transaction_data(), "value": 0,
-                  "gas": int(gas * 1.25) + 10_000, "nonce": nonce, "chainId": chain_id, **fees}
+            # every field given: build_transaction encodes the call and asks the node nothing
+            tx = fn.build_transaction({"from": frm, "value": 0, "gas": int(gas * 1.25) + 10_000,
+                                       "nonce": nonce, "chainId": chain_id, **fees})
             signed = self.account.sign_transaction(tx)
             raw = bytes(signed.raw_transaction)
             if self.embedded is not None:
@@ -470,22 +469,22 @@ class Registry:
 
     def _logs(self, topics: list, from_block: int, to_block: int) -> list[ChainEvent]:
         """Decoded registry logs matching ``topics`` (eth_getLogs positions), in chain order,
-        read in LOG_CHUNK-block requests."""
-        out: list[ChainEvent] = []
-        start = from_block
-        while start <= to_block:
-            end = min(to_block, start + LOG_CHUNK - 1)
+        read in LOG_CHUNK-block requests.  One request per chunk for all the wanted event
+        kinds (web3's ``contract.events.X.get_logs`` asks once per kind), decoded by web3's
+        ``process_log``."""
+        def read(start: int, end: int) -> list:
             flt = {"fromBlock": start, "toBlock": end, "address": self.address, "topics": topics}
-            for lg in self._read(lambda: self.w3.eth.get_logs(flt), "reading events"):
-                ev = self._decode_log(lg)
-                if ev is not None:
-                    out.append(ev)
-            start = end + 1
+            logs = self._read(lambda: self.w3.eth.get_logs(flt), "reading events")
+            return [self._decode_log(lg) for lg in logs]
+        return self._chunked(read, from_block, to_block)
+
+    @staticmethod
+    def _chunked(read: Callable[[int, int], list], from_block: int, to_block: int) -> list[ChainEvent]:
+        out: list[ChainEvent] = []
+        for start in range(from_block, to_block + 1, LOG_CHUNK):
+            out += [ev for ev in read(start, min(to_block, start + LOG_CHUNK - 1)) if ev is not None]
         out.sort(key=lambda e: (e.block, e.log_index))
         return out
-
-    def _topic(self, kind: str) -> bytes:
-        return next(t for t, n in self._topic_to_event.items() if n == kind)
 
     def deployments_of(self, key: str, from_block: int = 0) -> list[KeyDeployment]:
         """Every deployment name that ever pointed at ``key``, found by the key (the
@@ -494,7 +493,14 @@ class Registry:
         A rollback check refuses a key that any of them has moved on from (``superseded``)."""
         k = normalize_key(key)
         latest = self.block_number()
-        evs = self._logs(["0x" + self._topic("Deployed").hex(), None, "0x" + k], from_block, latest)
+        deployed = self.contract.events.Deployed
+
+        def read(start: int, end: int) -> list:
+            got = self._read(lambda: deployed.get_logs(argument_filters={"key": bytes.fromhex(k)},
+                                                       from_block=start, to_block=end),
+                             "reading events")
+            return [self._event(ev) for ev in got]
+        evs = self._chunked(read, from_block, latest)
         last: dict[str, ChainEvent] = {}
         for ev in evs:
             if ev.deployment is not None and (ev.key or "").lower() == k:
@@ -510,11 +516,15 @@ class Registry:
         name = self._topic_to_event.get(topic0)
         if name is None:
             return None
-        ev = getattr(self.contract.events, name)().process_log(lg)
+        return self._event(getattr(self.contract.events, name)().process_log(lg))
+
+    @staticmethod
+    def _event(ev) -> ChainEvent:
+        """A ChainEvent from web3's decoded event data."""
         a = {k: _jsonable(v) for k, v in dict(ev["args"]).items()}
         key = a.get("key") or a.get("modelKey")
-        return ChainEvent(kind=name, block=int(lg["blockNumber"]), log_index=int(lg["logIndex"]),
-                          tx_hash=bytes(lg["transactionHash"]).hex(), key=key,
+        return ChainEvent(kind=ev["event"], block=int(ev["blockNumber"]), log_index=int(ev["logIndex"]),
+                          tx_hash=bytes(ev["transactionHash"]).hex(), key=key,
                           deployment=a.get("deployment"),
                           version=int(a["version"]) if "version" in a else None,
                           reason=a.get("reason"), args=a)
