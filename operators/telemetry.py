@@ -50,8 +50,9 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.1
 
 
 def _counts(metric, label: str, **match) -> dict:
-    """``{label value: count}`` of a counter's samples whose other labels match."""
-    out = {}
+    """``{label value: count}`` of a counter's samples whose other labels match (0 for any
+    other value, as the dicts these replaced)."""
+    out: dict = defaultdict(int)
     for fam in metric.collect():
         for s in fam.samples:
             if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in match.items()):
@@ -145,12 +146,13 @@ class Stats:
 
     @property
     def dropped(self) -> dict:
-        out: dict = defaultdict(dict)
+        """stream -> reason -> frames (0 for any other stream or reason)."""
+        out: dict = defaultdict(lambda: defaultdict(int))
         for fam in self._dropped.collect():
             for s in fam.samples:
                 if s.name.endswith("_total"):
                     out[s.labels["stream"]][s.labels["reason"]] = int(s.value)
-        return dict(out)
+        return out
 
     @property
     def provider(self) -> Optional[str]:
@@ -282,10 +284,11 @@ class Stats:
 
     def snapshot(self) -> dict:
         pct = self.percentiles()
-        counts = {"frames_decoded": self.decoded, "frames_scored": self.scored,
-                  "frames_written": self.written, "frames_dropped": self.dropped,
-                  "bad_frames": self.bad, "reconnects": self.reconnects,
-                  "frames_by_model_key": self.by_key, "anchors_sent": self.anchors,
+        counts = {"frames_decoded": dict(self.decoded), "frames_scored": dict(self.scored),
+                  "frames_written": dict(self.written),
+                  "frames_dropped": {s: dict(d) for s, d in self.dropped.items()},
+                  "bad_frames": dict(self.bad), "reconnects": dict(self.reconnects),
+                  "frames_by_model_key": dict(self.by_key), "anchors_sent": self.anchors,
                   "anchor_failures": self.anchor_failures, "anchors_refused": self.anchors_refused,
                   "bad_model_files": self.bad_model_files}
         with self._lock:
