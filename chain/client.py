@@ -420,8 +420,7 @@ class Registry:
         counted: a node that dropped logs could otherwise hide a conflicting anchor."""
         sid = stream_hash(stream)
         latest = self.block_number()
-        evs = self._logs(["0x" + self._topic("Anchored").hex(), None, "0x" + sid.hex()],
-                         from_block, latest)
+        evs = self._filtered("Anchored", {"streamId": sid}, from_block, latest)
         out = [AnchorRecord(str(e.args["merkleRoot"]), str(e.args["modelKey"]),
                             str(e.args["streamId"]), to_checksum_address(e.args["anchorer"]),
                             int(e.args["firstSeq"]), int(e.args["lastSeq"]), e.block)
@@ -478,6 +477,17 @@ class Registry:
             return [self._decode_log(lg) for lg in logs]
         return self._chunked(read, from_block, to_block)
 
+    def _filtered(self, kind: str, filters: dict, from_block: int, to_block: int) -> list[ChainEvent]:
+        """``kind`` events whose indexed arguments match ``filters``: web3's
+        ``contract.events.X.get_logs(argument_filters=...)``, in LOG_CHUNK-block requests."""
+        event = getattr(self.contract.events, kind)
+
+        def read(start: int, end: int) -> list:
+            got = self._read(lambda: event.get_logs(argument_filters=filters, from_block=start,
+                                                    to_block=end), "reading events")
+            return [self._event(ev) for ev in got]
+        return self._chunked(read, from_block, to_block)
+
     @staticmethod
     def _chunked(read: Callable[[int, int], list], from_block: int, to_block: int) -> list[ChainEvent]:
         out: list[ChainEvent] = []
@@ -493,14 +503,7 @@ class Registry:
         A rollback check refuses a key that any of them has moved on from (``superseded``)."""
         k = normalize_key(key)
         latest = self.block_number()
-        deployed = self.contract.events.Deployed
-
-        def read(start: int, end: int) -> list:
-            got = self._read(lambda: deployed.get_logs(argument_filters={"key": bytes.fromhex(k)},
-                                                       from_block=start, to_block=end),
-                             "reading events")
-            return [self._event(ev) for ev in got]
-        evs = self._chunked(read, from_block, latest)
+        evs = self._filtered("Deployed", {"key": bytes.fromhex(k)}, from_block, latest)
         last: dict[str, ChainEvent] = {}
         for ev in evs:
             if ev.deployment is not None and (ev.key or "").lower() == k:
