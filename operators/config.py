@@ -52,6 +52,8 @@ ENV_DOC: dict[str, str] = {
     "VERISEG_STATUS_MAX_AGE": "seconds a model status verified online stays usable when the registry "
                               "is unreachable at start (default 0: refuse to start)",
     "VERISEG_MASKS": "1/0: write class-map PNGs (default 1)",
+    "VERISEG_MASK_SIZE": "model | frame: class-map PNGs at the model's picture size (default; the "
+                         "cheapest) or at the source frame's own size, as dataset labels are",
     "VERISEG_VIDEO": "1/0: write the colour overlay video (default 1)",
     "VERISEG_JSONL": "1/0: write per-frame JSON lines (default 1)",
     "VERISEG_VIDEO_SCALE": "size of the overlay video relative to the model input, 0 < s <= 1 "
@@ -110,6 +112,7 @@ class Config:
     anchor_every: int = 100
     poll: float = 1.0
     masks: bool = True
+    mask_size: str = "model"        # model | frame
     video: bool = True
     jsonl: bool = True
     metrics_port: Optional[int] = None
@@ -341,6 +344,10 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
     if providers not in ("auto", "tensorrt", "cuda", "cpu"):
         problems.append(f"VERISEG_PROVIDERS: expected auto, tensorrt, cuda or cpu, got {providers!r}")
 
+    mask_size = (env.get("VERISEG_MASK_SIZE", "model").strip() or "model").lower()
+    if mask_size not in ("model", "frame"):
+        problems.append(f"VERISEG_MASK_SIZE: expected model or frame, got {mask_size!r}")
+
     backend = (env.get("VERISEG_BACKEND", "auto").strip() or "auto").lower()
     if backend not in ("auto", "openvino", "onnxruntime"):
         problems.append(f"VERISEG_BACKEND: expected auto, openvino or onnxruntime, got {backend!r}")
@@ -387,6 +394,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         anchor_every=_int(env, "VERISEG_ANCHOR_EVERY", 100, problems, lo=0, hi=1_000_000),
         poll=_float(env, "VERISEG_POLL", 1.0, problems, hi=3600.0),
         masks=_bool(env, "VERISEG_MASKS", True, problems),
+        mask_size=mask_size,
         video=_bool(env, "VERISEG_VIDEO", True, problems),
         jsonl=_bool(env, "VERISEG_JSONL", True, problems),
         metrics_port=port if port else None,
