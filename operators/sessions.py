@@ -118,6 +118,12 @@ class SessionEntry:
     how: str = ""                # providers asked for and threads, for the log
     spec: object = None          # model_store.card.DriveSpec: how to feed it and read its output
 
+    @functools.cached_property
+    def classes(self) -> tuple:
+        """(name, RGB colour) of each class id, from the card: a hot swap to a model with
+        other classes names and colours its frames by its own card."""
+        return tuple((c.name, tuple(c.color)) for c in self.card.classes) if self.card is not None else ()
+
 
 def drive_spec(card, key: str):
     """The card's DriveSpec; a model the flow cannot drive is a ScoreError (one line)."""

@@ -212,3 +212,25 @@ def test_an_undrivable_only_model_ends_the_job_with_one_line_and_status_2(graph,
     assert "Traceback" not in p.stderr and len([ln for ln in lines if "error" in ln]) == 1, p.stderr
     assert "not a per-pixel map" in p.stderr or "does not describe its graph" in p.stderr, p.stderr
     assert not (tmp_path / "out" / "frames" / "results.jsonl").exists()
+
+
+def test_a_hot_swap_to_a_model_with_other_classes_names_its_frames_by_its_own_card(tmp_path, capsys):
+    """A 13-class model replaced by a 19-class one: each scored frame carries its model's
+    classes, so its shares, overlay colours and the verifier's names agree with that card."""
+    from operators.context import FlowContext
+    from operators.frames import Frame, ModelLoaded
+    from operators.score import ScoreLogic
+    from operators.sessions import SessionCache
+    events = []
+    for i, (make, opts) in enumerate([(bm.dynamic_size, [*IMAGENET, "--size", "64", "96"]),
+                                      (lambda: bm.dynamic_size(classes=19),
+                                       [*IMAGENET, "--size", "64", "96", "--classes", _classes_file(tmp_path)])]):
+        status, key, err = pack(tmp_path, make(), *opts, name=f"m{i}", capsys=capsys)
+        assert status == 0, err
+        card, onnx_bytes = ms.load(tmp_path / f"m{i}.vsb", key)
+        events.append(ModelLoaded(key, i + 1, name=f"m{i}", card=card, onnx=onnx_bytes))
+    logic = ScoreLogic(FlowContext(sessions=SessionCache(providers="cpu", threads=1)), "cam")
+    frames = [Frame("cam", i, 0.0, f"#{i}", f) for i, f in enumerate(bm.frames(2, size=FRAME))]
+    out, _ = logic.on_batch([("cam", events[0]), ("cam", frames[0]), ("cam", events[1]), ("cam", frames[1])])
+    assert [len(r.classes) for r in out] == [13, 19]
+    assert out[0].classes[0][0] == ms.CARLA_CLASSES[0].name and out[1].classes[18] == ("bicycle", (119, 11, 32))

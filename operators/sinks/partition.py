@@ -113,7 +113,8 @@ class ResultPartition(StatefulSinkPartition):
                 raise OSError(f"cannot write {self.dir / mask}")
         # chain.results owns the line and its leaf: anchor-verify recomputes both the same way
         record = frame_record(r.stream_id, r.seq, r.model_key, class_map, ts=r.ts, pos=r.pos,
-                              class_names=self.names, batch=r.batch, mask=mask,
+                              class_names=[n for n, _ in r.classes] if r.classes else self.names,
+                              batch=r.batch, mask=mask,
                               with_shares=self.jsonl is not None,
                               with_leaf=self.batcher is not None)
         if self.video is not None and r.image is not None:
