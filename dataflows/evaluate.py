@@ -24,6 +24,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from model_store.drive import palette_lut
 from operators.config import REPO_ROOT, ConfigError, load_config
 from operators.context import FlowContext, VerisegFlow
 from operators.frames import ScoredFrame
@@ -102,8 +103,9 @@ class _EvalPart(StatefulSinkPartition):
 
 
 class EvalSink(FixedPartitionedSink):
-    def __init__(self, stats, out: Path, stream_ids, class_names, model_info: dict):
+    def __init__(self, stats, out: Path, stream_ids, class_names, model_info: dict, lut=None):
         self.stats = stats
+        self.lut = lut   # the model's class colours for the grid
         self.out = Path(out)
         self.sids = list(stream_ids)
         self.class_names = tuple(class_names)
@@ -126,10 +128,10 @@ class EvalSink(FixedPartitionedSink):
             self.parts.append(part)
             if len(self.parts) < len(self.sids):
                 return
-        self.report = write_report(self.stats, self.out / "eval", self.parts, self.model_info)
+        self.report = write_report(self.stats, self.out / "eval", self.parts, self.model_info, self.lut)
 
 
-def write_report(stats, folder: Path, parts, model_info: dict) -> dict:
+def write_report(stats, folder: Path, parts, model_info: dict, lut=None) -> dict:
     from trainer.metrics import ConfusionMatrix, confusion_image, format_table, grid_image
     folder.mkdir(parents=True, exist_ok=True)
     names = parts[0].cm.names if parts else ()
@@ -161,7 +163,7 @@ def write_report(stats, folder: Path, parts, model_info: dict) -> dict:
          "matrix": cm.matrix.tolist()}, indent=None))
     cv2.imwrite(str(folder / "confusion.png"), cv2.cvtColor(confusion_image(cm), cv2.COLOR_RGB2BGR))
     if samples:
-        g = grid_image([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples])
+        g = grid_image([s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples], lut=lut)
         cv2.imwrite(str(folder / "grid.png"), cv2.cvtColor(g, cv2.COLOR_RGB2BGR))
     md = [f"# Evaluation: {frames} frames, model {model_info.get('key', '?')}", "",
           format_table(summ), "",
@@ -185,8 +187,9 @@ def evaluate_results(step_id: str, scored: Stream, ctx: FlowContext) -> None:
     stream ends."""
     cfg, first = ctx.config, ctx.first
     names = [c.name for c in first.card.classes] if first.card is not None else []
+    lut = palette_lut(first.card.classes) if first.card is not None else None
     model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
-    op.output("report", scored, EvalSink(ctx.stats, cfg.out, cfg.stream_ids, names, model))
+    op.output("report", scored, EvalSink(ctx.stats, cfg.out, cfg.stream_ids, names, model, lut))
 
 
 def _config_from_env():

@@ -75,6 +75,7 @@ class Config:
     anchor_every: int = 100
     poll: float = 1.0
     masks: bool = True
+    mask_size: str = "model"        # model | frame
     video: bool = True
     jsonl: bool = True
     metrics_port: Optional[int] = None
@@ -227,7 +228,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         chain_id=s.chain_id, out=s.out, backend=s.backend, providers=s.providers,
         require_gpu=s.require_gpu, threads=s.threads, batch=s.batch or 0, loop=s.loop,
         max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
-        poll=s.poll, masks=s.masks, video=s.video, jsonl=s.jsonl,
+        poll=s.poll, masks=s.masks, mask_size=s.mask_size, video=s.video, jsonl=s.jsonl,
         metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,
         web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,

@@ -95,6 +95,7 @@ class ScoredFrame:
     label: Optional[str] = None
     raw: Optional[np.ndarray] = None
     t_emit: float = 0.0      # perf_counter when the source queued the frame
+    classes: tuple = ()      # the scoring model's (name, RGB colour) per id; () : the flow's first model's
 
 
 @dataclass(frozen=True, eq=False)

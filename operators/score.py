@@ -17,6 +17,9 @@ import numpy as np
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from model_store.drive import postprocess, to_tensor
+from model_store.util import first_line
+
 from .context import FlowContext
 from .frames import Frame, ModelEvent, ModelLoaded, ModelRevoked, ScoredFrame, StreamEnd
 from .sessions import ScoreError, SessionEntry
@@ -131,35 +134,33 @@ class ScoreLogic(StatefulBatchLogic):
         return out
 
     def _run(self, e: SessionEntry, chunk) -> list:
-        imgs = []
-        for f in chunk:
-            if not e.pre.ready(f):
-                f = e.pre(f)
-            imgs.append(f.image)
+        chunk = [f if e.pre.ready(f) else e.pre(f) for f in chunk]
+        imgs = [f.image for f in chunk]
         shapes = {im.shape for im in imgs}
         if len(shapes) > 1:   # mixed sizes (dynamic-size model, raw frames): one at a time
             res = []
             for f in chunk:
                 res.extend(self._run(e, [f]))
             return res
-        x = imgs[0][None] if len(imgs) == 1 else np.stack(imgs)
+        if e.spec is None:
+            self._failed(chunk, f"model {e.key[:12]} has no card: the flow cannot tell how to drive it")
+            return []
+        picture = imgs[0].shape[:2]
+        # the card's pre/postprocessing (model_store.drive); a uint8 NHWC class-map graph
+        # (the shipped ENet) gets the frames' bytes and its ids as they are
+        x = to_tensor(imgs[0][None] if len(imgs) == 1 else np.stack(imgs), e.spec)
         t0 = time.perf_counter()
         try:
             y = e.session.run([e.output_name], {e.input_name: x})[0]
         except Exception as err:  # noqa: BLE001 - one bad batch must not stop the stream
-            msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            for f in chunk:
-                self.stats.bad_frame(self.sid, f"{f.pos}: scoring failed ({msg})")
-            self.stats.drop(self.sid, "score_error", len(chunk))
+            self._failed(chunk, f"scoring failed ({first_line(err)})")
             return []
         t1 = time.perf_counter()
-        if y.dtype != np.uint8:
-            if y.ndim == 4 and y.shape[1] > 1:
-                y = np.argmax(y, axis=1).astype(np.uint8)
-            else:
-                y = y.astype(np.uint8)
-        if y.ndim == 4:
-            y = y[:, 0] if y.shape[1] == 1 else y[..., 0]
+        try:
+            y = postprocess(y, e.spec, picture)
+        except ValueError as err:
+            self._failed(chunk, f"model {e.key[:12]} gave an output the card does not describe ({first_line(err)})")
+            return []
         score_ms = (t1 - t0) * 1e3
         n = len(chunk)
         res = []
@@ -171,11 +172,16 @@ class ScoreLogic(StatefulBatchLogic):
             res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n,
                                    latency_ms=lat, image=f.image, colour=f.colour,
                                    orig_size=f.orig_size, label=f.label, raw=f.raw,
-                                   t_emit=f.t_emit))
+                                   t_emit=f.t_emit, classes=e.classes))
         self.stats.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
                                                 "preprocess": chunk[0].preprocess_ms,
                                                 "wait": res[0].latency_ms["wait"], "score": score_ms})
         return res
+
+    def _failed(self, chunk, why: str) -> None:
+        for f in chunk:
+            self.stats.bad_frame(self.sid, f"{f.pos}: {why}")
+        self.stats.drop(self.sid, "score_error", len(chunk))
 
     # -- bytewax hooks ----------------------------------------------------------------
     def on_batch(self, values):

@@ -23,7 +23,7 @@ from .preprocess import Preprocessor
 from .telemetry import log
 
 __all__ = ["ScoreError", "GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "build_session",
-           "card_mismatch", "SessionEntry", "SessionCache", "cpu_threads", "gpu_driver"]
+           "card_mismatch", "drive_spec", "SessionEntry", "SessionCache", "cpu_threads", "gpu_driver"]
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -116,11 +116,28 @@ class SessionEntry:
     max_batch: Optional[int]     # None: dynamic batch dim
     card: object = None
     how: str = ""                # providers asked for and threads, for the log
+    spec: object = None          # model_store.card.DriveSpec: how to feed it and read its output
+
+    @functools.cached_property
+    def classes(self) -> tuple:
+        """(name, RGB colour) of each class id, from the card: a hot swap to a model with
+        other classes names and colours its frames by its own card."""
+        return tuple((c.name, tuple(c.color)) for c in self.card.classes) if self.card is not None else ()
+
+
+def drive_spec(card, key: str):
+    """The card's DriveSpec; a model the flow cannot drive is a ScoreError (one line)."""
+    from model_store.errors import BlobError
+    try:
+        return card.drive_spec()
+    except BlobError as e:
+        raise ScoreError(f"model {key[:12]}: {e}") from None
 
 
 def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
                   require_gpu: bool = False, threads: int = 0, home=None) -> SessionEntry:
     import onnxruntime as ort
+    spec = drive_spec(card, key) if card is not None else None   # before the costly build
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -155,17 +172,16 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
     max_batch = None
     if shp and isinstance(shp[0], int) and shp[0] > 0:
         max_batch = shp[0]
-    if card is not None:
-        pre = Preprocessor.for_card(card)
+    if spec is not None:
+        pre = Preprocessor.for_spec(spec)
     else:
         size = None
         if len(shp) == 4 and all(isinstance(d, int) and d > 0 for d in shp[1:3]):
             size = (shp[1], shp[2])
         pre = Preprocessor(size, "RGB")
-    if inp.type != "tensor(uint8)":
-        log.warning("model %s takes %s, not uint8: frames are cast per batch (slower)", key[:12], inp.type)
     return SessionEntry(key, sess, inp.name, out.name, active, pre, max_batch, card,
-                        f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads")
+                        f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads",
+                        spec)
 
 
 def card_mismatch(card, inp, out) -> Optional[str]:

@@ -135,6 +135,9 @@ class FlowSettings(BaseSettings):
                                 "the registry is unreachable at start (0: refuse to start)",
                                 main=True, ge=0, le=30 * 86400, allow_inf_nan=False)
     masks: bool = var(True, "1/0: write class-map PNGs", shown="1", main=True)
+    mask_size: Literal["model", "frame"] = var(
+        "model", "class-map PNGs at the model's picture size (model: the cheapest) or at the "
+        "source frame's own size (frame: as dataset labels are)", main=True)
     video: bool = var(True, "1/0: write the colour overlay video", shown="1", main=True)
     jsonl: bool = var(True, "1/0: write per-frame JSON lines", shown="1", main=True)
     video_scale: float = var(1.0, "size of the overlay video relative to the model input "

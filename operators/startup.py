@@ -13,7 +13,7 @@ from .config import Config, ConfigError, load_config
 from .context import FlowContext
 from .model_reader import ModelRefused, ModelWatcher, connect_registry
 from .preprocess import Preprocessor
-from .sessions import GPU_PROVIDERS
+from .sessions import GPU_PROVIDERS, ScoreError
 from .sources import check_pipeline
 
 __all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env", "lazy_flow"]
@@ -73,10 +73,13 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     ctx.registry = LockedRegistry(registry if registry is not None else connect_registry(cfg))
     ctx.watcher = ModelWatcher(ctx, ctx.registry, decrypt_key=decrypt_key)
     ctx.first = ctx.watcher.resolve()
+    try:   # a model the runtime cannot load is refused here, not on every frame
+        provider = ctx.sessions.get(ctx.first).provider
+    except ScoreError as e:
+        raise ModelRefused(f"model refused: {e}") from None
     ctx.preprocessor = Preprocessor.for_card(ctx.first.card) if cfg.preprocess else None
     ctx.batch = cfg.batch
     if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
-        provider = ctx.sessions.get(ctx.first).provider
         ctx.batch = 4 if provider in GPU_PROVIDERS else 1
     return ctx
 

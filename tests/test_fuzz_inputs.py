@@ -416,6 +416,7 @@ BAD_CONFIG = [
     ("VERISEG_STATUS_MAX_AGE", "inf", "expected seconds >= 0 and <= 2.592e+06"),
     ("VERISEG_STATUS_MAX_AGE", "a day", "expected a number of seconds, got 'a day'"),
     ("VERISEG_MASKS", "yes please", "expected 1/0"),
+    ("VERISEG_MASK_SIZE", "label", "expected model or frame"),
     ("VERISEG_VIDEO", "-1", "expected 1/0"),
     ("VERISEG_JSONL", "2", "expected 1/0"),
     ("VERISEG_VIDEO_SCALE", "0", "expected a number in (0, 1]"),

@@ -42,7 +42,14 @@ def test_a_stream_without_a_valid_model_is_paused_and_resumed_by_the_next_model(
     frame = Frame("paused-cam", 0, 0.0, "#0", np.zeros((8, 8, 3), np.uint8))
     out, _ = logic.on_batch([("paused-cam", frame)])
     assert out == [] and ctx.streams.paused("paused-cam") and len(logic.pending) == 1
-    out, _ = logic.on_batch([("paused-cam", ModelLoaded("c" * 64, 1, onnx=tiny_onnx()))])
+    from model_store import CARLA_CLASSES, ModelCard, TensorSpec
+    card = ModelCard(name="tiny", description="test", algorithm="argmax of the channels",
+                     created="2026-01-01T00:00:00Z", modified="2026-01-01T00:00:00Z", training_params={},
+                     classes=CARLA_CLASSES, scoring_function="class = largest channel",
+                     inputs=(TensorSpec("image", "uint8", ("N", 8, 8, 3), "NHWC", "RGB"),),
+                     outputs=(TensorSpec("classes", "uint8", ("N", 8, 8), "NHW", None),),
+                     metrics={}, onnx_opset=17)
+    out, _ = logic.on_batch([("paused-cam", ModelLoaded("c" * 64, 1, card=card, onnx=tiny_onnx()))])
     assert not ctx.streams.paused("paused-cam")
     assert [r.seq for r in out] == [0]
 

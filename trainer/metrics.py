@@ -118,15 +118,17 @@ def _text(img, s, org, scale=0.5, color=(255, 255, 255)):
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
-def grid_image(images, truths, preds, tile_width: int = 256) -> np.ndarray:
-    """Figure-6 style RGB grid: raw images (top row), ground truth (middle), prediction (bottom)."""
+def grid_image(images, truths, preds, tile_width: int = 256, lut: np.ndarray | None = None) -> np.ndarray:
+    """Figure-6 style RGB grid: raw images (top row), ground truth (middle), prediction (bottom).
+    ``lut``: uint8 [256, 3] RGB colour per id (a model's own classes); default the CARLA palette."""
+    paint = colorize if lut is None else (lambda ids: lut[np.asarray(ids, dtype=np.uint8)])
     cols = []
     for img, t, p in zip(images, truths, preds):
         h, w = t.shape
         th = int(round(tile_width * h / w))
         tiles = [cv2.resize(np.asarray(img), (tile_width, th), interpolation=cv2.INTER_AREA),
-                 cv2.resize(colorize(t), (tile_width, th), interpolation=cv2.INTER_NEAREST),
-                 cv2.resize(colorize(resize_prediction(p, h, w)), (tile_width, th), interpolation=cv2.INTER_NEAREST)]
+                 cv2.resize(paint(t), (tile_width, th), interpolation=cv2.INTER_NEAREST),
+                 cv2.resize(paint(resize_prediction(p, h, w)), (tile_width, th), interpolation=cv2.INTER_NEAREST)]
         cols.append(np.concatenate([np.pad(x, ((2, 2), (2, 2), (0, 0)), constant_values=255) for x in tiles], 0))
     grid = np.concatenate(cols, 1)
     for r, s in enumerate(("raw", "ground truth", "prediction")):

@@ -36,10 +36,15 @@ class OverlayVideo:
         self.folder = Path(folder)
         self.fps = fps
         self.scale = scale
-        self.lut3 = np.ascontiguousarray(class_lut(classes, "BGR").reshape(256, 1, 3))
+        self.lut3 = self._lut3(classes)
+        self._luts = {tuple(classes): self.lut3}   # per model's classes (hot swaps)
         self.segment = segment
         self.writer = None
         self.size = None
+
+    @staticmethod
+    def _lut3(classes: Sequence) -> np.ndarray:
+        return np.ascontiguousarray(class_lut(classes, "BGR").reshape(256, 1, 3))
 
     def write(self, r: ScoredFrame) -> None:
         img = r.image
@@ -50,7 +55,12 @@ class OverlayVideo:
             cm = cv2.resize(cm, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
         # a user colour map: the same pixels as cv2.LUT on a merged 3-channel copy in 1/5 of
         # the time (0.23 vs 1.2 ms at 512²), and ~40x faster than numpy fancy indexing
-        colour = cv2.applyColorMap(cm, self.lut3)
+        lut3 = self.lut3
+        if r.classes:
+            lut3 = self._luts.get(r.classes)
+            if lut3 is None:
+                lut3 = self._luts[r.classes] = self._lut3(r.classes)
+        colour = cv2.applyColorMap(cm, lut3)
         over = cv2.addWeighted(img, 0.5, colour, 0.5, 0.0)
         if self.scale != 1.0:
             over = cv2.resize(over, (max(2, int(over.shape[1] * self.scale)),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import cv2
+import numpy as np
 from bytewax.outputs import StatefulSinkPartition
 
 from chain.anchoring import AnchorBatcher
@@ -101,13 +102,19 @@ class ResultPartition(StatefulSinkPartition):
     def _write(self, r: ScoredFrame):
         t0 = time.perf_counter()
         mask = None
+        class_map = r.class_map
+        if self.sink.mask_size == "frame" and r.orig_size and class_map.shape[:2] != tuple(r.orig_size):
+            # the frame's own pixels (as labels are); the mask, its line and its leaf agree
+            h, w = r.orig_size
+            class_map = cv2.resize(np.ascontiguousarray(class_map), (w, h), interpolation=cv2.INTER_NEAREST)
         if self.sink.masks:
             mask = f"masks/{r.seq:06d}.png"
-            if not cv2.imwrite(str(self.dir / mask), r.class_map, _PNG_OPTS):
+            if not cv2.imwrite(str(self.dir / mask), class_map, _PNG_OPTS):
                 raise OSError(f"cannot write {self.dir / mask}")
         # chain.results owns the line and its leaf: anchor-verify recomputes both the same way
-        record = frame_record(r.stream_id, r.seq, r.model_key, r.class_map, ts=r.ts, pos=r.pos,
-                              class_names=self.names, batch=r.batch, mask=mask,
+        record = frame_record(r.stream_id, r.seq, r.model_key, class_map, ts=r.ts, pos=r.pos,
+                              class_names=[n for n, _ in r.classes] if r.classes else self.names,
+                              batch=r.batch, mask=mask,
                               with_shares=self.jsonl is not None,
                               with_leaf=self.batcher is not None)
         if self.video is not None and r.image is not None:

@@ -51,6 +51,7 @@ def _finish_with_error(msg: str):
 
 class ResultSink(FixedPartitionedSink):
     def __init__(self, ctx, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True,
+                 mask_size: str = "model",
                  video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
                  video_scale: float = 1.0, home: Optional[Path] = None,
@@ -62,6 +63,7 @@ class ResultSink(FixedPartitionedSink):
         self.sids = list(stream_ids)
         self.classes = tuple(classes or classes_of(None))
         self.masks, self.video, self.jsonl = masks, video, jsonl
+        self.mask_size = mask_size
         self.anchor_every = anchor_every
         self.registry = registry
         self.fps = fps
@@ -169,7 +171,7 @@ def result_sink(ctx: FlowContext) -> ResultSink:
                                        and not any(s.live for s in cfg.sources))
     model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
     return ResultSink(ctx, cfg.out, cfg.stream_ids, classes=classes_of(first.card),
-                      masks=cfg.masks, video=cfg.video, jsonl=cfg.jsonl,
+                      masks=cfg.masks, mask_size=cfg.mask_size, video=cfg.video, jsonl=cfg.jsonl,
                       anchor_every=cfg.anchor_every, registry=ctx.registry,
                       metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host, progress=progress, fps=_video_fps(cfg),
                       summary_extra={"config": _config_summary(cfg), "model": model},
