@@ -222,9 +222,11 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
     if problems:
         raise ConfigError(problems)
     default = "model" not in s.model_fields_set
+    # an unset VERISEG_HOME is the user's home at this call, not at import
+    home = s.home if "home" in s.model_fields_set else Path("~/.veriseg").expanduser()
     return Config(
         sources=sources, model=model, model_is_path=default or looks_like_path(model),
-        model_is_default=default, chain=s.chain, home=s.home, registry=s.registry,
+        model_is_default=default, chain=s.chain, home=home, registry=s.registry,
         chain_id=s.chain_id, out=s.out, backend=s.backend, providers=s.providers,
         require_gpu=s.require_gpu, threads=s.threads, batch=s.batch or 0, loop=s.loop,
         max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
