@@ -256,3 +256,25 @@ def test_openvino_class_maps_agree_with_onnx_runtime_on_the_sample_clip():
         got = np.concatenate([r.submit(x[i:i + 1]).result()[0] for i in range(len(x))])
         agree = float((got == ref).mean())
         assert agree >= 0.999, f"{name}: {100 * agree:.3f} % of pixels agree with ONNX Runtime"
+
+
+def test_openvino_compiles_after_a_gstreamer_pipeline_was_parsed():
+    """GStreamer's plugins loaded first made OpenVINO's first compile abort the process
+    (SIGSEGV); the gst source now loads OpenVINO's libraries before its own.  In a child
+    process, so a regression fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+    pytest.importorskip("openvino")
+    from operators.sources.gst import gst_available
+    need(gst_available(), "GStreamer and PyGObject")
+    code = ("import sys; sys.path[:0] = ['tests', '.']\n"
+            "from operators.sources import check_pipeline\n"
+            "check_pipeline('gst', 'videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=10/1')\n"
+            "from flow_fixtures import tiny_onnx\n"
+            "from operators.backends import compile_verified\n"
+            "import numpy as np\n"
+            "r, _ = compile_verified(tiny_onnx(), key='k' * 64, backend='openvino', threads=1)\n"
+            "print(r.submit(np.zeros((1, 32, 32, 3), np.uint8)).result()[0].shape)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-800:]
+    assert "(1, 32, 32)" in p.stdout
