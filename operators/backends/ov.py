@@ -20,22 +20,11 @@ import numpy as np
 
 from .base import Pending, Port, Runner, ScoreError, cpu_threads, one_line_error
 
-__all__ = ["available", "preload", "version", "OvRunner", "build", "HINTS"]
+__all__ = ["available", "version", "OvRunner", "build", "HINTS"]
 
 HINTS = ("THROUGHPUT", "LATENCY")
 # the longest a run may take before the score window gives up on it (a hung device)
 RUN_TIMEOUT_S = 120.0
-
-
-def preload() -> None:
-    """Load OpenVINO's libraries now, where it is installed.  Called before GStreamer loads
-    its plugins: the other way round, OpenVINO's first compile aborts the process
-    ("dlSym cannot locate method 'create_extensions'", then SIGSEGV/SIGABRT; OpenVINO
-    2026.4 with the distribution's GStreamer 1.x)."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        pass
 
 
 def available() -> bool:
