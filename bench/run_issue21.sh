@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 21's figures in one go (about 12-14 min on a free 2-core machine), into bench/results/:
-#   1. the int8 blob: NNCF on 100 training-part frames (0021-0393), accuracy of fp32 and int8
+#   1. the int8 blob: NNCF on 64 training-part frames (0021-0393), accuracy of fp32 and int8
 #      on the validation frames (0404-0499) on OpenVINO -> models/carla-enet-int8.vsb
 #      (written only when it loses <= 0.5 pt pixel accuracy; its card holds both accuracies)
 #   2. python -m bench perf --only-backends: raw ORT / OpenVINO LATENCY / THROUGHPUT, the
@@ -23,7 +23,7 @@ say "machine: $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg); $(grep -o -
 INT8=()
 if [ "${SKIP_INT8:-0}" != 1 ]; then
   say "1/3 int8 blob (NNCF)"
-  if $PY -m trainer quantize models/carla-enet.vsb --data "$DATA" --calib 100 --backend openvino \
+  if $PY -m trainer quantize models/carla-enet.vsb --data "$DATA" --calib 64 --backend openvino \
         -o models/carla-enet-int8.vsb 2>&1 | grep -v -i warning | tee -a "$log"; then :; fi
 fi
 [ -f models/carla-enet-int8.vsb ] && INT8=(--int8-blob models/carla-enet-int8.vsb) \
