@@ -17,7 +17,6 @@ that module stays readable; the leading underscore keeps it out of ``python -m b
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -119,7 +118,7 @@ def _int8_model(s, model: dict, work: Path, size: int, calib_n: int) -> Optional
         return None
     try:
         from trainer.data import find_pairs
-        from trainer.quantize import _frames, calibration_indices, int8_card, quantize_onnx
+        from trainer.quantize import _frames, calibration_indices, quantize_onnx
         pairs = find_pairs(d)
         cal, _ = calibration_indices(len(pairs), calib_n)
         t = time.perf_counter()
