@@ -14,15 +14,20 @@ RESULTS = Path(__file__).parent / "results"
 
 def info() -> dict[str, Any]:
     cpu = platform.processor() or ""
+    flags: list = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not flags:
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                # int8 pays only with VNNI / AMX (issue 21: 69-82 vs 52-58 FPS with AVX512-VNNI)
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in have]
                 break
     except OSError:
         pass
     versions = {}
-    for mod in ("numpy", "onnxruntime", "torch", "bytewax", "zstandard", "blake3", "web3"):
+    for mod in ("numpy", "onnxruntime", "openvino", "nncf", "torch", "bytewax", "zstandard", "blake3", "web3"):
         try:
             versions[mod] = __import__(mod).__version__
         except Exception:  # absent or without __version__: leave it out
@@ -30,6 +35,7 @@ def info() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cpu_flags": flags,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,

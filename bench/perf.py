@@ -12,6 +12,10 @@ One run, on the same decoded frames:
 - **flow**: ``python -m bytewax.run dataflows.segment`` (decode + preprocess + score +
   every sink: masks, overlay video, JSON lines, anchoring) on the clip, 1 and 2 workers;
   its own ``summary.json`` gives the steady scoring rate and latencies;
+- the backends (``bench/_backends.py``, issue 21): raw ORT, raw OpenVINO with the LATENCY
+  and THROUGHPUT hints, the NNCF int8 blob on both, the flow on each backend, the cost
+  curve 256²/512²/1024² per backend and the flow's per-stage CPU budget
+  (``--only-backends``: just these, with the decode and sink costs);
 - the cost curve: raw ORT at 256², 512², 1024² (random-weight ENet exported at each
   size) and the flow with 1, 2, 4 streams;
 - the experiments (ORT optimisation level, threads, execution mode, spinning, ReLU vs
@@ -193,6 +197,7 @@ def child_decode(spec: dict) -> dict:
     pre = Preprocessor((spec["size"], spec["size"]), "RGB")
     cap = cv2.VideoCapture(spec["clip"])
     lat, n = [], 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     while True:
         t = time.perf_counter()
@@ -203,7 +208,8 @@ def child_decode(spec: dict) -> dict:
         lat.append((time.perf_counter() - t) * 1e3)
         n += 1
     el = time.perf_counter() - t0
-    return {"fps": round(n / el, 1) if el else None, "frames": n, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+    return {"fps": round(n / el, 1) if el else None, "frames": n, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+            "cpu_ms_per_frame": round((time.process_time() - c0) * 1e3 / n, 2) if n else None}
 
 
 def child_profile(spec: dict) -> dict:
@@ -298,8 +304,9 @@ def child_sinkcost(spec: dict) -> dict:
 
 def child_main(path: str) -> int:
     spec = json.loads(Path(path).read_text())
+    from . import _backends
     fn = {"ort": child_ort, "ort_frames": child_ort_frames_parallel, "torch": child_torch, "decode": child_decode, "profile": child_profile,
-          "sinkcost": child_sinkcost}[spec["kind"]]
+          "sinkcost": child_sinkcost, "ov": _backends.child_ov, "agree": _backends.child_agree}[spec["kind"]]
     res = fn(spec)
     Path(spec["result"]).write_text(json.dumps(res))
     return 0
@@ -647,8 +654,12 @@ def tables(doc: dict, part: Optional[str] = None) -> str:
     R, m = doc["results"], doc["machine"]
     M = R["main"]
     size = R["inputs"]["size"]
-    ort1 = M["ort_b1"].get("fps")
     sec: dict[str, list[str]] = {}
+    from . import _backends
+    if "ort_b1" not in M:     # --only-backends
+        sec["backends"] = _backends.tables(R, size, M)
+        return "\n".join(sec["backends"]) if part in (None, "backends") else ""
+    ort1 = M["ort_b1"].get("fps")
     la = R.get("load_average_start", ["?"])[0]
     out = [f"{m['cpu']}, {m['cores']} cores, onnxruntime {m['versions'].get('onnxruntime')}, "
            f"torch {m['versions'].get('torch')}; {m['date']}; 1-min load average at start {la}"
@@ -721,6 +732,8 @@ def tables(doc: dict, part: Optional[str] = None) -> str:
         for o in pr["ops"][:12]:
             out.append(f"| {o['op']} | {o['nodes']} | {o['ms']} | {100 * o['share']:.1f} % |")
         sec["profile"] = out
+    if R.get("backends"):
+        sec["backends"] = _backends.tables(R, size, M)
     sc = R.get("sink_costs")
     if sc and "ms" in sc:
         out = ["| step | ms/frame |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sc["ms"].items()]
@@ -745,14 +758,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run: few frames, 1 s each, no extras")
     p.add_argument("--skip-experiments", action="store_true")
     p.add_argument("--skip-curve", action="store_true")
+    p.add_argument("--skip-backends", action="store_true", help="no OpenVINO / int8 / per-backend rows")
+    p.add_argument("--only-backends", action="store_true",
+                   help="the backend rows, the decode and sink costs only (issue 21's figures, ~6 min)")
     p.add_argument("--calib", type=int, default=50, help="CARLA frames for int8 calibration")
+    p.add_argument("--int8-blob", help="benchmark this int8 blob (python -m trainer quantize) instead of "
+                                       "quantising the model here")
     p.add_argument("--out", default="perf", help="results name under bench/results (default perf)")
     p.add_argument("--work", help="keep the work folder here (default: a temporary one)")
     p.add_argument("--results", help="folder for the JSON (default bench/results)")
     p.add_argument("--random-model", action="store_true",
                    help="a random-weight ENet relu even when models/carla-enet.vsb exists")
     p.add_argument("--table", metavar="JSON", help="print the markdown tables of a results file and exit")
-    p.add_argument("--part", help="with --table: main | curve | experiments | int8 | profile | sinks")
+    p.add_argument("--part", help="with --table: main | backends | curve | experiments | int8 | profile | sinks")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -802,6 +820,8 @@ def main(argv: list[str]) -> int:
                           "ops": op_counts(onnx_bytes)},
                "paper": PAPER}
 
+    if a.only_backends:
+        return _only_backends(a, s, R, base, model, clip, fpath, work, frames, load0, busy0, t_start, argv, tmp)
     print("== main table", flush=True)
     main_rows = {}
     main_rows["ort_b1"] = s.child(base, f"raw ORT {size}² batch 1")
@@ -824,6 +844,11 @@ def main(argv: list[str]) -> int:
             main_rows[k]["ratio_vs_ort_b1"] = round(f / ort1, 3)
             main_rows[k]["ratio_vs_ort_b4"] = round(f / ort4, 3) if ort4 else None
     R["main"] = main_rows
+
+    if not a.skip_backends:
+        print("== backends (issue 21)", flush=True)
+        from . import _backends
+        R["backends"] = _backends.run_section(s, a, base, model, clip, fpath, work, frames)
 
     if not (a.skip_curve or a.quick):
         print("== cost curve", flush=True)
@@ -931,6 +956,21 @@ def main(argv: list[str]) -> int:
                                frames=a.frames))
         R["experiments_flow"] = fx
 
+    return _finish(a, R, load0, busy0, t_start, argv, tmp)
+
+
+def _only_backends(a, s, R, base, model, clip, fpath, work, frames, load0, busy0, t_start, argv, tmp) -> int:
+    """``--only-backends``: what issue 21 asks for, without the older experiments."""
+    from . import _backends
+    print("== decode and sink costs", flush=True)
+    R["main"] = {"decode": s.child({"kind": "decode", "clip": str(clip), "size": a.size}, "decode+preprocess only")}
+    R["sink_costs"] = s.child({"kind": "sinkcost", "frames": str(fpath), "clip": str(clip)}, "decoder/writer costs")
+    print("== backends (issue 21)", flush=True)
+    R["backends"] = _backends.run_section(s, a, base, model, clip, fpath, work, frames)
+    return _finish(a, R, load0, busy0, t_start, argv, tmp)
+
+
+def _finish(a, R, load0, busy0, t_start, argv, tmp) -> int:
     R["load_average_start"] = [round(x, 2) for x in load0]
     R["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     R["busy_at_start"] = busy0

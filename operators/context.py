@@ -41,7 +41,7 @@ class FlowContext:
         if self.sessions is None:
             cfg = self.config
             opts = ({} if cfg is None else
-                    dict(providers=cfg.providers, require_gpu=cfg.require_gpu,
+                    dict(backend=cfg.backend, providers=cfg.providers, require_gpu=cfg.require_gpu,
                          threads=cfg.threads, home=cfg.home))
             self.sessions = SessionCache(stats=self.stats, **opts)
 

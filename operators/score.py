@@ -3,13 +3,21 @@
 :class:`ScoreLogic` is a ``stateful_batch`` logic per stream id: it receives the stream's
 frames and model events in order, holds frames that arrive while no valid model is loaded
 in a bounded queue (oldest dropped and counted; a file replay is paused instead), checks
-the flow's revoked keys right before every ORT run (a revocation stops scoring at once,
-even before its event reaches the stream) and scores micro-batches.
+the flow's revoked keys right before every run is submitted (a revocation stops scoring at
+once, even before its event reaches the stream) and scores micro-batches.
+
+Scoring is pipelined: a run is submitted to the backend (``Runner.submit``: an OpenVINO
+async request, or ONNX Runtime on a worker thread) and the logic returns to Bytewax, which
+meanwhile hands the previous results to the sinks and the next frame in; up to the
+runner's ``depth`` runs are in flight per stream and their results leave in frame order.
+Runs submitted before a revocation was known finish and are emitted (they passed the check).
 """
 from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 import bytewax.operators as op
@@ -22,11 +30,23 @@ from model_store.util import first_line
 
 from .context import FlowContext
 from .frames import Frame, ModelEvent, ModelLoaded, ModelRevoked, ScoredFrame, StreamEnd
+from .backends import Pending
 from .sessions import ScoreError, SessionEntry
 from .sessions import providers_for  # noqa: F401 - bench/perf.py imports it from here
 from .telemetry import log
 
 __all__ = ["score", "ScoreLogic"]
+
+# how soon a stream with runs in flight and no new frame looks for their results again
+_POLL = timedelta(milliseconds=2)
+
+
+@dataclass
+class _InFlight:
+    entry: SessionEntry      # the model it was submitted to (a hot swap does not change it)
+    chunk: list              # its frames
+    pending: Pending
+    t0: float                # perf_counter at submission, right after the revocation check
 
 
 class ScoreLogic(StatefulBatchLogic):
@@ -39,6 +59,7 @@ class ScoreLogic(StatefulBatchLogic):
         self.streams = ctx.streams
         self.max_batch = max(1, batch)
         self.pending: deque = deque()
+        self.inflight: deque = deque()    # _InFlight runs, oldest first (results in order)
         self.pending_cap = pending
         self.entry: Optional[SessionEntry] = None
         self.version = -1
@@ -134,6 +155,8 @@ class ScoreLogic(StatefulBatchLogic):
         return out
 
     def _run(self, e: SessionEntry, chunk) -> list:
+        """Start scoring ``chunk`` with ``e`` and return the results of earlier runs that
+        are done (all but ``depth - 1`` of the runs in flight), in frame order."""
         chunk = [f if e.pre.ready(f) else e.pre(f) for f in chunk]
         imgs = [f.image for f in chunk]
         shapes = {im.shape for im in imgs}
@@ -145,30 +168,43 @@ class ScoreLogic(StatefulBatchLogic):
         if e.spec is None:
             self._failed(chunk, f"model {e.key[:12]} has no card: the flow cannot tell how to drive it")
             return []
-        picture = imgs[0].shape[:2]
         # the card's pre/postprocessing (model_store.drive); a uint8 NHWC class-map graph
         # (the shipped ENet) gets the frames' bytes and its ids as they are
         x = to_tensor(imgs[0][None] if len(imgs) == 1 else np.stack(imgs), e.spec)
         t0 = time.perf_counter()
+        self.inflight.append(_InFlight(e, chunk, e.runner.submit(x), t0))
+        return self._collect(keep=e.runner.depth - 1)
+
+    def _collect(self, keep: int = 0) -> list:
+        """Results of the runs in flight, oldest first: wait until at most ``keep`` remain,
+        and take any later ones that have finished already."""
+        res = []
+        while self.inflight and (len(self.inflight) > keep or self.inflight[0].pending.done()):
+            res.extend(self._finish(self.inflight.popleft()))
+        return res
+
+    def _finish(self, job: "_InFlight") -> list:
+        e, chunk, t0 = job.entry, job.chunk, job.t0
         try:
-            y = e.session.run([e.output_name], {e.input_name: x})[0]
+            y, score_ms = job.pending.result()
         except Exception as err:  # noqa: BLE001 - one bad batch must not stop the stream
             self._failed(chunk, f"scoring failed ({first_line(err)})")
             return []
-        t1 = time.perf_counter()
-        try:
-            y = postprocess(y, e.spec, picture)
+        try:   # the card's postprocessing, at the frames' picture size
+            y = postprocess(y, e.spec, chunk[0].image.shape[:2])
         except ValueError as err:
             self._failed(chunk, f"model {e.key[:12]} gave an output the card does not describe ({first_line(err)})")
             return []
-        score_ms = (t1 - t0) * 1e3
+        # score: the runtime's own time for this run; in_flight: submitted to collected
+        # (includes waiting behind the other run in flight)
+        in_flight_ms = (time.perf_counter() - t0) * 1e3
         n = len(chunk)
         res = []
         for j, f in enumerate(chunk):
             wait_ms = (t0 - f.t_emit) * 1e3 if f.t_emit else 0.0
             lat = {"decode": round(f.decode_ms, 3), "preprocess": round(f.preprocess_ms, 3),
                    "wait": round(wait_ms, 3), "score": round(score_ms, 3),
-                   "score_per_frame": round(score_ms / n, 3)}
+                   "score_per_frame": round(score_ms / n, 3), "in_flight": round(in_flight_ms, 3)}
             res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n,
                                    latency_ms=lat, image=f.image, colour=f.colour,
                                    orig_size=f.orig_size, label=f.label, raw=f.raw,
@@ -198,10 +234,22 @@ class ScoreLogic(StatefulBatchLogic):
             elif isinstance(v, Frame):
                 frames.append(v)
         out.extend(self._score(frames))
+        out.extend(self._collect(keep=len(self.inflight)))   # runs that finished meanwhile
         return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> Optional[datetime]:
+        # runs still in flight and no new frame yet (a live source between frames, the
+        # end of a replay): look again shortly instead of holding their results back
+        if self.inflight:
+            return datetime.now(timezone.utc) + _POLL
+        return None
+
+    def on_notify(self):
+        return self._collect(keep=len(self.inflight)), StatefulBatchLogic.RETAIN
 
     def on_eof(self):
         out = self._score([])
+        out.extend(self._collect(keep=0))
         if self.pending:
             n = len(self.pending)
             self.stats.drop(self.sid, "no_model", n)

@@ -1,16 +1,16 @@
-"""ONNX Runtime sessions of a flow: providers, the TensorRT cache per key, the session cache.
+"""The compiled models of a flow: one per verified blob key, on the backend chosen for it.
 
-- :func:`providers_for` maps ``VERISEG_PROVIDERS`` to ORT providers (auto: TensorRT > CUDA >
-  CPU); :func:`build_session` records the provider actually loaded (``get_providers()``:
-  the GPU build silently falls back to CPU) and refuses to run when a GPU is required but
-  none loaded, or when the card does not describe the graph.
-- :class:`SessionCache` holds a flow's sessions per model key; the model reader warms it in
-  its own thread, so a hot swap does not stall scoring.
+- :func:`build_session` compiles the verified ONNX bytes with the backend that
+  ``VERISEG_BACKEND`` picks (``operators.backends``: ONNX Runtime on an NVIDIA GPU,
+  OpenVINO on a CPU, ONNX Runtime CPU as the fallback), refuses a model whose card does not
+  describe its graph, and records the device actually used.
+- :class:`SessionCache` holds a flow's compiled models per model key; the model reader
+  warms it in its own thread, so a hot swap does not stall scoring.  A model compiled for
+  one key is never handed out for another (the key is the cache's only index).
 """
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,6 +18,8 @@ from typing import Optional
 
 from model_store.graph import ORT_TYPES
 
+from .backends import Runner, ScoreError, compile_verified, cpu_threads
+from .backends.ort import GPU_PROVIDERS, gpu_driver, provider_options, providers_for, trt_cache_dir
 from .frames import ModelLoaded
 from .preprocess import Preprocessor
 from .telemetry import log
@@ -25,97 +27,16 @@ from .telemetry import log
 __all__ = ["ScoreError", "GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "build_session",
            "card_mismatch", "drive_spec", "SessionEntry", "SessionCache", "cpu_threads", "gpu_driver"]
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-class ScoreError(RuntimeError):
-    """A model that cannot be scored here (one line)."""
-
-
-def cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-@functools.cache
-def gpu_driver() -> bool:
-    """True when an NVIDIA driver is loadable (else auto skips the GPU providers, which the
-    GPU build of ORT lists even on machines without CUDA, with a noisy fallback)."""
-    import ctypes
-    try:
-        ctypes.CDLL("libcuda.so.1")
-        return True
-    except OSError:
-        return False
-
-
-def providers_for(choice: str, available=None) -> list:
-    import onnxruntime as ort
-    avail = list(available if available is not None else ort.get_available_providers())
-    choice = (choice or "auto").lower()
-    if choice == "cpu":
-        want = ["CPUExecutionProvider"]
-    elif choice == "cuda":
-        want = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    elif choice == "tensorrt":
-        want = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        want = ([p for p in GPU_PROVIDERS if p in avail] if gpu_driver() else []) + ["CPUExecutionProvider"]
-    return [p for p in want if p in avail or p == "CPUExecutionProvider"]
-
-
-def trt_cache_dir(key: str, home=None):
-    """Where TensorRT engines of one blob key are cached: ``VERISEG_HOME/trt-cache/<key>``.
-    ONNX Runtime names an engine by its graph, not its weights, so one folder shared by all
-    keys could run a retrained (or revoked) model's engine under another key's name."""
-    from pathlib import Path
-    root = Path(str(home) if home else "~/.veriseg").expanduser() / "trt-cache"
-    return root, root / key
-
-
-def _private_dir(path) -> None:
-    """Create ``path`` (mode 700) or accept it only as a real folder of this user that no one
-    else can write: whoever writes an engine cache decides what TensorRT runs."""
-    import stat
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as e:
-        raise ScoreError(f"TensorRT engine cache {path}: {e.strerror or e}") from None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise ScoreError(f"TensorRT engine cache {path} must be a folder of this user that no one else "
-                         f"can write (mode {stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}, "
-                         f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'not a folder'}); fix or remove it")
-
-
-def provider_options(wanted, key: str, home=None) -> list:
-    """ORT provider options for ``wanted``: TensorRT caches engines per key, in a private folder."""
-    opts = []
-    for p in wanted:
-        if p == "TensorrtExecutionProvider":
-            root, cache = trt_cache_dir(key, home)
-            _private_dir(root)
-            _private_dir(cache)
-            opts.append({"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
-                         "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": key})
-        else:
-            opts.append({})
-    return opts
-
 
 @dataclass
 class SessionEntry:
-    key: str
-    session: object
-    input_name: str
-    output_name: str
-    provider: str
+    key: str                     # the verified blob key (the runner was compiled from its bytes)
+    runner: Runner
     pre: Preprocessor
     max_batch: Optional[int]     # None: dynamic batch dim
     card: object = None
-    how: str = ""                # providers asked for and threads, for the log
+    how: str = ""                # backend settings, for the log
+    why: str = ""                # why this backend (VERISEG_BACKEND / auto's reason)
     spec: object = None          # model_store.card.DriveSpec: how to feed it and read its output
 
     @functools.cached_property
@@ -123,6 +44,24 @@ class SessionEntry:
         """(name, RGB colour) of each class id, from the card: a hot swap to a model with
         other classes names and colours its frames by its own card."""
         return tuple((c.name, tuple(c.color)) for c in self.card.classes) if self.card is not None else ()
+
+    @property
+    def session(self):           # the runtime's own object (ORT session, OpenVINO model)
+        return self.runner.native
+
+    @property
+    def input_name(self) -> str:
+        return self.runner.input.name
+
+    @property
+    def output_name(self) -> str:
+        return self.runner.output.name
+
+    @property
+    def provider(self) -> str:
+        """The device in use: an ORT provider name, or 'OpenVINO <device>'."""
+        r = self.runner
+        return r.device if r.backend == "onnxruntime" else f"OpenVINO {r.device}"
 
 
 def drive_spec(card, key: str):
@@ -134,39 +73,16 @@ def drive_spec(card, key: str):
         raise ScoreError(f"model {key[:12]}: {e}") from None
 
 
-def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
+def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", providers: str = "auto",
                   require_gpu: bool = False, threads: int = 0, home=None) -> SessionEntry:
-    import onnxruntime as ort
-    spec = drive_spec(card, key) if card is not None else None   # before the costly build
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads or cpu_threads()
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    # ORT's intra-op threads spin-wait by default; in the flow they would burn the CPU the
-    # decoder and writer threads need (and any other load on the machine): off unless
-    # VERISEG_ORT_SPIN=1 (measured on the shared 2-core box: +80 % raw FPS under load)
-    spin = os.environ.get("VERISEG_ORT_SPIN", "0")
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "1" else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin == "1" else "0")
-    wanted = providers_for(providers)
-    opts = provider_options(wanted, key, home)
-    try:
-        sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
-    except Exception as e:  # noqa: BLE001 - ORT raises several types
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ScoreError(f"model {key[:12]}: ONNX Runtime cannot build a session: {msg}") from None
-    got = sess.get_providers()
-    active = got[0] if got else "none"
-    if require_gpu and active not in GPU_PROVIDERS:
-        raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
-                         f"(asked for {', '.join(wanted)}; available: "
-                         f"{', '.join(ort.get_available_providers())})")
-    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    spec = drive_spec(card, key) if card is not None else None   # before the costly compile
+    runner, why = compile_verified(onnx, key=key, backend=backend, providers=providers,
+                                   require_gpu=require_gpu, threads=threads, home=home)
+    inp, out = runner.input, runner.output
     if card is not None:
         problem = card_mismatch(card, inp, out)
         if problem:
+            runner.close()
             raise ScoreError(f"model {key[:12]}: its card does not describe its graph: {problem}")
     shp = list(inp.shape)
     max_batch = None
@@ -179,9 +95,7 @@ def build_session(onnx: bytes, *, key: str, card=None, providers: str = "auto",
         if len(shp) == 4 and all(isinstance(d, int) and d > 0 for d in shp[1:3]):
             size = (shp[1], shp[2])
         pre = Preprocessor(size, "RGB")
-    return SessionEntry(key, sess, inp.name, out.name, active, pre, max_batch, card,
-                        f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads",
-                        spec)
+    return SessionEntry(key, runner, pre, max_batch, card, runner.how, why, spec)
 
 
 def card_mismatch(card, inp, out) -> Optional[str]:
@@ -201,21 +115,22 @@ def card_mismatch(card, inp, out) -> Optional[str]:
 
 
 class SessionCache:
-    """ORT sessions per model key.
+    """Compiled models per blob key.
 
     Only the newest session is kept: a superseded one stays alive exactly as long as a
     stream still scores with it (its ``ScoreLogic.entry``) and is freed after the hand-over.
     Keeping three cost ~134 MiB per 512² ENet session, so RSS doubled after two hot swaps
     (the soak, ``bench/soak.py``); freeing a session returns its memory to the OS."""
 
-    def __init__(self, *, keep: int = 1, stats=None, providers: str = "auto",
+    def __init__(self, *, keep: int = 1, stats=None, backend: str = "auto", providers: str = "auto",
                  require_gpu: bool = False, threads: int = 0, home=None):
         self.keep = keep
         self.stats = stats           # records the provider in use
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Event] = {}
-        self.options = dict(providers=providers, require_gpu=require_gpu, threads=threads, home=home)
+        self.options = dict(backend=backend, providers=providers, require_gpu=require_gpu, threads=threads,
+                            home=home)
         self.provider: Optional[str] = None
 
     def get(self, update: ModelLoaded) -> SessionEntry:
@@ -239,7 +154,7 @@ class SessionCache:
                     raise ScoreError(f"model {update.key[:12]}: update carries no model bytes")
                 e = build_session(update.onnx, key=update.key, card=update.card, **self.options)
                 if self.provider != e.provider:
-                    log.info("ONNX Runtime provider in use: %s (%s)", e.provider, e.how)
+                    log.info("scoring backend: %s (%s; %s)", e.provider, e.why, e.how)
                     self.provider = e.provider
                 if self.stats is not None:
                     self.stats.provider = e.provider

@@ -108,16 +108,18 @@ class FlowSettings(BaseSettings):
                                   expect="a chain id (a whole number > 0, decimal or 0x hex)")
     out: Path = var(Path("out"), "output folder", shown="./out", main=True)
     backend: Literal["auto", "openvino", "onnxruntime"] = var(
-        "auto", "the runtime that scores (auto: ONNX Runtime on an NVIDIA GPU, OpenVINO on a CPU "
-        "where it is installed, else ONNX Runtime)")
+        "auto", "the runtime that scores (operators/backends): auto is ONNX Runtime when one of its "
+        "NVIDIA providers loads, else OpenVINO on the CPU where installed, else ONNX Runtime CPU; "
+        "logged with the reason. Every backend compiles the verified bytes in memory; OpenVINO's "
+        "model cache is off (it would load a file by graph hash, unchecked)", main=True)
     providers: Literal["auto", "tensorrt", "cuda", "cpu"] = var(
         "auto", "ONNX Runtime providers (auto: TensorRT > CUDA > CPU, GPU ones only when an NVIDIA "
         "driver loads); TensorRT engines are cached per blob key in VERISEG_HOME/trt-cache/<key>",
         main=True)
     require_gpu: bool = var(False, "1: refuse to run unless a GPU provider actually loaded",
                             shown="0", main=True)
-    threads: int = var(0, "ONNX Runtime intra-op threads (0: the CPU cores available to the "
-                       "process)", ge=0, le=1024)
+    threads: int = var(0, "ONNX Runtime intra-op threads, OpenVINO inference threads (0: the CPU "
+                       "cores available to the process)", ge=0, le=1024)
     batch: Optional[int] = var(None, "largest micro-batch for file replay (auto: 4 on a GPU "
                                "provider, 1 on CPU where batching measured slower; live sources "
                                "always 1)", shown="auto", ge=1, le=256)

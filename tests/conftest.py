@@ -42,6 +42,22 @@ def tiny_onnx(height: int = 8, width: int = 8, opset: int = 17) -> bytes:
     return model.SerializeToString()
 
 
+def installed_backends() -> list:
+    """The scoring backends importable here (``VERISEG_BACKEND`` values); in CI both must be."""
+    import importlib.util
+    names = [n for n, mod in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"))
+             if importlib.util.find_spec(mod) is not None]
+    if IN_CI and len(names) < 2:
+        raise RuntimeError(f"CI needs both scoring backends installed, found {names}")
+    return names
+
+
+@pytest.fixture(params=installed_backends())
+def backend(request) -> str:
+    """Runs the test once per installed scoring backend (VERISEG_BACKEND value)."""
+    return request.param
+
+
 @pytest.fixture
 def carla_dir() -> Path:
     path = os.environ.get("VERISEG_CARLA_DIR")

@@ -49,6 +49,16 @@ def test_bench_perf_quick_runs_on_four_frames(tmp_path):
     assert main["flow_w1"]["frames"] == 4
     assert "ratio_vs_ort_b1" in main["flow_w1"]
     assert doc["results"]["inputs"]["batchnorm_nodes_in_export"] >= 0
+    backends = doc["results"]["backends"]
+    if "skipped" not in backends:     # OpenVINO installed: its rows ran, on the same frames
+        for k in ("ort", "ov_latency", "ov_throughput"):
+            assert "error" not in backends["raw"][k] and backends["raw"][k]["fps"] > 0, backends["raw"][k]
+        assert backends["raw"]["ov_throughput"]["requests"] >= 2
+        for b in ("onnxruntime", "openvino"):
+            assert backends["flow"][b]["frames"] == 4, backends["flow"][b]
+        assert backends["flow"]["openvino"]["provider"] == "OpenVINO CPU"
+        assert backends["agreement"]["agreement_with_ort_fp32"]["openvino_fp32"] >= 0.999
+        assert "| raw OpenVINO, THROUGHPUT hint |" in p.stdout
     assert len(doc["results"]["load_average_start"]) == 3
     assert doc["machine"]["cores"] >= 1
 

@@ -1,4 +1,4 @@
-"""python -m trainer train | evaluate | robustness | export | clip"""
+"""python -m trainer train | evaluate | robustness | export | clip | quantize"""
 from __future__ import annotations
 
 import argparse
@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     x.add_argument("--chain", default="embedded")
     x.add_argument("--registry")
 
+    from .quantize import add_parser as add_quantize
+    add_quantize(sub)
+
     c = sub.add_parser("clip", help="write a sample MJPG clip from consecutive frames")
     c.add_argument("--data", required=True)
     c.add_argument("-o", "--output", default="models/sample.avi")
@@ -110,6 +113,9 @@ def main(argv=None) -> int:
     c.add_argument("--quality", type=int, default=90)
 
     a = ap.parse_args(argv)
+    if a.cmd == "quantize":
+        from .quantize import main as qz
+        return qz(a)
     if a.cmd == "clip":
         from .clip import write_clip
         print(write_clip(a.data, a.output, a.first, a.frames, a.fps, tuple(a.size) if a.size else None, a.quality))

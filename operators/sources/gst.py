@@ -19,6 +19,8 @@ READABLE_FORMATS = ("BGR", "RGB", "GRAY8")
 @functools.cache
 def _load_gst():
     """(Gst module, None) or (None, why not): GStreamer is initialised once per process."""
+    from ..backends import preload
+    preload()   # the runtimes before any GStreamer plugin, or OpenVINO's first compile aborts
     try:
         import gi
         gi.require_version("Gst", "1.0")

@@ -1,0 +1,75 @@
+"""What every scoring backend offers the score window: a compiled model that runs a batch.
+
+A :class:`Runner` is built from the ONNX bytes that ``model_store`` verified (never from a
+path) and answers ``run(x) -> y`` with ONNX Runtime's contract: ``x`` the uint8 NHWC batch,
+``y`` the graph's first output as a numpy array.  ``submit(x)`` starts the same run without
+waiting; :meth:`Pending.result` returns ``(y, run_ms)``.  ``depth`` is how many runs the
+score window keeps in flight per stream so that its own work (stacking, emitting, the
+revocation check) overlaps inference; results are always collected in submission order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+__all__ = ["ScoreError", "Port", "Pending", "Runner", "cpu_threads"]
+
+
+class ScoreError(RuntimeError):
+    """A model that cannot be scored here (one line)."""
+
+
+def cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Port:
+    """A graph input or output as the runtime reports it, spelt as ONNX Runtime does
+    (``type`` 'tensor(uint8)', ``shape`` ints or names), so one card check serves all."""
+    name: str
+    type: str
+    shape: Tuple
+
+
+class Pending:
+    """One run started by :meth:`Runner.submit`."""
+
+    def done(self) -> bool:   # pragma: no cover - interface
+        """True once ``result`` would not wait."""
+        raise NotImplementedError
+
+    def result(self) -> Tuple[np.ndarray, float]:   # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Runner:
+    """A model compiled by one runtime for one blob key."""
+
+    backend = ""                   # "onnxruntime" | "openvino"
+    depth = 1                      # runs in flight per stream (1: synchronous)
+
+    def __init__(self, key: str, native, inp: Port, out: Port, device: str, how: str):
+        self.key = key             # the verified key this model was compiled from
+        self.native = native       # ORT InferenceSession / OpenVINO CompiledModel
+        self.input, self.output = inp, out
+        self.device = device       # what actually runs it (provider or OpenVINO device)
+        self.how = how             # settings, for the log
+
+    def run(self, x: np.ndarray) -> np.ndarray:   # pragma: no cover - interface
+        raise NotImplementedError
+
+    def submit(self, x: np.ndarray) -> Pending:   # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release worker threads (the native model is freed with the runner)."""
+
+    def describe(self) -> str:
+        return f"{self.backend} {self.device}"

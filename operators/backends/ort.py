@@ -1,0 +1,178 @@
+"""ONNX Runtime backend: providers, the TensorRT engine cache per key, the runner.
+
+- :func:`providers_for` maps ``VERISEG_PROVIDERS`` to ORT providers (auto: TensorRT > CUDA >
+  CPU, the GPU ones only when an NVIDIA driver loads); :func:`build` records the provider
+  actually loaded (``get_providers()``: the GPU build silently falls back to CPU).
+- TensorRT engines are cached per blob key in a private folder (:func:`provider_options`).
+- :class:`OrtRunner` runs on the caller's thread (``run``) or on one worker thread
+  (``submit``), so the score window's own work overlaps inference (ORT releases the GIL).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from model_store.util import first_line
+
+from .base import Pending, Port, Runner, ScoreError, cpu_threads
+
+__all__ = ["GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "gpu_driver",
+           "gpu_provider_available", "OrtRunner", "build"]
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@functools.cache
+def gpu_driver() -> bool:
+    """True when an NVIDIA driver is loadable (else auto skips the GPU providers, which the
+    GPU build of ORT lists even on machines without CUDA, with a noisy fallback)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def providers_for(choice: str, available=None) -> list:
+    import onnxruntime as ort
+    avail = list(available if available is not None else ort.get_available_providers())
+    choice = (choice or "auto").lower()
+    if choice == "cpu":
+        want = ["CPUExecutionProvider"]
+    elif choice == "cuda":
+        want = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif choice == "tensorrt":
+        want = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        want = ([p for p in GPU_PROVIDERS if p in avail] if gpu_driver() else []) + ["CPUExecutionProvider"]
+    return [p for p in want if p in avail or p == "CPUExecutionProvider"]
+
+
+def gpu_provider_available(choice: str) -> bool:
+    """Whether ``providers_for(choice)`` asks for a GPU provider (it may still not load)."""
+    try:
+        return any(p in GPU_PROVIDERS for p in providers_for(choice))
+    except ImportError:
+        return False
+
+
+def trt_cache_dir(key: str, home=None):
+    """Where TensorRT engines of one blob key are cached: ``VERISEG_HOME/trt-cache/<key>``.
+    ONNX Runtime names an engine by its graph, not its weights, so one folder shared by all
+    keys could run a retrained (or revoked) model's engine under another key's name."""
+    from pathlib import Path
+    root = Path(str(home) if home else "~/.veriseg").expanduser() / "trt-cache"
+    return root, root / key
+
+
+def _private_dir(path) -> None:
+    """Create ``path`` (mode 700) or accept it only as a real folder of this user that no one
+    else can write: whoever writes an engine cache decides what TensorRT runs."""
+    import stat
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as e:
+        raise ScoreError(f"TensorRT engine cache {path}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ScoreError(f"TensorRT engine cache {path} must be a folder of this user that no one else "
+                         f"can write (mode {stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}, "
+                         f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'not a folder'}); fix or remove it")
+
+
+def provider_options(wanted, key: str, home=None) -> list:
+    """ORT provider options for ``wanted``: TensorRT caches engines per key, in a private folder."""
+    opts = []
+    for p in wanted:
+        if p == "TensorrtExecutionProvider":
+            root, cache = trt_cache_dir(key, home)
+            _private_dir(root)
+            _private_dir(cache)
+            opts.append({"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
+                         "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": key})
+        else:
+            opts.append({})
+    return opts
+
+
+class _Future(Pending):
+    def __init__(self, fut: Future):
+        self.fut = fut
+
+    def done(self):
+        return self.fut.done()
+
+    def result(self):
+        return self.fut.result()
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+    # one run on the worker thread and the next one queued: the scoring thread stacks,
+    # emits and checks revocation meanwhile
+    depth = 2
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def run(self, x):
+        return self.native.run([self.output.name], {self.input.name: x})[0]
+
+    def _timed(self, x):
+        t = time.perf_counter()
+        y = self.run(x)
+        return y, (time.perf_counter() - t) * 1e3
+
+    def submit(self, x) -> Pending:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"veriseg-ort-{self.key[:8]}")
+            return _Future(self._pool.submit(self._timed, x))
+
+    def close(self):
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def __del__(self):
+        self.close()
+
+
+def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool = False,
+          threads: int = 0, home=None) -> OrtRunner:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or cpu_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    # ORT's intra-op threads spin-wait by default; in the flow they would burn the CPU the
+    # decoder and writer threads need (and any other load on the machine): off unless
+    # VERISEG_ORT_SPIN=1 (measured on the shared 2-core box: +80 % raw FPS under load)
+    spin = os.environ.get("VERISEG_ORT_SPIN", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "1" else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin == "1" else "0")
+    wanted = providers_for(providers)
+    opts = provider_options(wanted, key, home)
+    try:
+        sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
+    except Exception as e:  # noqa: BLE001 - ORT raises several types
+        raise ScoreError(f"model {key[:12]}: ONNX Runtime cannot build a session: {first_line(e)}") from None
+    got = sess.get_providers()
+    active = got[0] if got else "none"
+    if require_gpu and active not in GPU_PROVIDERS:
+        raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
+                         f"(asked for {', '.join(wanted)}; available: "
+                         f"{', '.join(ort.get_available_providers())})")
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    return OrtRunner(key, sess, Port(inp.name, inp.type, tuple(inp.shape)),
+                     Port(out.name, out.type, tuple(out.shape)), active,
+                     f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads")

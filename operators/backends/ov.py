@@ -1,0 +1,144 @@
+"""OpenVINO backend: the verified ONNX bytes compiled for an OpenVINO device, run in order.
+
+- The model is read from the bytes in memory (``Core.read_model(bytes)``), never from a
+  path, so what OpenVINO compiles is exactly what ``model_store`` verified.
+- No compiled-model cache (``CACHE_DIR`` is set empty on purpose): OpenVINO names a cache
+  entry by a hash of the graph and loads it without checking it against the model, so a
+  planted file would run in place of the registered one; compiling the 512² ENet for the
+  CPU takes well under a second (``compile_ms`` in ``bench perf``), less than checking
+  a cache entry against the verified bytes would save.
+- ``submit`` uses an :class:`openvino.AsyncInferQueue` of the device's optimal number of
+  requests (2 on a 2-core CPU with the THROUGHPUT hint): a request is free again as soon
+  as its inference ends (its output is copied in the callback), so streams that share a
+  model never wait on each other's collection.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from model_store.util import first_line
+
+from .base import Pending, Port, Runner, ScoreError, cpu_threads
+
+__all__ = ["available", "version", "OvRunner", "build", "HINTS"]
+
+HINTS = ("THROUGHPUT", "LATENCY")
+# the longest a run may take before the score window gives up on it (a hung device)
+RUN_TIMEOUT_S = 120.0
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def version() -> str:
+    import openvino as ov
+    return ov.get_version().split("-")[0]
+
+
+def _ort_type(port) -> str:
+    """OpenVINO element type as ONNX Runtime spells it ('tensor(uint8)', 'tensor(float)')."""
+    try:
+        name = np.dtype(port.get_element_type().to_dtype()).name
+    except Exception:  # noqa: BLE001 - types numpy has no name for
+        name = str(port.get_element_type())
+    return "tensor(" + {"float32": "float", "float64": "double"}.get(name, name) + ")"
+
+
+def _port(port) -> Port:
+    dims = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
+    return Port(port.get_any_name(), _ort_type(port), dims)
+
+
+class _Request(Pending):
+    def __init__(self):
+        self.done_event = threading.Event()
+        self.y = None
+        self.ms = 0.0
+        self.err = None
+
+    def done(self):
+        return self.done_event.is_set()
+
+    def result(self):
+        if not self.done_event.wait(RUN_TIMEOUT_S):
+            raise ScoreError(f"OpenVINO run did not finish in {RUN_TIMEOUT_S:.0f} s")
+        if self.err is not None:
+            raise self.err
+        return self.y, self.ms
+
+
+def _finished(request, pending: _Request):
+    try:
+        # the request's output buffer is reused by its next run: copy it out now
+        pending.y = np.array(request.get_output_tensor(0).data, copy=True)
+        pending.ms = float(request.latency)
+    except Exception as e:  # noqa: BLE001 - handed to whoever collects the result
+        pending.err = e
+    finally:
+        pending.done_event.set()
+
+
+class OvRunner(Runner):
+    backend = "openvino"
+
+    def __init__(self, key, compiled, inp, out, device, how, requests: int):
+        super().__init__(key, compiled, inp, out, device, how)
+        import openvino as ov
+        self.depth = requests
+        self._sync = compiled.create_infer_request()
+        self._sync_lock = threading.Lock()
+        self._queue = ov.AsyncInferQueue(compiled, requests)
+        self._queue.set_callback(_finished)
+        self._submit_lock = threading.Lock()
+
+    def run(self, x):
+        with self._sync_lock:
+            self._sync.infer({0: x})
+            return np.array(self._sync.get_output_tensor(0).data, copy=True)
+
+    def submit(self, x) -> Pending:
+        p = _Request()
+        try:
+            with self._submit_lock:   # start_async waits for a free request
+                self._queue.start_async({0: x}, p)
+        except Exception as e:  # noqa: BLE001 - a bad input fails its own frames only
+            p.err, p.y = e, None
+            p.done_event.set()
+        return p
+
+    def close(self):
+        try:
+            self._queue.wait_all()
+        except Exception:  # noqa: BLE001 - closing: errors were reported per run
+            pass
+
+
+def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
+          device: str = "CPU") -> OvRunner:
+    import openvino as ov
+    if hint not in HINTS:
+        raise ValueError(f"OpenVINO hint must be one of {', '.join(HINTS)}, not {hint!r}")
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": ""}
+    if device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = threads or cpu_threads()
+    try:
+        model = core.read_model(onnx)          # the verified bytes, in memory
+        compiled = core.compile_model(model, device, config)
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
+        raise ScoreError(f"model {key[:12]}: OpenVINO cannot compile it for {device}: "
+                         f"{first_line(e)}") from None
+    requests = min(max(requests, 2), 4)
+    streams = compiled.get_property("NUM_STREAMS")
+    how = (f"OpenVINO {version()} {device}, hint {hint}, {streams} streams, "
+           f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight")
+    return OvRunner(key, compiled, _port(compiled.inputs[0]), _port(compiled.outputs[0]), device, how,
+                    requests)
