@@ -15,6 +15,7 @@ from .model_reader import ModelRefused, ModelWatcher, connect_registry
 from .preprocess import Preprocessor
 from .sessions import GPU_PROVIDERS
 from .sources import check_pipeline
+from .telemetry import log
 
 __all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env", "lazy_flow"]
 
@@ -78,7 +79,20 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
         provider = ctx.sessions.get(ctx.first).provider
         ctx.batch = 4 if provider in GPU_PROVIDERS else 1
+    if cfg.web is not None:
+        ctx.live = _live_view(ctx)
     return ctx
+
+
+def _live_view(ctx: FlowContext):
+    """The live view (``web.live``, the optional extra ``web``); the flow runs without it."""
+    try:
+        from web.live import start_live_view
+    except ImportError as e:
+        log.warning("VERISEG_WEB is set but the web extra is missing (%s): pip install "
+                    "'veriseg[web]'; the flow runs without the live view", e)
+        return None
+    return start_live_view(ctx)
 
 
 def startup_error(e: BaseException) -> "SystemExit":

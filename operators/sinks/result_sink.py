@@ -56,6 +56,7 @@ class ResultSink(FixedPartitionedSink):
                  video_scale: float = 1.0, home: Optional[Path] = None):
         self.stats, self.revoked = ctx.stats, ctx.revoked
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
+        self.live = getattr(ctx, "live", None)   # web.live.LiveView: the newest frame per stream
         self.out = Path(out)
         self.video_scale = video_scale
         self.sids = list(stream_ids)
@@ -133,6 +134,8 @@ class ResultSink(FixedPartitionedSink):
                 self.sender = None
         if sender is not None:
             sender.close()
+        if last and self.live is not None:
+            self.live.close()
         if last:
             extra = dict(self.summary_extra)
             # the outputs failed, or the model reader failed safe (it stopped the sources)
