@@ -395,6 +395,8 @@ def run_audit(out_dir, registry, *, host: str = "127.0.0.1", port: int = 8081,
     site = AuditSite(out_dir, registry, blob=blob)
     try:
         server = site.serve(host, port, token)
+    except PermissionError:
+        raise   # beyond loopback without a token: its own line
     except OSError as e:
         raise OSError(f"audit page: cannot listen on {host}:{port} ({e.strerror or first_line(e)})") from None
     n = len(site.batches)

@@ -256,6 +256,10 @@ class WebServer:
             try:
                 self.loop.run_forever()
             finally:
+                tasks = asyncio.all_tasks(self.loop)   # the live view's sampler
+                for t in tasks:
+                    t.cancel()
+                self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
                 if self._runner is not None:
                     self.loop.run_until_complete(self._runner.cleanup())
                 self.loop.close()
