@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from aiohttp import web
 from model_store.util import first_line, one_line
 
 from .files import FileRoot, PathRefused
-from .server import WebServer, json_error, static_route
+from .server import WebServer, static_route
 
 __all__ = ["CHECKS", "AuditSite", "run_audit"]
 
@@ -93,7 +95,6 @@ class _Results:
 
     def _refresh(self):
         with self.files.open(self.name) as f:
-            import os
             st = os.fstat(f.fileno())
             if (st.st_size, st.st_mtime_ns) == self.sig:
                 return
@@ -144,8 +145,6 @@ class AuditSite:
     def _listing(root_fd: int, rel: str) -> list[str]:
         """Names in the folder ``rel`` under ``root_fd`` (no symlinked folder is entered,
         no symlink listed)."""
-        import os
-        import stat
         try:
             fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
         except OSError:
@@ -159,7 +158,6 @@ class AuditSite:
     def refresh(self) -> None:
         """Rebuild the index of streams and batches (a batch file is read again only when
         it changed)."""
-        import os
         from chain.anchoring import AnchorBatch
         from chain.errors import ChainError
         root_fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
@@ -352,7 +350,6 @@ class AuditSite:
         name = request.match_info["name"]
         f = self.files.open(name)
         try:
-            import os
             size = os.fstat(f.fileno()).st_size
             ctype = {".json": "application/json", ".png": "image/png",
                      ".jsonl": "text/plain; charset=utf-8", ".prom": "text/plain; charset=utf-8"

@@ -39,7 +39,7 @@ function viewFor(id) {
 function drawChart(canvas, series, windowS) {
   // hand-drawn: FPS on the left scale, latency (ms) on the right one, the last minute
   const ctx = canvas.getContext("2d");
-  const W = canvas.width, H = canvas.height, L = 34, R = 40, T = 8, B = 16;
+  const W = canvas.width, H = canvas.height, L = 34, R = 60, T = 8, B = 16;
   ctx.clearRect(0, 0, W, H);
   ctx.font = "10px sans-serif";
   ctx.strokeStyle = "#e3e6ea";
