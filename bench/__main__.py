@@ -1,6 +1,6 @@
 """`python -m bench NAME [args]`: run one benchmark; results go to bench/results/NAME.json.
 
-    python -m bench chain_gas | model_store | perf | soak   (python -m bench NAME --help)
+    python -m bench chain_gas | model_store | perf | soak | web_view   (python -m bench NAME --help)
 """
 
 from __future__ import annotations

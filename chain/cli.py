@@ -190,17 +190,17 @@ def cmd_anchor(args) -> int:
     return 0
 
 
-def _card_class_names(reg, key: str, blob: str | None = None):
-    """Class names (by id) of the card of ``key``'s blob: ``--blob`` (which must hash to the
-    key), else the URI it was registered with when that is a local file that still hashes
-    to the key; None otherwise (a results line's shares then cannot be checked)."""
+def card_of(reg, key: str, blob: str | None = None):
+    """The card of ``key``'s blob: ``blob`` (which must hash to the key), else the URI it
+    was registered with when that is a local file that still hashes to the key; None
+    otherwise (a results line's shares then cannot be checked)."""
     import model_store
     if blob is not None:
         got = blob_key(blob)
         if got != key:
             raise CliError(f"--blob {blob} has key {got}, not the anchored model {key}; pass "
                            "the blob of the model that scored the frame")
-        return [c.name for c in model_store.read_header(blob).classes]
+        return model_store.read_header(blob)
     try:
         from urllib.parse import unquote, urlparse
         uri = reg.info(key)[1]
@@ -208,32 +208,57 @@ def _card_class_names(reg, key: str, blob: str | None = None):
         path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
         if not uri or not path.is_file() or model_store.verify(path) != key:
             return None
-        return [c.name for c in model_store.read_header(path).classes]
-    except Exception:  # noqa: BLE001 - no names: a line with shares is refused, not trusted
+        return model_store.read_header(path)
+    except Exception:  # noqa: BLE001 - no card: a line with shares is refused, not trusted
         return None
 
 
-def cmd_anchor_verify(args) -> int:
+def _card_class_names(reg, key: str, blob: str | None = None):
+    card = card_of(reg, key, blob)
+    return None if card is None else [c.name for c in card.classes]
+
+
+def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None):
+    """What ``anchor-verify`` checks, for any caller (the CLI, the audit page): the frame's
+    class map (``mask``, else the one its ``result`` line names) against its batch and the
+    chain, then that line. ``connect()`` gives the registry (called once the mask is read).
+    Returns the Verification; raises AnchorVerificationFailed whose ``.check`` names the
+    first check that failed (in this order: result_missing when the mask comes from the
+    line, mask, then verify_frame's, then verify_result_line's)."""
     from .anchoring import read_mask, verify_frame
     from .results import result_lines, verify_result_line
-    mask_path = args.mask
-    if mask_path is None:
-        if args.result is None:
+    if mask is None:
+        if result is None:
             raise CliError("anchor-verify needs --mask PNG, or --result RESULTS.jsonl whose line "
                            "names the mask")
         # the frame's results line names its mask, relative to the results file
-        _, rec = result_lines(args.result, args.stream, args.seq)[0]
-        mask_path = Path(args.result).parent / str(rec.get("mask", ""))
-    mask = read_mask(mask_path)
-    reg = _connect(args)
-    v = verify_frame(args.batch, args.stream, args.seq, mask, registry=reg)
-    if args.result is not None:
-        verify_result_line(args.result, v, mask, _card_class_names(reg, v.model_key, args.blob))
+        _, rec = result_lines(result, stream, seq)[0]
+        mask = Path(result).parent / str(rec.get("mask", ""))
+    class_map = read_mask(mask)
+    reg = connect()
+    v = verify_frame(batch, stream, seq, class_map, registry=reg)
+    if result is not None:
+        verify_result_line(result, v, class_map, _card_class_names(reg, v.model_key, blob))
+    return v
+
+
+def cmd_anchor_verify(args) -> int:
+    v = prove_frame(lambda: _connect(args), args.batch, args.stream, args.seq, mask=args.mask,
+                    result=args.result, blob=args.blob)
     if args.json:
         print(json.dumps(v.__dict__, sort_keys=True))
     else:
         print(v.line() + (f"; its line in {args.result} matches" if args.result else ""))
     return 0
+
+
+def cmd_audit(args) -> int:
+    try:
+        from web.audit import run_audit
+    except ImportError as e:
+        raise CliError(f"the audit page needs the web extra ({e}): pip install 'veriseg[web]'") from None
+    return run_audit(args.out_dir, _connect(args), host=args.host, port=args.port, blob=args.blob,
+                     token=os.environ.get("VERISEG_WEB_TOKEN") or None)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -339,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "the registered URI when it is a local file)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_anchor_verify)
+
+    p = sub.add_parser("audit", help="serve the audit page over a run's outputs (web extra)")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (beyond loopback only with VERISEG_WEB_TOKEN)")
+    p.add_argument("--port", type=int, default=8081, help="0: any free port")
+    p.add_argument("--blob", default=None, help="the model's blob (class names and colours)")
+    for opt in ("--chain", "--home", "--registry"):   # also accepted after the command
+        p.add_argument(opt, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_audit)
     return ap
 
 

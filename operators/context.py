@@ -36,6 +36,7 @@ class FlowContext:
     first: Any = None         # the model verified at build time (ModelLoaded)
     preprocessor: Any = None  # operators.preprocess.Preprocessor for the model's input, or None
     batch: int = 1            # largest micro-batch of file replay
+    live: Any = None          # web.live.LiveView while VERISEG_WEB serves the live view
 
     def __post_init__(self):
         if self.sessions is None:

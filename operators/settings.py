@@ -157,7 +157,7 @@ class FlowSettings(BaseSettings):
                                    "required when VERISEG_WEB binds beyond loopback", shown="—")
     web: Annotated[Optional[tuple[str, int]], NoDecode] = var(
         None, "serve the live view on [HOST:]PORT (HOST defaults to 127.0.0.1; a non-loopback "
-        "HOST needs VERISEG_WEB_TOKEN)", shown="off")
+        "HOST needs VERISEG_WEB_TOKEN)", shown="off", main=True)
     progress: Literal["auto", "1", "0"] = var("auto", "progress line on stderr (auto: a terminal "
                                               "and file replay)")
     preprocess: Literal["auto", "off"] = var("auto", "resize/colour-convert frames to the model "

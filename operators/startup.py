@@ -15,6 +15,7 @@ from .model_reader import ModelRefused, ModelWatcher, connect_registry
 from .preprocess import Preprocessor
 from .sessions import GPU_PROVIDERS, ScoreError
 from .sources import check_pipeline
+from .telemetry import log
 
 __all__ = ["start_flow", "LockedRegistry", "startup_error", "flow_from_env", "lazy_flow"]
 
@@ -81,7 +82,20 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     ctx.batch = cfg.batch
     if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
         ctx.batch = 4 if provider in GPU_PROVIDERS else 1
+    if cfg.web is not None:
+        ctx.live = _live_view(ctx)
     return ctx
+
+
+def _live_view(ctx: FlowContext):
+    """The live view (``web.live``, the optional extra ``web``); the flow runs without it."""
+    try:
+        from web.live import start_live_view
+    except ImportError as e:
+        log.warning("VERISEG_WEB is set but the web extra is missing (%s): pip install "
+                    "'veriseg[web]'; the flow runs without the live view", e)
+        return None
+    return start_live_view(ctx)
 
 
 def startup_error(e: BaseException) -> "SystemExit":

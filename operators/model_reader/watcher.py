@@ -71,6 +71,7 @@ class ModelWatcher(ModelResolver):
             on_outage=lambda e: log.warning("model registry unreachable (%s): keep scoring with "
                                             "the verified model, retrying", first_line(e)),
             on_reconnect=lambda down: log.info("model registry reachable again after %.1fs", down))
+        self.follower = follower   # its down_since tells the live view the chain is away
         last_saved = time.monotonic()
         for poll in follower.polls():
             if self.sids and self.streams.all_done(self.sids):

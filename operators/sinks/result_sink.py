@@ -58,6 +58,7 @@ class ResultSink(FixedPartitionedSink):
                  metrics_host: str = "127.0.0.1"):
         self.stats, self.revoked = ctx.stats, ctx.revoked
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
+        self.live = getattr(ctx, "live", None)   # web.live.LiveView: the newest frame per stream
         self.out = Path(out)
         self.video_scale = video_scale
         self.sids = list(stream_ids)
@@ -136,6 +137,8 @@ class ResultSink(FixedPartitionedSink):
                 self.sender = None
         if sender is not None:
             sender.close()
+        if last and self.live is not None:
+            self.live.close()
         if last:
             extra = dict(self.summary_extra)
             # the outputs failed, or the model reader failed safe (it stopped the sources)

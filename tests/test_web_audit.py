@@ -1,0 +1,157 @@
+"""The audit page's logic without a browser, over a real anchored run on the embedded chain:
+batches with their blocks, thumbnails, and anchor-verify's verdict per frame (each
+tampering names its check), and ``python -m chain audit`` in a subprocess."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from flow_fixtures import env_for, make_blob, make_folder, register_embedded
+from web_fixtures import REPO, get
+
+pytest.importorskip("aiohttp")
+
+SID = "frames"
+
+
+@pytest.fixture(scope="module")
+def anchored(tmp_path_factory):
+    """Six frames, anchored every three, on the embedded chain (outputs copied per test)."""
+    from bytewax.testing import run_main
+
+    from dataflows.segment import build_flow
+    from operators.config import load_config
+    base = tmp_path_factory.mktemp("audit")
+    blob = base / "models" / "tiny.vsb"
+    key = make_blob(blob)
+    register_embedded(base / "home", blob)
+    folder = make_folder(base / SID, n=6)
+    cfg = load_config(env_for(base, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=3, VERISEG_VIDEO=0))
+    run_main(build_flow(cfg))
+    return cfg, key
+
+
+@pytest.fixture
+def site(anchored, tmp_path):
+    import chain
+    from web.audit import AuditSite
+    cfg, key = anchored
+    out = tmp_path / "out"
+    shutil.copytree(cfg.out, out, symlinks=True)
+    s = AuditSite(out, chain.connect(chain="embedded", home=cfg.home))
+    s.refresh()
+    yield s
+    s.close()
+
+
+def test_batches_are_listed_with_their_blocks_and_an_intact_frame_verifies(site, anchored):
+    _, key = anchored
+    rows = site.batch_rows()
+    assert [(r["first_seq"], r["last_seq"], r["frames"]) for r in rows] == [(0, 2, 3), (3, 5, 3)]
+    assert all(r["model_key"] == key and isinstance(r["block"], int) and r["block"] > 0 for r in rows)
+    assert all(r["tx"].startswith("0x") and r["stream"] == SID for r in rows)
+    frames = site.frames(rows[0]["id"])["frames"]
+    assert [f["seq"] for f in frames] == [0, 1, 2] and frames[1]["line"]["model_key"] == key
+    assert "latency_ms" not in frames[1]["line"]
+    v = site.verify(rows[0]["id"], 1)
+    assert v["ok"] and v["failed"] is None and v["line"].startswith(f"verified: stream {SID} seq 1")
+    assert {c["state"] for c in v["checks"]} == {"passed"}
+    png = site.thumbnail(SID, 1)
+    thumb = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and thumb.shape[1] == 128
+
+
+def _edit_line(out, seq, fn):
+    p = out / SID / "results.jsonl"
+    lines = [json.loads(x) for x in p.read_text().splitlines()]
+    for rec in lines:
+        if rec["seq"] == seq:
+            fn(rec)
+    p.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _pixel(out, seq):
+    p = out / SID / "masks" / f"{seq:06d}.png"
+    m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    m[0, 0] = (int(m[0, 0]) + 1) % 13
+    cv2.imwrite(str(p), m)
+
+
+def _symlink_mask(out, seq):
+    p = out / SID / "masks" / f"{seq:06d}.png"
+    p.unlink()
+    p.symlink_to(out / SID / "masks" / "000000.png")
+
+
+def _root(out, seq):
+    p = out / "anchors" / SID / "000000-000002.json"
+    d = json.loads(p.read_text())
+    d["root"] = "00" * 32
+    p.write_text(json.dumps(d))
+
+
+TAMPERING = {
+    "mask_pixel": (_pixel, "leaf_mismatch"),
+    "mask_symlinked": (_symlink_mask, "mask"),
+    "mask_deleted": (lambda out, seq: (out / SID / "masks" / f"{seq:06d}.png").unlink(), "mask"),
+    "line_extra_field": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(ok=True)),
+                         "result_unbound_field"),
+    "line_shares": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(shares={"road": 1.0})),
+                    "result_shares_mismatch"),
+    "line_pos": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(pos="elsewhere")),
+                 "result_claim_mismatch"),
+    "line_deleted": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(seq=99)), "result_missing"),
+    "batch_root": (_root, "proof_invalid"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_a_tampered_frame_fails_naming_the_check_and_its_neighbour_still_verifies(site, case):
+    tamper, check = TAMPERING[case]
+    rows = site.batch_rows()
+    tamper(site.out, 1)
+    v = site.verify(rows[0]["id"], 1)
+    assert not v["ok"] and v["failed"] == check, v
+    states = {c["check"]: c["state"] for c in v["checks"]}
+    assert states[check] == "failed" and list(states.values()).count("failed") == 1
+    order = [c["check"] for c in v["checks"]]
+    assert all(states[c] == "passed" for c in order[:order.index(check)])
+    assert all(states[c] == "not run" for c in order[order.index(check) + 1:])
+    assert v["message"] and "\n" not in v["message"]
+    if case != "batch_root":
+        assert site.verify(rows[0]["id"], 2)["ok"]
+
+
+def test_python_m_chain_audit_serves_the_page_until_interrupted(anchored):
+    cfg, _ = anchored
+    p = subprocess.Popen([sys.executable, "-m", "chain", "audit", str(cfg.out), "--port", "0",
+                          "--chain", "embedded", "--home", str(cfg.home)],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert "audit page for" in line and "(2 anchor batches)" in line, (line, p.stderr.read())
+        url = line.split(": ", 1)[1].strip()
+        status, headers, body = get(url, "/api/batches")
+        assert status == 200 and len(json.loads(body)["batches"]) == 2
+        assert get(url, "/")[0] == 200
+    finally:
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(60)
+    assert rc == 0 and "Traceback" not in p.stderr.read()
+
+
+def test_python_m_chain_audit_refuses_a_public_address_without_a_token(anchored, tmp_path):
+    cfg, _ = anchored
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VERISEG_WEB_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "chain", "--chain", "embedded", "--home", str(cfg.home),
+                        "audit", str(cfg.out), "--host", "0.0.0.0", "--port", "0"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and "VERISEG_WEB_TOKEN" in r.stderr, r.stderr

@@ -1,0 +1,77 @@
+"""The live view started and stopped with the flow (tiny model, stand-in registry): what it
+serves, and that the flow runs without it when the extra is missing or the port is taken."""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import pytest
+
+from flow_fixtures import FakeRegistry, env_for, make_blob, make_clip, wait_for
+from web_fixtures import FlowThread, free_port, get
+
+pytest.importorskip("aiohttp")
+
+
+def _flow(tmp_path, port, **extra):
+    from dataflows.segment import build_flow
+    from operators.config import load_config
+    blob = tmp_path / "models" / "tiny.vsb"
+    key = make_blob(blob)
+    reg = FakeRegistry()
+    reg.register(key, "tiny", blob.resolve().as_uri())
+    clip = make_clip(tmp_path / "cam.avi", n=12)
+    cfg = load_config(env_for(tmp_path, clip, blob, VERISEG_WEB=f"127.0.0.1:{port}", **extra))
+    return build_flow(cfg, registry=reg), key, reg
+
+
+def test_the_live_view_serves_while_the_flow_runs_and_stops_with_it(tmp_path):
+    port = free_port()
+    flow, key, reg = _flow(tmp_path, port, VERISEG_LOOP=1, VERISEG_ANCHOR_EVERY=5)
+    assert flow.context.live is not None and flow.context.live.url == f"http://127.0.0.1:{port}/"
+    running = FlowThread(flow)
+    try:
+        assert wait_for(lambda: sum(flow.context.stats.written.values()) >= 12, timeout=300)
+        status, headers, body = get(port, "/api/state")
+        state = json.loads(body)
+        s = state["streams"][0]
+        assert status == 200 and s["id"] == "cam" and s["scored"] >= 12
+        assert s["model"]["key"] == key and s["model"]["status"] == "active" and state["banner"] == []
+        assert get(port, "/api/frame.jpg?stream=cam")[2][:2] == b"\xff\xd8"
+        assert wait_for(lambda: json.loads(get(port, "/api/state")[2])["anchors"], timeout=60)
+        a = json.loads(get(port, "/api/state")[2])["anchors"][0]
+        assert a["stream"] == "cam" and a["model_key"] == key and a["tx"].startswith("0x")
+        reg.down = True   # the node goes away: the banner says so (status unknown)
+        assert wait_for(lambda: not json.loads(get(port, "/api/state")[2])["chain"]["reachable"],
+                        timeout=60)
+        state = json.loads(get(port, "/api/state")[2])
+        assert state["streams"][0]["model"]["status"] == "unknown"
+        assert any("chain unreachable" in b for b in state["banner"])
+        reg.down = False
+    finally:
+        running.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_without_the_web_extra_the_flow_runs_and_says_so_in_one_line(tmp_path, monkeypatch, caplog):
+    from bytewax.testing import run_main
+    monkeypatch.setitem(sys.modules, "web.live", None)   # import web.live -> ImportError
+    flow, _, _ = _flow(tmp_path, free_port())
+    run_main(flow)
+    lines = [r.getMessage() for r in caplog.records if "VERISEG_WEB" in r.getMessage()]
+    assert len(lines) == 1 and "web extra is missing" in lines[0] and "pip install" in lines[0]
+    assert flow.context.live is None and sum(flow.context.stats.written.values()) == 12
+
+
+def test_a_taken_port_is_one_line_and_the_flow_runs_without_the_view(tmp_path, caplog):
+    from bytewax.testing import run_main
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        flow, _, _ = _flow(tmp_path, taken.getsockname()[1])
+        run_main(flow)
+    lines = [r.getMessage() for r in caplog.records if "VERISEG_WEB" in r.getMessage()]
+    assert len(lines) == 1 and "cannot listen" in lines[0] and "without the live view" in lines[0]
+    assert flow.context.live is None and sum(flow.context.stats.written.values()) == 12
