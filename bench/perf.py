@@ -773,6 +773,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--part", help="with --table: main | backends | curve | experiments | int8 | profile | sinks")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.int8_blob:   # the flow rows run in a work folder: a relative path would not resolve there
+        a.int8_blob = str(Path(a.int8_blob).resolve())
     if a.child:
         return child_main(a.child)
     if a.table:
