@@ -158,6 +158,7 @@ class SessionCache:
                     self.provider = e.provider
                 if self.stats is not None:
                     self.stats.provider = e.provider
+                    self.stats.backend = e.runner.backend
                 with self._lock:
                     self._d[update.key] = e
                     while len(self._d) > self.keep:

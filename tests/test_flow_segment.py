@@ -144,7 +144,8 @@ def test_video_end_to_end_outputs_and_keys(tmp_path):
     assert prom_value(prom, "veriseg_model_in_use", stream="clip", key=key) == 1
     assert prom_value(prom, "veriseg_latency_seconds_count", stage="score") == 20
     assert prom_value(prom, "veriseg_latency_seconds_bucket", stage="score", le="+Inf") == 20
-    assert prom_value(prom, "veriseg_runtime_info", provider="CPUExecutionProvider") == 1
+    backend = "openvino" if summary["provider"].startswith("OpenVINO") else "onnxruntime"
+    assert prom_value(prom, "veriseg_runtime_info", backend=backend, provider=summary["provider"]) == 1
     # anchors: 8 + 8 + 4 frames, each batch anchored once on the (fake) chain
     batches = sorted((out / "anchors" / "clip").glob("*.json"))
     assert [b.name for b in batches] == ["000000-000007.json", "000008-000015.json",

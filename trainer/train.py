@@ -297,7 +297,6 @@ def default_workers(device: torch.device) -> int:
 
 
 def _batch_loader(data: FolderData, cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
-    import multiprocessing as mp
     w = cfg.workers if cfg.workers is not None else default_workers(device)
     sampler = _EpochSteps(steps_per_epoch)
     loader = torch.utils.data.DataLoader(
@@ -308,9 +307,20 @@ def _batch_loader(data: FolderData, cfg: TrainConfig, steps_per_epoch: int, devi
         # shifting dropout's random stream with the worker count
         generator=torch.Generator(),
         timeout=300 if w else 0,      # a stuck worker raises instead of stalling the run
-        # fork shares the decoded frames copy-on-write; spawn would pickle them to every worker
-        multiprocessing_context="fork" if w and "fork" in mp.get_all_start_methods() else None)
+        multiprocessing_context=_worker_start_method() if w else None)
     return loader, sampler
+
+
+def _worker_start_method() -> str:
+    """fork shares the decoded frames copy-on-write (spawn would pickle them to every worker),
+    but not once OpenVINO is loaded in this process: a child forked from its TBB thread pool
+    hung, or crashed the parent, in the test suite after the flow's OpenVINO tests. Then
+    forkserver, whose children start from a clean process."""
+    import multiprocessing as mp
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and "openvino" not in sys.modules:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
