@@ -64,3 +64,9 @@ def carla_dir() -> Path:
     if not path:
         pytest.skip("VERISEG_CARLA_DIR is not set")
     return Path(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The web tests first: they start Chromium (Playwright) and fork, and a process that has
+    loaded OpenVINO (the backend tests) crashed (SIGSEGV) or hung when it later forked."""
+    items.sort(key=lambda item: 0 if item.fspath.basename.startswith("test_web_") else 1)

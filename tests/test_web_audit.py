@@ -33,7 +33,8 @@ def anchored(tmp_path_factory):
     key = make_blob(blob)
     register_embedded(base / "home", blob)
     folder = make_folder(base / SID, n=6)
-    cfg = load_config(env_for(base, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=3, VERISEG_VIDEO=0))
+    cfg = load_config(env_for(base, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=3, VERISEG_VIDEO=0,
+                              VERISEG_BACKEND="onnxruntime"))  # see test_web_browser: no OpenVINO before Chromium
     run_main(build_flow(cfg))
     return cfg, key
 

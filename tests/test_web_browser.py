@@ -60,7 +60,10 @@ def _env(tmp_path, **extra) -> dict:
     # no VERISEG_MODEL: the default run, which trusts the committed blob on a fresh home
     env = {"VERISEG_SOURCE": str(CLIP),
            "VERISEG_OUT": str(tmp_path / "out"), "VERISEG_HOME": str(tmp_path / "home"),
-           "VERISEG_PROVIDERS": "cpu", "VERISEG_PROGRESS": "0", "VERISEG_POLL": "0.2"}
+           "VERISEG_PROVIDERS": "cpu", "VERISEG_PROGRESS": "0", "VERISEG_POLL": "0.2",
+           # ONNX Runtime: Chromium (Playwright) started from a process running OpenVINO
+           # crashed it (SIGSEGV) in the full suite
+           "VERISEG_BACKEND": "onnxruntime"}
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -22,7 +22,8 @@ def _flow(tmp_path, port, **extra):
     reg = FakeRegistry()
     reg.register(key, "tiny", blob.resolve().as_uri())
     clip = make_clip(tmp_path / "cam.avi", n=12)
-    cfg = load_config(env_for(tmp_path, clip, blob, VERISEG_WEB=f"127.0.0.1:{port}", **extra))
+    cfg = load_config(env_for(tmp_path, clip, blob, VERISEG_WEB=f"127.0.0.1:{port}",
+                              **{"VERISEG_BACKEND": "onnxruntime", **extra}))
     return build_flow(cfg, registry=reg), key, reg
 
 
