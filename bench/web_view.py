@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .machine import save
+from .machine import free_port as _free_port, save
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("off", "idle", "viewer")
@@ -46,12 +45,6 @@ while True:
             pass
     time.sleep(0.25)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu() -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 
@@ -22,6 +21,7 @@ from flow_fixtures import FakeRegistry, env_for, make_blob, read_jsonl
 from operators.config import SourceSpec, load_config
 from operators.frames import NOT_YET
 from operators.sources import GstReader, gst_available
+from chain_fixtures import free_port as _free_port
 
 pytestmark = pytest.mark.gst
 
@@ -153,14 +153,6 @@ def test_an_appsink_asking_for_a_format_the_flow_cannot_read_is_one_line_at_star
     assert not stats.bad, "a stream format problem was blamed on every frame"
     why = stats.source_errors["gst0"]
     assert "I420" in why and "format=BGR" in why and "\n" not in why
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class RtspServer:

@@ -3,22 +3,16 @@ port, a flow running in a thread, small PNG screenshots."""
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+from chain_fixtures import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "docs" / "web"
 SCREENSHOT_LIMIT = 150_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url_or_port, path: str, *, method: str = "GET", headers=None, body=None,
