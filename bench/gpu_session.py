@@ -1,7 +1,9 @@
 """One lent-GPU session in one command: CUDA inference figures, then a batch of training runs
-side by side.
+side by side, then (optionally) a batch of fine-tunes that start from those runs' weights.
 
     python3 bench/gpu_session.py --data DIR --onnx MODEL.onnx --out OUT [--minutes M]
+    python3 bench/gpu_session.py --data DIR --out OUT --skip-inference --jobs rcm-f1-s0 rcm-f2-s0 \
+        --epochs 85 --finetunes cond60-f1 cond60-f2 --finetune-epochs 31 --deadline-minutes 9
 
 The machine is lent for minutes, not hours, so everything is sized to end by a deadline:
 the training runs share the GPU and use ``--minutes`` (a cosine schedule fitted to the wall
@@ -46,6 +48,31 @@ JOBS = {
     "rcm-f2-s4": ["--seed", "4", *F2],
     # the final fit (every frame, no validation), as shipped
     "rcm-all-s0": ["--seed", "0", "--val-fraction", "0"],
+    # seed 0 of each fold, the base of the fold fine-tunes below (issue 18)
+    "rcm-f1-s0": ["--seed", "0"],
+    "rcm-f2-s0": ["--seed", "0", *F2],
+}
+
+# The second stage of the shipped recipe (docs/trainer.md, "Robustness"): a fine-tune from a
+# first-stage run's last EMA weights (a job name above) or from a checkpoint path, with
+# training conditions.  name -> (init, extra arguments).  Issue 18 asks for the clean two-fold
+# mean of this recipe at full length, and whether a smaller conditions share or the
+# Jensen-Shannon consistency term (recipe (c)) keeps more clean accuracy.
+FINETUNE = ["--lr", "1e-3", "--seed", "0"]
+# the base final fit (key ff104ca3...) that the shipped blob was tuned from: `git show
+# 748f49b:models/carla-enet.ckpt.pt`, carried beside the data (the repo now holds the fine-tune)
+SHIPPED_BASE = ".dev/base-ff104ca3.pt"
+COND_C = ["--conditions", "0.8", "--consistency", "2.0"]
+FINETUNES = {
+    "cond60-f1": ("rcm-f1-s0", ["--conditions", "0.6"]),
+    "cond60-f2": ("rcm-f2-s0", ["--conditions", "0.6", *F2]),
+    "cond35-f1": ("rcm-f1-s0", ["--conditions", "0.35"]),
+    "cond35-f2": ("rcm-f2-s0", ["--conditions", "0.35", *F2]),
+    "cons-f1": ("rcm-f1-s0", COND_C),
+    "cons-f2": ("rcm-f2-s0", [*COND_C, *F2]),
+    # final fits (every frame) from the shipped base, candidates to ship
+    "cond35-all": (SHIPPED_BASE, ["--conditions", "0.35", "--val-fraction", "0"]),
+    "cons-all": (SHIPPED_BASE, [*COND_C, "--val-fraction", "0"]),
 }
 DEFAULT_JOBS = ["rcm-f1-s1", "rcm-f1-s2", "rcm-f1-s3", "rcm-f2-s1", "rcm-f2-s2", "wide-f1-s1", "wd5-f1-s1",
                 "drop2-f1-s1"]
@@ -152,16 +179,17 @@ def ort_cpu_figures(onnx_path: str) -> list[dict]:
     return rows
 
 
-def train_batch(data: str, work: Path, minutes: float, workers: int, names: list[str], device: str,
-                extra: list[str]) -> dict:
+def train_batch(data: str, work: Path, runs_args: dict[str, list[str]], workers: int, device: str,
+                extra: list[str], deadline: float) -> dict:
+    """Run ``python -m trainer train`` once per entry of ``runs_args`` side by side; kill what
+    is still running at ``deadline`` (time.time()) so that the lease ends with results."""
     runs = work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     procs = {}
-    for name in names:
+    for name, args in runs_args.items():
         log = open(runs / f"{name}.log", "w")
         cmd = [sys.executable, "-m", "trainer", "train", "--data", data, "--out", str(runs / name), *RECIPE,
-               *JOBS[name], "--minutes", str(minutes), "--device", device, "--workers", str(workers),
-               "--threads", "1", "--no-progress", *extra]
+               *args, "--device", device, "--workers", str(workers), "--threads", "1", "--no-progress", *extra]
         procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
     t0 = time.time()
     status = {}
@@ -184,13 +212,25 @@ def train_batch(data: str, work: Path, minutes: float, workers: int, names: list
                     status[other] = {"rc": "killed"}
                 procs.clear()
                 break
-        if procs and time.time() - t0 > minutes * 60 + 120:
+        if procs and time.time() > deadline:
             for name, (q, lg) in procs.items():
                 q.kill()
                 lg.close()
                 status[name] = {"rc": "overran"}
             procs.clear()
     return status
+
+
+def budget(epochs: int | None, minutes: float) -> list[str]:
+    """A run's length: ``--epochs`` (a step-based schedule, the recipe's own length) with
+    ``--minutes`` as a stop so it cannot outlive the lease, or the wall clock alone."""
+    return ["--epochs", str(epochs), "--minutes", str(minutes)] if epochs else ["--minutes", str(minutes)]
+
+
+def finetune_args(name: str, work: Path, epochs: int | None, minutes: float) -> list[str]:
+    init, args = FINETUNES[name]
+    init_path = work / "runs" / init / "last.pt" if init in JOBS else Path(init)
+    return [*FINETUNE, *args, "--init", str(init_path), *budget(epochs, minutes)]
 
 
 def pack_runs(work: Path, out: Path) -> None:
@@ -228,7 +268,15 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="what comes back: a JSON and two tars")
     ap.add_argument("--work", default="/tmp/gpu_session", help="the runs' own folders")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--minutes", type=float, default=5.0, help="each first-stage run's wall-clock budget")
+    ap.add_argument("--epochs", type=int, help="first-stage runs take this many epochs (--minutes stops them)")
+    ap.add_argument("--finetunes", nargs="*", default=[], choices=list(FINETUNES),
+                    help="second-stage runs, started once every --jobs run has ended")
+    ap.add_argument("--finetune-epochs", type=int)
+    ap.add_argument("--finetune-minutes", type=float, default=4.0)
+    ap.add_argument("--finetune-workers", type=int)
+    ap.add_argument("--deadline-minutes", type=float,
+                    help="from the start: runs still going are killed then (default: stage budgets + 2 min each)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--jobs", nargs="*", default=DEFAULT_JOBS, choices=list(JOBS))
     ap.add_argument("--skip-inference", action="store_true")
@@ -249,14 +297,31 @@ def main() -> int:
             except Exception as e:       # a figure for scale only: never worth the batch
                 result["ort_cpu_inference_512"] = f"failed: {e!r}"
         (out / "gpu_session.json").write_text(json.dumps(result, indent=1))
-    if not a.jobs:
+    if not a.jobs and not a.finetunes:
         return 0
     t = time.time()
-    status = train_batch(a.data, Path(a.work), a.minutes, a.workers, a.jobs, a.device, a.extra.split())
-    result["training"] = {"minutes": a.minutes, "workers": a.workers, "recipe": RECIPE,
+    deadline = t + 60 * (a.deadline_minutes or (a.minutes + 2 + (a.finetune_minutes + 2) * bool(a.finetunes)))
+    work, extra = Path(a.work), a.extra.split()
+    status = train_batch(a.data, work, {n: [*JOBS[n], *budget(a.epochs, a.minutes)] for n in a.jobs},
+                         a.workers, a.device, extra, deadline)
+    result["training"] = {"minutes": a.minutes, "epochs": a.epochs, "workers": a.workers, "recipe": RECIPE,
                           "jobs": {n: JOBS[n] for n in a.jobs}, "status": status,
                           "wall_s": round(time.time() - t, 1)}
     (out / "gpu_session.json").write_text(json.dumps(result, indent=1))
+    ready = [n for n in a.finetunes if FINETUNES[n][0] not in JOBS or status.get(FINETUNES[n][0], {}).get("rc") == 0]
+    if ready:
+        t2 = time.time()
+        # what is left of the lease, less a minute to pack, caps each fine-tune's clock
+        minutes = max(0.5, min(a.finetune_minutes, (deadline - t2 - 60) / 60))
+        status2 = train_batch(a.data, work,
+                              {n: finetune_args(n, work, a.finetune_epochs, minutes) for n in ready},
+                              a.finetune_workers or a.workers, a.device, extra, deadline)
+        result["finetuning"] = {"epochs": a.finetune_epochs, "minutes": round(minutes, 2), "common": FINETUNE,
+                                "runs": {n: {"init": FINETUNES[n][0], "args": FINETUNES[n][1]} for n in ready},
+                                "skipped": [n for n in a.finetunes if n not in ready],
+                                "status": status2, "wall_s": round(time.time() - t2, 1)}
+        status = {**status, **status2}
+        (out / "gpu_session.json").write_text(json.dumps(result, indent=1))
     pack_runs(Path(a.work), out)
     print(json.dumps(status), flush=True)
     return 0

@@ -47,3 +47,28 @@ def test_a_run_that_dies_at_once_stops_the_batch(tmp_path):
     assert r.returncode == 0 and "failed early" in r.stdout, r.stdout + r.stderr
     status = json.loads((tmp_path / "out" / "gpu_session.json").read_text())["training"]["status"]
     assert status["rcm-f1-s1"]["rc"] == 2
+
+
+def test_fine_tunes_start_from_the_first_stage_runs_last_weights(tmp_path):
+    from trainer.train import load_checkpoint
+    r = session(tmp_path, "--jobs", "rcm-f1-s0", "--epochs", "1", "--finetunes", "cond35-f1", "cons-f1",
+                "--finetune-epochs", "1", "--extra", TOY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
+    assert {k: v["rc"] for k, v in result["finetuning"]["status"].items()} == {"cond35-f1": 0, "cons-f1": 0}
+    assert result["finetuning"]["runs"]["cons-f1"] == {"init": "rcm-f1-s0",
+                                                      "args": ["--conditions", "0.8", "--consistency", "2.0"]}
+    log = (tmp_path / "work" / "runs" / "cond35-f1.log").read_text()
+    assert f"init: weights from {tmp_path / 'work' / 'runs' / 'rcm-f1-s0' / 'last.pt'}" in log
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
+        tar.extractall(tmp_path / "back", filter="data")
+    _, ck = load_checkpoint(tmp_path / "back" / "runs" / "cond35-f1" / "last.pt")
+    assert ck["config"]["conditions"] == 0.35 and ck["config"]["lr"] == 1e-3
+
+
+def test_a_fine_tune_whose_first_stage_failed_is_skipped_not_started(tmp_path):
+    r = session(tmp_path, "--jobs", "rcm-f1-s0", "--finetunes", "cond35-f1", "--extra", TOY + " --no-such-option")
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
+    assert result["training"]["status"]["rcm-f1-s0"]["rc"] == 2
+    assert "finetuning" not in result
