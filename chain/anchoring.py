@@ -54,7 +54,7 @@ __all__ = ["leaf_digest", "ts_micros", "node_digest", "MerkleTree", "verify_proo
 
 
 def _key32(model_key: str | bytes) -> bytes:
-    from .client import key_bytes
+    from .values import key_bytes
     return key_bytes(model_key)
 
 
@@ -210,7 +210,7 @@ class AnchorBatch:
     @classmethod
     def build(cls, model_key: str, records: Sequence[tuple[str, int, object]]) -> "AnchorBatch":
         """From (stream_id, seq, class_map[, ts, pos]) records scored by ``model_key``."""
-        from .client import normalize_key
+        from .values import normalize_key
         mk = normalize_key(model_key)
         leaves = []
         for s, n, cm, *claims in records:
@@ -337,7 +337,7 @@ class AnchorBatcher:
         self._leaves: list[Leaf] = []
         self.written: list[Path] = []
         if resume:
-            from .client import normalize_key
+            from .values import normalize_key
             self._key = normalize_key(resume["model_key"])
             self._leaves = [Leaf.from_json(x) for x in resume["leaves"]]
 
@@ -345,7 +345,7 @@ class AnchorBatcher:
             ts: float | None = None, pos: str | None = None) -> Path | None:
         """Add a frame's result (its leaf is computed here); returns what ``send`` returned
         for a batch this closed, else None."""
-        from .client import normalize_key
+        from .values import normalize_key
         mk = normalize_key(model_key)
         return self.add_leaf(mk, Leaf(str(stream_id), int(seq),
                                       leaf_digest(stream_id, seq, mk, class_map, ts=ts, pos=pos),
@@ -353,7 +353,7 @@ class AnchorBatcher:
 
     def add_leaf(self, model_key: str, leaf: Leaf) -> Path | None:
         """Add a leaf computed already (``chain.results.frame_record(...).anchor_leaf``)."""
-        from .client import normalize_key
+        from .values import normalize_key
         mk = normalize_key(model_key)
         out = None
         if self._leaves and (mk != self._key or leaf.stream != self._leaves[-1].stream):
@@ -484,7 +484,7 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
         raise errors.AnchorVerificationFailed(
             f"seq out of range: the chain anchored seq {first}..{last} for this root, not "
             f"{seq}", check="seq_out_of_range")
-    from .client import stream_hash
+    from .values import stream_hash
     if rec_chain.stream_id != stream_hash(stream).hex():
         raise errors.AnchorVerificationFailed(
             f"stream mismatch: the chain anchored root {claimed_root.hex()[:16]}… for stream id "

@@ -28,7 +28,7 @@ def blob_key(path: str | os.PathLike) -> str:
 
 def resolve_key(arg: str) -> str:
     """A KEY argument or a BLOB path -> 64-hex key."""
-    from .client import normalize_key
+    from .values import normalize_key
     p = Path(arg)
     if p.exists():
         return blob_key(p)
@@ -48,13 +48,13 @@ def _blob_name(path: Path) -> str:
 
 
 def _connect(args):
-    from .client import connect
+    from .connection import connect
     return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
                    chain_id=args.chain_id)
 
 
 def cmd_deploy_registry(args) -> int:
-    from .client import deploy_registry
+    from .connection import deploy_registry
     chain = args.chain or os.environ.get("VERISEG_CHAIN") or "embedded"
     addr = deploy_registry(chain, home=args.home, keyfile=args.keyfile)
     print(addr)

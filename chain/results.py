@@ -25,7 +25,7 @@ import numpy as np
 
 from . import errors
 from .anchoring import Leaf, Verification, leaf_digest, read_mask, ts_micros
-from .client import normalize_key
+from .values import normalize_key
 
 __all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "class_shares",
            "frame_record", "result_lines", "verify_result_line"]
