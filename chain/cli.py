@@ -178,7 +178,7 @@ def cmd_events(args) -> int:
 
 
 def cmd_anchor(args) -> int:
-    from .anchoring import AnchorBatch
+    from .anchor_batch import AnchorBatch
     batch, raw = AnchorBatch.read(args.batch)
     if raw.get("chain") and not args.force:
         raise CliError(f"batch {args.batch} was already anchored (tx {raw['chain'].get('tx_hash')}); "
@@ -225,7 +225,7 @@ def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None
     Returns the Verification; raises AnchorVerificationFailed whose ``.check`` names the
     first check that failed (in this order: result_missing when the mask comes from the
     line, mask, then verify_frame's, then verify_result_line's)."""
-    from .anchoring import read_mask, verify_frame
+    from .anchor_verify import read_mask, verify_frame
     from .results import result_lines, verify_result_line
     if mask is None:
         if result is None:
