@@ -28,7 +28,7 @@ def blob_key(path: str | os.PathLike) -> str:
 
 def resolve_key(arg: str) -> str:
     """A KEY argument or a BLOB path -> 64-hex key."""
-    from .client import normalize_key
+    from .values import normalize_key
     p = Path(arg)
     if p.exists():
         return blob_key(p)
@@ -48,13 +48,13 @@ def _blob_name(path: Path) -> str:
 
 
 def _connect(args):
-    from .client import connect
+    from .connection import connect
     return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
                    chain_id=args.chain_id)
 
 
 def cmd_deploy_registry(args) -> int:
-    from .client import deploy_registry
+    from .connection import deploy_registry
     chain = args.chain or os.environ.get("VERISEG_CHAIN") or "embedded"
     addr = deploy_registry(chain, home=args.home, keyfile=args.keyfile)
     print(addr)
@@ -178,7 +178,7 @@ def cmd_events(args) -> int:
 
 
 def cmd_anchor(args) -> int:
-    from .anchoring import AnchorBatch
+    from .anchor_batch import AnchorBatch
     batch, raw = AnchorBatch.read(args.batch)
     if raw.get("chain") and not args.force:
         raise CliError(f"batch {args.batch} was already anchored (tx {raw['chain'].get('tx_hash')}); "
@@ -225,7 +225,7 @@ def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None
     Returns the Verification; raises AnchorVerificationFailed whose ``.check`` names the
     first check that failed (in this order: result_missing when the mask comes from the
     line, mask, then verify_frame's, then verify_result_line's)."""
-    from .anchoring import read_mask, verify_frame
+    from .anchor_verify import read_mask, verify_frame
     from .results import result_lines, verify_result_line
     if mask is None:
         if result is None:

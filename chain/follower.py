@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from . import errors
-from .client import ChainEvent
+from .values import ChainEvent
 
 __all__ = ["EventFollower", "Poll"]
 

@@ -6,7 +6,7 @@
     line = dict(rec.line, latency_ms=...)   # diagnostics go after the computed fields
     batcher.add_leaf(key, rec.anchor_leaf)  # the Merkle leaf the line names
 
-The line's ``leaf`` is ``chain.anchoring.leaf_digest`` of the frame (v2: it binds the ts and
+The line's ``leaf`` is ``chain.merkle.leaf_digest`` of the frame (v2: it binds the ts and
 pos the line states, as rounded in the line) and its ``shares`` the fraction of pixels per
 class (5 decimals, absent classes left out). The verifier recomputes both from the proven
 class map with the same functions, so a line the sink wrote always verifies.
@@ -24,8 +24,10 @@ import cv2
 import numpy as np
 
 from . import errors
-from .anchoring import Leaf, Verification, leaf_digest, read_mask, ts_micros
-from .client import normalize_key
+from .anchor_batch import Leaf
+from .anchor_verify import Verification, read_mask
+from .merkle import leaf_digest, ts_micros
+from .values import normalize_key
 
 __all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "class_shares",
            "frame_record", "result_lines", "verify_result_line"]

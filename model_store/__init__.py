@@ -9,8 +9,10 @@
 
 from . import errors
 from .blob import FORMAT_VERSION, load, normalize_key, pack, read_header, verify, verify_card, write
-from .card import CARLA_CLASSES, MAX_CLASSES, BodyInfo, ClassInfo, DriveSpec, ModelCard, Preprocessing, TensorSpec, classes_from_json, utc_now
+from .card import BodyInfo, ModelCard, Preprocessing, TensorSpec, utc_now
+from .classes import CARLA_CLASSES, MAX_CLASSES, ClassInfo, classes_from_json
 from .drive import NO_CLASS, palette_lut, postprocess, preprocess
+from .drive_spec import DriveSpec
 from .graph import check_graph, read_graph
 from .secrets import generate_secret, read_secret
 

@@ -1,14 +1,5 @@
-"""The `.vsb` byte layout: pack, parse, verify, load.
-
-    magic "VSEGBLOB" | version u16 | header length u32 | header | body | key
-    header = canonical JSON of the model card (UTF-8)
-    body   = zstd(ONNX), optionally ChaCha20-Poly1305-encrypted
-    key    = BLAKE3-256 of every byte before it (32 bytes)
-
-The key is the model's identity: it goes on chain and into every result. The blob
-carries its own key at the end so that corruption is caught with no outside
-reference (`verify` without `--key`); trust still comes from comparing with an
-expected key, which an attacker who rewrites the whole file cannot forge.
+"""Reading a blob: parse, verify, load (the layout is in ``model_store.blob_format``,
+writing in ``model_store.blob_writer``; this module re-exports their public names).
 
 Reading a blob file is bounded before anything is trusted:
 
@@ -17,26 +8,15 @@ Reading a blob file is bounded before anything is trusted:
   refused unread; the content is hashed in CHUNK_SIZE pieces, never held whole by `verify`;
 - given an expected key, the hash is compared before the header is parsed: nothing an
   attacker wrote is interpreted until its bytes are the trusted ones;
-- the header is parsed only if it nests at most MAX_JSON_DEPTH arrays/objects (counted
-  without recursion), its integers have at most MAX_INT_DIGITS characters, it has no
-  NaN/Infinity and no duplicate keys; anything else is `BadCard`, never a Python error.
-
-An encrypted body's 12-byte nonce is a keyed BLAKE3 of the header (with the nonce field
-zeroed) and the compressed body, so one model packed with two cards never reuses a nonce.
-Blobs packed before 2026-12 derived it from the body alone; they load unchanged (the
-reader takes the nonce from the header), so the format version stays 1.
+- the header is parsed (``model_store.header``) within bounds on depth, integer size, NaN
+  and duplicate keys; anything else is `BadCard`, never a Python error.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import itertools
-import json
 import os
-import re
 import stat
-import struct
 from typing import BinaryIO, Optional, Tuple, Union
 
 import blake3
@@ -44,9 +24,12 @@ import zstandard
 
 from . import errors
 from . import graph as _graph
+from .blob_format import (FORMAT_VERSION, KEY_SIZE, MAGIC, MAX_BLOB_SIZE, MAX_HEADER_SIZE,  # noqa: F401 - re-exported
+                          MAX_RAW_SIZE, MAX_STORED_SIZE, PREFIX, normalize_key)
+from .blob_writer import pack, write  # noqa: F401 - re-exported
 from .card import BodyInfo, ModelCard
-from .secrets import decrypt, encrypt, key_id, synthetic_nonce
-from .util import atomic_write
+from .header import MAX_INT_DIGITS, MAX_JSON_DEPTH, canonical_json, parse_card  # noqa: F401 - re-exported
+from .secrets import decrypt, key_id
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,76 +43,9 @@ __all__ = [
     "write",
 ]
 
-MAGIC = b"VSEGBLOB"
-FORMAT_VERSION = 1
-MAX_HEADER_SIZE = 1 << 20  # 1 MiB: a card is a few KB; more is hostile or broken
-MAX_RAW_SIZE = 2 << 30  # 2 GiB: ONNX's own protobuf limit
-MAX_STORED_SIZE = MAX_RAW_SIZE + (MAX_RAW_SIZE >> 7)  # over zstd's worst-case growth plus the tag
-KEY_SIZE = 32
-_PREFIX = struct.Struct(">8sHI")
-MAX_BLOB_SIZE = _PREFIX.size + MAX_HEADER_SIZE + MAX_STORED_SIZE + KEY_SIZE
-MAX_JSON_DEPTH = 32  # a card nests 4 deep; json recurses once a level, so bound it first
-MAX_INT_DIGITS = 40  # sizes and seeds fit; a 5000-digit number is hostile (and int() refuses it)
 CHUNK_SIZE = 1 << 20  # hashing reads this much at a time
-_HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 Blob = Union[str, "os.PathLike[str]", bytes]
-
-
-def canonical_json(obj: object) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: the same card always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def normalize_key(key: Union[str, bytes]) -> str:
-    """Accept a key as printed anywhere (upper case, 0x prefix) or as its 32 bytes (a
-    contract's bytes32); return 64 lower-case hex. The one rule for a key's spelling."""
-    if isinstance(key, (bytes, bytearray)):
-        if len(key) != KEY_SIZE:
-            raise ValueError(f"a blob key is {KEY_SIZE} bytes, got {len(key)}")
-        return bytes(key).hex()
-    if not isinstance(key, str) or not _HEX_KEY.match(key.strip()):
-        raise ValueError(f"{key!r} is not a blob key; expected 64 hex characters")
-    key = key.strip().lower()
-    return key[2:] if key.startswith("0x") else key
-
-
-def pack(onnx_bytes: bytes, card: ModelCard, *, encrypt_key: Optional[bytes] = None, level: int = 3) -> bytes:
-    """Serialise a model and its card into a blob. Same inputs, same bytes, same key."""
-    if not isinstance(onnx_bytes, (bytes, bytearray, memoryview)) or len(onnx_bytes) == 0:
-        raise ValueError("pack needs the ONNX model as non-empty bytes")
-    if len(onnx_bytes) > MAX_RAW_SIZE:
-        raise ValueError(f"model is {len(onnx_bytes)} bytes; the limit is {MAX_RAW_SIZE}")
-    compressed = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(bytes(onnx_bytes))
-    body_info = BodyInfo(raw_size=len(onnx_bytes), stored_size=len(compressed), compression_level=level)
-    if encrypt_key is not None:
-        body_info = BodyInfo(
-            raw_size=len(onnx_bytes),
-            stored_size=len(compressed) + 16,  # the Poly1305 tag
-            compression_level=level,
-            encryption="chacha20-poly1305",
-            key_id=key_id(encrypt_key),
-            nonce="00" * 12,
-        )
-        # the nonce covers the card as well as the body: the same model under two cards
-        # (two AADs) must not reuse (secret, nonce), or one Poly1305 key signs two messages
-        draft = canonical_json(card.replace(body=body_info).to_dict())
-        nonce = synthetic_nonce(encrypt_key, draft, compressed)
-        body_info = dataclasses.replace(body_info, nonce=nonce.hex())
-    header = canonical_json(card.replace(body=body_info).to_dict())
-    if len(header) > MAX_HEADER_SIZE:
-        raise ValueError(f"card is {len(header)} bytes as JSON; the limit is {MAX_HEADER_SIZE}")
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
-    body = compressed if encrypt_key is None else encrypt(encrypt_key, nonce, compressed, prefix)
-    content = prefix + body
-    return content + blake3.blake3(content).digest()
-
-
-def write(path: Union[str, "os.PathLike[str]"], onnx_bytes: bytes, card: ModelCard, **kw) -> str:
-    """Pack to a file (atomically: write then rename) and return the blob's key."""
-    blob = pack(onnx_bytes, card, **kw)
-    atomic_write(path, blob, fsync=True)
-    return blob[-KEY_SIZE:].hex()
 
 
 def read_header(path: Union[str, "os.PathLike[str]"]) -> ModelCard:
@@ -138,13 +54,13 @@ def read_header(path: Union[str, "os.PathLike[str]"]) -> ModelCard:
     with _open(source) as f:
         try:
             size = os.fstat(f.fileno()).st_size
-            header_len = _check_prefix(f.read(_PREFIX.size), source, size)
+            header_len = _check_prefix(f.read(PREFIX.size), source, size)
             header = f.read(header_len)
         except OSError as exc:
             raise _unreadable(source, exc) from None
     if len(header) < header_len:
         raise errors.Truncated(source, f"header declares {header_len} bytes but the file holds {len(header)}; re-copy the blob")
-    return _parse_card(header, source)
+    return parse_card(header, source)
 
 
 def verify(blob: Blob, expected_key: Optional[str] = None) -> str:
@@ -211,7 +127,7 @@ def _read(blob: Blob) -> Tuple[bytes, str]:
     with _open(source) as f:
         try:
             size = os.fstat(f.fileno()).st_size
-            _check_prefix(f.read(_PREFIX.size), source, size)
+            _check_prefix(f.read(PREFIX.size), source, size)
             f.seek(0)
             data = f.read(size)
             grew = f.read(1)
@@ -254,9 +170,9 @@ def _check_prefix(head: bytes, source: str, total: int) -> int:
     """Validate magic, version, header length and file size; return the header length."""
     if head[: len(MAGIC)] != MAGIC[: len(head)]:
         raise errors.BadMagic(source, f"starts with {head[:8]!r}; expected {MAGIC!r} (not a VeriSeg blob)")
-    if len(head) < _PREFIX.size:
-        raise errors.Truncated(source, f"{total} bytes is shorter than the {_PREFIX.size}-byte prefix; re-copy the blob")
-    _, version, header_len = _PREFIX.unpack(head)
+    if len(head) < PREFIX.size:
+        raise errors.Truncated(source, f"{total} bytes is shorter than the {PREFIX.size}-byte prefix; re-copy the blob")
+    _, version, header_len = PREFIX.unpack(head)
     if version != FORMAT_VERSION:
         raise errors.UnsupportedVersion(source, f"format version {version}; this build reads version {FORMAT_VERSION}; upgrade veriseg or re-pack the model")
     if header_len > MAX_HEADER_SIZE:
@@ -266,86 +182,23 @@ def _check_prefix(head: bytes, source: str, total: int) -> int:
     return header_len
 
 
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_NESTING_STEP = [0] * 256
-for _b in b"[{":
-    _NESTING_STEP[_b] = 1
-for _b in b"]}":
-    _NESTING_STEP[_b] = -1
-
-
-def _json_depth(text: bytes) -> int:
-    """How deep arrays and objects nest, counted in a loop (json.loads would recurse).
-
-    Strings are cut out the way the JSON scanner reads them, so a bracket inside a string
-    does not count; what json would recurse into is exactly what is counted.
-    """
-    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
-    return max(itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0)
-
-
-def _json_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS:
-        raise ValueError(f"a {len(text)}-character integer; the limit is {MAX_INT_DIGITS}")
-    return int(text)
-
-
-def _json_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _json_object(pairs: list) -> dict:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"duplicate key {dup[:40]!r}")
-    return obj
-
-
-def _parse_card(header: bytes, source: str) -> ModelCard:
-    """The card from untrusted header bytes; any defect is BadCard, never a Python error."""
-    depth = _json_depth(header)
-    if depth > MAX_JSON_DEPTH:
-        raise errors.BadCard(source, f"header nests {depth} levels deep; a card nests at most {MAX_JSON_DEPTH}; do not use this file")
-    try:
-        parsed = json.loads(header.decode("utf-8"), parse_int=_json_int, parse_constant=_json_constant,
-                            object_pairs_hook=_json_object)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise errors.BadCard(source, f"header is not a card's UTF-8 JSON ({exc.__class__.__name__}: {exc}); do not use this file") from None
-    try:
-        canonical = canonical_json(parsed)
-    except (TypeError, ValueError) as exc:
-        raise errors.BadCard(source, f"header has values canonical JSON cannot hold ({exc}); do not use this file") from None
-    if canonical != header:
-        raise errors.BadCard(source, "header is not canonical JSON (sorted keys, no whitespace)")
-    try:
-        card = ModelCard.from_dict(parsed)
-    except errors.BadCard as exc:
-        raise errors.BadCard(source, str(exc).split(": ", 1)[1]) from None
-    if card.body is None:
-        raise errors.BadCard(source, "header has no body section; re-pack the model with model_store.pack")
-    return card
-
-
 def _check(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> Tuple[ModelCard, str]:
     """Structure and key of the blob in `f` (`size` bytes, `expected_key` normalised)."""
     f.seek(0)
-    header_len = _check_prefix(f.read(_PREFIX.size), source, size)
-    header_end = _PREFIX.size + header_len
+    header_len = _check_prefix(f.read(PREFIX.size), source, size)
+    header_end = PREFIX.size + header_len
     if size < header_end + KEY_SIZE:
-        raise errors.Truncated(source, f"header declares {header_len} bytes but only {max(size - _PREFIX.size, 0)} follow the prefix, with the key; re-copy the blob")
+        raise errors.Truncated(source, f"header declares {header_len} bytes but only {max(size - PREFIX.size, 0)} follow the prefix, with the key; re-copy the blob")
     header = f.read(header_len)
     if len(header) < header_len:
-        raise errors.Truncated(source, f"file shrank to {_PREFIX.size + len(header)} bytes while it was read; re-copy the blob")
+        raise errors.Truncated(source, f"file shrank to {PREFIX.size + len(header)} bytes while it was read; re-copy the blob")
     if expected_key is not None:
         # the trusted key first: nothing an attacker wrote is parsed before its bytes match
         key = _check_key(f, size, source, expected_key)
-        card = _parse_card(header, source)
+        card = parse_card(header, source)
         _check_lengths(card, header_end, size, source)
     else:
-        card = _parse_card(header, source)
+        card = parse_card(header, source)
         _check_lengths(card, header_end, size, source)  # before hashing: a wrong size costs no read
         key = _check_key(f, size, source, None)
     try:
@@ -357,7 +210,7 @@ def _check(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> 
 
 def _check_lengths(card: ModelCard, header_end: int, size: int, source: str) -> None:
     body = card.body
-    assert body is not None  # _parse_card guarantees it
+    assert body is not None  # parse_card guarantees it
     if body.raw_size > MAX_RAW_SIZE:
         raise errors.LengthMismatch(source, f"declared raw size {body.raw_size} bytes is over the {MAX_RAW_SIZE}-byte limit")
     if body.stored_size > MAX_STORED_SIZE:

@@ -13,7 +13,9 @@ from typing import Any, Optional, Sequence, Tuple
 
 from . import errors
 from .blob import load, normalize_key, verify, verify_card, write
-from .card import CARLA_CLASSES, CLASS_MAP_DTYPES, INPUT_DTYPES, ModelCard, Preprocessing, TensorSpec, classes_from_json, utc_now
+from .card import ModelCard, Preprocessing, TensorSpec, utc_now
+from .classes import CARLA_CLASSES, classes_from_json
+from .drive_spec import CLASS_MAP_DTYPES, INPUT_DTYPES
 from .graph import GraphInfo, check_graph, read_graph
 from .secrets import generate_secret, read_secret
 from .util import one_line

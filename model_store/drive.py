@@ -40,7 +40,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .card import ClassInfo, DriveSpec
+from .classes import ClassInfo
+from .drive_spec import DriveSpec
 
 __all__ = ["NO_CLASS", "letterbox_box", "pad_pictures", "palette_lut", "picture_size", "postprocess", "preprocess",
            "resize_frame", "resize_picture", "to_tensor"]

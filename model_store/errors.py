@@ -100,7 +100,7 @@ class Unreadable(BlobError):
 # --- models the flow cannot drive (refused at pack, at verify and at load) -------------------
 #
 # The card says how a frame becomes the input tensor and how the output becomes a class map
-# (model_store.card.DriveSpec). A model whose graph or card falls outside that is refused
+# (model_store.drive_spec.DriveSpec). A model whose graph or card falls outside that is refused
 # with one of these, naming the model, instead of failing on every frame later.
 
 

@@ -521,8 +521,8 @@ def test_brackets_inside_strings_do_not_count_as_nesting(onnx_bytes):
 
 def test_expected_key_is_compared_before_the_header_is_parsed(monkeypatch):
     parsed = []
-    real = blob_module._parse_card
-    monkeypatch.setattr(blob_module, "_parse_card", lambda header, source: parsed.append(1) or real(header, source))
+    real = blob_module.parse_card
+    monkeypatch.setattr(blob_module, "parse_card", lambda header, source: parsed.append(1) or real(header, source))
     data = hostile(HOSTILE_HEADERS["200000-deep arrays"])
     with pytest.raises(errors.KeyMismatch, match="not the trusted model"):
         ms.verify(data, expected_key=GOLDEN_KEY)
