@@ -227,7 +227,7 @@ class FlowSettings(BaseSettings):
         except ValueError:
             return v
 
-    @field_validator("backend", "providers", mode="before")
+    @field_validator("backend", "providers", "mask_size", mode="before")
     @classmethod
     def _choice(cls, v: Any) -> Any:
         return _lower(v)

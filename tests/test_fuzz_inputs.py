@@ -455,6 +455,38 @@ def test_each_bad_config_value_is_one_line_naming_the_variable(tmp_path, var, va
     assert lines[0].startswith(f"{var}: ") and says in lines[0], lines[0]
 
 
+# enum-like values are read case-insensitively and without surrounding blanks, every one
+# the same way (a value still outside the choices is refused: BAD_CONFIG)
+SPELLINGS = [
+    ("VERISEG_MASK_SIZE", "MODEL", "mask_size", "model"),
+    ("VERISEG_MASK_SIZE", " Frame ", "mask_size", "frame"),
+    ("VERISEG_BACKEND", " OnnxRuntime", "backend", "onnxruntime"),
+    ("VERISEG_PROVIDERS", "CPU ", "providers", "cpu"),
+    ("VERISEG_PROGRESS", " Off", "progress", "0"),
+    ("VERISEG_PREPROCESS", "OFF", "preprocess", False),
+]
+
+
+@pytest.mark.parametrize("var,value,attr,expected", SPELLINGS,
+                         ids=[f"{v}={x.strip()}" for v, x, _, _ in SPELLINGS])
+def test_enum_values_are_accepted_in_any_case_and_with_blanks(tmp_path, var, value, attr, expected):
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    env = env_for(tmp_path, make_clip(tmp_path / "c.avi", n=1), blob, **{var: value})
+    assert getattr(load_config(env), attr) == expected
+
+
+@pytest.mark.parametrize("value", ["frames", "model frame", "MODEL_"])
+def test_a_mask_size_outside_the_choices_is_refused_in_any_case(tmp_path, value):
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    env = env_for(tmp_path, make_clip(tmp_path / "c.avi", n=1), blob, VERISEG_MASK_SIZE=value)
+    with pytest.raises(ConfigError) as ei:
+        load_config(env)
+    (line,) = str(ei.value).splitlines()
+    assert line.startswith("VERISEG_MASK_SIZE: ") and "expected model or frame" in line, line
+
+
 def test_every_documented_variable_is_covered_by_a_bad_value():
     assert {v for v, _, _ in BAD_CONFIG} >= set(ENV_DOC) - {"VERISEG_OUT", "VERISEG_HOME"}
 

@@ -52,8 +52,29 @@ def test_the_live_view_serves_while_the_flow_runs_and_stops_with_it(tmp_path):
         reg.down = False
     finally:
         running.stop()
+    _assert_stopped(flow.context.live, port)
+
+
+def _assert_stopped(view, port):
+    """The view's server thread has ended and nothing listens on its port any more."""
+    view.server.thread.join(10)
+    assert not view.server.thread.is_alive(), "the live view's server thread is still running"
+    assert view.server.loop.is_closed()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_the_live_view_stops_when_the_flow_stops_on_an_error(tmp_path):
+    from bytewax.testing import run_main
+    port = free_port()
+    flow, _, _ = _flow(tmp_path, port)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cam").write_text("a file where the stream's folder goes")
+    assert get(port, "/api/state")[0] == 200   # serving from the flow's build on
+    with pytest.raises(Exception):   # Bytewax wraps the sink's RuntimeError in its own
+        run_main(flow)
+    assert "cannot open outputs" in flow.context.stats.error
+    _assert_stopped(flow.context.live, port)
 
 
 def test_without_the_web_extra_the_flow_runs_and_says_so_in_one_line(tmp_path, monkeypatch, caplog):

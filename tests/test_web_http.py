@@ -272,3 +272,24 @@ def test_the_live_view_encodes_only_while_asked_and_shows_revocation_and_outage(
         assert not state["chain"]["reachable"] and any("chain unreachable" in b for b in state["banner"])
     finally:
         view.close()
+
+
+def test_the_live_view_colours_a_frame_as_the_overlay_video_does(tmp_path):
+    """By the classes of the model that scored it (a hot swap), else the first model's."""
+    import dataclasses
+
+    from operators.sinks.overlay import OverlayVideo, classes_of
+    from web.live import LiveView
+    view = LiveView(_fake_ctx(tmp_path), "127.0.0.1", 0)   # never started: encodes only
+    swapped = (("sky", (255, 0, 0)), ("road", (0, 0, 255)))
+    video = OverlayVideo(tmp_path, classes_of(None), fps=10)
+    try:
+        for classes in ((), swapped):
+            r = dataclasses.replace(_scored(1), image=np.zeros((48, 64, 3), np.uint8),
+                                    classes=classes)   # every pixel class 1, on a black frame
+            want = video.colours.of(r)[1, 0] * 0.5     # BGR, half blended with black
+            got = cv2.imdecode(np.frombuffer(view._encode(r), np.uint8), cv2.IMREAD_COLOR)
+            assert np.abs(got.reshape(-1, 3).mean(0) - want).max() < 6, (classes, got[0, 0], want)
+        assert not np.array_equal(video.colours.lut3()[1], video.colours.lut3(swapped)[1])
+    finally:
+        view.close()

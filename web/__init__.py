@@ -1,15 +1,18 @@
 """Pages served locally to look at VeriSeg: the live view of a running flow (``web.live``,
 ``VERISEG_WEB``) and the fleet operator's audit page over a run's outputs (``web.audit``,
-``python -m chain audit OUT_DIR``). Both run on ``web.server.WebServer`` (its own thread and
-event loop, read-only, bounded, token in constant time); ``web.files`` opens files under a
-root without ever following a symlink. aiohttp comes with the optional extra ``web``: this
-package imports it only in ``server``, ``live`` and ``audit``.
+``python -m chain audit OUT_DIR``). Both run on ``web.server.WebServer`` (the live view from
+its own thread and event loop, the audit page on the main thread until SIGINT or SIGTERM;
+read-only, bounded, token in constant time); ``web.files`` opens files under a root without
+ever following a symlink. aiohttp comes with the optional extra ``web``: this package
+imports it only in ``server``, ``live`` and ``audit``.
 
 | module | what |
 |---|---|
 | ``files`` | ``FileRoot``: a relative name from a request -> a regular file under the root |
-| ``server`` | ``WebServer``: the thread, the loop, limits, token, security headers, errors |
+| ``server`` | ``WebServer``: the thread or the signals, the loop, limits, token, security headers, errors |
 | ``live`` | ``LiveView``, ``start_live_view(ctx)``: the flow's page |
-| ``audit`` | ``AuditSite``, ``serve(...)``: the audit page and its verify action |
+| ``audit`` | ``AuditSite``, ``run_audit(...)``: the audit page, its routes and thumbnails |
+| ``run_index`` | ``RunIndex``, ``Batch``: the anchor batches and results lines under OUT_DIR |
+| ``verify`` | ``verify_frame``, ``CHECKS``: anchor-verify's checks on one frame, each one's state |
 | ``static/`` | the pages' HTML, JS and CSS (no CDN, no build step) |
 """

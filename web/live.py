@@ -26,6 +26,7 @@ from aiohttp import web
 
 from model_store.util import first_line
 
+from operators.sinks.overlay import ClassColours, classes_of, overlay_bgr
 from operators.telemetry import log as flow_log
 
 from .server import WebServer, json_error, log, static_route
@@ -69,7 +70,8 @@ class LiveView:
         self.anchors: list[dict] = []
         self._batches: dict = {}                  # path -> (mtime_ns, summary)
         self._jpeg: dict = {}                     # stream -> (monotonic t, ScoredFrame, bytes)
-        self._luts: dict = {}
+        # the overlay video's colours: the scoring model's classes, else the first model's
+        self.colours = ClassColours(classes_of(getattr(ctx.first, "card", None)))
         self.encoded = 0                          # JPEGs encoded so far (bench/web_view.py)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="veriseg-live-jpeg")
         self.server = WebServer(self._setup, host, port, token=token, name="veriseg-live")
@@ -102,9 +104,14 @@ class LiveView:
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/frame.jpg", self._frame)
         app.on_startup.append(self._start_sampler)
+        app.on_cleanup.append(self._stop_sampler)
 
     async def _start_sampler(self, app) -> None:
         app[_SAMPLER] = asyncio.get_running_loop().create_task(self._sampler())
+
+    async def _stop_sampler(self, app) -> None:
+        app[_SAMPLER].cancel()
+        await asyncio.gather(app[_SAMPLER], return_exceptions=True)
 
     async def _sampler(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,11 +183,10 @@ class LiveView:
         for m in (self.ctx.first, getattr(self.ctx.watcher, "current", None)):
             if m is not None:
                 out[m.key] = {"key": m.key, "name": getattr(m.card, "name", "") or m.name,
-                              "deployment": m.name, "version": m.version, "card": m.card}
+                              "deployment": m.name, "version": m.version}
         for m in c["models_loaded"]:
             out.setdefault(m.get("key"), {"key": m.get("key"), "name": m.get("name"),
-                                          "deployment": m.get("name"), "version": m.get("version"),
-                                          "card": None})
+                                          "deployment": m.get("name"), "version": m.get("version")})
         return out
 
     def state(self) -> dict:
@@ -193,7 +199,6 @@ class LiveView:
         for sid in self.sids:
             key = c["key_in_use"].get(sid) or first_key
             m = dict(models.get(key) or {"key": key, "name": "", "deployment": "", "version": None})
-            m.pop("card", None)
             if key is not None and key in ctx.revoked:
                 m["status"], m["reason"] = "revoked", ctx.revoked.reason(key)
                 banner.append(f"model {key[:12]}… in use on stream {sid} is REVOKED on chain "
@@ -225,18 +230,8 @@ class LiveView:
     async def _state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state())
 
-    def _lut(self, key: str) -> np.ndarray:
-        lut = self._luts.get(key)
-        if lut is None:
-            from operators.sinks import class_lut, classes_of
-            card = (self._models(_counters(self.ctx.stats)).get(key) or {}).get("card")
-            lut = self._luts[key] = np.ascontiguousarray(
-                class_lut(classes_of(card), "BGR").reshape(256, 1, 3))
-        return lut
-
     def _encode(self, r) -> bytes:
-        from operators.sinks.overlay import overlay_bgr
-        img = overlay_bgr(r, self._lut(r.model_key))
+        img = overlay_bgr(r, self.colours.of(r))
         if img.shape[1] > JPEG_WIDTH:
             h = max(2, round(img.shape[0] * JPEG_WIDTH / img.shape[1]))
             img = cv2.resize(img, (JPEG_WIDTH, h), interpolation=cv2.INTER_AREA)

@@ -1,4 +1,5 @@
-"""An aiohttp application served from its own thread and event loop, safe by default.
+"""An aiohttp application served from its own thread and event loop (the live view) or on
+the main thread until SIGINT or SIGTERM (the audit page), safe by default.
 
 Both pages (the live view, the audit page) run on a ``WebServer``; every rule that keeps
 them read-only and small lives here, once:
@@ -26,6 +27,7 @@ import hmac
 import ipaddress
 import logging
 import re
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -185,9 +187,11 @@ class _BoundedSite(web.BaseSite):
 
 
 class WebServer:
-    """Serves an application on ``host:port`` from a daemon thread with its own event loop:
-    nothing it does runs on the caller's threads. ``setup(app)`` adds the routes (it runs
-    on the server's loop); ``port`` 0 takes a free one (``url`` says which)."""
+    """Serves an application on ``host:port``: from a daemon thread with its own event loop
+    (``start``/``close``: nothing it does runs on the caller's threads), or on the main
+    thread until SIGINT or SIGTERM (``serve_until_signalled``: a command of its own).
+    ``setup(app)`` adds the routes (it runs on the server's loop); ``port`` 0 takes a free
+    one (``url`` says which)."""
 
     def __init__(self, setup: Callable[[web.Application], None], host: str, port: int, *,
                  token: Optional[str] = None, max_connections: int = 32, name: str = "veriseg-web"):
@@ -199,6 +203,7 @@ class WebServer:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.thread: Optional[threading.Thread] = None
         self._runner: Optional[web.AppRunner] = None
+        self._stop: Optional[asyncio.Future] = None   # its result: why serving stopped
 
     @property
     def url(self) -> str:
@@ -232,37 +237,55 @@ class WebServer:
         await self._runner.setup()
         await _BoundedSite(self._runner, sock, self.max_connections).start()
 
-    def start(self) -> "WebServer":
-        """Listen and serve; raises OSError when the address cannot be bound, and
-        PermissionError for an address beyond loopback without a token."""
+    async def _serve(self, sock: socket.socket, ready: Callable[[], None],
+                     signals: tuple = ()) -> Optional[str]:
+        """Serve until :meth:`close` or one of ``signals``; the runner is cleaned up either
+        way. Returns the signal's name (None after ``close``)."""
+        loop = asyncio.get_running_loop()
+        self.loop, self._stop = loop, loop.create_future()
+        for sig in signals:   # before ``ready``: a signal sent once it says so is never lost
+            loop.add_signal_handler(sig, self._stopped, signal.Signals(sig).name)
+        try:
+            try:
+                await self._start(sock)
+            except BaseException:
+                sock.close()
+                raise
+            ready()
+            return await self._stop
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            if self._runner is not None:
+                await self._runner.cleanup()   # on_cleanup: the live view's sampler ends
+
+    def _stopped(self, why: Optional[str] = None) -> None:
+        if not self._stop.done():
+            self._stop.set_result(why)
+
+    def _listening_socket(self) -> socket.socket:
         if not self.token and not is_loopback(self.host):
             raise PermissionError(f"{self.host} is reachable from other machines: serving there "
                                   "needs a token (VERISEG_WEB_TOKEN, 16+ characters)")
-        sock = self._socket()
-        self.loop = asyncio.new_event_loop()
+        return self._socket()
+
+    def start(self) -> "WebServer":
+        """Listen, and serve from a daemon thread with its own event loop until
+        :meth:`close`; raises OSError when the address cannot be bound, and
+        PermissionError for an address beyond loopback without a token."""
+        sock = self._listening_socket()
         ready = threading.Event()
         failed: list[BaseException] = []
 
         def run():
-            asyncio.set_event_loop(self.loop)
             try:
-                self.loop.run_until_complete(self._start(sock))
-            except BaseException as e:  # noqa: BLE001 - reported to start()
-                failed.append(e)
-                ready.set()
-                self.loop.close()
-                return
-            ready.set()
-            try:
-                self.loop.run_forever()
-            finally:
-                tasks = asyncio.all_tasks(self.loop)   # the live view's sampler
-                for t in tasks:
-                    t.cancel()
-                self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                if self._runner is not None:
-                    self.loop.run_until_complete(self._runner.cleanup())
-                self.loop.close()
+                asyncio.run(self._serve(sock, ready.set))
+            except BaseException as e:  # noqa: BLE001 - reported to start(), or one line
+                if not ready.is_set():
+                    failed.append(e)
+                    ready.set()
+                else:
+                    log.error("web: %s stopped: %s: %s", self.name, type(e).__name__, first_line(e))
         self.thread = threading.Thread(target=run, daemon=True, name=self.name)
         self.thread.start()
         ready.wait()
@@ -270,16 +293,27 @@ class WebServer:
             raise failed[0]
         return self
 
+    def serve_until_signalled(self, ready: Callable[[], None] = lambda: None) -> Optional[str]:
+        """Listen, and serve on this thread (the main one) until SIGINT or SIGTERM; returns
+        the signal's name. The event loop's own handlers are installed before ``ready`` is
+        called: Python's KeyboardInterrupt is not relied on, because a process started as a
+        shell's background job inherits SIGINT *ignored* and Python then installs none (the
+        audit page once served on, in a CI run started with ``&``, after its test sent
+        SIGINT). Raises like :meth:`start`."""
+        sock = self._listening_socket()
+        return asyncio.run(self._serve(sock, ready, (signal.SIGINT, signal.SIGTERM)))
+
     def call(self, fn: Callable, *args) -> None:
         """Run ``fn(*args)`` on the server's loop (from any thread)."""
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
     def close(self, timeout: float = 5.0) -> None:
-        if self.loop is not None and self.thread is not None and self.thread.is_alive():
+        """Stop serving (from any thread) and, from another thread, wait until it has."""
+        if self.loop is not None and self._stop is not None:
             try:
-                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.loop.call_soon_threadsafe(self._stopped)
             except RuntimeError:
                 pass   # the loop closed already
-            if self.thread is not threading.current_thread():
-                self.thread.join(timeout)
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)

@@ -11,7 +11,7 @@ from model_store import CARLA_CLASSES
 
 from ..frames import ScoredFrame
 
-__all__ = ["classes_of", "class_lut", "overlay_bgr", "OverlayVideo"]
+__all__ = ["classes_of", "class_lut", "ClassColours", "overlay_bgr", "OverlayVideo"]
 
 
 def classes_of(card) -> tuple:
@@ -27,10 +27,34 @@ def class_lut(classes: Sequence, order: str = "BGR") -> np.ndarray:
     return lut
 
 
+class ClassColours:
+    """The colour map of each model's classes for ``cv2.applyColorMap`` (BGR, 256x1x3),
+    built once per class list. The one place the overlay video, the live view and the audit
+    page's thumbnails get their colours from: a frame is coloured by the classes of the
+    model that scored it (``ScoredFrame.classes``, a hot swap may change them), else by
+    ``default`` (the flow's first model's; the CARLA classes when not given)."""
+
+    def __init__(self, default: Sequence = ()):
+        self.default = tuple(default) or classes_of(None)
+        self._maps: dict[tuple, np.ndarray] = {}   # one per model's classes: a handful
+
+    def lut3(self, classes: Sequence = ()) -> np.ndarray:
+        classes = tuple(classes) or self.default
+        lut3 = self._maps.get(classes)
+        if lut3 is None:
+            lut3 = self._maps[classes] = np.ascontiguousarray(
+                class_lut(classes, "BGR").reshape(256, 1, 3))
+        return lut3
+
+    def of(self, r: ScoredFrame) -> np.ndarray:
+        """The colour map of the model that scored ``r``."""
+        return self.lut3(r.classes)
+
+
 def overlay_bgr(r: ScoredFrame, lut3: np.ndarray) -> np.ndarray:
     """The scored frame half blended with its class colours (BGR, the input's size);
-    ``lut3`` is ``class_lut(classes, "BGR").reshape(256, 1, 3)``. The overlay video and the
-    live view (``web.live``) draw the same picture."""
+    ``lut3`` is ``ClassColours(...).of(r)``. The overlay video and the live view
+    (``web.live``) draw the same picture."""
     img = r.image
     if r.colour == "RGB":
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
@@ -52,23 +76,13 @@ class OverlayVideo:
         self.folder = Path(folder)
         self.fps = fps
         self.scale = scale
-        self.lut3 = self._lut3(classes)
-        self._luts = {tuple(classes): self.lut3}   # per model's classes (hot swaps)
+        self.colours = ClassColours(classes)
         self.segment = segment
         self.writer = None
         self.size = None
 
-    @staticmethod
-    def _lut3(classes: Sequence) -> np.ndarray:
-        return np.ascontiguousarray(class_lut(classes, "BGR").reshape(256, 1, 3))
-
     def write(self, r: ScoredFrame) -> None:
-        lut3 = self.lut3
-        if r.classes:   # the scoring model's own classes (a hot swap may change them)
-            lut3 = self._luts.get(r.classes)
-            if lut3 is None:
-                lut3 = self._luts[r.classes] = self._lut3(r.classes)
-        over = overlay_bgr(r, lut3)
+        over = overlay_bgr(r, self.colours.of(r))
         if self.scale != 1.0:
             over = cv2.resize(over, (max(2, int(over.shape[1] * self.scale)),
                                      max(2, int(over.shape[0] * self.scale))),
