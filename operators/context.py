@@ -43,7 +43,7 @@ class FlowContext:
             cfg = self.config
             opts = ({} if cfg is None else
                     dict(backend=cfg.backend, providers=cfg.providers, require_gpu=cfg.require_gpu,
-                         threads=cfg.threads, home=cfg.home))
+                         threads=cfg.threads, home=cfg.home, hint=cfg.openvino_hint))
             self.sessions = SessionCache(stats=self.stats, **opts)
 
 

@@ -74,10 +74,11 @@ def drive_spec(card, key: str):
 
 
 def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", providers: str = "auto",
-                  require_gpu: bool = False, threads: int = 0, home=None) -> SessionEntry:
+                  require_gpu: bool = False, threads: int = 0, home=None,
+                  hint: str = "throughput") -> SessionEntry:
     spec = drive_spec(card, key) if card is not None else None   # before the costly compile
     runner, why = compile_verified(onnx, key=key, backend=backend, providers=providers,
-                                   require_gpu=require_gpu, threads=threads, home=home)
+                                   require_gpu=require_gpu, threads=threads, home=home, hint=hint)
     inp, out = runner.input, runner.output
     if card is not None:
         problem = card_mismatch(card, inp, out)
@@ -123,14 +124,14 @@ class SessionCache:
     (the soak, ``bench/soak.py``); freeing a session returns its memory to the OS."""
 
     def __init__(self, *, keep: int = 1, stats=None, backend: str = "auto", providers: str = "auto",
-                 require_gpu: bool = False, threads: int = 0, home=None):
+                 require_gpu: bool = False, threads: int = 0, home=None, hint: str = "throughput"):
         self.keep = keep
         self.stats = stats           # records the provider in use
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Event] = {}
         self.options = dict(backend=backend, providers=providers, require_gpu=require_gpu, threads=threads,
-                            home=home)
+                            home=home, hint=hint)
         self.provider: Optional[str] = None
 
     def get(self, update: ModelLoaded) -> SessionEntry:

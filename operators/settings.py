@@ -118,6 +118,10 @@ class FlowSettings(BaseSettings):
         main=True)
     require_gpu: bool = var(False, "1: refuse to run unless a GPU provider actually loaded",
                             shown="0", main=True)
+    openvino_hint: Literal["throughput", "latency"] = var(
+        "throughput", "OpenVINO's performance hint: throughput (a stream per core pair, the most "
+        "frames a second on a busy CPU) or latency (one stream on every core, the shortest wait "
+        "a frame); either way two or more runs are in flight, in frame order (bench perf)")
     threads: int = var(0, "ONNX Runtime intra-op threads, OpenVINO inference threads (0: the CPU "
                        "cores available to the process)", ge=0, le=1024)
     batch: Optional[int] = var(None, "largest micro-batch for file replay (auto: 4 on a GPU "
@@ -227,7 +231,7 @@ class FlowSettings(BaseSettings):
         except ValueError:
             return v
 
-    @field_validator("backend", "providers", "mask_size", mode="before")
+    @field_validator("backend", "providers", "mask_size", "openvino_hint", mode="before")
     @classmethod
     def _choice(cls, v: Any) -> Any:
         return _lower(v)

@@ -147,6 +147,25 @@ def test_openvino_compiles_the_verified_bytes_in_memory_with_no_model_cache(tmp_
     assert list(tmp_path.iterdir()) == []             # nothing written next to the process
 
 
+def test_the_openvino_hint_setting_reaches_the_compiled_model_with_two_runs_in_flight():
+    """VERISEG_OPENVINO_HINT (``Config.openvino_hint``) travels through the flow's context and
+    session cache to OpenVINO; LATENCY's one optimal request would make the score window
+    synchronous, so two stay in flight under either hint."""
+    pytest.importorskip("openvino")
+    from types import SimpleNamespace
+
+    from operators.context import FlowContext
+    from operators.sessions import build_session
+    for hint in ("latency", "throughput"):
+        cfg = SimpleNamespace(backend="openvino", providers="auto", require_gpu=False, threads=2, home=None,
+                              openvino_hint=hint)
+        options = FlowContext(config=cfg).sessions.options
+        assert options["hint"] == hint
+        e = build_session(tiny_onnx(), key=KA, **options)
+        assert f"hint {hint.upper()}" in e.runner.how and e.runner.depth >= 2, e.runner.how
+        e.runner.close()
+
+
 # ----------------------------------------------------------------------------- the score window
 def _frames(sid, n, size=(32, 32)):
     from operators.frames import Frame

@@ -417,6 +417,7 @@ BAD_CONFIG = [
     ("VERISEG_STATUS_MAX_AGE", "a day", "expected a number of seconds, got 'a day'"),
     ("VERISEG_MASKS", "yes please", "expected 1/0"),
     ("VERISEG_MASK_SIZE", "label", "expected model or frame"),
+    ("VERISEG_OPENVINO_HINT", "fast", "expected throughput or latency"),
     ("VERISEG_VIDEO", "-1", "expected 1/0"),
     ("VERISEG_JSONL", "2", "expected 1/0"),
     ("VERISEG_VIDEO_SCALE", "0", "expected a number in (0, 1]"),
@@ -462,6 +463,7 @@ SPELLINGS = [
     ("VERISEG_MASK_SIZE", " Frame ", "mask_size", "frame"),
     ("VERISEG_BACKEND", " OnnxRuntime", "backend", "onnxruntime"),
     ("VERISEG_PROVIDERS", "CPU ", "providers", "cpu"),
+    ("VERISEG_OPENVINO_HINT", " LATENCY", "openvino_hint", "latency"),
     ("VERISEG_PROGRESS", " Off", "progress", "0"),
     ("VERISEG_PREPROCESS", "OFF", "preprocess", False),
 ]

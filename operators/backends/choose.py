@@ -20,7 +20,7 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 
 def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers: str = "auto",
                      require_gpu: bool = False, threads: int = 0, home=None,
-                     hint: str = "THROUGHPUT") -> Tuple[Runner, str]:
+                     hint: str = "throughput") -> Tuple[Runner, str]:
     """The verified ``onnx`` bytes compiled for blob ``key`` by the chosen runtime, and why
     that one (one line for the log).  Raises ScoreError (one line)."""
     backend = (backend or "auto").lower()

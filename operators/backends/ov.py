@@ -123,6 +123,7 @@ class OvRunner(Runner):
 def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
           device: str = "CPU") -> OvRunner:
     import openvino as ov
+    hint = hint.upper()
     if hint not in HINTS:
         raise ValueError(f"OpenVINO hint must be one of {', '.join(HINTS)}, not {hint!r}")
     core = ov.Core()
