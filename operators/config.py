@@ -230,7 +230,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         model_is_default=default, chain=s.chain, home=home, registry=s.registry,
         chain_id=s.chain_id, out=s.out, backend=s.backend, providers=s.providers,
         require_gpu=s.require_gpu, openvino_hint=s.openvino_hint, threads=s.threads, batch=s.batch or 0,
-        loop=s.loop,        max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
+        loop=s.loop, max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
         poll=s.poll, masks=s.masks, mask_size=s.mask_size, video=s.video, jsonl=s.jsonl,
         metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,
         web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
