@@ -73,6 +73,12 @@ FINETUNES = {
     # final fits (every frame) from the shipped base, candidates to ship
     "cond35-all": (SHIPPED_BASE, ["--conditions", "0.35", "--val-fraction", "0"]),
     "cons-all": (SHIPPED_BASE, [*COND_C, "--val-fraction", "0"]),
+    # a second seed of the fold fine-tunes (the bases' weights placed in --work beforehand)
+    "cond35-f1-s1": ("rcm-f1-s0", ["--conditions", "0.35", "--seed", "1"]),
+    "cond35-f2-s1": ("rcm-f2-s0", ["--conditions", "0.35", "--seed", "1", *F2]),
+    "cond60-f1-s1": ("rcm-f1-s0", ["--conditions", "0.6", "--seed", "1"]),
+    "cond60-f2-s1": ("rcm-f2-s0", ["--conditions", "0.6", "--seed", "1", *F2]),
+    "cond60-all": (SHIPPED_BASE, ["--conditions", "0.6", "--val-fraction", "0"]),
 }
 DEFAULT_JOBS = ["rcm-f1-s1", "rcm-f1-s2", "rcm-f1-s3", "rcm-f2-s1", "rcm-f2-s2", "wide-f1-s1", "wd5-f1-s1",
                 "drop2-f1-s1"]
@@ -227,10 +233,15 @@ def budget(epochs: int | None, minutes: float) -> list[str]:
     return ["--epochs", str(epochs), "--minutes", str(minutes)] if epochs else ["--minutes", str(minutes)]
 
 
+def init_path(name: str, work: Path) -> Path:
+    """The weights fine-tune ``name`` starts from: a first-stage run's last EMA weights (run
+    in this session, or placed in ``work`` beforehand) or a checkpoint path."""
+    init = FINETUNES[name][0]
+    return work / "runs" / init / "last.pt" if init in JOBS else Path(init)
+
+
 def finetune_args(name: str, work: Path, epochs: int | None, minutes: float) -> list[str]:
-    init, args = FINETUNES[name]
-    init_path = work / "runs" / init / "last.pt" if init in JOBS else Path(init)
-    return [*FINETUNE, *args, "--init", str(init_path), *budget(epochs, minutes)]
+    return [*FINETUNE, *FINETUNES[name][1], "--init", str(init_path(name, work)), *budget(epochs, minutes)]
 
 
 def pack_runs(work: Path, out: Path) -> None:
@@ -308,7 +319,7 @@ def main() -> int:
                           "jobs": {n: JOBS[n] for n in a.jobs}, "status": status,
                           "wall_s": round(time.time() - t, 1)}
     (out / "gpu_session.json").write_text(json.dumps(result, indent=1))
-    ready = [n for n in a.finetunes if FINETUNES[n][0] not in JOBS or status.get(FINETUNES[n][0], {}).get("rc") == 0]
+    ready = [n for n in a.finetunes if init_path(n, work).exists() and status.get(FINETUNES[n][0], {}).get("rc", 0) == 0]
     if ready:
         t2 = time.time()
         # what is left of the lease, less a minute to pack, caps each fine-tune's clock

@@ -72,3 +72,16 @@ def test_a_fine_tune_whose_first_stage_failed_is_skipped_not_started(tmp_path):
     result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
     assert result["training"]["status"]["rcm-f1-s0"]["rc"] == 2
     assert "finetuning" not in result
+
+
+def test_fine_tunes_of_first_stage_weights_placed_in_the_work_folder_beforehand(tmp_path):
+    """A later lease fine-tunes the bases an earlier one trained: no first stage runs."""
+    assert session(tmp_path, "--jobs", "rcm-f1-s0", "--epochs", "1", "--extra", TOY).returncode == 0
+    r = session(tmp_path, "--jobs", "--finetunes", "cond35-f1-s1", "cond35-f2-s1", "--finetune-epochs", "1",
+                "--extra", TOY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
+    assert result["training"]["status"] == {}
+    # fold 2's base was never trained in this work folder: skipped, not started on nothing
+    assert result["finetuning"]["skipped"] == ["cond35-f2-s1"]
+    assert result["finetuning"]["status"]["cond35-f1-s1"]["rc"] == 0
