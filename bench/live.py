@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from ._table import markdown
 from .machine import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,11 +131,12 @@ def main(argv=None) -> int:
     else:
         path = save(a.out, doc)
     print(f"saved {path}")
-    print("| live source | scored | dropped | capture-to-result p50 / p99 ms | backend |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['source']} {r['size']} @ {r['fps_source']} FPS, {a.seconds} s | {r.get('scored')} | "
-              f"{r.get('dropped_by_reason') or r.get('dropped')} | {r.get('capture_to_result_p50_ms')} / "
-              f"{r.get('capture_to_result_p99_ms')} | {r.get('provider')} |")
+    print("\n".join(markdown(
+        ["live source", "scored", "dropped", "capture-to-result p50 / p99 ms", "backend"],
+        [[f"{r['source']} {r['size']} @ {r['fps_source']} FPS, {a.seconds} s", r.get("scored"),
+          r.get("dropped_by_reason") or r.get("dropped"),
+          f"{r.get('capture_to_result_p50_ms')} / {r.get('capture_to_result_p99_ms')}", r.get("provider")]
+         for r in rows])))
     return 0 if all(r.get("rc") == 0 for r in rows) else 1
 
 
