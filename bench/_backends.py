@@ -32,7 +32,7 @@ __all__ = ["child_ov", "child_agree", "run_section", "tables"]
 def child_ov(spec: dict) -> dict:
     """Raw OpenVINO on preloaded frames: LATENCY (sync) or THROUGHPUT (async queue)."""
     import openvino as ov
-    from bench.perf import _CPU, _pct, _timed_loop
+    from bench._perf.measure import _CPU, _pct, _timed_loop
     frames = np.load(spec["frames"], mmap_mode="r")
     frames = np.ascontiguousarray(frames[: spec.get("limit", len(frames))])
     hint = spec.get("hint", "LATENCY")
@@ -102,7 +102,7 @@ def _ov_available() -> bool:
 
 def _int8_model(s, model: dict, work: Path, size: int, calib_n: int) -> Optional[dict]:
     """The bench model quantised by NNCF on CARLA training-part frames, as its own blob."""
-    from bench.perf import carla_dir, register, variant_blob
+    from bench._perf.inputs import carla_dir, register, variant_blob
     if getattr(s.a, "int8_blob", None):     # the shipped int8 blob, as `trainer quantize` wrote it
         import model_store
         key = model_store.verify(s.a.int8_blob)
@@ -138,7 +138,7 @@ def _int8_model(s, model: dict, work: Path, size: int, calib_n: int) -> Optional
 
 def run_section(s, a, base: dict, model: dict, clip: Path, fpath: Path, work: Path, frames: np.ndarray) -> dict:
     """Every backend row; ``s`` is bench.perf's Suite, ``base`` its raw ORT child spec."""
-    from bench.perf import run_flow
+    from bench._perf.suite import run_flow
     R: dict = {}
     if not _ov_available():
         s.log("  OpenVINO is not installed: backend rows skipped (pip install openvino)")

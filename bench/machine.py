@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,22 @@ def save(name: str, results: Any) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": info(), "results": results}, indent=2) + "\n")
     return path
+
+
+def busy() -> list[str]:
+    """Other processes using the CPU right now (name and %CPU), e.g. a training run."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True,
+                             text=True, timeout=5).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    me = {os.getpid()}
+    res = []
+    for line in out[:8]:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and int(parts[0]) not in me and float(parts[1]) >= 20:
+            res.append(f"{parts[1]}% {parts[2][:90]}")
+    return res
 
 
 def free_port() -> int:
