@@ -123,13 +123,9 @@ def main(argv=None) -> int:
             r = run_one(kind, a, Path(tmp))
             rows.append(r)
             print(json.dumps(r), flush=True)
-    from .machine import info, save
+    from .machine import save
     doc = {"rows": rows, "command": "python -m bench live " + " ".join(argv or sys.argv[1:])}
-    if a.results:
-        path = Path(a.results) / f"{a.out}.json"
-        path.write_text(json.dumps({"machine": info(), "results": doc}, indent=2) + "\n")
-    else:
-        path = save(a.out, doc)
+    path = save(a.out, doc, a.results)
     print(f"saved {path}")
     print("\n".join(markdown(
         ["live source", "scored", "dropped", "capture-to-result p50 / p99 ms", "backend"],

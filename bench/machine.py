@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -45,9 +45,11 @@ def info() -> dict[str, Any]:
     }
 
 
-def save(name: str, results: Any) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, results: Any, folder: Optional[str] = None) -> Path:
+    """``results`` with the machine's facts in ``folder`` (default bench/results)/``name``.json."""
+    folder = Path(folder) if folder else RESULTS
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": info(), "results": results}, indent=2) + "\n")
     return path
 

@@ -207,12 +207,8 @@ def _finish(a, R, load0, busy0, t_start, argv, tmp) -> int:
     R["busy_at_end"] = _busy()
     R["duration_s"] = round(time.time() - t_start, 1)
     R["command"] = "python -m bench perf " + " ".join(argv)
-    from .machine import info, save
-    if a.results:
-        path = Path(a.results) / f"{a.out}.json"
-        path.write_text(json.dumps({"machine": info(), "results": R}, indent=2) + "\n")
-    else:
-        path = save(a.out, R)
+    from .machine import save
+    path = save(a.out, R, a.results)
     print(f"saved {path}\n")
     print(tables(json.loads(path.read_text())))
     if tmp is not None:
