@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from ._table import cell as _f, markdown
+
 __all__ = ["child_ov", "child_agree", "run_section", "tables"]
 
 
@@ -30,7 +32,7 @@ __all__ = ["child_ov", "child_agree", "run_section", "tables"]
 def child_ov(spec: dict) -> dict:
     """Raw OpenVINO on preloaded frames: LATENCY (sync) or THROUGHPUT (async queue)."""
     import openvino as ov
-    from bench.perf import _CPU, _pct, _timed_loop
+    from bench._perf.measure import _CPU, _pct, _timed_loop
     frames = np.load(spec["frames"], mmap_mode="r")
     frames = np.ascontiguousarray(frames[: spec.get("limit", len(frames))])
     hint = spec.get("hint", "LATENCY")
@@ -100,7 +102,7 @@ def _ov_available() -> bool:
 
 def _int8_model(s, model: dict, work: Path, size: int, calib_n: int) -> Optional[dict]:
     """The bench model quantised by NNCF on CARLA training-part frames, as its own blob."""
-    from bench.perf import carla_dir, register, variant_blob
+    from bench._perf.inputs import carla_dir, register, variant_blob
     if getattr(s.a, "int8_blob", None):     # the shipped int8 blob, as `trainer quantize` wrote it
         import model_store
         key = model_store.verify(s.a.int8_blob)
@@ -136,7 +138,7 @@ def _int8_model(s, model: dict, work: Path, size: int, calib_n: int) -> Optional
 
 def run_section(s, a, base: dict, model: dict, clip: Path, fpath: Path, work: Path, frames: np.ndarray) -> dict:
     """Every backend row; ``s`` is bench.perf's Suite, ``base`` its raw ORT child spec."""
-    from bench.perf import run_flow
+    from bench._perf.suite import run_flow
     R: dict = {}
     if not _ov_available():
         s.log("  OpenVINO is not installed: backend rows skipped (pip install openvino)")
@@ -210,15 +212,11 @@ def run_section(s, a, base: dict, model: dict, clip: Path, fpath: Path, work: Pa
 
 
 # ----------------------------------------------------------------------------- tables
-def _f(v, nd=1):
-    return "–" if v is None else (f"{v:.{nd}f}" if isinstance(v, (int, float)) else str(v))
-
-
-def _row(name, r, extra="") -> str:
+def _row(name, r, extra="") -> list:
     if "error" in r:
-        return f"| {name} | failed | | | | | |"
-    return (f"| {name} | {_f(r.get('fps'))} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} | "
-            f"{_f(r.get('cpu_ms_per_frame'))} | {_f(r.get('peak_rss_mib'), 0)} | {extra} |")
+        return [name, "failed", "", "", "", "", ""]
+    return [name, _f(r.get("fps")), _f(r.get("p50_ms")), _f(r.get("p99_ms")), _f(r.get("cpu_ms_per_frame")),
+            _f(r.get("peak_rss_mib"), 0), extra]
 
 
 def tables(R: dict, size: int, main: dict) -> list[str]:
@@ -227,8 +225,7 @@ def tables(R: dict, size: int, main: dict) -> list[str]:
     if not B.get("raw"):
         return []
     raw, flows = B["raw"], B["flow"]
-    out = [f"| {size}² backend | FPS | p50 ms | p99 ms | CPU ms/frame | peak RSS MiB | notes |",
-           "|---|---|---|---|---|---|---|"]
+    rows = []
     names = {"ort": "raw ONNX Runtime CPU", "ov_latency": "raw OpenVINO, LATENCY hint",
              "ov_throughput": "raw OpenVINO, THROUGHPUT hint", "int8_ort": "raw ONNX Runtime, int8 blob",
              "int8_ov_latency": "raw OpenVINO, int8, LATENCY", "int8_ov_throughput": "raw OpenVINO, int8, THROUGHPUT"}
@@ -236,12 +233,13 @@ def tables(R: dict, size: int, main: dict) -> list[str]:
         note = ""
         if r.get("compile_ms") is not None:
             note = f"compile {r['compile_ms']:.0f} ms, {r.get('streams')} streams, {r.get('requests')} requests"
-        out.append(_row(names.get(k, k), r, note))
+        rows.append(_row(names.get(k, k), r, note))
     for k, r in flows.items():
         note = f"{_f(r.get('ratio_vs_best_raw_fp32'), 2)} of the best raw fp32" if r.get("ratio_vs_best_raw_fp32") else ""
         if r.get("provider"):
             note += f"; {r['provider']}"
-        out.append(_row(f"**flow** (all default sinks), {k}", r, note))
+        rows.append(_row(f"**flow** (all default sinks), {k}", r, note))
+    out = markdown([f"{size}² backend", "FPS", "p50 ms", "p99 ms", "CPU ms/frame", "peak RSS MiB", "notes"], rows)
     ag = (B.get("agreement") or {}).get("agreement_with_ort_fp32") or {}
     if ag:
         out += ["", "Class maps vs ONNX Runtime fp32 on the benchmark frames: "
@@ -253,13 +251,14 @@ def tables(R: dict, size: int, main: dict) -> list[str]:
                 f"{i8['bytes']} bytes of ONNX (accuracy on the validation frames: the int8 blob's card, "
                 "`python -m trainer quantize`)."]
     if B.get("curve"):
-        out += ["", "| input (random-weight ENet ReLU) | ORT FPS | OpenVINO LATENCY FPS | OpenVINO THROUGHPUT FPS "
-                    "| CPU ms/frame ORT / OV-L / OV-T |", "|---|---|---|---|---|"]
+        rows = []
         for c in B["curve"]:
             o, ll, tt = c["ort"], c["ov_latency"], c["ov_throughput"]
-            out.append(f"| {c['size']}² | {_f(o.get('fps'))} | {_f(ll.get('fps'))} | {_f(tt.get('fps'))} | "
-                       f"{_f(o.get('cpu_ms_per_frame'))} / {_f(ll.get('cpu_ms_per_frame'))} / "
-                       f"{_f(tt.get('cpu_ms_per_frame'))} |")
+            rows.append([f"{c['size']}²", _f(o.get("fps")), _f(ll.get("fps")), _f(tt.get("fps")),
+                         f"{_f(o.get('cpu_ms_per_frame'))} / {_f(ll.get('cpu_ms_per_frame'))} / "
+                         f"{_f(tt.get('cpu_ms_per_frame'))}"])
+        out += ["", *markdown(["input (random-weight ENet ReLU)", "ORT FPS", "OpenVINO LATENCY FPS",
+                               "OpenVINO THROUGHPUT FPS", "CPU ms/frame ORT / OV-L / OV-T"], rows)]
     out += ["", *stage_budget(R, flows)]
     return out
 
@@ -280,10 +279,9 @@ def stage_budget(R: dict, flows: dict) -> list[str]:
             rows.append((f"sink: {k}", v))
     total = sum(v for _, v in rows if isinstance(v, (int, float)))
     fl = flows.get("openvino", {})
-    out = [f"| stage (CPU ms a frame) | ms | budget at 45 FPS on {cores} cores: {1000 * cores / 45:.1f} ms |",
-           "|---|---|---|"]
-    out += [f"| {k} | {_f(v, 2)} | |" for k, v in rows]
-    out.append(f"| sum of the stages | {_f(total, 2)} | {100 * total / (1000 * cores / 45):.0f} % of the budget |")
+    cells = [[k, _f(v, 2), ""] for k, v in rows]
+    cells.append(["sum of the stages", _f(total, 2), f"{100 * total / (1000 * cores / 45):.0f} % of the budget"])
     if fl.get("cpu_ms_per_frame"):
-        out.append(f"| the flow on openvino, measured whole (start-up taken off) | {_f(fl['cpu_ms_per_frame'], 2)} | |")
-    return out
+        cells.append(["the flow on openvino, measured whole (start-up taken off)", _f(fl["cpu_ms_per_frame"], 2), ""])
+    return markdown(["stage (CPU ms a frame)", "ms", f"budget at 45 FPS on {cores} cores: {1000 * cores / 45:.1f} ms"],
+                    cells)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._table import markdown
 from .machine import save
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,25 +163,19 @@ def replay_timing(n: int) -> dict:
 
 def table(res: dict) -> str:
     cols = [c for c in ("embedded", "anvil") if c in res["gas"]]
-    lines = ["| call | " + " | ".join(f"gas ({c})" for c in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
-    for k, label in [("deploy_registry", "deploy ModelRegistry"), ("register", "register (name 14 B, uri 38 B)"),
-                     ("deploy_first", "deploy (new deployment name)"),
-                     ("deploy_update", "deploy (hot swap, version 2)"),
-                     ("revoke", "revoke (reason 25 B)"), ("grant_role", "grantRole")]:
-        lines.append(f"| {label} | " + " | ".join(f"{res['gas'][c][k]:,}" for c in cols) + " |")
-    lines += ["", "| frames per anchor N | anchor gas | gas per frame | proof size | batch file per frame |",
-              "|---:|---:|---:|---:|---:|"]
+    calls = [("deploy_registry", "deploy ModelRegistry"), ("register", "register (name 14 B, uri 38 B)"),
+             ("deploy_first", "deploy (new deployment name)"), ("deploy_update", "deploy (hot swap, version 2)"),
+             ("revoke", "revoke (reason 25 B)"), ("grant_role", "grantRole")]
+    lines = markdown(["call", *(f"gas ({c})" for c in cols)],
+                     [[label, *(f"{res['gas'][c][k]:,}" for c in cols)] for k, label in calls], "l" + "r" * len(cols))
     first = res["gas"][cols[0]]["anchor"]
-    for n in map(str, FRAME_COUNTS):
-        a = first[n]
-        lines.append(f"| {int(n):,} | {a['gas']:,} | {a['gas_per_frame']:,.1f} | {a['proof_bytes']} B "
-                     f"| {a['batch_file_bytes_per_frame']:.0f} B |")
-    lines += ["", "| blob | blob size | on-chain storage | register calldata | on chain / blob |",
-              "|---|---:|---:|---:|---:|"]
-    for r in res["onchain_bytes"]:
-        lines.append(f"| {r['blob']} | {r['blob_bytes']:,} B | {r['storage_bytes']} B "
-                     f"| {r['calldata_bytes']} B | {100 * r['onchain_fraction']:.3f} % |")
+    lines += ["", *markdown(["frames per anchor N", "anchor gas", "gas per frame", "proof size", "batch file per frame"],
+                            [[f"{int(n):,}", f"{first[n]['gas']:,}", f"{first[n]['gas_per_frame']:,.1f}",
+                              f"{first[n]['proof_bytes']} B", f"{first[n]['batch_file_bytes_per_frame']:.0f} B"]
+                             for n in map(str, FRAME_COUNTS)], "rrrrr")]
+    lines += ["", *markdown(["blob", "blob size", "on-chain storage", "register calldata", "on chain / blob"],
+                            [[r["blob"], f"{r['blob_bytes']:,} B", f"{r['storage_bytes']} B", f"{r['calldata_bytes']} B",
+                              f"{100 * r['onchain_fraction']:.3f} %"] for r in res["onchain_bytes"]], "lrrrr")]
     return "\n".join(lines)
 
 

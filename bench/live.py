@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from ._table import markdown
 from .machine import free_port as _free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,19 +123,16 @@ def main(argv=None) -> int:
             r = run_one(kind, a, Path(tmp))
             rows.append(r)
             print(json.dumps(r), flush=True)
-    from .machine import info, save
+    from .machine import save
     doc = {"rows": rows, "command": "python -m bench live " + " ".join(argv or sys.argv[1:])}
-    if a.results:
-        path = Path(a.results) / f"{a.out}.json"
-        path.write_text(json.dumps({"machine": info(), "results": doc}, indent=2) + "\n")
-    else:
-        path = save(a.out, doc)
+    path = save(a.out, doc, a.results)
     print(f"saved {path}")
-    print("| live source | scored | dropped | capture-to-result p50 / p99 ms | backend |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['source']} {r['size']} @ {r['fps_source']} FPS, {a.seconds} s | {r.get('scored')} | "
-              f"{r.get('dropped_by_reason') or r.get('dropped')} | {r.get('capture_to_result_p50_ms')} / "
-              f"{r.get('capture_to_result_p99_ms')} | {r.get('provider')} |")
+    print("\n".join(markdown(
+        ["live source", "scored", "dropped", "capture-to-result p50 / p99 ms", "backend"],
+        [[f"{r['source']} {r['size']} @ {r['fps_source']} FPS, {a.seconds} s", r.get("scored"),
+          r.get("dropped_by_reason") or r.get("dropped"),
+          f"{r.get('capture_to_result_p50_ms')} / {r.get('capture_to_result_p99_ms')}", r.get("provider")]
+         for r in rows])))
     return 0 if all(r.get("rc") == 0 for r in rows) else 1
 
 

@@ -6,9 +6,10 @@ import json
 import os
 import platform
 import socket
+import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,11 +45,29 @@ def info() -> dict[str, Any]:
     }
 
 
-def save(name: str, results: Any) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, results: Any, folder: Optional[str] = None) -> Path:
+    """``results`` with the machine's facts in ``folder`` (default bench/results)/``name``.json."""
+    folder = Path(folder) if folder else RESULTS
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": info(), "results": results}, indent=2) + "\n")
     return path
+
+
+def busy() -> list[str]:
+    """Other processes using the CPU right now (name and %CPU), e.g. a training run."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True,
+                             text=True, timeout=5).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    me = {os.getpid()}
+    res = []
+    for line in out[:8]:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and int(parts[0]) not in me and float(parts[1]) >= 20:
+            res.append(f"{parts[1]}% {parts[2][:90]}")
+    return res
 
 
 def free_port() -> int:

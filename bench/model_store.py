@@ -15,6 +15,7 @@ import numpy as np
 
 import model_store as ms
 
+from ._table import columns
 from .machine import save
 
 CARD = ms.ModelCard(
@@ -71,8 +72,9 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     # Level 19 only on the small model: it is ~40x slower to pack and barely smaller.
     rows = [run(s, args.repeat, level) for s in args.sizes for level in ((3, 19) if s < 10 else (3,))]
-    print(f"{'model MB':>9} {'blob MB':>8} {'level':>5} {'pack':>8} {'write':>8} {'verify':>8} {'load':>8}  (MB/s of model)")
-    for r in rows:
-        print(f"{r['model_mb']:>9} {r['blob_mb']:>8} {r['zstd_level']:>5} {r['pack_mb_s']:>8} {r['write_mb_s']:>8} {r['verify_mb_s']:>8} {r['load_mb_s']:>8}")
+    keys = ("model_mb", "blob_mb", "zstd_level", "pack_mb_s", "write_mb_s", "verify_mb_s", "load_mb_s")
+    lines = columns(["model MB", "blob MB", "level", "pack", "write", "verify", "load"],
+                    [[r[k] for k in keys] for r in rows], (9, 8, 5, 8, 8, 8, 8))
+    print("\n".join([lines[0] + "  (MB/s of model)", *lines[1:]]))
     print(f"saved {save('model_store', rows)}")
     return 0

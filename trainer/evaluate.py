@@ -24,7 +24,8 @@ def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool 
     p = Path(model_path)
     if p.suffix == ".pt":
         import torch
-        from .train import load_checkpoint, predict
+        from .checkpoints import load_checkpoint
+        from .inference import predict
         torch.set_num_threads(threads)
         net, ck = load_checkpoint(p, use_ema=use_ema)
         w = "EMA" if use_ema and ck.get("ema") is not None else "raw"

@@ -135,7 +135,7 @@ def build_card(ck: dict, size: int, opset: int, metrics: dict, name: str = "carl
 
 
 def main(a) -> int:
-    from .train import load_checkpoint
+    from .checkpoints import load_checkpoint
     torch.set_num_threads(2)
     net, ck = load_checkpoint(a.checkpoint, use_ema=not a.no_ema)
     onnx_bytes = export_onnx(net, a.size, a.opset)
