@@ -54,7 +54,7 @@ def test_bench_perf_quick_runs_on_four_frames(tmp_path):
         for k in ("ort", "ov_latency", "ov_throughput"):
             assert "error" not in backends["raw"][k] and backends["raw"][k]["fps"] > 0, backends["raw"][k]
         assert backends["raw"]["ov_throughput"]["requests"] >= 2
-        for b in ("onnxruntime", "openvino"):
+        for b in ("onnxruntime", "openvino", "openvino_latency"):
             assert backends["flow"][b]["frames"] == 4, backends["flow"][b]
         assert backends["flow"]["openvino"]["provider"] == "OpenVINO CPU"
         assert backends["agreement"]["agreement_with_ort_fp32"]["openvino_fp32"] >= 0.999
