@@ -42,11 +42,13 @@ def test_a_batch_of_toy_runs_comes_back_as_two_loadable_tars(tmp_path):
     assert all(torch.equal(ck["model"][k], ck["ema"][k]) for k in ck["ema"])
 
 
-def test_a_run_that_dies_at_once_stops_the_batch(tmp_path):
-    r = session(tmp_path, "--jobs", "rcm-f1-s1", "--extra", TOY + " --no-such-option")
+def test_a_run_that_dies_at_once_stops_the_batch_and_its_fine_tunes_never_start(tmp_path):
+    r = session(tmp_path, "--jobs", "rcm-f1-s0", "--finetunes", "cond35-f1",
+                "--extra", TOY + " --no-such-option")
     assert r.returncode == 0 and "failed early" in r.stdout, r.stdout + r.stderr
-    status = json.loads((tmp_path / "out" / "gpu_session.json").read_text())["training"]["status"]
-    assert status["rcm-f1-s1"]["rc"] == 2
+    result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
+    assert result["training"]["status"]["rcm-f1-s0"]["rc"] == 2
+    assert "finetuning" not in result
 
 
 def test_fine_tunes_start_from_the_first_stage_runs_last_weights(tmp_path):
@@ -64,14 +66,6 @@ def test_fine_tunes_start_from_the_first_stage_runs_last_weights(tmp_path):
         tar.extractall(tmp_path / "back", filter="data")
     _, ck = load_checkpoint(tmp_path / "back" / "runs" / "cond35-f1" / "last.pt")
     assert ck["config"]["conditions"] == 0.35 and ck["config"]["lr"] == 1e-3
-
-
-def test_a_fine_tune_whose_first_stage_failed_is_skipped_not_started(tmp_path):
-    r = session(tmp_path, "--jobs", "rcm-f1-s0", "--finetunes", "cond35-f1", "--extra", TOY + " --no-such-option")
-    assert r.returncode == 0, r.stdout + r.stderr
-    result = json.loads((tmp_path / "out" / "gpu_session.json").read_text())
-    assert result["training"]["status"]["rcm-f1-s0"]["rc"] == 2
-    assert "finetuning" not in result
 
 
 def test_fine_tunes_of_first_stage_weights_placed_in_the_work_folder_beforehand(tmp_path):
