@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from .card_fields import as_list, build, check_json, fail
+from .card_fields import as_list, build, check_json, fail, fields_of
 from .classes import CARLA_CLASSES, MAX_CLASSES, ClassInfo, classes_from_json  # noqa: F401 - re-exported
 from .drive_spec import CLASS_MAP_DTYPES, INPUT_DTYPES, OUTPUT_KINDS, SCORE_DTYPES, DriveSpec, drive_spec_of  # noqa: F401
 
@@ -271,12 +271,7 @@ class ModelCard:
     @classmethod
     def from_dict(cls, d: Any) -> "ModelCard":
         """Build and validate a card from parsed JSON; any defect raises BadCard."""
-        if not isinstance(d, Mapping):
-            raise fail(f"card is a {type(d).__name__}; expected an object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise fail(f"unknown card fields {unknown}")
+        fields_of(cls, d, "card")
         missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
         if missing:
             raise fail(f"missing card fields {missing}")

@@ -47,14 +47,19 @@ def as_list(v: Any, what: str) -> Sequence:
     return v
 
 
-def build(kind: type, v: Any, what: str) -> Any:
+def fields_of(kind: type, v: Any, what: str) -> dict:
+    """``v`` as keyword arguments of dataclass ``kind``: refused unless it is an object with
+    no field that ``kind`` lacks (a card from a newer writer is refused, not half-read)."""
     if not isinstance(v, Mapping):
-        raise fail(f"{what} entry is a {type(v).__name__}; expected an object")
-    names = {f.name for f in dataclasses.fields(kind)}
-    extra = sorted(set(v) - names)
+        raise fail(f"{what} is a {type(v).__name__}; expected an object")
+    extra = sorted(set(v) - {f.name for f in dataclasses.fields(kind)})
     if extra:
         raise fail(f"{what} has unknown fields {extra}")
-    kw = dict(v)
+    return dict(v)
+
+
+def build(kind: type, v: Any, what: str) -> Any:
+    kw = fields_of(kind, v, f"{what} entry")
     for key in ("color", "shape", "mean", "std", "size"):
         if kw.get(key) is not None:
             kw[key] = tuple(as_list(kw[key], f"{what} {key}"))

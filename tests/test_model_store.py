@@ -206,7 +206,7 @@ def test_bad_card(blob):
     with pytest.raises(errors.BadCard, match="ISO 8601"):
         ms.verify(forged)
     forged = with_header(blob, lambda h: h.update(surprise=1))
-    with pytest.raises(errors.BadCard, match="unknown card fields"):
+    with pytest.raises(errors.BadCard, match="card has unknown fields"):
         ms.verify(forged)
 
 
