@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="live")
     p.add_argument("--results", help="folder for the JSON (default bench/results)")
     a = p.parse_args(argv)
+    a.model = str(Path(a.model).resolve())     # the flow runs in its own work folder
     rows = []
     sys.path.insert(0, str(REPO))
     import model_store

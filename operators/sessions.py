@@ -85,6 +85,7 @@ def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", pr
         if problem:
             runner.close()
             raise ScoreError(f"model {key[:12]}: its card does not describe its graph: {problem}")
+    runner.warm_up()              # here, in the reader's thread, not on a stream's first frames
     shp = list(inp.shape)
     max_batch = None
     if shp and isinstance(shp[0], int) and shp[0] > 0:

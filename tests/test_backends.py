@@ -99,6 +99,30 @@ def test_runner_run_and_submit_keep_the_ort_contract(backend):
     assert (r.submit(xs[0]).result()[0] == expected_classes(xs[0], 3)).all()
 
 
+def test_a_fixed_shape_model_is_warmed_on_every_in_flight_slot_and_a_named_dim_is_not(backend, monkeypatch):
+    """The runtime's lazy first-run work happens when the model is built (the reader's
+    thread), not on a live stream's first frames; a named batch dim has no shape to warm."""
+    from operators.backends import base
+    from operators.sessions import build_session
+    seen = []
+    real_submit = {}
+
+    def spy(cls):
+        real_submit[cls] = cls.submit
+
+        def submit(self, x):
+            seen.append((x.shape, x.dtype, int(x.max())))
+            return real_submit[cls](self, x)
+        monkeypatch.setattr(cls, "submit", submit)
+    for cls in base.Runner.__subclasses__():
+        spy(cls)
+    e = build_session(tiny_onnx(dynamic_batch=False), key=KA, backend=backend, providers="cpu", threads=1)
+    assert seen == [((1, 32, 32, 3), np.uint8, 0)] * e.runner.depth and e.runner.depth >= 2
+    seen.clear()
+    e = build_session(tiny_onnx(), key=KA, backend=backend, providers="cpu", threads=1)
+    assert seen == []
+
+
 def test_a_model_compiled_for_one_key_is_never_used_for_another(backend):
     """Same graph, other weights (the shift), other key: each key scores with its own
     compiled model, also after one was dropped (a revocation) and the other rebuilt."""
