@@ -21,15 +21,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 __all__ = ["Stats", "log", "lower_thread_priority"]
 
 
-def lower_thread_priority() -> None:
-    """Make the calling helper thread (decoder, writer) yield to ORT's threads: they then
-    run in the gaps of inference instead of stalling its parallel loops.
-    ``VERISEG_AUX_NICE`` (default 0 = off) is the niceness added on Linux."""
+def lower_thread_priority(n: "int | None" = None) -> None:
+    """Make the calling helper thread yield to the scoring threads: it then runs in the gaps
+    of inference instead of stalling its parallel loops.  ``n`` is the niceness added on
+    Linux; by default ``VERISEG_AUX_NICE`` (0 = off: the decoder and writers)."""
     import os
-    try:
-        n = int(os.environ.get("VERISEG_AUX_NICE", "0") or 0)
-    except ValueError:
-        n = 0
+    if n is None:
+        try:
+            n = int(os.environ.get("VERISEG_AUX_NICE", "0") or 0)
+        except ValueError:
+            n = 0
     if n > 0 and hasattr(os, "setpriority"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, n))

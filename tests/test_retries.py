@@ -1,6 +1,7 @@
 """Retry policies of chain calls (chain.retries, on tenacity): a transient transport error
 is tried again, a revert or a refusal never is; the flow's anchor sender waits out an
 outage and stops waiting when it is closed."""
+import os
 import time
 from pathlib import Path
 
@@ -121,3 +122,25 @@ def test_closing_the_sender_stops_waiting_for_a_chain_that_stays_down(tmp_path, 
     sender.thread.join(5)
     assert not sender.thread.is_alive() and time.monotonic() - t0 < 5
     assert sealed == [] and stats.anchors == 0 and stats.anchor_failures >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread niceness is a Linux feature")
+def test_the_anchor_sender_thread_yields_to_scoring(tmp_path, monkeypatch):
+    """Anchoring is never urgent; on the embedded chain it runs the EVM in this process, and
+    at the flow's own priority it cost a live camera frames (bench live)."""
+    import threading
+
+    import operators.sinks.anchors as anchors
+    seen = {}
+
+    class Probe(_Registry):
+        def __init__(self):
+            super().__init__()
+            self.anchor = lambda *a, **kw: seen.setdefault(
+                "nice", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    sender, stats, sealed = _sender(tmp_path, monkeypatch, Probe())
+    sender.submit(Path(tmp_path) / "000000-000004.json", _Batch())
+    sender.close(timeout=10)
+    assert seen["nice"] == min(19, base + anchors.ANCHOR_NICE) and len(sealed) == 1
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base       # the flow's own threads are untouched
