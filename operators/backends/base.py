@@ -77,8 +77,8 @@ class Runner:
     def warm_up(self) -> None:
         """Run every in-flight slot once on a zero batch of the input's fixed shape.  A
         runtime does lazy work on a request's first run (OpenVINO: each stream's first
-        inference); on a live 30 FPS camera that first-frame stall cost a dropped frame in
-        the first second (bench live, int8 blob).  Skipped for a shape with named dims."""
+        inference, TensorRT: its engine); on a live 30 FPS camera that stall was seen to drop
+        a frame in the first second (int8 blob, once).  Skipped for a shape with named dims."""
         dtype = _CARD_DTYPES.get(self.input.type)
         shape = self.input.shape
         if dtype is None or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
