@@ -91,6 +91,8 @@ class Config:
     decrypt_key_file: Optional[Path] = None
     video_scale: float = 1.0
     max_pixels: int = 40_000_000
+    aux_nice: int = 0               # niceness of the decoder and writer threads
+    ort_spin: bool = False          # ONNX Runtime threads spin-wait
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -236,6 +238,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,
         decrypt_key_file=s.decrypt_key, video_scale=s.video_scale, max_pixels=s.max_pixels,
+        aux_nice=s.aux_nice, ort_spin=s.ort_spin,
         extra={k: v for k, v in env.items() if k.startswith(PREFIX)},
     )
 

@@ -43,7 +43,8 @@ class FlowContext:
             cfg = self.config
             opts = ({} if cfg is None else
                     dict(backend=cfg.backend, providers=cfg.providers, require_gpu=cfg.require_gpu,
-                         threads=cfg.threads, home=cfg.home, hint=cfg.openvino_hint))
+                         threads=cfg.threads, home=cfg.home, hint=cfg.openvino_hint,
+                         spin=cfg.ort_spin))
             self.sessions = SessionCache(stats=self.stats, **opts)
 
 

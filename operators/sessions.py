@@ -75,10 +75,11 @@ def drive_spec(card, key: str):
 
 def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", providers: str = "auto",
                   require_gpu: bool = False, threads: int = 0, home=None,
-                  hint: str = "throughput") -> SessionEntry:
+                  hint: str = "throughput", spin: bool = False) -> SessionEntry:
     spec = drive_spec(card, key) if card is not None else None   # before the costly compile
     runner, why = compile_verified(onnx, key=key, backend=backend, providers=providers,
-                                   require_gpu=require_gpu, threads=threads, home=home, hint=hint)
+                                   require_gpu=require_gpu, threads=threads, home=home, hint=hint,
+                                   spin=spin)
     inp, out = runner.input, runner.output
     if card is not None:
         problem = card_mismatch(card, inp, out)
@@ -125,14 +126,15 @@ class SessionCache:
     (the soak, ``bench/soak.py``); freeing a session returns its memory to the OS."""
 
     def __init__(self, *, keep: int = 1, stats=None, backend: str = "auto", providers: str = "auto",
-                 require_gpu: bool = False, threads: int = 0, home=None, hint: str = "throughput"):
+                 require_gpu: bool = False, threads: int = 0, home=None, hint: str = "throughput",
+                 spin: bool = False):
         self.keep = keep
         self.stats = stats           # records the provider in use
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Event] = {}
         self.options = dict(backend=backend, providers=providers, require_gpu=require_gpu, threads=threads,
-                            home=home, hint=hint)
+                            home=home, hint=hint, spin=spin)
         self.provider: Optional[str] = None
 
     def get(self, update: ModelLoaded) -> SessionEntry:

@@ -21,16 +21,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 __all__ = ["Stats", "log", "lower_thread_priority"]
 
 
-def lower_thread_priority(n: "int | None" = None) -> None:
+def lower_thread_priority(n: int) -> None:
     """Make the calling helper thread yield to the scoring threads: it then runs in the gaps
     of inference instead of stalling its parallel loops.  ``n`` is the niceness added on
-    Linux; by default ``VERISEG_AUX_NICE`` (0 = off: the decoder and writers)."""
+    Linux (0: none; the decoder and writers take ``VERISEG_AUX_NICE``)."""
     import os
-    if n is None:
-        try:
-            n = int(os.environ.get("VERISEG_AUX_NICE", "0") or 0)
-        except ValueError:
-            n = 0
     if n > 0 and hasattr(os, "setpriority"):
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, n))

@@ -33,6 +33,22 @@ def _run(tmp_path, source, model, reg, **extra):
     return cfg
 
 
+def test_the_decoder_and_writer_threads_take_aux_nice_from_the_flows_configuration(tmp_path, monkeypatch):
+    """VERISEG_AUX_NICE is read once, by the settings, from the mapping the flow was
+    configured with (here not os.environ), and reaches both helper threads."""
+    import operators.sinks.partition as sink_part
+    import operators.sources.partition as source_part
+    seen = {}
+    for module, thread in ((source_part, "decoder"), (sink_part, "writer")):
+        monkeypatch.setattr(module, "lower_thread_priority",
+                            lambda n, thread=thread: seen.setdefault(thread, n))
+    monkeypatch.delenv("VERISEG_AUX_NICE", raising=False)
+    reg, blob, _ = _registered(tmp_path)
+    _run(tmp_path, f"dir:{make_folder(tmp_path / 'f', n=2)}", blob, reg, VERISEG_AUX_NICE=7,
+         VERISEG_ANCHOR_EVERY=0, VERISEG_VIDEO=0)
+    assert seen == {"decoder": 7, "writer": 7}
+
+
 def _registered(tmp_path, shift=0, name="tiny.vsb", reg=None, **kw):
     reg = reg or FakeRegistry()
     blob = tmp_path / "models" / name

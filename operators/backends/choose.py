@@ -20,13 +20,13 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 
 def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers: str = "auto",
                      require_gpu: bool = False, threads: int = 0, home=None,
-                     hint: str = "throughput") -> Tuple[Runner, str]:
+                     hint: str = "throughput", spin: bool = False) -> Tuple[Runner, str]:
     """The verified ``onnx`` bytes compiled for blob ``key`` by the chosen runtime, and why
     that one (one line for the log).  Raises ScoreError (one line)."""
     backend = (backend or "auto").lower()
     if backend not in BACKENDS:
         raise ScoreError(f"unknown scoring backend {backend!r}: expected {', '.join(BACKENDS)}")
-    ort_kw = dict(key=key, providers=providers, require_gpu=require_gpu, threads=threads, home=home)
+    ort_kw = dict(key=key, providers=providers, require_gpu=require_gpu, threads=threads, home=home, spin=spin)
     if backend == "onnxruntime":
         return ort.build(onnx, **ort_kw), "VERISEG_BACKEND=onnxruntime"
     if backend == "openvino":

@@ -146,7 +146,7 @@ class OrtRunner(Runner):
 
 
 def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool = False,
-          threads: int = 0, home=None) -> OrtRunner:
+          threads: int = 0, home=None, spin: bool = False) -> OrtRunner:
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -157,9 +157,8 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
     # ORT's intra-op threads spin-wait by default; in the flow they would burn the CPU the
     # decoder and writer threads need (and any other load on the machine): off unless
     # VERISEG_ORT_SPIN=1 (measured on the shared 2-core box: +80 % raw FPS under load)
-    spin = os.environ.get("VERISEG_ORT_SPIN", "0")
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin == "1" else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin == "1" else "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     wanted = providers_for(providers)
     opts = provider_options(wanted, key, home)
     try:

@@ -77,7 +77,7 @@ class ResultPartition(StatefulSinkPartition):
 
     # -- writer thread ----------------------------------------------------------------
     def _run(self):
-        lower_thread_priority()
+        lower_thread_priority(self.sink.aux_nice)
         while True:
             item = self.q.get()
             try:

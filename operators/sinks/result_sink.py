@@ -55,8 +55,9 @@ class ResultSink(FixedPartitionedSink):
                  video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
                  video_scale: float = 1.0, home: Optional[Path] = None,
-                 metrics_host: str = "127.0.0.1"):
+                 metrics_host: str = "127.0.0.1", aux_nice: int = 0):
         self.stats, self.revoked = ctx.stats, ctx.revoked
+        self.aux_nice = aux_nice
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
         self.live = getattr(ctx, "live", None)   # web.live.LiveView: the newest frame per stream
         self.out = Path(out)
@@ -178,7 +179,7 @@ def result_sink(ctx: FlowContext) -> ResultSink:
                       anchor_every=cfg.anchor_every, registry=ctx.registry,
                       metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host, progress=progress, fps=_video_fps(cfg),
                       summary_extra={"config": _config_summary(cfg), "model": model},
-                      video_scale=cfg.video_scale, home=cfg.home)
+                      video_scale=cfg.video_scale, home=cfg.home, aux_nice=cfg.aux_nice)
 
 
 @operator

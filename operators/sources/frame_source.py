@@ -25,12 +25,12 @@ class FrameSource(FixedPartitionedSource):
                  loop: bool = False, max_frames: Optional[int] = None,
                  prepare: Optional[Callable[[Frame], Frame]] = None, reconnect_max: float = 30.0,
                  colour: str = "BGR", reader_factory=None, stall: float = 10.0,
-                 max_pixels: Optional[int] = None):
+                 max_pixels: Optional[int] = None, aux_nice: int = 0):
         self.ctx = ctx
         self.specs = {s.stream_id: s for s in specs}
         self.kw = dict(queue=queue, batch=batch, loop=loop, max_frames=max_frames, prepare=prepare,
                        reconnect_max=reconnect_max, colour=colour, reader_factory=reader_factory,
-                       stall=stall, max_pixels=max_pixels)
+                       stall=stall, max_pixels=max_pixels, aux_nice=aux_nice)
 
     def list_parts(self):
         return list(self.specs)
@@ -61,7 +61,7 @@ def read_frames(step_id: str, flow: Dataflow, ctx: FlowContext,
         ctx, cfg.sources, queue=cfg.queue, batch=ctx.batch, loop=cfg.loop,
         max_frames=cfg.max_frames, prepare=prepare, reconnect_max=cfg.reconnect_max,
         colour=pre.colour if pre is not None else "BGR", reader_factory=reader_factory,
-        stall=cfg.stall, max_pixels=cfg.max_pixels))
+        stall=cfg.stall, max_pixels=cfg.max_pixels, aux_nice=cfg.aux_nice))
     if pre is None:
         return frames
 

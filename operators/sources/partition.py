@@ -40,8 +40,9 @@ class StreamPartition(StatefulSourcePartition):
     def __init__(self, ctx, spec: SourceSpec, start: int, *, queue: int, batch: int, loop: bool,
                  max_frames: Optional[int], prepare: Optional[Callable[[Frame], Frame]],
                  reconnect_max: float, colour: str, reader_factory=None, stall: float = 10.0,
-                 max_pixels: Optional[int] = None):
+                 max_pixels: Optional[int] = None, aux_nice: int = 0):
         self.stats, self.streams = ctx.stats, ctx.streams
+        self.aux_nice = aux_nice
         self.flow_stop = ctx.stop      # set when the outputs failed: every stream ends
         self.spec = spec
         self.sid = spec.stream_id
@@ -89,7 +90,7 @@ class StreamPartition(StatefulSourcePartition):
             self.buf.append(item)
 
     def _run(self, start: int):
-        lower_thread_priority()
+        lower_thread_priority(self.aux_nice)
         backoff = 0.5
         attempt = 0
         produced = 0
