@@ -319,3 +319,20 @@ def wait_for(cond, timeout: float = 20.0, step: float = 0.005) -> bool:
             return False
         time.sleep(step)
     return True
+
+
+def anchored_folder_run(base, sid: str, *, frames: int, every: int, bad: Optional[int] = None, **env):
+    """A folder stream ``sid`` of ``frames`` frames scored by a fresh tiny blob registered on
+    an embedded chain in ``base/home``, anchored every ``every`` frames, no video:
+    (config, blob key).  The audit page and the attack tests read such a run's outputs."""
+    from bytewax.testing import run_main
+
+    from dataflows.segment import build_flow
+    from operators.config import load_config
+    blob = Path(base) / "models" / "tiny.vsb"
+    key = make_blob(blob)
+    register_embedded(Path(base) / "home", blob)
+    folder = make_folder(Path(base) / sid, n=frames, bad=bad)
+    cfg = load_config(env_for(base, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=every, VERISEG_VIDEO=0, **env))
+    run_main(build_flow(cfg))
+    return cfg, key

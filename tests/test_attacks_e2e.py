@@ -26,7 +26,7 @@ import chain
 from chain import anchoring
 from chain.cli import main as chain_main
 from dataflows.segment import build_flow
-from flow_fixtures import env_for, make_blob, make_folder, read_jsonl, register_embedded
+from flow_fixtures import anchored_folder_run, env_for, make_blob, read_jsonl
 from operators.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +39,7 @@ BATCHES = {"A": "000000-000003.json", "B": "000005-000008.json", "C": "000009-00
 def pristine(tmp_path_factory):
     """One flow run on the embedded chain; tests work on copies of its outputs and chain."""
     base = tmp_path_factory.mktemp("anchored")
-    blob = base / "models" / "tiny.vsb"
-    key = make_blob(blob)
-    register_embedded(base / "home", blob)
-    folder = make_folder(base / SID, n=10, bad=4)
-    cfg = load_config(env_for(base, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=4, VERISEG_VIDEO=0))
-    run_main(build_flow(cfg))
+    cfg, key = anchored_folder_run(base, SID, frames=10, every=4, bad=4)
     summary = json.loads((cfg.out / "summary.json").read_text())
     # the flow's own counters: every batch anchored, none failed, the corrupt frame counted
     assert summary["anchors_sent"] == 3 and summary["anchor_failures"] == 0, summary

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from flow_fixtures import env_for, make_blob, make_folder, register_embedded
+from flow_fixtures import anchored_folder_run
 from web_fixtures import REPO, get
 
 pytest.importorskip("aiohttp")
@@ -25,18 +25,9 @@ SID = "frames"
 @pytest.fixture(scope="module")
 def anchored(tmp_path_factory):
     """Six frames, anchored every three, on the embedded chain (outputs copied per test)."""
-    from bytewax.testing import run_main
-
-    from dataflows.segment import build_flow
-    from operators.config import load_config
-    base = tmp_path_factory.mktemp("audit")
-    blob = base / "models" / "tiny.vsb"
-    key = make_blob(blob)
-    register_embedded(base / "home", blob)
-    folder = make_folder(base / SID, n=6)
-    cfg = load_config(env_for(base, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=3, VERISEG_VIDEO=0,
-                              VERISEG_BACKEND="onnxruntime"))  # see test_web_browser: no OpenVINO before Chromium
-    run_main(build_flow(cfg))
+    # ONNX Runtime: see test_web_browser (no OpenVINO before Chromium)
+    cfg, key = anchored_folder_run(tmp_path_factory.mktemp("audit"), SID, frames=6, every=3,
+                                   VERISEG_BACKEND="onnxruntime")
     return cfg, key
 
 
