@@ -316,6 +316,12 @@ def test_openvino_class_maps_agree_with_onnx_runtime_on_the_sample_clip():
         got = np.concatenate([r.submit(x[i:i + 1]).result()[0] for i in range(len(x))])
         agree = float((got == ref).mean())
         assert agree >= 0.999, f"{name}: {100 * agree:.3f} % of pixels agree with ONNX Runtime"
+    if "openvino" in installed_backends():     # its exact rewrite (ov_graph) changes no pixel
+        from operators.backends import ov
+        runs = [ov.build(onnx, key=key, rewrite=rw) for rw in (True, False)]
+        assert "arg-max on the innermost axis" in runs[0].how
+        a, b = (np.concatenate([r.run(x[i:i + 1]) for i in range(len(x))]) for r in runs)
+        assert np.array_equal(a, b)
 
 
 def test_openvino_compiles_after_a_gstreamer_pipeline_was_parsed():

@@ -2,6 +2,9 @@
 
 - The model is read from the bytes in memory (``Core.read_model(bytes)``), never from a
   path, so what OpenVINO compiles is exactly what ``model_store`` verified.
+- One exact graph rewrite before compiling (:mod:`.ov_graph`: the class arg-max moved to the
+  innermost axis, -15 % CPU a frame on the 512² ENet); the key and the class maps are the
+  verified model's.
 - No compiled-model cache (``CACHE_DIR`` is set empty on purpose): OpenVINO names a cache
   entry by a hash of the graph and loads it without checking it against the model, so a
   planted file would run in place of the registered one; compiling the 512² ENet for the
@@ -21,6 +24,7 @@ import numpy as np
 from model_store.util import first_line
 
 from .base import Pending, Port, Runner, ScoreError, cpu_threads
+from .ov_graph import argmax_innermost
 
 __all__ = ["available", "version", "OvRunner", "build", "HINTS"]
 
@@ -121,7 +125,9 @@ class OvRunner(Runner):
 
 
 def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
-          device: str = "CPU") -> OvRunner:
+          device: str = "CPU", rewrite: bool = True) -> OvRunner:
+    """``onnx`` compiled for ``device``; ``rewrite=False`` compiles the graph exactly as read,
+    without :mod:`.ov_graph`'s exact rewrite (for the benchmark's side-by-side row)."""
     import openvino as ov
     hint = hint.upper()
     if hint not in HINTS:
@@ -132,6 +138,12 @@ def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
         config["INFERENCE_NUM_THREADS"] = threads or cpu_threads()
     try:
         model = core.read_model(onnx)          # the verified bytes, in memory
+        moved = 0
+        if rewrite:
+            try:
+                moved = argmax_innermost(model)
+            except Exception:  # noqa: BLE001 - an optimisation is never why a model is refused
+                model = core.read_model(onnx)
         compiled = core.compile_model(model, device, config)
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
@@ -140,6 +152,7 @@ def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
     requests = min(max(requests, 2), 4)
     streams = compiled.get_property("NUM_STREAMS")
     how = (f"OpenVINO {version()} {device}, hint {hint}, {streams} streams, "
-           f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight")
+           f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight"
+           + (", arg-max on the innermost axis" if moved else ""))
     return OvRunner(key, compiled, _port(compiled.inputs[0]), _port(compiled.outputs[0]), device, how,
                     requests)
