@@ -6,7 +6,9 @@ Each round runs ``python -m bytewax.run dataflows.segment`` once in each checkou
 sample clip looped to ``--frames`` frames, every default sink on (masks, overlay video, JSON
 lines, anchors every 100 frames on the embedded chain), and reads the FPS from the run's
 ``summary.json``. Alternating the two (ABAB...) spreads any drift of a shared machine over
-both. ``--env K=V`` applies to both (e.g. ``VERISEG_BACKEND=onnxruntime``). Writes
+both. ``--env K=V`` applies to both (e.g. ``VERISEG_BACKEND=onnxruntime``; a
+``VERISEG_MODEL=path.vsb``, relative to each checkout, is registered on each run's fresh
+embedded chain first). Writes
 bench/results/flow_ab.json (or ``--out``).
 """
 
@@ -27,6 +29,12 @@ from .machine import save
 
 def _run(root: Path, frames: int, env_extra: dict, work: Path) -> dict:
     out = work / "out"
+    blob = env_extra.get("VERISEG_MODEL", "")
+    if blob.endswith(".vsb"):        # another blob than the demo's: registered on this run's chain
+        import model_store
+        from bench._perf.inputs import register
+        path = (root / blob).resolve()
+        register(work / "home", path, model_store.verify(str(path)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
     env.update({"VERISEG_LOOP": "1", "VERISEG_MAX_FRAMES": str(frames), "VERISEG_OUT": str(out),
                 "VERISEG_HOME": str(work / "home"), "VERISEG_PROGRESS": "0"}, **env_extra)
