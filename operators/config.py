@@ -67,6 +67,7 @@ class Config:
     providers: str = "auto"
     require_gpu: bool = False
     openvino_hint: str = "throughput"  # throughput | latency
+    openvino_device: str = "auto"   # auto | CPU | GPU[.n] | NPU | an OpenVINO virtual device
     threads: int = 0                # 0: all cores available
     batch: int = 0                  # 0: auto (4 on GPU providers, 1 on CPU)
     loop: bool = False
@@ -231,7 +232,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         sources=sources, model=model, model_is_path=default or looks_like_path(model),
         model_is_default=default, chain=s.chain, home=home, registry=s.registry,
         chain_id=s.chain_id, out=s.out, backend=s.backend, providers=s.providers,
-        require_gpu=s.require_gpu, openvino_hint=s.openvino_hint, threads=s.threads, batch=s.batch or 0,
+        require_gpu=s.require_gpu, openvino_hint=s.openvino_hint,
+        openvino_device=s.openvino_device, threads=s.threads, batch=s.batch or 0,
         loop=s.loop, max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
         poll=s.poll, masks=s.masks, mask_size=s.mask_size, video=s.video, jsonl=s.jsonl,
         metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,

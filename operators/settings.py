@@ -122,6 +122,11 @@ class FlowSettings(BaseSettings):
         "throughput", "OpenVINO's performance hint: throughput (a stream per core pair, the most "
         "frames a second on a busy CPU) or latency (one stream on every core, the shortest wait "
         "a frame); either way two or more runs are in flight, in frame order (bench perf)")
+    openvino_device: str = var(
+        "auto", "the OpenVINO device: auto (a discrete, then an integrated Intel GPU when OpenVINO "
+        "lists one, else the CPU; the next when one refuses the model), or CPU, GPU, GPU.1, NPU, "
+        "HETERO:GPU,CPU ... used alone", pattern=r"^(?i:auto|[a-z]+(\.[0-9]+)?(:[a-z0-9.,]+)?)$",
+        expect="auto, or an OpenVINO device name (CPU, GPU, GPU.1, NPU, HETERO:GPU,CPU)")
     threads: int = var(0, "ONNX Runtime intra-op threads, OpenVINO inference threads (0: the CPU "
                        "cores available to the process)", ge=0, le=1024)
     batch: Optional[int] = var(None, "largest micro-batch for file replay (auto: 4 on a GPU "
@@ -235,6 +240,16 @@ class FlowSettings(BaseSettings):
     @classmethod
     def _choice(cls, v: Any) -> Any:
         return _lower(v)
+
+    @field_validator("openvino_device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> Any:
+        """auto in any case is ours; a device name is OpenVINO's, upper case (``AUTO:GPU,CPU``
+        is OpenVINO's own AUTO device)."""
+        if not isinstance(v, str):
+            return v
+        v = v.strip()
+        return "auto" if v.lower() in ("auto", "") else v.upper()
 
     @field_validator("progress", mode="before")
     @classmethod

@@ -418,6 +418,7 @@ BAD_CONFIG = [
     ("VERISEG_MASKS", "yes please", "expected 1/0"),
     ("VERISEG_MASK_SIZE", "label", "expected model or frame"),
     ("VERISEG_OPENVINO_HINT", "fast", "expected throughput or latency"),
+    ("VERISEG_OPENVINO_DEVICE", "gpu 1", "expected auto, or an OpenVINO device name"),
     ("VERISEG_VIDEO", "-1", "expected 1/0"),
     ("VERISEG_JSONL", "2", "expected 1/0"),
     ("VERISEG_VIDEO_SCALE", "0", "expected a number in (0, 1]"),
@@ -464,6 +465,8 @@ SPELLINGS = [
     ("VERISEG_BACKEND", " OnnxRuntime", "backend", "onnxruntime"),
     ("VERISEG_PROVIDERS", "CPU ", "providers", "cpu"),
     ("VERISEG_OPENVINO_HINT", " LATENCY", "openvino_hint", "latency"),
+    ("VERISEG_OPENVINO_DEVICE", " Auto", "openvino_device", "auto"),
+    ("VERISEG_OPENVINO_DEVICE", "gpu.1", "openvino_device", "GPU.1"),
     ("VERISEG_PROGRESS", " Off", "progress", "0"),
     ("VERISEG_PREPROCESS", "OFF", "preprocess", False),
 ]

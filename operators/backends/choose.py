@@ -1,7 +1,8 @@
 """Which runtime scores: ``VERISEG_BACKEND`` and, for ``auto``, the measured preference.
 
 auto: ONNX Runtime when one of its NVIDIA providers (TensorRT > CUDA) actually loads;
-else OpenVINO on the CPU when it is installed (2.0x ONNX Runtime's FPS on the 512² ENet,
+else OpenVINO when it is installed (on ``VERISEG_OPENVINO_DEVICE``: auto is an Intel GPU
+when OpenVINO lists one, else the CPU; ``ov_devices``) (2.0x ONNX Runtime's FPS on the 512² ENet,
 same graph and frames, class maps 99.95 % identical: issue 21, ``python -m bench perf``);
 else ONNX Runtime on the CPU.  ``VERISEG_PROVIDERS`` and ``VERISEG_REQUIRE_GPU`` are ONNX
 Runtime settings: asking for CUDA/TensorRT or requiring a GPU means ONNX Runtime.
@@ -20,7 +21,7 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 
 def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers: str = "auto",
                      require_gpu: bool = False, threads: int = 0, home=None,
-                     hint: str = "throughput", spin: bool = False) -> Tuple[Runner, str]:
+                     hint: str = "throughput", spin: bool = False, ov_device: str = "auto") -> Tuple[Runner, str]:
     """The verified ``onnx`` bytes compiled for blob ``key`` by the chosen runtime, and why
     that one (one line for the log).  Raises ScoreError (one line)."""
     backend = (backend or "auto").lower()
@@ -33,7 +34,7 @@ def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers:
         if not ov.available():
             raise ScoreError("VERISEG_BACKEND=openvino but OpenVINO is not installed: pip install openvino, "
                              "or set VERISEG_BACKEND=auto")
-        return ov.build(onnx, key=key, threads=threads, hint=hint), "VERISEG_BACKEND=openvino"
+        return ov.build(onnx, key=key, threads=threads, hint=hint, device=ov_device), "VERISEG_BACKEND=openvino"
     if require_gpu or providers in ("cuda", "tensorrt"):
         why = "VERISEG_REQUIRE_GPU=1" if require_gpu else f"VERISEG_PROVIDERS={providers}"
         return ort.build(onnx, **ort_kw), f"auto: {why} asks for ONNX Runtime's GPU providers"
@@ -52,7 +53,7 @@ def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers:
         return ort.build(onnx, **dict(ort_kw, providers="cpu")), \
             f"auto: {no_gpu}; OpenVINO is not installed (pip install openvino: ~2x the FPS on a CPU)"
     try:
-        return ov.build(onnx, key=key, threads=threads, hint=hint), \
+        return ov.build(onnx, key=key, threads=threads, hint=hint, device=ov_device), \
             f"auto: {no_gpu}; OpenVINO {ov.version()} is installed (measured ~2x ONNX Runtime on a CPU)"
     except ScoreError as e:
         return ort.build(onnx, **dict(ort_kw, providers="cpu")), \

@@ -23,6 +23,7 @@ import numpy as np
 
 from model_store.util import first_line
 
+from . import ov_devices
 from .base import Pending, Port, Runner, ScoreError, cpu_threads
 from .ov_graph import argmax_innermost
 
@@ -125,21 +126,45 @@ class OvRunner(Runner):
 
 
 def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
-          device: str = "CPU", rewrite: bool = True) -> OvRunner:
-    """``onnx`` compiled for ``device``; ``rewrite=False`` compiles the graph exactly as read,
+          device: str = "auto", rewrite: bool = True) -> OvRunner:
+    """``onnx`` compiled for ``device`` (``auto``: :mod:`.ov_devices`' order, the next device
+    when one refuses the model); ``rewrite=False`` compiles the graph exactly as read,
     without :mod:`.ov_graph`'s exact rewrite (for the benchmark's side-by-side row)."""
     import openvino as ov
     hint = hint.upper()
     if hint not in HINTS:
         raise ValueError(f"OpenVINO hint must be one of {', '.join(HINTS)}, not {hint!r}")
     core = ov.Core()
+    devices, why = ov_devices.pick(device, list(core.available_devices), lambda d: _device_type(core, d))
+    refused = []
+    for dev in devices:
+        try:
+            return _build_on(core, dev, onnx, key=key, threads=threads, hint=hint, rewrite=rewrite,
+                             why=why + "".join(f"; {r}" for r in refused))
+        except ScoreError as e:
+            if dev == devices[-1]:
+                raise ScoreError(str(e) + "".join(f" ({r})" for r in refused)) from None
+            refused.append(f"{dev} refused it: {str(e).split(': ', 1)[-1]}")
+    raise AssertionError("unreachable: pick() returns at least one device")
+
+
+def _device_type(core, device: str) -> str:
+    try:
+        return str(core.get_property(device, "DEVICE_TYPE")).lower().split(".")[-1]
+    except Exception:  # noqa: BLE001 - a plugin without the property: count it integrated
+        return "integrated"
+
+
+def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: str, rewrite: bool,
+              why: str) -> OvRunner:
     config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": ""}
-    if device == "CPU":
+    cpu = device == "CPU"
+    if cpu:
         config["INFERENCE_NUM_THREADS"] = threads or cpu_threads()
     try:
         model = core.read_model(onnx)          # the verified bytes, in memory
         moved = 0
-        if rewrite:
+        if rewrite and cpu:                    # measured on the CPU plugin only
             try:
                 moved = argmax_innermost(model)
             except Exception:  # noqa: BLE001 - an optimisation is never why a model is refused
@@ -153,6 +178,6 @@ def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
     streams = compiled.get_property("NUM_STREAMS")
     how = (f"OpenVINO {version()} {device}, hint {hint}, {streams} streams, "
            f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight"
-           + (", arg-max on the innermost axis" if moved else ""))
+           + (", arg-max on the innermost axis" if moved else "") + f"; device {why}")
     return OvRunner(key, compiled, _port(compiled.inputs[0]), _port(compiled.outputs[0]), device, how,
                     requests)
