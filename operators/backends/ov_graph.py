@@ -7,8 +7,8 @@ The CPU plugin keeps the class scores in its blocked channel layout and runs tha
 across the channel blocks, slowly: on the shipped 512² ENet it was 25 % of a frame (16.5 of
 66 ms of CPU on one thread, AVX2; ``PERF_COUNT``). :func:`argmax_innermost` moves the
 reduced axis last (``Transpose``, the same TopK on axis 3, ``Transpose`` back): 7 + 1 ms,
-and a frame's CPU fell 71 → 61 ms (fp32) and 52 → 44 ms (int8), class maps identical on
-the sample frames (docs/performance.md has the run).
+and a frame's CPU fell 74 → 66 ms (fp32) and 56 → 45 ms (int8), class maps identical
+(``python -m bench ov_argmax``; docs/performance.md).
 
 Why it is exact: the TopK node is rebuilt with every attribute it had (mode, sort, index
 type, ``stable``); only the axis moves, and the values along it are the same values in the
