@@ -117,3 +117,23 @@ def test_the_device_setting_reaches_the_compile_through_the_flows_context():
     e = build_session(tiny_onnx(), key=KA, **dict(options, threads=1))
     assert e.runner.device == "CPU" and "VERISEG_OPENVINO_DEVICE=CPU" in e.runner.how
     e.runner.close()
+
+
+def test_a_named_npu_gets_a_batch_of_one_because_it_compiles_static_shapes_only(monkeypatch):
+    """The NPU here is the CPU under another name, recording the shape it was given."""
+    ov_mod = pytest.importorskip("openvino")
+    from operators.backends import ov
+    real = ov_mod.Core
+    shapes = []
+
+    class CoreWithNpu(_CoreWithGpus):
+        available_devices = ["CPU", "NPU"]
+
+        def compile_model(self, model, device, config):
+            shapes.append((device, str(model.inputs[0].get_partial_shape())))
+            return self._real.compile_model(model, "CPU", config)
+    monkeypatch.setattr(ov_mod, "Core", lambda: CoreWithNpu(real(), gpus=()))
+    r = ov.build(tiny_onnx(), key=KA, device="NPU")
+    assert shapes[-1] == ("NPU", "[1,32,32,3]") and r.input.shape[0] == 1 and r.device == "NPU"
+    ov.build(tiny_onnx(), key=KA, device="CPU", threads=1)
+    assert shapes[-1] == ("CPU", "[?,32,32,3]")     # the CPU keeps the dynamic batch

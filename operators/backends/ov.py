@@ -148,6 +148,16 @@ def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
     raise AssertionError("unreachable: pick() returns at least one device")
 
 
+def _batch_of_one(model) -> None:
+    """The NPU compiles static shapes only: a dynamic batch becomes 1 (the flow's batch on
+    every device but an NVIDIA GPU); any other dynamic dimension is left for the device to
+    refuse, in one line."""
+    shape = model.inputs[0].get_partial_shape()
+    if shape.rank.is_static and shape.rank.get_length() >= 1 and shape[0].is_dynamic \
+            and all(d.is_static for d in list(shape)[1:]):
+        model.reshape([1, *(d.get_length() for d in list(shape)[1:])])
+
+
 def _device_type(core, device: str) -> str:
     try:
         return str(core.get_property(device, "DEVICE_TYPE")).lower().split(".")[-1]
@@ -163,6 +173,8 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
         config["INFERENCE_NUM_THREADS"] = threads or cpu_threads()
     try:
         model = core.read_model(onnx)          # the verified bytes, in memory
+        if device.startswith("NPU"):
+            _batch_of_one(model)
         moved = 0
         if rewrite and cpu:                    # measured on the CPU plugin only
             try:

@@ -10,7 +10,8 @@ settings (threads and the arg-max rewrite are CPU-only).
 
 A device named explicitly (``CPU``, ``GPU``, ``GPU.1``, ``NPU``, or one of OpenVINO's
 virtual devices such as ``HETERO:GPU,CPU``) is used alone, and refused with one line when
-OpenVINO does not list it.
+OpenVINO does not list it. The NPU compiles static shapes only, so ``ov.build`` gives it a
+batch of one.
 """
 from __future__ import annotations
 
