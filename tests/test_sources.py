@@ -101,3 +101,56 @@ def test_unreadable_video_ends_its_stream_with_one_error_line(tmp_path, caplog):
     assert _drain(src.build_part("source", "c", None)) == []
     msgs = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert msgs == [f"stream c: cannot open video {str(clip)!r}"]
+
+
+class _SilentCamera:
+    """A live reader whose frames the test puts in by hand: read() waits until closed."""
+    is_live, total, seq = True, None, 0
+
+    def __init__(self):
+        import threading
+        self.closed = threading.Event()
+
+    def open(self, seq):
+        pass
+
+    def read(self):
+        self.closed.wait()
+        return None
+
+    def close(self):
+        self.closed.set()
+
+
+def test_a_live_stream_that_drops_frames_says_so_at_most_every_ten_seconds(caplog, monkeypatch):
+    """Backpressure drops on a live source are counted and said in one line: at the first
+    drop, then once per DROP_REPORT_S with the count since the line before."""
+    import operators.sources.partition as partition
+    from operators.frames import Frame
+    clock = [1000.0]
+    monkeypatch.setattr(partition.time, "monotonic", lambda: clock[0])
+    ctx = FlowContext()
+    cam = _SilentCamera()
+    p = partition.StreamPartition(ctx, SourceSpec("cam", "gst", "videotestsrc is-live=true"), 0, queue=8,
+                                  batch=1, loop=False, max_frames=None, prepare=None, reconnect_max=1,
+                                  colour="BGR", reader_factory=lambda spec, **kw: cam)
+    try:
+        def put(n):
+            for i in range(n):
+                p._put(Frame("cam", i, 0.0, "", np.zeros((2, 2, 3), np.uint8), live=True))
+        put(2)                                   # fills the buffer of 2: nothing dropped
+        assert not [r for r in caplog.records if "dropped" in r.message]
+        put(3)                                   # 3 dropped, the first said at once
+        clock[0] += 4.0
+        put(5)                                   # 5 more within 10 s: counted, not said
+        clock[0] += 6.5
+        put(1)                                   # 10.5 s after the first line: said, with 8
+        lines = [r.message for r in caplog.records if "dropped" in r.message]
+        assert len(lines) == 2, lines
+        assert "stream cam: 1 frame(s) dropped so far" in lines[0]
+        assert "stream cam: 8 frame(s) dropped in the last 10 s" in lines[1]
+        assert all("to keep up" in m and "\n" not in m for m in lines)
+        assert ctx.stats.dropped["cam"]["backpressure"] == 9
+    finally:
+        cam.close()
+        p.close()

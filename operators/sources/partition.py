@@ -33,7 +33,10 @@ from ..telemetry import log, lower_thread_priority
 from .errors import BadFrame, StreamUnreadable
 from .readers import Unreadable, open_reader
 
-__all__ = ["StreamPartition"]
+__all__ = ["StreamPartition", "DROP_REPORT_S"]
+
+# a live stream losing frames says so at most this often (the counter has every drop)
+DROP_REPORT_S = 10.0
 
 
 class StreamPartition(StatefulSourcePartition):
@@ -54,6 +57,7 @@ class StreamPartition(StatefulSourcePartition):
         self.reconnect_max = reconnect_max
         self.stall = stall
         self.buf: deque = deque()
+        self.drops_unreported, self.drop_reported_at = 0, None
         self.cond = threading.Condition()
         self.stop = threading.Event()
         self.finished = False
@@ -83,11 +87,27 @@ class StreamPartition(StatefulSourcePartition):
                 while len(self.buf) >= self.cap:
                     old = self.buf.popleft()
                     if isinstance(old, Frame):
-                        self.stats.drop(self.sid, "backpressure")
+                        self._dropped_oldest()
             else:
                 while len(self.buf) >= self.cap and not self.stop.is_set():
                     self.cond.wait(0.2)
             self.buf.append(item)
+
+    def _dropped_oldest(self):
+        """Counted, and said: at the first drop, then at most once every DROP_REPORT_S with
+        the count since the line before (a live camera can lose a fifth of its frames to a
+        slow CPU, and the counter alone is only read by whoever scrapes it)."""
+        self.stats.drop(self.sid, "backpressure")
+        self.drops_unreported += 1
+        now = time.monotonic()
+        if self.drop_reported_at is None or now - self.drop_reported_at >= DROP_REPORT_S:
+            since = f"in the last {now - self.drop_reported_at:.0f} s" if self.drop_reported_at else "so far"
+            log.warning("stream %s: %d frame(s) dropped %s, the oldest first: the flow scores slower than "
+                        "the source delivers (veriseg_frames_dropped_total, reason backpressure); to keep "
+                        "up: a faster blob (int8: python -m trainer quantize), a GPU "
+                        "(VERISEG_OPENVINO_DEVICE, or an NVIDIA one), or a lower source frame rate",
+                        self.sid, self.drops_unreported, since)
+            self.drops_unreported, self.drop_reported_at = 0, now
 
     def _run(self, start: int):
         lower_thread_priority(self.aux_nice)
