@@ -1,10 +1,10 @@
 """Which runtime scores: ``VERISEG_BACKEND`` and, for ``auto``, the measured preference.
 
 auto: ONNX Runtime when one of its NVIDIA providers (TensorRT > CUDA) actually loads;
-else OpenVINO when it is installed (on ``VERISEG_OPENVINO_DEVICE``: auto is an Intel GPU
-when OpenVINO lists one, else the CPU; ``ov_devices``) (2.0x ONNX Runtime's FPS on the 512² ENet,
-same graph and frames, class maps 99.95 % identical: issue 21, ``python -m bench perf``);
-else ONNX Runtime on the CPU.  ``VERISEG_PROVIDERS`` and ``VERISEG_REQUIRE_GPU`` are ONNX
+else OpenVINO when it is installed, on ``VERISEG_OPENVINO_DEVICE`` (``ov_devices``: an Intel
+GPU when OpenVINO lists one, else the CPU; on a CPU 1.4x ONNX Runtime's FPS on the 512² ENet
+with AVX2, 2.0x with AVX-512 VNNI, same graph and frames, class maps ≥ 99.95 % identical:
+issue 21, ``python -m bench perf``); else ONNX Runtime on the CPU.  ``VERISEG_PROVIDERS`` and ``VERISEG_REQUIRE_GPU`` are ONNX
 Runtime settings: asking for CUDA/TensorRT or requiring a GPU means ONNX Runtime.
 """
 from __future__ import annotations

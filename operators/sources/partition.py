@@ -101,7 +101,8 @@ class StreamPartition(StatefulSourcePartition):
         self.drops_unreported += 1
         now = time.monotonic()
         if self.drop_reported_at is None or now - self.drop_reported_at >= DROP_REPORT_S:
-            since = f"in the last {now - self.drop_reported_at:.0f} s" if self.drop_reported_at else "so far"
+            since = ("so far" if self.drop_reported_at is None
+                     else f"in the last {now - self.drop_reported_at:.0f} s")
             log.warning("stream %s: %d frame(s) dropped %s, the oldest first: the flow scores slower than "
                         "the source delivers (veriseg_frames_dropped_total, reason backpressure); to keep "
                         "up: a faster blob (int8: python -m trainer quantize), a GPU "
