@@ -239,13 +239,16 @@ class ScoreLogic(StatefulBatchLogic):
 
     def notify_at(self) -> Optional[datetime]:
         # runs still in flight and no new frame yet (a live source between frames, the
-        # end of a replay): look again shortly instead of holding their results back
-        if self.inflight:
+        # end of a replay), or frames restored from a snapshot with a model to score them:
+        # look again shortly instead of holding them back
+        if self.inflight or (self.pending and self._usable()):
             return datetime.now(timezone.utc) + _POLL
         return None
 
     def on_notify(self):
-        return self._collect(keep=len(self.inflight)), StatefulBatchLogic.RETAIN
+        out = self._score([])
+        out.extend(self._collect(keep=len(self.inflight)))
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self):
         out = self._score([])
@@ -261,8 +264,23 @@ class ScoreLogic(StatefulBatchLogic):
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self):
-        # nothing to resume: on a restart the model reader re-verifies and re-sends the model
-        return None
+        """The frames handed over to this step and not emitted yet: those of the runs in
+        flight and those of a file replay waiting for a model. The source's snapshot already
+        counts them as read, so a restart from it would lose them; they are restored in
+        front of the stream (:meth:`restore`) and scored again. The model is not kept: on a
+        restart the model reader verifies and sends it again. A live stream's frames waiting
+        for a model are not kept (up to ``VERISEG_PENDING`` camera frames a snapshot, while
+        the model is revoked): a restart drops them, as it drops the camera's frames meanwhile."""
+        frames = [f for job in self.inflight for f in job.chunk]
+        frames += [f for f in self.pending if not f.live]
+        return frames or None
+
+    def restore(self, frames) -> None:
+        """A snapshot's frames, oldest first, ahead of anything the stream sends next."""
+        frames = list(frames or ())
+        if frames and self.sid is None:
+            self.sid = frames[0].stream_id   # Bytewax builds the logic without its key
+        self.pending.extendleft(reversed(frames))
 
 
 def _keep_key(item):
@@ -284,5 +302,6 @@ def score(step_id: str, frames: Stream, models: Stream, ctx: FlowContext) -> Str
         # start with the model verified at build time (no startup race with the frames);
         # the model reader re-sends it (same uid: ignored) and then any later change
         logic._apply(first)
+        logic.restore(resume_state)
         return logic
     return op.stateful_batch("per_stream", keyed, per_stream)

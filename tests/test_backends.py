@@ -346,3 +346,59 @@ def test_openvino_compiles_after_a_gstreamer_pipeline_was_parsed():
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-800:]
     assert "(1, 32, 32)" in p.stdout
+
+
+def test_frames_in_flight_are_in_the_snapshot_and_scored_once_after_a_restart(backend):
+    """The source's snapshot counts a frame as read once it is handed over; a restart from it
+    must not lose the frames whose runs were still in flight (nor a file replay's frames
+    waiting for a model): the score step's snapshot holds them, a restored step scores them
+    first, in order, and with the model sent again at start."""
+    import pickle
+
+    from operators.context import FlowContext
+    from operators.frames import ModelLoaded, ScoredFrame
+    from operators.score import ScoreLogic
+    from operators.sessions import SessionCache
+    model = ModelLoaded(KA, 1, card=tiny_card(), onnx=tiny_onnx(shift=0))
+    frames = _frames("cam", 8)
+
+    def new_logic(resume=None):
+        ctx = FlowContext(sessions=SessionCache(backend=backend, providers="cpu", threads=1))
+        logic = ScoreLogic(ctx, None, batch=1)
+        logic._apply(model)
+        logic.restore(resume)
+        return logic
+    first = new_logic()
+    runner, submit = first.entry.runner, first.entry.runner.submit
+
+    class Unfinished:          # the process dies before these runs report back
+        def __init__(self, x):
+            self.real = submit(x)
+
+        def done(self):
+            return False
+
+        def result(self):
+            return self.real.result()
+    emitted = []
+    for i, f in enumerate(frames[:5]):
+        if i == 3:
+            runner.submit = Unfinished
+        emitted += first.on_batch([("cam", f)])[0]
+    in_flight = [f.seq for job in first.inflight for f in job.chunk]
+    assert in_flight == [3, 4][-(runner.depth - 1):]     # the runs not reported back yet
+    snap = pickle.loads(pickle.dumps(first.snapshot()))     # as Bytewax stores it
+    assert [f.seq for f in snap] == in_flight
+    assert sorted([r.seq for r in emitted if isinstance(r, ScoredFrame)] + in_flight) == list(range(5))
+    # the process dies here; the source resumes after frame 4, the score step from its snapshot
+    second = new_logic(snap)
+    assert second.notify_at() is not None            # restored frames are not held back
+    out = second.on_notify()[0]
+    for f in frames[5:]:
+        out += second.on_batch([("cam", f)])[0]
+    out += second.on_eof()[0]
+    scored = [r for r in out if isinstance(r, ScoredFrame)]
+    assert [r.seq for r in scored] == in_flight + [5, 6, 7]
+    for r in scored:
+        assert (r.class_map == expected_classes(frames[r.seq].image, 0)).all()
+    assert new_logic().snapshot() is None            # nothing in flight: nothing to keep
