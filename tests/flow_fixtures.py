@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 
 
-def tiny_onnx(shift: int = 0, size=(32, 32), dynamic_batch: bool = True) -> bytes:
+def tiny_onnx(shift: int = 0, size=(32, 32), dynamic_batch: bool = True, busy: int = 0) -> bytes:
+    """The per-pixel test function; ``busy`` > 0 adds that many 512×512 matrix products that
+    depend on the input and change no class (a run that takes milliseconds, not microseconds)."""
     import onnx
     from onnx import TensorProto, helper
     h, w = size
@@ -38,6 +40,19 @@ def tiny_onnx(shift: int = 0, size=(32, 32), dynamic_batch: bool = True) -> byte
              helper.make_tensor("d", TensorProto.FLOAT, [], [20.0]),
              helper.make_tensor("sh", TensorProto.FLOAT, [], [float(shift)]),
              helper.make_tensor("m", TensorProto.FLOAT, [], [13.0])]
+    if busy:
+        # t = sum(image) * M, then M·t ... ; the result times 0 is added before the division
+        nodes[1:1] = [helper.make_node("ReduceSum", ["f"], ["busy_s"], keepdims=0),
+                      helper.make_node("Mul", ["busy_m", "busy_s"], ["busy_0"])]
+        nodes[3:3] = [helper.make_node("MatMul", ["busy_m", f"busy_{i}"], [f"busy_{i + 1}"]) for i in range(busy)]
+        nodes[3 + busy:3 + busy] = [helper.make_node("ReduceMax", [f"busy_{busy}"], ["busy_max"], keepdims=0),
+                                    helper.make_node("Mul", ["busy_max", "busy_zero"], ["busy_nil"]),
+                                    helper.make_node("Add", ["f", "busy_nil"], ["f_busy"])]
+        nodes[3 + busy + 3].input[0] = "f_busy"          # the Slice reads the sum
+        rng = np.random.default_rng(0)
+        inits += [helper.make_tensor("busy_m", TensorProto.FLOAT, [512, 512],
+                                     (rng.random((512, 512)) * 1e-3).astype(np.float32).ravel().tolist()),
+                  helper.make_tensor("busy_zero", TensorProto.FLOAT, [], [0.0])]
     g = helper.make_graph(nodes, f"tiny{shift}", [x], [y], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -63,10 +78,10 @@ def tiny_card(size=(32, 32), name="tiny", dynamic_batch=True):
                      metrics={}, onnx_opset=17)
 
 
-def make_blob(path, shift: int = 0, size=(32, 32), name="tiny", dynamic_batch=True) -> str:
+def make_blob(path, shift: int = 0, size=(32, 32), name="tiny", dynamic_batch=True, busy: int = 0) -> str:
     import model_store
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return model_store.write(str(path), tiny_onnx(shift, size, dynamic_batch),
+    return model_store.write(str(path), tiny_onnx(shift, size, dynamic_batch, busy),
                              tiny_card(size, name, dynamic_batch))
 
 

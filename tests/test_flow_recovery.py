@@ -18,12 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_kill_and_resume_with_recovery_outputs_each_frame_once(tmp_path):
+@pytest.mark.parametrize("busy, n", [(0, 3000), (12, 600)], ids=["runs-of-microseconds", "runs-of-40-ms"])
+def test_kill_and_resume_with_recovery_outputs_each_frame_once(tmp_path, busy, n):
+    """With runs of ~40 ms (``busy``), runs are in flight at every snapshot: their frames
+    must come back from the score step's snapshot, not be lost between source and sink."""
     import chain
     blob = tmp_path / "m.vsb"
-    make_blob(blob)
+    make_blob(blob, busy=busy)
     register_embedded(tmp_path / "home", blob)
-    n = 3000
     clip = make_clip(tmp_path / "long.avi", n=n, size=(240, 320))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
     env.update(env_for(tmp_path, clip, blob, VERISEG_ANCHOR_EVERY=50, VERISEG_THREADS=2))
