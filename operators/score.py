@@ -241,7 +241,7 @@ class ScoreLogic(StatefulBatchLogic):
         # runs still in flight and no new frame yet (a live source between frames, the
         # end of a replay), or frames restored from a snapshot with a model to score them:
         # look again shortly instead of holding them back
-        if self.inflight or (self.pending and self._usable()):
+        if self.inflight or (self.pending and self.entry is not None):
             return datetime.now(timezone.utc) + _POLL
         return None
 

@@ -55,5 +55,7 @@ def _channel_argmax(node) -> bool:
     if not a.get("stable") or rank.is_dynamic or rank.get_length() != 4 or a["axis"] % 4 != 1:
         return False
     k = node.input_value(1).get_node()
-    return k.get_type_name() == "Constant" and np.asarray(k.get_data()).size == 1 \
-        and int(np.asarray(k.get_data()).reshape(-1)[0]) == 1
+    if k.get_type_name() != "Constant":
+        return False
+    k = np.asarray(k.get_data())
+    return k.size == 1 and int(k.reshape(-1)[0]) == 1
