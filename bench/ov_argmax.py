@@ -27,8 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _frames(n: int, size) -> np.ndarray:
+    """``n`` frames, resized and colour-converted by the flow's own preprocessor."""
     import cv2
     from bench._perf.inputs import carla_dir
+    from operators.frames import Frame
+    from operators.preprocess import Preprocessor
     d = carla_dir()
     if d is not None:
         paths = sorted((Path(d) / "images").iterdir())
@@ -40,7 +43,8 @@ def _frames(n: int, size) -> np.ndarray:
             if not ok:
                 break
             imgs.append(img)
-    return np.stack([np.ascontiguousarray(cv2.resize(i, size[::-1])[:, :, ::-1]) for i in imgs])[:, None]
+    pre = Preprocessor(tuple(size), "RGB")
+    return np.stack([pre(Frame("s", i, 0.0, "", im)).image for i, im in enumerate(imgs)])[:, None]
 
 
 def _compile(core, onnx: bytes, rewrite: bool, threads: int, profile: bool):

@@ -24,9 +24,30 @@ def tiny_onnx(shift: int = 0, size=(32, 32), dynamic_batch: bool = True, busy: i
     n = "N" if dynamic_batch else 1
     x = helper.make_tensor_value_info("image", TensorProto.UINT8, [n, h, w, 3])
     y = helper.make_tensor_value_info("classes", TensorProto.UINT8, [n, h, w])
+    inits = [helper.make_tensor("s0", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("s1", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("ax", TensorProto.INT64, [1], [3]),
+             helper.make_tensor("d", TensorProto.FLOAT, [], [20.0]),
+             helper.make_tensor("sh", TensorProto.FLOAT, [], [float(shift)]),
+             helper.make_tensor("m", TensorProto.FLOAT, [], [13.0])]
+    busy_nodes, pixels = [], "f"
+    if busy:
+        # t = sum(image) * M, then M·t ...; the result times 0 is added before the division
+        busy_nodes = [helper.make_node("ReduceSum", ["f"], ["busy_s"], keepdims=0),
+                      helper.make_node("Mul", ["busy_m", "busy_s"], ["busy_0"]),
+                      *(helper.make_node("MatMul", ["busy_m", f"busy_{i}"], [f"busy_{i + 1}"]) for i in range(busy)),
+                      helper.make_node("ReduceMax", [f"busy_{busy}"], ["busy_max"], keepdims=0),
+                      helper.make_node("Mul", ["busy_max", "busy_zero"], ["busy_nil"]),
+                      helper.make_node("Add", ["f", "busy_nil"], ["f_busy"])]
+        pixels = "f_busy"
+        rng = np.random.default_rng(0)
+        inits += [helper.make_tensor("busy_m", TensorProto.FLOAT, [512, 512],
+                                     (rng.random((512, 512)) * 1e-3).astype(np.float32).ravel().tolist()),
+                  helper.make_tensor("busy_zero", TensorProto.FLOAT, [], [0.0])]
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("Slice", ["f", "s0", "s1", "ax"], ["r"]),
+        *busy_nodes,
+        helper.make_node("Slice", [pixels, "s0", "s1", "ax"], ["r"]),
         helper.make_node("Div", ["r", "d"], ["q"]),
         helper.make_node("Floor", ["q"], ["fl"]),
         helper.make_node("Add", ["fl", "sh"], ["a"]),
@@ -34,25 +55,6 @@ def tiny_onnx(shift: int = 0, size=(32, 32), dynamic_batch: bool = True, busy: i
         helper.make_node("Squeeze", ["md", "ax"], ["sq"]),
         helper.make_node("Cast", ["sq"], ["classes"], to=TensorProto.UINT8),
     ]
-    inits = [helper.make_tensor("s0", TensorProto.INT64, [1], [0]),
-             helper.make_tensor("s1", TensorProto.INT64, [1], [1]),
-             helper.make_tensor("ax", TensorProto.INT64, [1], [3]),
-             helper.make_tensor("d", TensorProto.FLOAT, [], [20.0]),
-             helper.make_tensor("sh", TensorProto.FLOAT, [], [float(shift)]),
-             helper.make_tensor("m", TensorProto.FLOAT, [], [13.0])]
-    if busy:
-        # t = sum(image) * M, then M·t ... ; the result times 0 is added before the division
-        nodes[1:1] = [helper.make_node("ReduceSum", ["f"], ["busy_s"], keepdims=0),
-                      helper.make_node("Mul", ["busy_m", "busy_s"], ["busy_0"])]
-        nodes[3:3] = [helper.make_node("MatMul", ["busy_m", f"busy_{i}"], [f"busy_{i + 1}"]) for i in range(busy)]
-        nodes[3 + busy:3 + busy] = [helper.make_node("ReduceMax", [f"busy_{busy}"], ["busy_max"], keepdims=0),
-                                    helper.make_node("Mul", ["busy_max", "busy_zero"], ["busy_nil"]),
-                                    helper.make_node("Add", ["f", "busy_nil"], ["f_busy"])]
-        nodes[3 + busy + 3].input[0] = "f_busy"          # the Slice reads the sum
-        rng = np.random.default_rng(0)
-        inits += [helper.make_tensor("busy_m", TensorProto.FLOAT, [512, 512],
-                                     (rng.random((512, 512)) * 1e-3).astype(np.float32).ravel().tolist()),
-                  helper.make_tensor("busy_zero", TensorProto.FLOAT, [], [0.0])]
     g = helper.make_graph(nodes, f"tiny{shift}", [x], [y], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
