@@ -27,6 +27,7 @@ from . import errors
 from .anchor_batch import Leaf
 from .anchor_verify import Verification, read_mask
 from .merkle import leaf_digest, ts_micros
+from .profile import ExecutionProfile
 from .values import normalize_key
 
 __all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "class_shares",
@@ -40,7 +41,7 @@ SHARE_DECIMALS = 5
 #: micro-batch size), which claim nothing about the result. Any other field is refused.
 RESULT_BOUND = ("stream", "seq", "model_key", "ts", "pos")
 RESULT_DERIVED = ("leaf", "shares", "mask")
-RESULT_DIAGNOSTICS = ("latency_ms", "batch")
+RESULT_DIAGNOSTICS = ("latency_ms", "batch", "profile")
 
 
 def _as_map(class_map) -> np.ndarray:
@@ -86,12 +87,16 @@ class FrameRecord:
 def frame_record(stream: str, seq: int, model_key: str, class_map, *, ts: float,
                  pos: Optional[str], class_names: Optional[Sequence[str]],
                  batch: Optional[int] = None, mask: Optional[str] = None,
+                 profile: Optional[ExecutionProfile] = None,
                  with_shares: bool = True, with_leaf: bool = True) -> FrameRecord:
     """The results line of one scored frame and its leaf. ``mask`` is the class-map PNG's
-    path relative to the results file; ``batch`` the micro-batch size (a diagnostic)."""
+    path relative to the results file; ``batch`` the micro-batch size (a diagnostic);
+    ``profile`` how the mask was produced."""
     key = normalize_key(model_key)
     ts = round(float(ts), TS_DECIMALS)   # the leaf binds the ts as the line states it
     line = {"stream": str(stream), "seq": int(seq), "ts": ts, "pos": pos, "model_key": key}
+    if profile is not None:
+        line["profile"] = profile.as_dict()
     if batch is not None:
         line["batch"] = batch
     if mask is not None:
@@ -145,7 +150,7 @@ def verify_result_line(results_path: str | os.PathLike, v: Verification, class_m
     """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: every
     field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos),
     recomputed from the proven class map (leaf, required; shares, exact by class name;
-    mask, the same class map), or a known diagnostic (latency_ms, batch). ``class_names``
+    mask, the same class map), or a known diagnostic (latency_ms, batch, profile). ``class_names``
     (the card's, by class id) are needed to check shares: without them a line carrying
     shares is refused. Returns the line; raises AnchorVerificationFailed whose ``.check``
     is one of: result_missing, result_model_key_mismatch, result_leaf_missing,

@@ -80,6 +80,7 @@ class GraphInfo:
     opset: Optional[int]  # the default domain's
     domains: FrozenSet[str]  # every node domain used (after the checks above)
     producers: Dict[str, str]  # output tensor name -> op_type of the node that writes it
+    weight_dtypes: FrozenSet[str] = frozenset()  # dtypes of the constant tensors (initializers, Constant values)
 
 
 def _varint(buf: memoryview, i: int) -> Tuple[int, int]:
@@ -131,6 +132,7 @@ class _Walker:
         self.domains: Set[str] = set()
         self.functions: Set[Tuple[str, str]] = set()
         self.producers: Dict[str, str] = {}
+        self.weight_types: Set[int] = set()
 
     def refuse(self, kind: type, what: str) -> errors.BlobError:
         return kind(self.source, f"{self.who}: {what}")
@@ -140,6 +142,8 @@ class _Walker:
         for f, v in _fields(buf):
             if f == 8:
                 name = _text(v)
+            elif f == 2 and isinstance(v, int):
+                self.weight_types.add(v)
             elif (f == 14 and v == 1) or f == 13:
                 raise self.refuse(errors.ExternalData, f"tensor {name or where!r} keeps its data in an external file; a runtime would read a path the graph names: re-export self-contained (torch.onnx.export(..., external_data=False), or onnx.save(model, path, save_as_external_data=False))")
 
@@ -286,7 +290,8 @@ def read_graph(onnx_bytes: bytes, source: str = "<model>", name: str = "") -> Gr
         if domain not in ALLOWED_DOMAINS and (domain, op) not in walker.functions:
             raise walker.refuse(errors.CustomOps, f"node {op!r} is in operator domain {domain!r}, which needs a custom-op library (native code from outside the blob); the flow runs only the ONNX and ONNX Runtime domains {sorted(ALLOWED_DOMAINS)}: re-export with standard operators")
     domains = frozenset(d for d, _ in walker.nodes)
-    return GraphInfo(ins, outs, opset, domains, walker.producers)
+    weights = frozenset(ELEM_TYPES[t] for t in walker.weight_types if t in ELEM_TYPES)
+    return GraphInfo(ins, outs, opset, domains, walker.producers, weights)
 
 
 def card_spec(t: GraphTensor, layout: str, color_order: Optional[str]) -> TensorSpec:

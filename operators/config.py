@@ -68,6 +68,7 @@ class Config:
     require_gpu: bool = False
     openvino_hint: str = "throughput"  # throughput | latency
     openvino_device: str = "auto"   # auto | CPU | GPU[.n] | NPU | an OpenVINO virtual device
+    precision: str = "card"         # card | fp32 | bf16 | fp16 (operators/backends/precision.py)
     threads: int = 0                # 0: all cores available
     batch: int = 0                  # 0: auto (4 on GPU providers, 1 on CPU)
     loop: bool = False
@@ -233,7 +234,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         model_is_default=default, chain=s.chain, home=home, registry=s.registry,
         chain_id=s.chain_id, out=s.out, backend=s.backend, providers=s.providers,
         require_gpu=s.require_gpu, openvino_hint=s.openvino_hint,
-        openvino_device=s.openvino_device, threads=s.threads, batch=s.batch or 0,
+        openvino_device=s.openvino_device, precision=s.precision, threads=s.threads, batch=s.batch or 0,
         loop=s.loop, max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
         poll=s.poll, masks=s.masks, mask_size=s.mask_size, video=s.video, jsonl=s.jsonl,
         metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,

@@ -13,6 +13,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from chain.profile import ExecutionProfile
+
 __all__ = ["Decoded", "NOT_YET", "Frame", "ModelLoaded", "ModelRevoked", "ModelEvent",
            "ScoredFrame", "StreamEnd"]
 
@@ -80,7 +82,8 @@ ModelEvent = Union[ModelLoaded, ModelRevoked]
 
 @dataclass(frozen=True, eq=False)
 class ScoredFrame:
-    """The scored frame: its ids, the class map and the key of the model that scored it."""
+    """The scored frame: its ids, the class map, the key of the model that scored it and
+    how that model ran (``profile``: backend, device, precision, runtime version)."""
     stream_id: str
     seq: int
     ts: float
@@ -96,6 +99,7 @@ class ScoredFrame:
     raw: Optional[np.ndarray] = None
     t_emit: float = 0.0      # perf_counter when the source queued the frame
     classes: tuple = ()      # the scoring model's (name, RGB colour) per id; () : the flow's first model's
+    profile: Optional[ExecutionProfile] = None   # the runner's; None only where no runner scored it
 
 
 @dataclass(frozen=True, eq=False)

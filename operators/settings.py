@@ -127,6 +127,12 @@ class FlowSettings(BaseSettings):
         "lists one, else the CPU; the next when one refuses the model), or CPU, GPU, GPU.1, NPU, "
         "HETERO:GPU,CPU ... used alone", pattern=r"^(?i:auto|[a-z]+(\.[0-9]+)?(:[a-z0-9.,]+)?)$",
         expect="auto, or an OpenVINO device name (CPU, GPU, GPU.1, NPU, HETERO:GPU,CPU)")
+    precision: Literal["card", "fp32", "bf16", "fp16"] = var(
+        "card", "arithmetic precision every backend runs (operators/backends/precision.py): card "
+        "(the precision of the model's float weights, fp32 for the shipped blobs; the same class "
+        "maps on every CPU), or fp32, bf16, fp16: faster where the device computes it natively, "
+        "refused with one line where it does not. Stated in every results line's profile",
+        main=True)
     threads: int = var(0, "ONNX Runtime intra-op threads, OpenVINO inference threads (0: the CPU "
                        "cores available to the process)", ge=0, le=1024)
     batch: Optional[int] = var(None, "largest micro-batch for file replay (auto: 4 on a GPU "
@@ -236,7 +242,7 @@ class FlowSettings(BaseSettings):
         except ValueError:
             return v
 
-    @field_validator("backend", "providers", "mask_size", "openvino_hint", mode="before")
+    @field_validator("backend", "providers", "mask_size", "openvino_hint", "precision", mode="before")
     @classmethod
     def _choice(cls, v: Any) -> Any:
         return _lower(v)

@@ -6,18 +6,27 @@ path) and answers ``run(x) -> y`` with ONNX Runtime's contract: ``x`` the uint8 
 waiting; :meth:`Pending.result` returns ``(y, run_ms)``.  ``depth`` is how many runs the
 score window keeps in flight per stream so that its own work (stacking, emitting, the
 revocation check) overlaps inference; results are always collected in submission order.
+``profile`` is the :class:`chain.profile.ExecutionProfile` of what actually runs (backend,
+device, precision, runtime version): every results line states it.
 """
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
 
+from chain.profile import ExecutionProfile
 from model_store.graph import ORT_TYPES
 
-__all__ = ["ScoreError", "Port", "Pending", "Runner", "cpu_threads"]
+__all__ = ["ScoreError", "Port", "Pending", "FuturePending", "Runner", "cpu_threads", "RUN_TIMEOUT_S"]
+
+# the longest a run may take before the score window gives up on it (a hung device); a
+# run that fails is reported as soon as the runtime raises
+RUN_TIMEOUT_S = 120.0
 
 
 # ONNX Runtime's spelling of a tensor type -> numpy's dtype name ('tensor(float)' -> 'float32')
@@ -55,18 +64,36 @@ class Pending:
         raise NotImplementedError
 
 
+class FuturePending(Pending):
+    """A run on a worker thread: its result, or the exception the runtime raised."""
+
+    def __init__(self, fut: Future):
+        self.fut = fut
+
+    def done(self):
+        return self.fut.done()
+
+    def result(self):
+        try:
+            return self.fut.result(RUN_TIMEOUT_S)
+        except FutureTimeout:
+            raise ScoreError(f"run did not finish in {RUN_TIMEOUT_S:.0f} s") from None
+
+
 class Runner:
     """A model compiled by one runtime for one blob key."""
 
     backend = ""                   # "onnxruntime" | "openvino"
     depth = 1                      # runs in flight per stream (1: synchronous)
 
-    def __init__(self, key: str, native, inp: Port, out: Port, device: str, how: str):
+    def __init__(self, key: str, native, inp: Port, out: Port, device: str, how: str,
+                 profile: ExecutionProfile):
         self.key = key             # the verified key this model was compiled from
         self.native = native       # ORT InferenceSession / OpenVINO CompiledModel
         self.input, self.output = inp, out
         self.device = device       # what actually runs it (provider or OpenVINO device)
         self.how = how             # settings, for the log
+        self.profile = profile     # backend, device, precision, runtime version: what the lines state
 
     def run(self, x: np.ndarray) -> np.ndarray:   # pragma: no cover - interface
         raise NotImplementedError
@@ -94,4 +121,4 @@ class Runner:
         """Release worker threads (the native model is freed with the runner)."""
 
     def describe(self) -> str:
-        return f"{self.backend} {self.device}"
+        return str(self.profile)

@@ -4,6 +4,9 @@
   CPU, the GPU ones only when an NVIDIA driver loads); :func:`build` records the provider
   actually loaded (``get_providers()``: the GPU build silently falls back to CPU).
 - TensorRT engines are cached per blob key in a private folder (:func:`provider_options`).
+- Precision (:mod:`.precision`): the CPU and CUDA providers run the graph as written, so
+  they run the card's precision only; TensorRT builds its engine in fp32 unless fp16 or
+  bf16 is asked for (ONNX Runtime names a cached engine by that precision too).
 - :class:`OrtRunner` runs on the caller's thread (``run``) or on one worker thread
   (``submit``), so the score window's own work overlaps inference (ORT releases the GIL).
 """
@@ -13,16 +16,20 @@ import functools
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
+from chain.profile import ExecutionProfile
 from model_store.util import first_line
 
-from .base import Pending, Port, Runner, ScoreError, cpu_threads
+from . import precision as precisions
+from .base import FuturePending, Pending, Port, Runner, ScoreError, cpu_threads
 
 __all__ = ["GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "gpu_driver",
            "gpu_provider_available", "OrtRunner", "build"]
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# a provider as an execution profile names its device
+_DEVICES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT"}
 
 
 @functools.cache
@@ -84,30 +91,21 @@ def _private_dir(path) -> None:
                          f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'not a folder'}); fix or remove it")
 
 
-def provider_options(wanted, key: str, home=None) -> list:
-    """ORT provider options for ``wanted``: TensorRT caches engines per key, in a private folder."""
+def provider_options(wanted, key: str, home=None, precision: str = "fp32") -> list:
+    """ORT provider options for ``wanted``: TensorRT caches engines per key, in a private
+    folder, and computes in fp16 or bf16 only when ``precision`` says so."""
     opts = []
     for p in wanted:
         if p == "TensorrtExecutionProvider":
             root, cache = trt_cache_dir(key, home)
             _private_dir(root)
             _private_dir(cache)
-            opts.append({"trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
+            opts.append({"trt_fp16_enable": str(precision == "fp16"), "trt_bf16_enable": str(precision == "bf16"),
+                         "trt_engine_cache_enable": "True",
                          "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": key})
         else:
             opts.append({})
     return opts
-
-
-class _Future(Pending):
-    def __init__(self, fut: Future):
-        self.fut = fut
-
-    def done(self):
-        return self.fut.done()
-
-    def result(self):
-        return self.fut.result()
 
 
 class OrtRunner(Runner):
@@ -133,7 +131,7 @@ class OrtRunner(Runner):
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"veriseg-ort-{self.key[:8]}")
-            return _Future(self._pool.submit(self._timed, x))
+            return FuturePending(self._pool.submit(self._timed, x))
 
     def close(self):
         with self._lock:
@@ -145,9 +143,22 @@ class OrtRunner(Runner):
         self.close()
 
 
+def _precision(want: str, explicit: bool, card: str, provider: str) -> str:
+    """The precision ``provider`` runs for ``VERISEG_PRECISION``; ScoreError (one line) when
+    it cannot run an explicit choice."""
+    if provider == "TensorrtExecutionProvider" or want == card:
+        return want
+    if not explicit:   # the card's own precision: the graph as written
+        return card
+    raise ScoreError(f"VERISEG_PRECISION={want}: ONNX Runtime's {provider} runs the graph's own precision "
+                     f"({card}) only; set VERISEG_PRECISION=card, or use TensorRT or OpenVINO for {want}")
+
+
 def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool = False,
-          threads: int = 0, home=None, spin: bool = False) -> OrtRunner:
+          threads: int = 0, home=None, spin: bool = False, precision: str = "card") -> OrtRunner:
     import onnxruntime as ort
+    want, explicit = precisions.wanted(precision, onnx)
+    card = precisions.card_precision(onnx)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -160,7 +171,7 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     wanted = providers_for(providers)
-    opts = provider_options(wanted, key, home)
+    opts = provider_options(wanted, key, home, want)
     try:
         sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
     except Exception as e:  # noqa: BLE001 - ORT raises several types
@@ -171,7 +182,11 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
         raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
                          f"(asked for {', '.join(wanted)}; available: "
                          f"{', '.join(ort.get_available_providers())})")
+    runs = _precision(want, explicit, card, active)
+    profile = ExecutionProfile("onnxruntime", _DEVICES.get(active, active.removesuffix("ExecutionProvider")),
+                               runs, ort.__version__)
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
     return OrtRunner(key, sess, Port(inp.name, inp.type, tuple(inp.shape)),
                      Port(out.name, out.type, tuple(out.shape)), active,
-                     f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads")
+                     f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads; "
+                     f"precision {runs} ({'VERISEG_PRECISION' if explicit else 'the card'})", profile)

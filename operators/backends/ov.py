@@ -10,28 +10,38 @@
   planted file would run in place of the registered one; compiling the 512² ENet for the
   CPU takes well under a second (``compile_ms`` in ``bench perf``), less than checking
   a cache entry against the verified bytes would save.
-- ``submit`` uses an :class:`openvino.AsyncInferQueue` of the device's optimal number of
-  requests (2 on a 2-core CPU with the THROUGHPUT hint): a request is free again as soon
-  as its inference ends (its output is copied in the callback), so streams that share a
-  model never wait on each other's collection.
+- The precision is pinned (:mod:`.precision`): ``INFERENCE_PRECISION_HINT`` is always set
+  (f32 for an fp32 card, on every device: the CPU plugin's own default is bf16 wherever the
+  CPU has native bf16) and read back from the compiled model into the runner's profile; a
+  compiled model that does not run what was set is refused.
+- ``submit`` runs on a pool of the device's optimal number of requests (2 on a 2-core CPU
+  with the THROUGHPUT hint), one worker thread and infer request each: a request is free
+  again as soon as its inference ends (its output is copied there), so streams that share
+  a model never wait on each other's collection, and a run that fails raises in its own
+  worker, failing only its own frames at once. (``AsyncInferQueue`` calls no callback for a
+  failed run: its frames waited out the run timeout, and the request's next start raised
+  the old error, failing later frames too.)
 """
 from __future__ import annotations
 
+import queue
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from chain.profile import ExecutionProfile
 from model_store.util import first_line
 
 from . import ov_devices
-from .base import Pending, Port, Runner, ScoreError, cpu_threads
+from . import precision as precisions
+from .base import FuturePending, Pending, Port, Runner, ScoreError, cpu_threads
 from .ov_graph import argmax_innermost
 
 __all__ = ["available", "version", "OvRunner", "build", "HINTS"]
 
 HINTS = ("THROUGHPUT", "LATENCY")
-# the longest a run may take before the score window gives up on it (a hung device)
-RUN_TIMEOUT_S = 120.0
 
 
 def available() -> bool:
@@ -61,76 +71,70 @@ def _port(port) -> Port:
     return Port(port.get_any_name(), _ort_type(port), dims)
 
 
-class _Request(Pending):
-    def __init__(self):
-        self.done_event = threading.Event()
-        self.y = None
-        self.ms = 0.0
-        self.err = None
-
-    def done(self):
-        return self.done_event.is_set()
-
-    def result(self):
-        if not self.done_event.wait(RUN_TIMEOUT_S):
-            raise ScoreError(f"OpenVINO run did not finish in {RUN_TIMEOUT_S:.0f} s")
-        if self.err is not None:
-            raise self.err
-        return self.y, self.ms
-
-
-def _finished(request, pending: _Request):
-    try:
-        # the request's output buffer is reused by its next run: copy it out now
-        pending.y = np.array(request.get_output_tensor(0).data, copy=True)
-        pending.ms = float(request.latency)
-    except Exception as e:  # noqa: BLE001 - handed to whoever collects the result
-        pending.err = e
-    finally:
-        pending.done_event.set()
+def _infer(request, x: np.ndarray) -> np.ndarray:
+    """One run of ``request`` on ``x``.  ``x`` goes in as a tensor of its own type and shape,
+    so a wrong one is refused as ONNX Runtime refuses it (``infer({0: x})`` would convert
+    its type silently); the output buffer is reused by the next run, so it is copied."""
+    import openvino as ov
+    request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x)))
+    request.infer()
+    return np.array(request.get_output_tensor(0).data, copy=True)
 
 
 class OvRunner(Runner):
     backend = "openvino"
 
-    def __init__(self, key, compiled, inp, out, device, how, requests: int):
-        super().__init__(key, compiled, inp, out, device, how)
-        import openvino as ov
+    def __init__(self, key, compiled, inp, out, device, how, requests: int, profile: ExecutionProfile):
+        super().__init__(key, compiled, inp, out, device, how, profile)
         self.depth = requests
         self._sync = compiled.create_infer_request()
         self._sync_lock = threading.Lock()
-        self._queue = ov.AsyncInferQueue(compiled, requests)
-        self._queue.set_callback(_finished)
-        self._submit_lock = threading.Lock()
+        # one infer request per worker thread, owned by the runner (freed with it)
+        self._requests = queue.SimpleQueue()
+        for _ in range(requests):
+            self._requests.put(compiled.create_infer_request())
+        self._pool = None
+        self._lock = threading.Lock()
 
     def run(self, x):
         with self._sync_lock:
-            self._sync.infer({0: x})
-            return np.array(self._sync.get_output_tensor(0).data, copy=True)
+            return _infer(self._sync, x)
+
+    def _timed(self, x):
+        request = self._requests.get()     # never waits: as many requests as workers
+        try:
+            t = time.perf_counter()
+            y = _infer(request, x)
+            return y, (time.perf_counter() - t) * 1e3
+        finally:
+            self._requests.put(request)
 
     def submit(self, x) -> Pending:
-        p = _Request()
-        try:
-            with self._submit_lock:   # start_async waits for a free request
-                self._queue.start_async({0: x}, p)
-        except Exception as e:  # noqa: BLE001 - a bad input fails its own frames only
-            p.err, p.y = e, None
-            p.done_event.set()
-        return p
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=f"veriseg-ov-{self.key[:8]}")
+            return FuturePending(self._pool.submit(self._timed, x))
 
     def close(self):
-        try:
-            self._queue.wait_all()
-        except Exception:  # noqa: BLE001 - closing: errors were reported per run
-            pass
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)   # runs in flight end before the compiled model is freed
+
+    def __del__(self):
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
-          device: str = "auto", rewrite: bool = True) -> OvRunner:
+          device: str = "auto", rewrite: bool = True, precision: str = "card") -> OvRunner:
     """``onnx`` compiled for ``device`` (``auto``: :mod:`.ov_devices`' order, the next device
-    when one refuses the model); ``rewrite=False`` compiles the graph exactly as read,
-    without :mod:`.ov_graph`'s exact rewrite (for the benchmark's side-by-side row)."""
+    when one refuses the model) in ``precision`` (``VERISEG_PRECISION``: card, fp32, bf16,
+    fp16); ``rewrite=False`` compiles the graph exactly as read, without :mod:`.ov_graph`'s
+    exact rewrite (for the benchmark's side-by-side row)."""
     import openvino as ov
+    want = precisions.wanted(precision, onnx)
     hint = hint.upper()
     if hint not in HINTS:
         raise ValueError(f"OpenVINO hint must be one of {', '.join(HINTS)}, not {hint!r}")
@@ -140,7 +144,7 @@ def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
     for dev in devices:
         try:
             return _build_on(core, dev, onnx, key=key, threads=threads, hint=hint, rewrite=rewrite,
-                             why=why + "".join(f"; {r}" for r in refused))
+                             want=want, why=why + "".join(f"; {r}" for r in refused))
         except ScoreError as e:
             if dev == devices[-1]:
                 raise ScoreError(str(e) + "".join(f" ({r})" for r in refused)) from None
@@ -165,9 +169,34 @@ def _device_type(core, device: str) -> str:
         return "integrated"
 
 
+def _capabilities(core, device: str):
+    """The precisions ``device`` computes natively (OPTIMIZATION_CAPABILITIES: 'FP32',
+    'BF16', 'FP16', ...), or None where the device does not say (a virtual device)."""
+    try:
+        return {str(c).upper() for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")}
+    except Exception:  # noqa: BLE001 - a plugin without the property
+        return None
+
+
+def _hint_for(core, device: str, want, key: str) -> tuple[str, str]:
+    """The precision to set on ``device`` and, where it is not the one asked for, why."""
+    precision, explicit = want
+    caps = _capabilities(core, device)
+    if precision == "fp32" or caps is None or precision.upper() in caps:
+        return precision, ""
+    offers = ", ".join(sorted(caps)) or "nothing"
+    if explicit:
+        raise ScoreError(f"model {key[:12]}: VERISEG_PRECISION={precision}: OpenVINO's {device} does not "
+                         f"compute {precision} natively (it offers {offers}); set VERISEG_PRECISION=card or fp32")
+    return "fp32", f"the card's {precision} runs fp32: {device} has no native {precision}"
+
+
 def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: str, rewrite: bool,
-              why: str) -> OvRunner:
-    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": ""}
+              want, why: str) -> OvRunner:
+    precision, widened = _hint_for(core, device, want, key)
+    # set on every device: the CPU plugin's default is bf16 where the CPU has native bf16
+    config = {"PERFORMANCE_HINT": hint, "CACHE_DIR": "",
+              "INFERENCE_PRECISION_HINT": precisions.OV_HINTS[precision]}
     cpu = device == "CPU"
     if cpu:
         config["INFERENCE_NUM_THREADS"] = threads or cpu_threads()
@@ -186,10 +215,26 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
         raise ScoreError(f"model {key[:12]}: OpenVINO cannot compile it for {device}: "
                          f"{first_line(e)}") from None
+    runs = _compiled_precision(compiled, precision)
+    if runs != precision:
+        raise ScoreError(f"model {key[:12]}: OpenVINO's {device} compiled it for {runs or 'another precision'} "
+                         f"though {precision} was set; set VERISEG_PRECISION to what {device} offers")
     requests = min(max(requests, 2), 4)
     streams = compiled.get_property("NUM_STREAMS")
     how = (f"OpenVINO {version()} {device}, hint {hint}, {streams} streams, "
            f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight"
-           + (", arg-max on the innermost axis" if moved else "") + f"; device {why}")
+           + (", arg-max on the innermost axis" if moved else "")
+           + f", precision {runs} ({widened or ('VERISEG_PRECISION' if want[1] else 'the card')})"
+           + f"; device {why}")
+    profile = ExecutionProfile("openvino", device, runs, version())
     return OvRunner(key, compiled, _port(compiled.inputs[0]), _port(compiled.outputs[0]), device, how,
-                    requests)
+                    requests, profile)
+
+
+def _compiled_precision(compiled, precision: str) -> str:
+    """The precision the compiled model runs, read back from it; the one set where a
+    (virtual) device does not report it."""
+    try:
+        return precisions.from_ov_type(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    except Exception:  # noqa: BLE001 - a plugin without the property
+        return precision

@@ -114,7 +114,7 @@ class ResultPartition(StatefulSinkPartition):
         # chain.results owns the line and its leaf: anchor-verify recomputes both the same way
         record = frame_record(r.stream_id, r.seq, r.model_key, class_map, ts=r.ts, pos=r.pos,
                               class_names=[n for n, _ in r.classes] if r.classes else self.names,
-                              batch=r.batch, mask=mask,
+                              batch=r.batch, mask=mask, profile=r.profile,
                               with_shares=self.jsonl is not None,
                               with_leaf=self.batcher is not None)
         if self.video is not None and r.image is not None:
