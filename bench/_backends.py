@@ -46,7 +46,10 @@ def child_ov(spec: dict) -> dict:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from operators.backends.ov_graph import argmax_innermost
         argmax_innermost(model)
-    cfg = {"PERFORMANCE_HINT": hint, "CACHE_DIR": "", "INFERENCE_NUM_THREADS": int(spec.get("threads", 2))}
+    # the flow's pinned precision (operators/backends/precision.py): the CPU plugin's own
+    # default is bf16 where the CPU has native bf16
+    cfg = {"PERFORMANCE_HINT": hint, "CACHE_DIR": "", "INFERENCE_NUM_THREADS": int(spec.get("threads", 2)),
+           "INFERENCE_PRECISION_HINT": spec.get("precision", "f32")}
     compiled = core.compile_model(model, "CPU", cfg)
     compile_ms = (time.perf_counter() - t) * 1e3
     nreq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

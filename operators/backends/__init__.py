@@ -4,7 +4,8 @@
 |---|---|
 | ``base`` | ``Runner`` (``run``/``submit``, the device used, the key compiled for), ``ScoreError`` |
 | ``ort`` | ONNX Runtime: providers (TensorRT > CUDA > CPU), TensorRT cache per key, worker thread |
-| ``ov`` | OpenVINO: compiled from the verified bytes in memory, AsyncInferQueue, no model cache |
+| ``ov`` | OpenVINO: compiled from the verified bytes in memory, precision pinned, a worker per request, no model cache |
+| ``precision`` | ``VERISEG_PRECISION``: the card's precision (its float weights') unless told otherwise |
 | ``choose`` | ``VERISEG_BACKEND=auto|openvino|onnxruntime`` -> a compiled ``Runner`` and why |
 """
 from .base import Pending, Port, Runner, ScoreError, cpu_threads
