@@ -334,3 +334,23 @@ def test_openvino_bf16_runs_where_the_cpu_has_native_bf16_and_says_so(sample):
     assert r.profile.precision == "bf16"
     # bf16 is not fp32: it differs (0.07 % of pixels on the EPYC), and it is stated as bf16
     assert agree >= 0.995, f"{r.profile}: {100 * agree:.3f} % of pixels agree with ONNX Runtime fp32"
+
+
+def test_each_model_load_logs_the_profile_it_runs_as(backend):
+    import logging
+
+    from operators.frames import ModelLoaded
+    from operators.sessions import SessionCache
+    from operators.telemetry import log
+    seen = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        e = SessionCache(backend=backend, providers="cpu", threads=1).get(
+            ModelLoaded(KA, 1, card=tiny_card(), onnx=tiny_onnx()))
+    finally:
+        log.removeHandler(handler)
+    assert f"model {KA[:12]} runs as {e.runner.profile}" in seen
+    assert str(e.runner.profile).startswith(backend) and str(e.runner.profile).endswith(" CPU fp32")
+    e.runner.close()
