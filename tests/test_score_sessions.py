@@ -72,7 +72,8 @@ def test_tensorrt_engines_are_cached_per_key_in_a_private_folder(tmp_path):
     assert oa[1:] == [{}, {}] and oa[0]["trt_engine_cache_enable"] == "True"
     assert oa[0]["trt_engine_cache_path"] == str(home / "trt-cache" / ka)
     assert ob[0]["trt_engine_cache_path"] == str(home / "trt-cache" / kb)
-    assert (oa[0]["trt_engine_cache_prefix"], ob[0]["trt_engine_cache_prefix"]) == (ka, kb)
+    assert (oa[0]["trt_engine_cache_prefix"], ob[0]["trt_engine_cache_prefix"]) == (ka + "_fp32", kb + "_fp32")
+    assert provider_options(_TRT, ka, home, "fp16")[0]["trt_engine_cache_prefix"] == ka + "_fp16"
     for d in (home / "trt-cache", home / "trt-cache" / ka):
         assert d.is_dir() and (d.stat().st_mode & 0o777) == 0o700
     assert provider_options(["CPUExecutionProvider"], ka, tmp_path / "h2") == [{}]

@@ -6,7 +6,7 @@
 - TensorRT engines are cached per blob key in a private folder (:func:`provider_options`).
 - Precision (:mod:`.precision`): the CPU and CUDA providers run the graph as written, so
   they run the card's precision only; TensorRT builds its engine in fp32 unless fp16 or
-  bf16 is asked for (ONNX Runtime names a cached engine by that precision too).
+  bf16 is asked for (a cached engine's name starts with the key and that precision).
 - :class:`OrtRunner` runs on the caller's thread (``run``) or on one worker thread
   (``submit``), so the score window's own work overlaps inference (ORT releases the GIL).
 """
@@ -102,7 +102,8 @@ def provider_options(wanted, key: str, home=None, precision: str = "fp32") -> li
             _private_dir(cache)
             opts.append({"trt_fp16_enable": str(precision == "fp16"), "trt_bf16_enable": str(precision == "bf16"),
                          "trt_engine_cache_enable": "True",
-                         "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": key})
+                         # an engine of one precision is never loaded for another
+                         "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": f"{key}_{precision}"})
         else:
             opts.append({})
     return opts
