@@ -218,27 +218,36 @@ def _card_class_names(reg, key: str, blob: str | None = None):
     return None if card is None else [c.name for c in card.classes]
 
 
-def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None):
+def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None,
+                line=None):
     """What ``anchor-verify`` checks, for any caller (the CLI, the audit page): the frame's
     class map (``mask``, else the one its ``result`` line names) against its batch and the
-    chain, then that line. ``connect()`` gives the registry (called once the mask is read).
-    Returns the Verification; raises AnchorVerificationFailed whose ``.check`` names the
-    first check that failed (in this order: result_missing when the mask comes from the
-    line, mask, then verify_frame's, then verify_result_line's)."""
+    chain, then that line. ``result``: a path or a ``chain.results.ResultsFile`` (the page's,
+    under its file root); ``line``: its ``(line number, record)`` the caller already read
+    (what the page shows), else the frame's one line there. ``connect()`` gives the
+    registry (called once the mask is read). Returns the Verification; raises
+    AnchorVerificationFailed whose ``.check`` names the first check that failed (in this
+    order: result_missing and result_ambiguous when the mask comes from the line, mask,
+    then verify_frame's, then verify_result_line's)."""
     from .anchor_verify import read_mask, verify_frame
-    from .results import result_lines, verify_result_line
+    from .results import ResultsFile, verify_result_line
+    results = None
+    if result is not None:
+        results = result if isinstance(result, ResultsFile) else ResultsFile.at(result)
     if mask is None:
-        if result is None:
+        if results is None:
             raise CliError("anchor-verify needs --mask PNG, or --result RESULTS.jsonl whose line "
                            "names the mask")
-        # the frame's results line names its mask, relative to the results file
-        _, rec = result_lines(result, stream, seq)[0]
-        mask = Path(result).parent / str(rec.get("mask", ""))
-    class_map = read_mask(mask)
+        # the frame's one line names its mask, relative to the results file and under its folder
+        line = line or results.line(stream, seq)
+        class_map = results.mask(line[1])
+    else:
+        class_map = read_mask(mask)
     reg = connect()
     v = verify_frame(batch, stream, seq, class_map, registry=reg)
-    if result is not None:
-        verify_result_line(result, v, class_map, _card_class_names(reg, v.model_key, blob))
+    if results is not None:
+        verify_result_line(results, v, class_map, _card_class_names(reg, v.model_key, blob),
+                           line=line)
     return v
 
 

@@ -15,6 +15,10 @@ them read-only and small lives here, once:
   every request carries it: header ``Authorization: Bearer T``, or ``?token=T`` once, which
   sets an HttpOnly, SameSite=Strict cookie and redirects to the same address without it.
   Tokens are compared with ``hmac.compare_digest`` (constant time);
+- the API (``/api/...``, ``/files/...``) answers the page's own origin only: a request a
+  browser marks ``Sec-Fetch-Site: cross-site`` or ``same-site``, or one whose ``Origin`` is
+  not the page's own, is refused (403): a page elsewhere cannot make a visitor's browser
+  run a verify (or read a file) however it names the address;
 - any error is a short JSON body ``{"error": ...}``: never a stack trace (one log line);
 - every response carries ``Content-Security-Policy: default-src 'self'`` (no inline
   script, nothing from elsewhere), ``X-Content-Type-Options: nosniff``,
@@ -32,12 +36,13 @@ import socket
 import threading
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from model_store.util import first_line
 
-from .files import FileRoot, PathRefused
+from chain.files import FileRoot, PathRefused
 
 __all__ = ["WebServer", "STATIC", "static_route", "json_error", "is_loopback", "SECURITY_HEADERS"]
 
@@ -57,6 +62,8 @@ SECURITY_HEADERS = {
 }
 # an escape that could become a separator or a parent folder once decoded (or twice)
 _ESCAPED = re.compile(r"%(2f|5c|2e|25|00)", re.IGNORECASE)
+_API = ("/api/", "/files/")
+_FOREIGN_FETCH = ("cross-site", "same-site")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
 
@@ -89,11 +96,23 @@ class _Guard:
         given = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token)
 
+    @staticmethod
+    def _foreign(request: web.Request) -> bool:
+        """Whether a browser sent ``request`` for a page of another origin."""
+        if request.headers.get("Sec-Fetch-Site", "").lower() in _FOREIGN_FETCH:
+            return True
+        origin = request.headers.get("Origin")
+        # the host part only: behind a TLS proxy the page's own origin is https
+        return origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
+
     @web.middleware
     async def handle(self, request: web.Request, handler):
         try:
             if request.method not in ("GET", "HEAD"):
                 return json_error(405, "read-only: only GET and HEAD")
+            if request.path.startswith(_API) and self._foreign(request):
+                return json_error(403, "cross-site request refused: the API answers its own "
+                                       "page only")
             if _ESCAPED.search(request.rel_url.raw_path):
                 return json_error(400, "escaped '/', '\\', '.', '%' or NUL in the path")
             if self.token is None:
