@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from model_store.display import PrintableLogs, printable
 from model_store.util import one_line
 
 from . import errors
@@ -72,7 +73,7 @@ def cmd_register(args) -> int:
     name = args.name or _blob_name(p)
     reg = _connect(args)
     tx = reg.register(key, name, args.uri or "")
-    print(f"registered {key} as '{name}' (tx {tx})")
+    print(printable(f"registered {key} as '{name}' (tx {tx})"))
     return 0
 
 
@@ -80,7 +81,7 @@ def cmd_deploy(args) -> int:
     key = resolve_key(args.model)
     reg = _connect(args)
     version = reg.deploy(args.name, key)
-    print(f"deployment '{args.name}' -> {key} (version {version})")
+    print(printable(f"deployment '{args.name}' -> {key} (version {version})"))
     return 0
 
 
@@ -88,7 +89,7 @@ def cmd_revoke(args) -> int:
     key = resolve_key(args.model)
     reg = _connect(args)
     tx = reg.revoke(key, args.reason)
-    print(f"revoked {key}: {args.reason} (tx {tx})")
+    print(printable(f"revoked {key}: {args.reason} (tx {tx})"))
     return 0
 
 
@@ -110,7 +111,7 @@ def cmd_status(args) -> int:
         line = f"{key}: {st.state} ('{name}', registered {at} by {st.publisher})"
         if st.revoked:
             line += f" reason: {st.reason}"
-        print(line)
+        print(printable(line))   # the name and reason are the publisher's text
     return 0  # a query: "unregistered" is an answer, not a refusal
 
 
@@ -159,7 +160,7 @@ def cmd_deployments(args) -> int:
     reg = _connect(args)
     for d in reg.deployments_of(key):
         now = "current" if not d.superseded else f"superseded: now v{d.current_version} {d.current_key}"
-        print(f"'{d.name}' v{d.version} ({now})")
+        print(printable(f"'{d.name}' v{d.version} ({now})"))
     return 0
 
 
@@ -172,7 +173,7 @@ def cmd_events(args) -> int:
         else:
             extra = {"Deployed": f"'{ev.deployment}' -> {ev.key} v{ev.version}",
                      "Revoked": f"{ev.key}: {ev.reason}"}.get(ev.kind, json.dumps(ev.args, sort_keys=True))
-            print(f"block {ev.block} {ev.kind} {extra}")
+            print(printable(f"block {ev.block} {ev.kind} {extra}"))
     print(f"next block {nxt}", file=sys.stderr)
     return 0
 
@@ -390,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(name)s: %(message)s")
+    for h in logging.getLogger().handlers:
+        h.addFilter(PrintableLogs())   # names and reasons from the chain: no raw ESC
     try:
         return args.fn(args)
     except errors.AnchorVerificationFailed as exc:

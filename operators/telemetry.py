@@ -18,6 +18,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from model_store.display import PrintableLogs
+
 __all__ = ["Stats", "log", "lower_thread_priority"]
 
 
@@ -36,6 +38,7 @@ log = logging.getLogger("veriseg.flow")
 if not log.handlers:
     _h = logging.StreamHandler(sys.stderr)
     _h.setFormatter(logging.Formatter("veriseg: %(message)s"))
+    _h.addFilter(PrintableLogs())   # names and reasons from cards and the chain: no raw ESC
     log.addHandler(_h)
     log.setLevel(logging.INFO)
     log.propagate = False
