@@ -118,6 +118,25 @@ def test_config_several_sources_get_their_own_stream_ids(tmp_path):
         load_config({"VERISEG_SOURCE": f"x@{a};x@{a}", "VERISEG_MODEL": str(blob)})
 
 
+def test_a_stream_id_that_would_leave_its_folder_is_refused_or_replaced(tmp_path):
+    """``..@clip.avi`` wrote masks, results.jsonl and overlay.avi into the parent of
+    VERISEG_OUT; a file named ``...avi`` got the default id ``..``."""
+    from operators.source_spec import stream_id_of
+    a = make_clip(tmp_path / "a.avi", n=2)
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    for sid in ("..", ".", "..."):
+        with pytest.raises(ConfigError) as ei:
+            load_config({"VERISEG_SOURCE": f"{sid}@{a}", "VERISEG_MODEL": str(blob)})
+        lines = str(ei.value).splitlines()
+        assert len(lines) == 1 and f"stream id '{sid}'" in lines[0], lines
+    dots = make_clip(tmp_path / "...avi", n=2)
+    d = make_folder(tmp_path / "..frames.", n=2)
+    cfg = load_config({"VERISEG_SOURCE": f"{dots}; dir:{d}; .x@{a}", "VERISEG_MODEL": str(blob)})
+    assert [s.stream_id for s in cfg.sources] == ["video", "..frames.", ".x"]
+    assert stream_id_of(dots) == "video" and stream_id_of(tmp_path / "..avi") == "video"
+
+
 # --------------------------------------------------------------------------- end to end
 def test_video_end_to_end_outputs_and_keys(tmp_path):
     reg, blob, key = _registered(tmp_path)
