@@ -1000,6 +1000,29 @@ def test_the_seal_secret_is_refused_unless_private_and_outside_the_outputs(tmp_p
         load_secret(out / "home", out)
 
 
+def test_a_fifo_in_place_of_the_seal_secret_is_refused_not_waited_on(tmp_path):
+    """A FIFO named anchor-seal.key held the flow at start for good (an open that waits for
+    a writer); now it is one line."""
+    from operators.anchor_seal import SECRET_FILE, SealError, load_secret
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir()
+    os.mkfifo(home / SECRET_FILE, 0o600)
+    got: list = []
+
+    def load():
+        try:
+            load_secret(home, out)
+        except SealError as e:
+            got.append(str(e))
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():   # let the blocked open return, then fail
+        os.close(os.open(home / SECRET_FILE, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("load_secret waited on the FIFO")
+    assert len(got) == 1 and "\n" not in got[0] and "regular file" in got[0], got
+
+
 def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog):
     """B is deployed before its blob reached this edge: the flow keeps scoring with the
     superseded A (one line, a metric), stops when A is revoked, and swaps to B once its
