@@ -3,6 +3,7 @@ tricks, methods, sizes, connections, Host, token, errors, headers), the check li
 audit page, and the live view's state and picture on fake flow parts."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -114,6 +115,22 @@ def test_only_get_and_head_no_body_and_bounded_headers(audit_server):
     assert status in (400, 431)
     status, _, body = get(audit_server.url, "/files/cam0/results.jsonl", method="HEAD")
     assert status == 200 and body == b""
+
+
+def test_a_bad_request_is_one_log_line_never_a_traceback(audit_server, caplog):
+    """An 8 KiB header made aiohttp log a multi-line traceback per request (log flooding)."""
+    caplog.set_level(logging.DEBUG)
+    for headers in ({"X-Big": "a" * 8192}, {"X-Esc": "\x1b[2J" + "b" * 8192}):
+        assert get(audit_server.url, "/", headers=headers)[0] in (400, 431)
+    time.sleep(0.2)
+    said = [r for r in caplog.records if r.name.startswith(("aiohttp", "veriseg"))
+            and r.levelno >= logging.WARNING]
+    assert len(said) == 2, [r.getMessage() for r in said]
+    for r in said:
+        text = logging.Formatter().format(r)
+        assert r.exc_info is None and "Traceback" not in text and "\n" not in text, text
+        assert "BadHttpMessage" in text or "LineTooLong" in text, text
+        assert "\x1b" not in text
 
 
 def test_connections_beyond_the_limit_are_refused_with_503(tree):

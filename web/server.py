@@ -20,6 +20,8 @@ them read-only and small lives here, once:
   not the page's own, is refused (403): a page elsewhere cannot make a visitor's browser
   run a verify (or read a file) however it names the address;
 - any error is a short JSON body ``{"error": ...}``: never a stack trace (one log line);
+  a request aiohttp refuses before any handler (a header over 4 KiB, a malformed request
+  line) is one log line too (``_OneLineLog``), never a traceback per request;
 - every response carries ``Content-Security-Policy: default-src 'self'`` (no inline
   script, nothing from elsewhere), ``X-Content-Type-Options: nosniff``,
   ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store``.
@@ -33,6 +35,7 @@ import logging
 import re
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,7 +43,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from model_store.util import first_line
+from model_store.util import first_line, one_line
 
 from chain.files import FileRoot, PathRefused
 
@@ -82,6 +85,20 @@ def is_loopback(host: str) -> bool:
 def _loopback_names(host: str, port: int) -> set[str]:
     names = {"localhost", "127.0.0.1", "[::1]", host if ":" not in host else f"[{host}]"}
     return names | {f"{n}:{port}" for n in names}
+
+
+class _OneLineLog(logging.LoggerAdapter):
+    """aiohttp's server logger: every error it logs (above all ``BadHttpMessage``, one per
+    refused request) is one line with the exception's message, without the traceback a
+    client could otherwise make the server write for each request it sends."""
+
+    def log(self, level, msg, *args, exc_info=None, **kwargs):
+        if not self.isEnabledFor(level):
+            return
+        exc = exc_info if isinstance(exc_info, BaseException) else (sys.exc_info()[1] if exc_info else None)
+        if exc is not None:
+            msg, args = f"{msg}: %s: %s", (*args, type(exc).__name__, one_line(exc)[:300])
+        self.logger.log(level, msg, *args, **kwargs)
 
 
 class _Guard:
@@ -250,7 +267,8 @@ class WebServer:
         app = web.Application(client_max_size=1024, middlewares=[guard.handle])   # no bodies: GET only
         app.on_response_prepare.append(_security_headers)
         self.setup(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+        self._runner = web.AppRunner(app, access_log=None, logger=_OneLineLog(log, {}),
+                                     handle_signals=False, shutdown_timeout=1.0,
                                      keepalive_timeout=15.0, max_line_size=MAX_LINE,
                                      max_field_size=MAX_LINE, max_headers=MAX_HEADERS)
         await self._runner.setup()
