@@ -142,6 +142,10 @@ class FlowSettings(BaseSettings):
                             main=True, ge=0, le=1_000_000)
     poll: float = var(1.0, "seconds between registry event polls", gt=0, le=3600,
                       allow_inf_nan=False)
+    pending_deploy_max_s: float = var(
+        300.0, "seconds the superseded model keeps scoring while a newer deploy waits for its "
+        "blob; then it stops (frames wait as with no valid model) until the blob arrives",
+        ge=0, le=30 * 86400, allow_inf_nan=False)
     status_max_age: float = var(0.0, "seconds a model status verified online stays usable when "
                                 "the registry is unreachable at start (0: refuse to start)",
                                 main=True, ge=0, le=30 * 86400, allow_inf_nan=False)

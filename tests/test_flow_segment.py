@@ -1000,6 +1000,58 @@ def test_the_seal_secret_is_refused_unless_private_and_outside_the_outputs(tmp_p
         load_secret(out / "home", out)
 
 
+def test_a_deploy_whose_blob_never_arrives_stops_the_superseded_model_after_the_max_wait(
+        tmp_path, caplog):
+    """B is current on chain but its blob is not here: A scored on for good. Now A scores for
+    at most VERISEG_PENDING_DEPLOY_MAX_S, then stops (one line, a counter; the replay waits
+    as with no valid model, A is not marked revoked), and B scores once its blob arrives."""
+    import shutil
+    reg, blob_a, key_a = _registered(tmp_path, name="a.vsb")
+    reg.deploy("tiny", key_a)
+    staged = tmp_path / "staging" / "b.vsb"
+    key_b = make_blob(staged, shift=1)
+    reg.register(key_b, "tiny", "")      # found only by scanning the model folder
+    folder = make_folder(tmp_path / "f", n=80)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_MODEL_DIRS=tmp_path / "models",
+                              VERISEG_PENDING_DEPLOY_MAX_S=0.5))
+    assert cfg.pending_deploy_max_s == 0.5
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
+    stats, marks = flow.context.stats, {}
+
+    def scenario():
+        marks["t_deploy"] = time.time()
+        reg.deploy("tiny", key_b)
+        marks["stopped"] = wait_for(lambda: stats.deploy_pending_timeouts == 1, timeout=10)
+        marks["t_stopped"] = time.time()
+        marks["prom"] = stats.prometheus()
+        n = sum(stats.scored.values())
+        time.sleep(0.5)
+        marks["idle"] = sum(stats.scored.values()) - n
+        shutil.copy(staged, tmp_path / "models" / "b.vsb")
+        marks["b_loaded"] = wait_for(lambda: stats.key_in_use.get("f") == key_b, timeout=10)
+    th = _when_scored(flow, 10, scenario)
+    run_main(flow)
+    th.join()
+    assert marks["stopped"], "the superseded model never stopped scoring"
+    assert marks["idle"] <= 1, marks["idle"]   # at most a run already in flight
+    assert prom_value(marks["prom"], "veriseg_deploy_pending_timeouts_total") == 1
+    said = [r.getMessage() for r in caplog.records if "stops scoring" in r.getMessage()]
+    assert len(said) == 1 and key_a[:12] in said[0] and "VERISEG_PENDING_DEPLOY_MAX_S" in said[0]
+    assert marks["b_loaded"]
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    keys = [r["model_key"] for r in rows]
+    n_a = keys.count(key_a)
+    assert [r["seq"] for r in rows] == list(range(80)) and keys == [key_a] * n_a + [key_b] * (80 - n_a)
+    # the streams see the stop with the next model event (a reader poll, 0.05 s here)
+    late = [(r["seq"], round(score_start(r) - marks["t_stopped"], 3)) for r in rows
+            if r["model_key"] == key_a and score_start(r) > marks["t_stopped"] + 0.2]
+    assert not late, late
+    assert summary["deploy_pending_timeouts"] == 1 and summary["revoked"] == []
+    assert summary["deploy_pending"] == {}
+
+
 def test_a_fifo_in_place_of_the_seal_secret_is_refused_not_waited_on(tmp_path):
     """A FIFO named anchor-seal.key held the flow at start for good (an open that waits for
     a writer); now it is one line."""

@@ -81,6 +81,7 @@ class ModelResolver:
         self.sids = tuple(cfg.stream_ids)
         self.follow_name: Optional[str] = None   # blob-path mode: the deployment that supersedes it
         self.pending: Optional[tuple] = None   # (name, version, key): a deploy whose blob is not here yet
+        self.pending_since = 0.0               # monotonic: when that deploy began to wait
 
     @property
     def reg(self):
