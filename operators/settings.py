@@ -85,7 +85,9 @@ class FlowSettings(BaseSettings):
 
     source: Annotated[tuple[SourceSpec, ...], NoDecode] = var(
         (), "frames to score: PATH (video file) | dir:PATH | csv:PATH | gst:PIPELINE | rtsp://URL | "
-        "/dev/videoN; several separated by ';', each optionally prefixed 'ID@' for its stream id",
+        "/dev/videoN; several separated by ';', each optionally prefixed 'ID@' for its stream id "
+        "(its folder under VERISEG_OUT: letters, digits, _ . -, not only dots; default: the "
+        "file's name, or the kind when that is only dots)",
         shown="the sample clip in models/", main=True)
     model: str = var("", "blob path (.vsb) or a deployment name on the registry",
                      shown="models/carla-enet.vsb", main=True)
