@@ -391,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(name)s: %(message)s")
-    for h in logging.getLogger().handlers:
-        h.addFilter(PrintableLogs())   # names and reasons from the chain: no raw ESC
+    for h in logging.getLogger().handlers:   # names and reasons from the chain: no raw ESC
+        if not any(isinstance(f, PrintableLogs) for f in h.filters):
+            h.addFilter(PrintableLogs())
     try:
         return args.fn(args)
     except errors.AnchorVerificationFailed as exc:
