@@ -389,11 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.addFilter(PrintableLogs())   # names and reasons from the chain: no raw ESC
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(name)s: %(message)s")
-    for h in logging.getLogger().handlers:   # names and reasons from the chain: no raw ESC
-        if not any(isinstance(f, PrintableLogs) for f in h.filters):
-            h.addFilter(PrintableLogs())
+                        format="%(name)s: %(message)s", handlers=[handler])
     try:
         return args.fn(args)
     except errors.AnchorVerificationFailed as exc:
