@@ -5,8 +5,9 @@ followed deployment with a higher version hot-swaps the model (verified again, s
 built off the scoring thread; a deploy whose blob has not arrived is kept and retried each
 poll, the superseded model scoring meanwhile for at most VERISEG_PENDING_DEPLOY_MAX_S, then
 stopped: the chain says a newer model is current); a ``Revoked`` event marks the key
-revoked in the flow's set at once and queues a revoke event, so scoring with it stops.  Chain outages are retried with backoff while the
-verified model keeps scoring.  Any unexpected error stops scoring and the flow (fail safe).
+revoked in the flow's set at once and queues a revoke event, so scoring with it stops.
+Chain outages are retried with backoff while the verified model keeps scoring.  Any
+unexpected error stops scoring and the flow (fail safe).
 """
 from __future__ import annotations
 
