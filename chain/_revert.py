@@ -8,6 +8,8 @@ import re
 from eth_abi import decode as abi_decode
 from eth_utils import keccak
 
+from model_store.display import shell_command
+
 from . import errors
 
 ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
@@ -126,7 +128,8 @@ def message_for(name: str, a: dict, ctx: dict) -> str:
     if name == "MissingRole":
         role = ctx.get("role_names", {}).get(a.get("role"), "required")
         return (f"account {a.get('account') or acct} lacks the {role} role on registry {reg}; "
-                f"ask the owner to run `python -m chain grant {role.lower()} {a.get('account') or acct}`")
+                "ask the owner to run `"
+                f"{shell_command('python', '-m', 'chain', 'grant', role.lower(), a.get('account') or acct)}`")
     if name == "UnknownRole":
         return f"unknown role 0x{_short(a.get('role'))}; use publisher or anchorer"
     if name == "ZeroAddress":

@@ -14,6 +14,7 @@ from typing import Sequence
 from model_store.util import atomic_write
 
 from . import errors
+from .files import PathRefused, open_regular
 from .merkle import MerkleTree, leaf_digest, proof_to_json
 
 BATCH_FORMAT = "veriseg-anchor-batch"
@@ -130,9 +131,12 @@ class AnchorBatch:
         """The batch and the raw JSON (which carries the claimed root and any proofs)."""
         p = Path(path)
         try:
-            d = json.loads(p.read_text())
+            with open_regular(p) as f:   # a FIFO among the batch files never blocks a reader
+                d = json.loads(f.read())
         except FileNotFoundError:
             raise errors.BatchFormatError(f"batch file {p} does not exist") from None
+        except PathRefused as exc:
+            raise errors.BatchFormatError(f"batch file {exc}") from None
         except (OSError, ValueError) as exc:
             raise errors.BatchFormatError(f"batch file {p} is not JSON ({exc})") from None
         if not isinstance(d, dict) or d.get("format") != BATCH_FORMAT:

@@ -10,26 +10,45 @@ from pathlib import Path
 
 import numpy as np
 
+from model_store.util import one_line
+
 from . import errors
 from .anchor_batch import AnchorBatch
+from .files import PathRefused, open_regular
 from .merkle import leaf_digest, proof_from_json, verify_proof
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a class-map PNG as written by the flow (single-channel uint8 class ids)."""
+MAX_MASK_BYTES = 64 << 20   # a 4K class map is ~8 MiB uncompressed
+
+
+def decode_mask(data: bytes, where: str) -> np.ndarray:
+    """A class-map PNG's bytes as the flow writes them (single-channel uint8 class ids)."""
     import cv2
-    p = Path(path)
-    if not p.exists():
-        raise errors.AnchorVerificationFailed(f"mask {p} does not exist", check="mask")
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if img is None:
-        raise errors.AnchorVerificationFailed(f"mask {p} is not a readable image", check="mask")
+        raise errors.AnchorVerificationFailed(f"mask {where} is not a readable image", check="mask")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     if img.ndim != 2 or img.dtype != np.uint8:
         raise errors.AnchorVerificationFailed(
-            f"mask {p} is {img.dtype} with shape {img.shape}, expected a single-channel uint8 "
+            f"mask {where} is {img.dtype} with shape {img.shape}, expected a single-channel uint8 "
             "class map (not the colour overlay)", check="mask")
     return img
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a class-map PNG at ``path`` (a regular file: a FIFO is refused, never waited on)."""
+    p = Path(path)
+    try:
+        with open_regular(p) as f:
+            data = f.read(MAX_MASK_BYTES + 1)
+    except FileNotFoundError:
+        raise errors.AnchorVerificationFailed(f"mask {p} does not exist", check="mask") from None
+    except (OSError, PathRefused) as e:
+        raise errors.AnchorVerificationFailed(f"mask {one_line(e)}", check="mask") from None
+    if len(data) > MAX_MASK_BYTES:
+        raise errors.AnchorVerificationFailed(f"mask {p} is larger than {MAX_MASK_BYTES} bytes",
+                                              check="mask")
+    return decode_mask(data, str(p))
 
 
 @dataclass

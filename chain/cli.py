@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from model_store.display import PrintableLogs, printable
 from model_store.util import one_line
 
 from . import errors
@@ -72,7 +73,7 @@ def cmd_register(args) -> int:
     name = args.name or _blob_name(p)
     reg = _connect(args)
     tx = reg.register(key, name, args.uri or "")
-    print(f"registered {key} as '{name}' (tx {tx})")
+    print(printable(f"registered {key} as '{name}' (tx {tx})"))
     return 0
 
 
@@ -80,7 +81,7 @@ def cmd_deploy(args) -> int:
     key = resolve_key(args.model)
     reg = _connect(args)
     version = reg.deploy(args.name, key)
-    print(f"deployment '{args.name}' -> {key} (version {version})")
+    print(printable(f"deployment '{args.name}' -> {key} (version {version})"))
     return 0
 
 
@@ -88,7 +89,7 @@ def cmd_revoke(args) -> int:
     key = resolve_key(args.model)
     reg = _connect(args)
     tx = reg.revoke(key, args.reason)
-    print(f"revoked {key}: {args.reason} (tx {tx})")
+    print(printable(f"revoked {key}: {args.reason} (tx {tx})"))
     return 0
 
 
@@ -110,7 +111,7 @@ def cmd_status(args) -> int:
         line = f"{key}: {st.state} ('{name}', registered {at} by {st.publisher})"
         if st.revoked:
             line += f" reason: {st.reason}"
-        print(line)
+        print(printable(line))   # the name and reason are the publisher's text
     return 0  # a query: "unregistered" is an answer, not a refusal
 
 
@@ -159,7 +160,7 @@ def cmd_deployments(args) -> int:
     reg = _connect(args)
     for d in reg.deployments_of(key):
         now = "current" if not d.superseded else f"superseded: now v{d.current_version} {d.current_key}"
-        print(f"'{d.name}' v{d.version} ({now})")
+        print(printable(f"'{d.name}' v{d.version} ({now})"))
     return 0
 
 
@@ -172,7 +173,7 @@ def cmd_events(args) -> int:
         else:
             extra = {"Deployed": f"'{ev.deployment}' -> {ev.key} v{ev.version}",
                      "Revoked": f"{ev.key}: {ev.reason}"}.get(ev.kind, json.dumps(ev.args, sort_keys=True))
-            print(f"block {ev.block} {ev.kind} {extra}")
+            print(printable(f"block {ev.block} {ev.kind} {extra}"))
     print(f"next block {nxt}", file=sys.stderr)
     return 0
 
@@ -218,27 +219,36 @@ def _card_class_names(reg, key: str, blob: str | None = None):
     return None if card is None else [c.name for c in card.classes]
 
 
-def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None):
+def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None,
+                line=None):
     """What ``anchor-verify`` checks, for any caller (the CLI, the audit page): the frame's
     class map (``mask``, else the one its ``result`` line names) against its batch and the
-    chain, then that line. ``connect()`` gives the registry (called once the mask is read).
-    Returns the Verification; raises AnchorVerificationFailed whose ``.check`` names the
-    first check that failed (in this order: result_missing when the mask comes from the
-    line, mask, then verify_frame's, then verify_result_line's)."""
+    chain, then that line. ``result``: a path or a ``chain.results.ResultsFile`` (the page's,
+    under its file root); ``line``: its ``(line number, record)`` the caller already read
+    (what the page shows), else the frame's one line there. ``connect()`` gives the
+    registry (called once the mask is read). Returns the Verification; raises
+    AnchorVerificationFailed whose ``.check`` names the first check that failed (in this
+    order: result_missing and result_ambiguous when the mask comes from the line, mask,
+    then verify_frame's, then verify_result_line's)."""
     from .anchor_verify import read_mask, verify_frame
-    from .results import result_lines, verify_result_line
+    from .results import ResultsFile, verify_result_line
+    results = None
+    if result is not None:
+        results = result if isinstance(result, ResultsFile) else ResultsFile.at(result)
     if mask is None:
-        if result is None:
+        if results is None:
             raise CliError("anchor-verify needs --mask PNG, or --result RESULTS.jsonl whose line "
                            "names the mask")
-        # the frame's results line names its mask, relative to the results file
-        _, rec = result_lines(result, stream, seq)[0]
-        mask = Path(result).parent / str(rec.get("mask", ""))
-    class_map = read_mask(mask)
+        # the frame's one line names its mask, relative to the results file and under its folder
+        line = line or results.line(stream, seq)
+        class_map = results.mask(line[1])
+    else:
+        class_map = read_mask(mask)
     reg = connect()
     v = verify_frame(batch, stream, seq, class_map, registry=reg)
-    if result is not None:
-        verify_result_line(result, v, class_map, _card_class_names(reg, v.model_key, blob))
+    if results is not None:
+        verify_result_line(results, v, class_map, _card_class_names(reg, v.model_key, blob),
+                           line=line)
     return v
 
 
@@ -379,8 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.addFilter(PrintableLogs())   # names and reasons from the chain: no raw ESC
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(name)s: %(message)s")
+                        format="%(name)s: %(message)s", handlers=[handler])
     try:
         return args.fn(args)
     except errors.AnchorVerificationFailed as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,15 +24,19 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from model_store.util import one_line
+
 from . import errors
 from .anchor_batch import Leaf
-from .anchor_verify import Verification, read_mask
+from .anchor_verify import MAX_MASK_BYTES, Verification, decode_mask
+from .files import FileRoot, PathRefused
 from .merkle import leaf_digest, ts_micros
 from .profile import ExecutionProfile
 from .values import normalize_key
 
-__all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "class_shares",
-           "frame_record", "result_lines", "verify_result_line"]
+__all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "ResultsFile",
+           "class_shares", "frame_of", "frame_record", "one_frame_line", "parse_line",
+           "result_lines", "verify_result_line"]
 
 TS_DECIMALS = 6      # a line states ts to the microsecond: what the v2 leaf binds
 SHARE_DECIMALS = 5
@@ -110,30 +115,114 @@ def frame_record(stream: str, seq: int, model_key: str, class_map, *, ts: float,
     return FrameRecord(line, leaf)
 
 
-def result_lines(results_path: str | os.PathLike, stream: str, seq: int) -> list:
-    """``(line number, record)`` of every ``results.jsonl`` line for (stream, seq); raises
-    AnchorVerificationFailed (check ``result_missing``) when there is none or the file
-    cannot be read."""
-    p = Path(results_path)
-    found = []
+def frame_of(rec) -> Optional[tuple[str, int]]:
+    """The (stream, seq) a parsed results line is about; None for anything else. The one
+    rule by which ``anchor-verify`` and the audit page pick a frame's line."""
+    if not isinstance(rec, dict):
+        return None
+    stream, seq = rec.get("stream"), rec.get("seq")
+    if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    return stream, seq
+
+
+MAX_LINE_BYTES = 1 << 20   # a line is ~400 bytes; a longer one is no frame's
+
+
+def parse_line(raw: bytes):
+    """A raw ``results.jsonl`` line parsed (None: torn, garbled, not UTF-8 or over
+    ``MAX_LINE_BYTES``)."""
+    if len(raw) > MAX_LINE_BYTES:
+        return None
     try:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue   # a torn or garbled line is not this frame's record
-                if isinstance(rec, dict) and rec.get("stream") == stream and rec.get("seq") == seq:
-                    found.append((n, rec))
-    except OSError as exc:
-        raise errors.AnchorVerificationFailed(f"results file {p} cannot be read ({exc})",
-                                              check="result_missing") from None
-    if not found:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class ResultsFile:
+    """A ``results.jsonl`` read through a ``FileRoot`` (``name`` relative to its root): the
+    lines of a frame, and the mask a line names, relative to the file's folder and under
+    the same root (no absolute or climbing path, no symlink, regular files only, never a
+    blocking open)."""
+
+    def __init__(self, files: FileRoot, name: str):
+        self.files, self.name = files, name
+
+    @classmethod
+    def at(cls, path: str | os.PathLike) -> "ResultsFile":
+        """The results file at an operator's ``path``: its folder is the root its masks
+        must stay under (the path itself may be a symlink: the operator's choice)."""
+        p = Path(path).resolve()
+        try:
+            return cls(FileRoot(p.parent), p.name)
+        except OSError as exc:
+            raise errors.AnchorVerificationFailed(f"results file {path} cannot be read "
+                                                  f"({one_line(exc)})", check="result_missing") from None
+
+    def __str__(self) -> str:
+        return str(self.files.root / self.name)
+
+    def lines(self, stream: str, seq: int) -> list:
+        """``(line number, record)`` of every line for (stream, seq); raises
+        AnchorVerificationFailed (check ``result_missing``) when there is none or the file
+        cannot be read."""
+        found = []
+        try:
+            with self.files.open(self.name) as f:
+                for n, raw in enumerate(f, 1):
+                    rec = parse_line(raw)
+                    if frame_of(rec) == (stream, seq):
+                        found.append((n, rec))
+        except (OSError, PathRefused) as exc:
+            raise errors.AnchorVerificationFailed(f"results file {self} cannot be read "
+                                                  f"({one_line(exc)})", check="result_missing") from None
+        if not found:
+            raise errors.AnchorVerificationFailed(
+                f"result missing: {self} has no line for stream '{stream}' seq {seq}",
+                check="result_missing")
+        return found
+
+    def line(self, stream: str, seq: int) -> tuple[int, dict]:
+        """The one line for (stream, seq): two are refused (check ``result_ambiguous``),
+        since a reader could be shown one and the verifier check the other."""
+        return one_frame_line(self.lines(stream, seq), str(self), stream, seq)
+
+    def mask_name(self, rec: dict) -> str:
+        """The name, relative to the root, of the mask the line ``rec`` names."""
+        mask = rec.get("mask")
+        if not isinstance(mask, str) or not mask:
+            raise errors.AnchorVerificationFailed(f"the line of stream '{rec.get('stream')}' seq "
+                                                  f"{rec.get('seq')} in {self} names no mask",
+                                                  check="mask")
+        return posixpath.join(posixpath.dirname(self.name), mask)
+
+    def mask(self, rec: dict) -> np.ndarray:
+        """The class map the line ``rec`` names (check ``mask`` when it is refused)."""
+        name = self.mask_name(rec)
+        try:
+            data = self.files.read(name, MAX_MASK_BYTES)
+        except (OSError, PathRefused) as exc:
+            raise errors.AnchorVerificationFailed(
+                f"mask refused: {one_line(exc)} (a line's mask must be a regular file under "
+                f"{self.files.root}, named relative to its results file)", check="mask") from None
+        return decode_mask(data, str(self.files.root / name))
+
+
+def one_frame_line(found: list, where: str, stream: str, seq: int) -> tuple[int, dict]:
+    """The only ``(line number, record)`` of ``found``; result_ambiguous when there are more."""
+    if len(found) > 1:
         raise errors.AnchorVerificationFailed(
-            f"result missing: {p} has no line for stream '{stream}' seq {seq}", check="result_missing")
-    return found
+            f"result ambiguous: {where} has {len(found)} lines for stream '{stream}' seq {seq} "
+            f"(lines {', '.join(str(n) for n, _ in found[:5])}); a frame has one line",
+            check="result_ambiguous")
+    return found[0]
 
 
+def result_lines(results_path: str | os.PathLike, stream: str, seq: int) -> list:
+    """``(line number, record)`` of every ``results.jsonl`` line for (stream, seq) at an
+    operator's path (see ``ResultsFile.lines``)."""
+    return ResultsFile.at(results_path).lines(stream, seq)
 
 
 def _claim_equal(name: str, got, want) -> bool:
@@ -145,23 +234,27 @@ def _claim_equal(name: str, got, want) -> bool:
     return isinstance(got, str) and got == want
 
 
-def verify_result_line(results_path: str | os.PathLike, v: Verification, class_map,
-                       class_names=None) -> dict:
+def verify_result_line(results, v: Verification, class_map, class_names=None, *,
+                       line: Optional[tuple[int, dict]] = None) -> dict:
     """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: every
     field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos),
     recomputed from the proven class map (leaf, required; shares, exact by class name;
     mask, the same class map), or a known diagnostic (latency_ms, batch, profile). ``class_names``
     (the card's, by class id) are needed to check shares: without them a line carrying
     shares is refused. Returns the line; raises AnchorVerificationFailed whose ``.check``
-    is one of: result_missing, result_model_key_mismatch, result_leaf_missing,
+    is one of: result_missing, result_ambiguous, result_model_key_mismatch, result_leaf_missing,
     result_leaf_mismatch, result_claim_mismatch, result_unbound_field,
-    result_shares_unverifiable, result_shares_mismatch, result_mask_mismatch."""
-    p = Path(results_path)
-    found = result_lines(p, v.stream, v.seq)
+    result_shares_unverifiable, result_shares_mismatch, result_mask_mismatch.
+
+    ``results``: a ``ResultsFile`` or an operator's path; ``line``: the ``(line number,
+    record)`` already read from it (the one the caller showed), else its one line for the
+    frame."""
+    p = results if isinstance(results, ResultsFile) else ResultsFile.at(results)
+    found = [line] if line is not None else [p.line(v.stream, v.seq)]
     leaf = v.leaf or leaf_digest(v.stream, v.seq, v.model_key, class_map, ts=v.ts, pos=v.pos).hex()
     want = class_shares(class_map, class_names)
     known = set(RESULT_BOUND) | set(RESULT_DERIVED) | set(RESULT_DIAGNOSTICS)
-    for n, rec in found:   # every line for the frame must hold (a second, edited copy too)
+    for n, rec in found:
         where = f"{p} line {n} (stream '{v.stream}' seq {v.seq})"
 
         def fail(check: str, msg: str):
@@ -208,12 +301,12 @@ def verify_result_line(results_path: str | os.PathLike, v: Verification, class_m
                      f"{json.dumps(got, sort_keys=True)[:200]}, the proven class map gives "
                      f"{json.dumps(want, sort_keys=True)[:200]}")
         if "mask" in rec:
-            mp = p.parent / str(rec["mask"])
             try:
-                same = np.array_equal(read_mask(mp), _as_map(class_map))
+                same = np.array_equal(p.mask(rec), _as_map(class_map))
             except errors.AnchorVerificationFailed:
                 same = False
             if not same:
-                fail("result_mask_mismatch", f"result mask mismatch: @ names mask {mp}, which is "
-                     "missing or not the proven class map")
+                fail("result_mask_mismatch", f"result mask mismatch: @ names mask "
+                     f"{json.dumps(rec['mask'])[:200]}, which is missing, refused or not the "
+                     "proven class map")
     return found[0][1]

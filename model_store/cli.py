@@ -18,6 +18,7 @@ from .classes import CARLA_CLASSES, classes_from_json
 from .drive_spec import CLASS_MAP_DTYPES, INPUT_DTYPES
 from .graph import GraphInfo, check_graph, read_graph
 from .secrets import generate_secret, read_secret
+from .display import printable
 from .util import one_line
 
 
@@ -128,8 +129,8 @@ def _pack(args: argparse.Namespace) -> int:
     secret = read_secret(args.encrypt_key) if args.encrypt_key else None
     key = write(args.output, onnx_bytes, card, encrypt_key=secret, level=args.level)
     size = os.path.getsize(args.output)
-    print(f"packed {args.model} ({len(onnx_bytes)} bytes) -> {args.output} ({size} bytes)")
-    print(f"scoring: {card.scoring_function}")
+    print(printable(f"packed {args.model} ({len(onnx_bytes)} bytes) -> {args.output} ({size} bytes)"))
+    print(printable(f"scoring: {card.scoring_function}"))
     print(key)
     return 0
 
@@ -268,7 +269,7 @@ def _inspect(args: argparse.Namespace) -> int:
         lines.append(f"training     {json.dumps(card.training_params, sort_keys=True)}")
     if card.metrics:
         lines.append(f"metrics      {json.dumps(card.metrics, sort_keys=True)}")
-    print("\n".join(lines))
+    print("\n".join(printable(x) for x in lines))   # a card's text is anyone's: no raw ESC
     return 0
 
 

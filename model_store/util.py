@@ -1,4 +1,5 @@
-"""Two helpers every package shares: atomic file writes and one-line error messages.
+"""Two helpers every package shares: atomic file writes and one-line error messages
+(made ``printable``: no control character of a message reaches a terminal or a log).
 
 They live in model_store because it is the base package (it imports nothing else of ours),
 so chain, trainer, operators and dataflows can all use them without an import cycle.
@@ -15,6 +16,8 @@ import contextlib
 import os
 from pathlib import Path
 from typing import IO, Iterator, Union
+
+from .display import printable
 
 __all__ = ["atomic_write", "atomic_writer", "first_line", "one_line"]
 
@@ -55,12 +58,12 @@ def first_line(err: Union[BaseException, str], limit: int = 300) -> str:
     text = str(err).strip()
     if not text:
         return type(err).__name__ if isinstance(err, BaseException) else ""
-    return text.splitlines()[0][:limit]
+    return printable(text.splitlines()[0])[:limit]
 
 
 def one_line(err: Union[BaseException, str]) -> str:
     """An error's whole message folded onto one line; an OSError as ``file: reason``.
     For refusals a user reads (CLI exit lines), where no part of the message may be cut."""
     if isinstance(err, OSError) and err.filename:
-        return f"{err.filename}: {err.strerror or err}"
-    return " ".join(str(err).split())
+        return printable(f"{err.filename}: {err.strerror or err}")
+    return printable(" ".join(str(err).split()))

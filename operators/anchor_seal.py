@@ -22,6 +22,8 @@ import stat
 from pathlib import Path
 from typing import Optional
 
+from chain.files import PathRefused, open_regular
+
 __all__ = ["SealError", "SECRET_FILE", "load_secret", "seal", "is_sealed", "write_sealed"]
 
 SECRET_FILE = "anchor-seal.key"
@@ -48,10 +50,13 @@ def load_secret(home: Path, out: Path) -> bytes:
         else:
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(_SIZE))
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
+        # never a blocking open: a FIFO in its place would hold the flow at start
+        with open_regular(path, follow=False) as f:
             st = os.fstat(f.fileno())
             data = f.read(_SIZE + 1)
+    except PathRefused:
+        raise SealError(f"{path} must be a regular file (it is a FIFO, a device or a folder): "
+                        "remove it, and the flow creates a new key") from None
     except OSError as e:
         raise SealError(f"{path}: {e.strerror or e}") from None
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:

@@ -90,6 +90,7 @@ class Config:
     reconnect_max: float = 30.0
     stall: float = 10.0
     status_max_age: float = 0.0
+    pending_deploy_max_s: float = 300.0   # the superseded model's grace while a deploy waits
     decrypt_key_file: Optional[Path] = None
     video_scale: float = 1.0
     max_pixels: int = 40_000_000
@@ -240,6 +241,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,
         web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,
+        pending_deploy_max_s=s.pending_deploy_max_s,
         decrypt_key_file=s.decrypt_key, video_scale=s.video_scale, max_pixels=s.max_pixels,
         aux_nice=s.aux_nice, ort_spin=s.ort_spin,
         extra={k: v for k, v in env.items() if k.startswith(PREFIX)},

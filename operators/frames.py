@@ -71,10 +71,13 @@ class ModelLoaded:
 
 @dataclass(frozen=True, eq=False)
 class ModelRevoked:
-    """A key that must stop scoring at once."""
+    """A key that must stop scoring at once: revoked on chain, or (``superseded``) replaced
+    by a newer deploy whose blob did not arrive within VERISEG_PENDING_DEPLOY_MAX_S (not
+    revoked: it is not added to the revoked keys)."""
     key: str
     uid: int
     reason: str = ""
+    superseded: bool = False
 
 
 ModelEvent = Union[ModelLoaded, ModelRevoked]

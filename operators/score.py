@@ -73,11 +73,13 @@ class ScoreLogic(StatefulBatchLogic):
             return
         self.seen.add(u.uid)
         if isinstance(u, ModelRevoked):
-            self.revoked.add(u.key, u.reason)
+            if not u.superseded:
+                self.revoked.add(u.key, u.reason)
             self.sessions.drop(u.key)
             if self.entry is not None and self.entry.key == u.key:
-                log.warning("stream %s: model %s revoked (%s): scoring stopped until a valid model "
-                            "arrives", self.sid, u.key[:12], u.reason or "no reason given")
+                log.warning("stream %s: model %s %s (%s): scoring stopped until a valid model "
+                            "arrives", self.sid, u.key[:12],
+                            "superseded" if u.superseded else "revoked", u.reason or "no reason given")
                 self.entry = None
             return
         if u.key in self.revoked:

@@ -85,7 +85,9 @@ class FlowSettings(BaseSettings):
 
     source: Annotated[tuple[SourceSpec, ...], NoDecode] = var(
         (), "frames to score: PATH (video file) | dir:PATH | csv:PATH | gst:PIPELINE | rtsp://URL | "
-        "/dev/videoN; several separated by ';', each optionally prefixed 'ID@' for its stream id",
+        "/dev/videoN; several separated by ';', each optionally prefixed 'ID@' for its stream id "
+        "(its folder under VERISEG_OUT: letters, digits, _ . -, not only dots; default: the "
+        "file's name, or the kind when that is only dots)",
         shown="the sample clip in models/", main=True)
     model: str = var("", "blob path (.vsb) or a deployment name on the registry",
                      shown="models/carla-enet.vsb", main=True)
@@ -148,6 +150,10 @@ class FlowSettings(BaseSettings):
                             main=True, ge=0, le=1_000_000)
     poll: float = var(1.0, "seconds between registry event polls", gt=0, le=3600,
                       allow_inf_nan=False)
+    pending_deploy_max_s: float = var(
+        300.0, "seconds the superseded model keeps scoring while a newer deploy waits for its "
+        "blob; then it stops (frames wait as with no valid model) until the blob arrives",
+        ge=0, le=30 * 86400, allow_inf_nan=False)
     status_max_age: float = var(0.0, "seconds a model status verified online stays usable when "
                                 "the registry is unreachable at start (0: refuse to start)",
                                 main=True, ge=0, le=30 * 86400, allow_inf_nan=False)

@@ -1,12 +1,20 @@
 """``VERISEG_SOURCE``: one or more streams, each a video file, an image folder, a CSV
-list, a GStreamer pipeline or an RTSP camera, optionally named ``ID@``."""
+list, a GStreamer pipeline or an RTSP camera, optionally named ``ID@``.
+
+A stream id names the stream's folder under ``VERISEG_OUT`` (masks, ``results.jsonl``,
+the overlay video): it is one safe path component (letters, digits, ``_ . -``, at most 64)
+that is not ``.`` or ``..``. An ``ID@`` that is not is refused at start; a default id (the
+file's name without its extension, other characters as ``_``) that would be only dots
+(a file named ``...avi``) is the source's kind instead (``video``, ``dir``, ``csv``).
+"""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SourceSpec", "parse_sources", "stream_id_of", "VIDEO_EXTS", "IMAGE_EXTS"]
+__all__ = ["SourceSpec", "parse_sources", "stream_id_of", "is_safe_stream_id", "VIDEO_EXTS",
+           "IMAGE_EXTS"]
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -29,6 +37,17 @@ class SourceSpec:
 
 _ID_RE = re.compile(r"^([A-Za-z0-9_.-]{1,64})@(.+)$")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]+")
+_ID_OK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def is_safe_stream_id(sid: str) -> bool:
+    """One path component the flow may write under VERISEG_OUT: never ``.`` or ``..``."""
+    return bool(_ID_OK.fullmatch(sid)) and sid.strip(".") != ""
+
+
+def _default_id(stem: str, kind: str) -> str:
+    sid = _SAFE_ID.sub("_", stem)[:48]
+    return sid if is_safe_stream_id(sid) else kind
 
 
 def _classify(spec: str) -> tuple[str, str]:
@@ -67,8 +86,13 @@ def parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
     for part in parts:
         sid = None
         m = _ID_RE.match(part)
-        if m and "/" not in m.group(1) and ":" not in m.group(1):
+        if m:
             sid, part = m.group(1), m.group(2).strip()
+            if not is_safe_stream_id(sid):
+                problems.append(f"VERISEG_SOURCE: stream id {sid!r} would write outside its "
+                                "folder of VERISEG_OUT: name it with letters, digits, '_' or "
+                                "'-' (not only dots)")
+                continue
         kind, target = _classify(part)
         if not target:
             problems.append(f"VERISEG_SOURCE: {kind}: needs a value after the prefix, got {part!r}")
@@ -85,7 +109,7 @@ def parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
             target = str(p)
         if sid is None:
             if kind in ("video", "dir", "csv"):
-                base = _SAFE_ID.sub("_", Path(target).stem or kind)[:48] or kind
+                base = _default_id(Path(target).stem, kind)
             else:
                 n = counters.get(kind, 0)
                 counters[kind] = n + 1
@@ -105,4 +129,4 @@ def parse_sources(value: str, problems: list[str]) -> tuple[SourceSpec, ...]:
 
 def stream_id_of(path: Path) -> str:
     """The stream id a file source gets when it is not named ``ID@``."""
-    return _SAFE_ID.sub("_", path.stem)
+    return _default_id(path.stem, "video")

@@ -18,6 +18,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from model_store.display import PrintableLogs
+
 __all__ = ["Stats", "log", "lower_thread_priority"]
 
 
@@ -36,6 +38,7 @@ log = logging.getLogger("veriseg.flow")
 if not log.handlers:
     _h = logging.StreamHandler(sys.stderr)
     _h.setFormatter(logging.Formatter("veriseg: %(message)s"))
+    _h.addFilter(PrintableLogs())   # names and reasons from cards and the chain: no raw ESC
     log.addHandler(_h)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -72,8 +75,14 @@ class _Derived:
         c = CounterMetricFamily("veriseg_models_refused", "Model updates refused (see summary.json).")
         c.add_metric([], len(s.models_refused))
         yield c
+        c = CounterMetricFamily("veriseg_deploy_pending_timeouts", "Superseded models stopped "
+                                "because a newer deploy's blob did not arrive within "
+                                "VERISEG_PENDING_DEPLOY_MAX_S.")
+        c.add_metric([], s.deploy_pending_timeouts)
+        yield c
         g = GaugeMetricFamily("veriseg_deploy_pending", "1 while a deploy waits for its blob (the "
-                              "superseded key keeps scoring).", labels=["deployment", "version", "key"])
+                              "superseded key scores for at most VERISEG_PENDING_DEPLOY_MAX_S).",
+                              labels=["deployment", "version", "key"])
         p = dict(s.deploy_pending)
         if p:
             g.add_metric([str(p["name"]), str(p["version"]), str(p["key"])], 1)
@@ -120,6 +129,7 @@ class Stats:
             self.revoked: list[dict] = []
             self.bad_model_file_reports: list[str] = []
             self.deploy_pending: dict = {}   # a deploy waiting for its blob: name, version, key, since
+            self.deploy_pending_timeouts = 0   # superseded models stopped after the maximum wait
             self.error = None
             self._provider: Optional[str] = None   # ONNX Runtime provider (or device) in use
             self._backend: Optional[str] = None
@@ -299,6 +309,7 @@ class Stats:
                 "error": self.error,
                 "bad_model_file_reports": list(self.bad_model_file_reports[:100]),
                 "deploy_pending": dict(self.deploy_pending),
+                "deploy_pending_timeouts": self.deploy_pending_timeouts,
                 "provider": self._provider,
                 "backend": self._backend,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batches.items())},

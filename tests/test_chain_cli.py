@@ -299,3 +299,73 @@ def test_deploy_model_alias(tmp_path, capsys, monkeypatch):
     assert main([*home, "register", str(GOLDEN)]) == 0
     assert main([*home, "deploy-model", "d", str(GOLDEN)]) == 0
     assert "version 1" in capsys.readouterr().out
+
+
+def _anchored_frame(cli, tmp_path, blob):
+    """One anchored frame (cam0 seq 1) with its results line as the sink writes it."""
+    cv2 = pytest.importorskip("cv2")
+    import model_store
+    from chain.anchoring import AnchorBatch
+    key = model_store.verify(blob)
+    names = [c.name for c in model_store.read_header(blob).classes]
+    cli("register", blob)
+    cm = np.full((4, 6), 7, np.uint8)
+    run = tmp_path / "run"
+    (run / "masks").mkdir(parents=True)
+    cv2.imwrite(str(run / "masks" / "000001.png"), cm)
+    batch = AnchorBatch.build(key, [("cam0", 1, cm, 1_700_000_000.5, "clip.avi#1")])
+    batch.anchor(cli.env.reg())
+    line = _sink_line(key, cm, names, 1, 1_700_000_000.5, "clip.avi#1", "masks/000001.png")
+    return batch.write(tmp_path / "batch.json"), run, line
+
+
+def _write_lines(run, *lines):
+    (run / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return run / "results.jsonl"
+
+
+def test_anchor_verify_reads_only_the_mask_under_the_results_folder(cli, tmp_path, blob):
+    """A results line names its mask: an absolute path, a climbing one or a symlink out of
+    the results file's folder is refused (check ``mask``), never opened."""
+    batch, run, line = _anchored_frame(cli, tmp_path, blob)
+    outside = tmp_path / "outside.png"
+    shutil.copy(run / "masks" / "000001.png", outside)   # the very class map, out of the folder
+    results = _write_lines(run, line)
+    assert cli("anchor-verify", batch, "--stream", "cam0", "--seq", 1, "--result", results,
+               "--blob", blob)[0] == 0
+    (run / "masks" / "out.png").symlink_to(outside)
+    for mask in (str(outside), "../outside.png", "masks/../../outside.png", "masks/out.png",
+                 "/etc/hostname"):
+        _write_lines(run, {**line, "mask": mask})
+        err = refused(cli("anchor-verify", batch, "--stream", "cam0", "--seq", 1, "--result",
+                          results, "--blob", blob), "[mask]")
+        assert "refused" in err, (mask, err)
+
+
+def test_anchor_verify_refuses_two_lines_for_one_frame(cli, tmp_path, blob):
+    """Two lines for (stream, seq): a reader could be shown one and the verifier check the
+    other, so neither is verified (one line naming the frame)."""
+    batch, run, line = _anchored_frame(cli, tmp_path, blob)
+    results = _write_lines(run, line, {**line, "pos": "elsewhere"})
+    err = refused(cli("anchor-verify", batch, "--stream", "cam0", "--seq", 1, "--result", results,
+                      "--blob", blob), "[result_ambiguous]", "stream 'cam0' seq 1", "lines 1, 2")
+    # also with the mask given: the line is still checked, and still ambiguous
+    refused(cli("anchor-verify", batch, "--stream", "cam0", "--seq", 1, "--result", results,
+                "--blob", blob, "--mask", run / "masks" / "000001.png"), "[result_ambiguous]")
+    assert err
+
+
+def test_anchor_verify_refuses_a_fifo_mask_within_seconds(cli, tmp_path, blob):
+    """A FIFO named by the line (or as --mask) blocked ``python -m chain anchor-verify`` for
+    good; now it is one refusal line."""
+    batch, run, line = _anchored_frame(cli, tmp_path, blob)
+    os.mkfifo(run / "masks" / "fifo.png")
+    results = _write_lines(run, {**line, "mask": "masks/fifo.png"})
+    env = {**os.environ, **cli.env.cli_env()}
+    for how in (["--result", results], ["--mask", run / "masks" / "fifo.png"]):
+        r = subprocess.run([sys.executable, "-m", "chain", *cli.env.cli_args(), "anchor-verify",
+                            batch, "--stream", "cam0", "--seq", "1", *map(str, how)],
+                           capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+        assert r.returncode == 1 and r.stdout == "", r
+        assert len(r.stderr.splitlines()) == 1 and "[mask]" in r.stderr, r.stderr
+        assert "not a regular file" in r.stderr, r.stderr

@@ -118,6 +118,25 @@ def test_config_several_sources_get_their_own_stream_ids(tmp_path):
         load_config({"VERISEG_SOURCE": f"x@{a};x@{a}", "VERISEG_MODEL": str(blob)})
 
 
+def test_a_stream_id_that_would_leave_its_folder_is_refused_or_replaced(tmp_path):
+    """``..@clip.avi`` wrote masks, results.jsonl and overlay.avi into the parent of
+    VERISEG_OUT; a file named ``...avi`` got the default id ``..``."""
+    from operators.source_spec import stream_id_of
+    a = make_clip(tmp_path / "a.avi", n=2)
+    blob = tmp_path / "m.vsb"
+    make_blob(blob)
+    for sid in ("..", ".", "..."):
+        with pytest.raises(ConfigError) as ei:
+            load_config({"VERISEG_SOURCE": f"{sid}@{a}", "VERISEG_MODEL": str(blob)})
+        lines = str(ei.value).splitlines()
+        assert len(lines) == 1 and f"stream id '{sid}'" in lines[0], lines
+    dots = make_clip(tmp_path / "...avi", n=2)
+    d = make_folder(tmp_path / "..frames.", n=2)
+    cfg = load_config({"VERISEG_SOURCE": f"{dots}; dir:{d}; .x@{a}", "VERISEG_MODEL": str(blob)})
+    assert [s.stream_id for s in cfg.sources] == ["video", "..frames.", ".x"]
+    assert stream_id_of(dots) == "video" and stream_id_of(tmp_path / "..avi") == "video"
+
+
 # --------------------------------------------------------------------------- end to end
 def test_video_end_to_end_outputs_and_keys(tmp_path):
     reg, blob, key = _registered(tmp_path)
@@ -979,6 +998,81 @@ def test_the_seal_secret_is_refused_unless_private_and_outside_the_outputs(tmp_p
     assert "\n" not in str(ei.value) and str(p) in str(ei.value)
     with pytest.raises(SealError, match="inside the output folder"):
         load_secret(out / "home", out)
+
+
+def test_a_deploy_whose_blob_never_arrives_stops_the_superseded_model_after_the_max_wait(
+        tmp_path, caplog):
+    """B is current on chain but its blob is not here: A scored on for good. Now A scores for
+    at most VERISEG_PENDING_DEPLOY_MAX_S, then stops (one line, a counter; the replay waits
+    as with no valid model, A is not marked revoked), and B scores once its blob arrives."""
+    import shutil
+    reg, blob_a, key_a = _registered(tmp_path, name="a.vsb")
+    reg.deploy("tiny", key_a)
+    staged = tmp_path / "staging" / "b.vsb"
+    key_b = make_blob(staged, shift=1)
+    reg.register(key_b, "tiny", "")      # found only by scanning the model folder
+    folder = make_folder(tmp_path / "f", n=80)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_MODEL_DIRS=tmp_path / "models",
+                              VERISEG_PENDING_DEPLOY_MAX_S=0.5))
+    assert cfg.pending_deploy_max_s == 0.5
+    flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
+    stats, marks = flow.context.stats, {}
+
+    def scenario():
+        marks["t_deploy"] = time.time()
+        reg.deploy("tiny", key_b)
+        marks["stopped"] = wait_for(lambda: stats.deploy_pending_timeouts == 1, timeout=10)
+        marks["t_stopped"] = time.time()
+        marks["prom"] = stats.prometheus()
+        n = sum(stats.scored.values())
+        time.sleep(0.5)
+        marks["idle"] = sum(stats.scored.values()) - n
+        shutil.copy(staged, tmp_path / "models" / "b.vsb")
+        marks["b_loaded"] = wait_for(lambda: stats.key_in_use.get("f") == key_b, timeout=10)
+    th = _when_scored(flow, 10, scenario)
+    run_main(flow)
+    th.join()
+    assert marks["stopped"], "the superseded model never stopped scoring"
+    assert marks["idle"] <= 1, marks["idle"]   # at most a run already in flight
+    assert prom_value(marks["prom"], "veriseg_deploy_pending_timeouts_total") == 1
+    said = [r.getMessage() for r in caplog.records if "stops scoring" in r.getMessage()]
+    assert len(said) == 1 and key_a[:12] in said[0] and "VERISEG_PENDING_DEPLOY_MAX_S" in said[0]
+    assert marks["b_loaded"]
+    rows = read_jsonl(cfg.out / "f" / "results.jsonl")
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    keys = [r["model_key"] for r in rows]
+    n_a = keys.count(key_a)
+    assert [r["seq"] for r in rows] == list(range(80)) and keys == [key_a] * n_a + [key_b] * (80 - n_a)
+    # the streams see the stop with the next model event (a reader poll, 0.05 s here)
+    late = [(r["seq"], round(score_start(r) - marks["t_stopped"], 3)) for r in rows
+            if r["model_key"] == key_a and score_start(r) > marks["t_stopped"] + 0.2]
+    assert not late, late
+    assert summary["deploy_pending_timeouts"] == 1 and summary["revoked"] == []
+    assert summary["deploy_pending"] == {}
+
+
+def test_a_fifo_in_place_of_the_seal_secret_is_refused_not_waited_on(tmp_path):
+    """A FIFO named anchor-seal.key held the flow at start for good (an open that waits for
+    a writer); now it is one line."""
+    from operators.anchor_seal import SECRET_FILE, SealError, load_secret
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir()
+    os.mkfifo(home / SECRET_FILE, 0o600)
+    got: list = []
+
+    def load():
+        try:
+            load_secret(home, out)
+        except SealError as e:
+            got.append(str(e))
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():   # let the blocked open return, then fail
+        os.close(os.open(home / SECRET_FILE, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("load_secret waited on the FIFO")
+    assert len(got) == 1 and "\n" not in got[0] and "regular file" in got[0], got
 
 
 def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog):

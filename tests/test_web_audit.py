@@ -4,7 +4,9 @@ tampering names its check), and ``python -m chain audit`` in a subprocess."""
 from __future__ import annotations
 
 import json
+import os
 import select
+import time
 import shutil
 import signal
 import subprocess
@@ -83,6 +85,34 @@ def _symlink_mask(out, seq):
     p.symlink_to(out / SID / "masks" / "000000.png")
 
 
+def _mask_out_of_out_dir(out, seq):
+    """The line names the very class map, copied out of OUT_DIR by an absolute path."""
+    outside = out.parent / "outside.png"
+    shutil.copy(out / SID / "masks" / f"{seq:06d}.png", outside)
+    _edit_line(out, seq, lambda r: r.update(mask=str(outside)))
+
+
+def _symlink_mask_out(out, seq):
+    outside = out.parent / "outside.png"
+    p = out / SID / "masks" / f"{seq:06d}.png"
+    shutil.copy(p, outside)
+    p.unlink()
+    p.symlink_to(outside)
+
+
+def _fifo_mask(out, seq):
+    os.mkfifo(out / SID / "masks" / "fifo.png")
+    _edit_line(out, seq, lambda r: r.update(mask="masks/fifo.png"))
+
+
+def _line_twice(out, seq):
+    """A second line for the frame (the index showed the last, verify read the first)."""
+    p = out / SID / "results.jsonl"
+    rec = next(json.loads(x) for x in p.read_text().splitlines() if json.loads(x)["seq"] == seq)
+    with open(p, "a") as f:
+        f.write(json.dumps({**rec, "pos": "elsewhere"}) + "\n")
+
+
 def _root(out, seq):
     p = out / "anchors" / SID / "000000-000002.json"
     d = json.loads(p.read_text())
@@ -94,6 +124,14 @@ TAMPERING = {
     "mask_pixel": (_pixel, "leaf_mismatch"),
     "mask_symlinked": (_symlink_mask, "mask"),
     "mask_deleted": (lambda out, seq: (out / SID / "masks" / f"{seq:06d}.png").unlink(), "mask"),
+    "mask_absolute": (_mask_out_of_out_dir, "mask"),
+    "mask_climbing": (lambda out, seq: _edit_line(
+        out, seq, lambda r: r.update(mask=f"../{SID}/masks/{seq:06d}.png")), "mask"),
+    "mask_etc_hostname": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(mask="/etc/hostname")),
+                          "mask"),
+    "mask_symlinked_out": (_symlink_mask_out, "mask"),
+    "mask_fifo": (_fifo_mask, "mask"),
+    "line_twice": (_line_twice, "result_ambiguous"),
     "line_extra_field": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(ok=True)),
                          "result_unbound_field"),
     "line_shares": (lambda out, seq: _edit_line(out, seq, lambda r: r.update(shares={"road": 1.0})),
@@ -118,8 +156,56 @@ def test_a_tampered_frame_fails_naming_the_check_and_its_neighbour_still_verifie
     assert all(states[c] == "passed" for c in order[:order.index(check)])
     assert all(states[c] == "not run" for c in order[order.index(check) + 1:])
     assert v["message"] and "\n" not in v["message"]
+    if check == "result_ambiguous":   # the page shows neither line: none is the frame's
+        assert [f["line"] for f in site.frames(rows[0]["id"])["frames"]][1] is None
     if case != "batch_root":
         assert site.verify(rows[0]["id"], 2)["ok"]
+
+
+def test_a_fifo_named_by_a_line_neither_blocks_verify_nor_the_page(site):
+    """Verify over HTTP on a frame whose line names a FIFO: one refusal within seconds, and
+    the page's worker still answers the next requests."""
+    rows = site.batch_rows()
+    _fifo_mask(site.out, 1)
+    srv = site.serve("127.0.0.1", 0)
+    try:
+        t0 = time.monotonic()
+        status, _, body = get(srv.url, f"/api/verify?batch={rows[0]['id']}&seq=1")
+        assert status == 200 and json.loads(body)["failed"] == "mask", body
+        assert time.monotonic() - t0 < 30
+        status, _, body = get(srv.url, "/api/batches")
+        assert status == 200 and len(json.loads(body)["batches"]) == 2
+        status, _, body = get(srv.url, f"/api/verify?batch={rows[0]['id']}&seq=2")
+        assert status == 200 and json.loads(body)["ok"], body
+    finally:
+        srv.close()
+
+
+def test_a_verify_that_hangs_is_answered_504_and_the_page_goes_on(site, monkeypatch):
+    """One request cannot hold the page's worker: a verify that never returns is answered
+    504 after the timeout, a second one meanwhile 503, and the other routes still answer."""
+    import threading
+    rows = site.batch_rows()
+    release = threading.Event()
+    monkeypatch.setattr(site, "verify", lambda bid, seq: release.wait(60) and {})
+    site.verify_timeout = 2.0
+    srv = site.serve("127.0.0.1", 0)
+    try:
+        url = f"/api/verify?batch={rows[0]['id']}&seq=1"
+        hung = threading.Thread(target=lambda: results.append(get(srv.url, url)))
+        results: list = []
+        hung.start()
+        time.sleep(0.5)
+        assert get(srv.url, url)[0] == 503
+        hung.join(30)
+        assert results and results[0][0] == 504, results
+        assert b"abandoned" in results[0][2] and b"\n" not in results[0][2].strip()
+        status, _, body = get(srv.url, "/api/batches")
+        assert status == 200 and len(json.loads(body)["batches"]) == 2
+        assert get(srv.url, f"/api/frames?batch={rows[0]['id']}")[0] == 200
+    finally:
+        release.set()
+        srv.close()
 
 
 # how the child is started: as it is, or as a shell's background job (``cmd &`` without job

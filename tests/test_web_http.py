@@ -3,6 +3,7 @@ tricks, methods, sizes, connections, Host, token, errors, headers), the check li
 audit page, and the live view's state and picture on fake flow parts."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -116,6 +117,22 @@ def test_only_get_and_head_no_body_and_bounded_headers(audit_server):
     assert status == 200 and body == b""
 
 
+def test_a_bad_request_is_one_log_line_never_a_traceback(audit_server, caplog):
+    """An 8 KiB header made aiohttp log a multi-line traceback per request (log flooding)."""
+    caplog.set_level(logging.DEBUG)
+    for headers in ({"X-Big": "a" * 8192}, {"X-Esc": "\x1b[2J" + "b" * 8192}):
+        assert get(audit_server.url, "/", headers=headers)[0] in (400, 431)
+    time.sleep(0.2)
+    said = [r for r in caplog.records if r.name.startswith(("aiohttp", "veriseg"))
+            and r.levelno >= logging.WARNING]
+    assert len(said) == 2, [r.getMessage() for r in said]
+    for r in said:
+        text = logging.Formatter().format(r)
+        assert r.exc_info is None and "Traceback" not in text and "\n" not in text, text
+        assert "BadHttpMessage" in text or "LineTooLong" in text, text
+        assert "\x1b" not in text
+
+
 def test_connections_beyond_the_limit_are_refused_with_503(tree):
     from web.audit import AuditSite
     site = AuditSite(tree, registry=None)
@@ -151,6 +168,44 @@ def test_a_foreign_host_header_is_refused_without_a_token(audit_server):
     status, _, _ = get(audit_server.url, "/files/cam0/results.jsonl",
                        headers={"Host": f"localhost:{audit_server.port}"})
     assert status == 200
+
+
+FOREIGN = [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+           {"Origin": "http://evil.example"}, {"Origin": "null"},
+           {"Origin": "http://127.0.0.1:1", "Sec-Fetch-Site": "same-origin"}]
+
+
+def _own(port):
+    return [{}, {"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+            {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}]
+
+
+@pytest.mark.parametrize("headers", FOREIGN)
+def test_a_cross_site_fetch_of_the_audit_api_is_refused(audit_server, headers):
+    """A page elsewhere made the visitor's browser run /api/verify (and read files)."""
+    for path in ("/api/verify?batch=x&seq=1", "/api/batches", "/files/cam0/results.jsonl"):
+        status, _, body = get(audit_server.url, path, headers=headers)
+        assert status == 403 and b"cross-site" in body, (path, headers, status, body)
+        assert body.count(b"\n") <= 1
+    for own in _own(audit_server.port):
+        assert get(audit_server.url, "/files/cam0/results.jsonl", headers=own)[0] == 200, own
+    # the page itself may be opened from a link elsewhere; its API calls are its own
+    assert get(audit_server.url, "/", headers=headers)[0] == 200
+
+
+@pytest.mark.parametrize("headers", FOREIGN)
+def test_a_cross_site_fetch_of_the_live_api_is_refused(tmp_path, headers):
+    from web.live import LiveView
+    view = LiveView(_fake_ctx(tmp_path), "127.0.0.1", 0).start()
+    try:
+        for path in ("/api/state", "/api/frame.jpg?stream=cam0"):
+            status, _, body = get(view.url, path, headers=headers)
+            assert status == 403 and b"cross-site" in body, (path, headers, status, body)
+        port = int(view.url.rstrip("/").rsplit(":", 1)[1])
+        for own in _own(port):
+            assert get(view.url, "/api/state", headers=own)[0] == 200, own
+    finally:
+        view.close()
 
 
 def test_the_token_is_required_and_set_as_a_cookie(tree):

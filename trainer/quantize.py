@@ -28,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model_store.display import shell_command
+
 __all__ = ["calibration_indices", "quantize_onnx", "int8_card", "main"]
 
 
@@ -126,7 +128,8 @@ def main(a) -> int:
     check_graph(c8, q, a.output)
     new_key = model_store.write(a.output, q, c8)
     print(f"wrote {a.output} ({Path(a.output).stat().st_size} bytes), key {new_key} "
-          f"(register it: python -m chain register {a.output}); {time.time() - t0:.0f} s in all")
+          f"(register it: {shell_command('python', '-m', 'chain', 'register', a.output)}); "
+          f"{time.time() - t0:.0f} s in all")
     return 0
 
 

@@ -5,10 +5,12 @@ frame of a batch its mask as a coloured thumbnail and its results line; and a ve
 (``web.verify``) that runs ``anchor-verify``'s checks and shows each check passed, the one
 that failed with its message, and those not run.
 
-Read-only: files are read only under OUT_DIR, through ``web.files.FileRoot`` (no symlink
+Read-only: files are read only under OUT_DIR, through ``chain.files.FileRoot`` (no symlink
 followed, only regular files); streams and batches are named by the index built from
 OUT_DIR's own listing (``web.run_index``), never by a path from the request. Every registry
-call runs on one worker thread (the embedded chain is not thread-safe).
+call runs on one worker thread (the embedded chain is not thread-safe); one verify runs at
+a time (another is answered 503), and one that takes over ``VERIFY_TIMEOUT_S`` is answered
+504 and left to its old worker: the page goes on with a new one, so no request holds it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from aiohttp import web
 
 from model_store.util import first_line
 
-from .files import FileRoot, PathRefused
+from chain.files import FileRoot, PathRefused
 from .run_index import Batch, RunIndex
 from .server import WebServer, static_route
 from .verify import CHECKS, verify_frame
@@ -34,18 +36,22 @@ __all__ = ["CHECKS", "AuditSite", "Batch", "run_audit"]
 MAX_MASK_BYTES = 64 << 20
 MAX_FRAMES_LISTED = 2000
 THUMB_WIDTH = 128
+VERIFY_TIMEOUT_S = 30.0   # a verify reads a few files and asks the chain ~5 times: < 1 s
 
 
 class AuditSite:
     """The audit page over ``out`` with ``registry`` (a connected ``chain`` client)."""
 
-    def __init__(self, out, registry, *, blob: Optional[str] = None):
+    def __init__(self, out, registry, *, blob: Optional[str] = None,
+                 verify_timeout: float = VERIFY_TIMEOUT_S):
         self.files = FileRoot(out)
         self.out = self.files.root
         self.index = RunIndex(self.files)
         self.registry = registry
         self.blob = blob
-        self.chain_worker = ThreadPoolExecutor(1, thread_name_prefix="veriseg-audit-chain")
+        self.chain_worker = self._new_worker()
+        self.verify_timeout = verify_timeout
+        self._verifying = False   # read and set on the server's loop only
         self.blocks: dict[str, Optional[int]] = {}
         self.cards: dict = {}
         self.colours = None   # operators.sinks.overlay.ClassColours: the overlay video's colours
@@ -119,6 +125,10 @@ class AuditSite:
         return verify_frame(self.index, self.registry, self.index.batch(bid), seq, blob=self.blob)
 
     # -- HTTP ------------------------------------------------------------------------------
+    @staticmethod
+    def _new_worker() -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix="veriseg-audit-chain")
+
     async def _in_worker(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.chain_worker, fn, *args)
 
@@ -145,8 +155,24 @@ class AuditSite:
         return web.Response(body=body, content_type="image/png")
 
     async def _verify(self, request):
-        return web.json_response(await self._in_worker(self.verify, request.query.get("batch", ""),
-                                                       self._seq(request)))
+        bid, seq = request.query.get("batch", ""), self._seq(request)
+        if self._verifying:   # queued behind a slow verify, they would hold the worker too
+            raise web.HTTPServiceUnavailable(reason="a verify is running: try again shortly")
+        self._verifying = True
+        worker = self.chain_worker
+        fut = asyncio.get_running_loop().run_in_executor(worker, self.verify, bid, seq)
+        fut.add_done_callback(lambda _: setattr(self, "_verifying", False))
+        try:
+            return web.json_response(await asyncio.wait_for(asyncio.shield(fut),
+                                                            self.verify_timeout))
+        except asyncio.TimeoutError:
+            # the stuck call keeps its thread; every later request gets a fresh worker
+            if self.chain_worker is worker:
+                self.chain_worker = self._new_worker()
+                worker.shutdown(wait=False, cancel_futures=True)
+            self._verifying = False
+            raise web.HTTPGatewayTimeout(reason=f"verify took over {self.verify_timeout:g} s "
+                                                "and was abandoned") from None
 
     async def _file(self, request):
         """A file under OUT_DIR as it is (downloaded; never rendered as a page)."""

@@ -2,24 +2,24 @@
 stream, the results line of each frame.
 
 Built from OUT_DIR's own listing (no symlinked folder entered, no symlink listed), read
-through ``web.files.FileRoot``: a stream or batch is named by this index, never by a path
+through ``chain.files.FileRoot``: a stream or batch is named by this index, never by a path
 from a request. A file is read again only when its size or mtime changed.
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .files import FileRoot, PathRefused
+from chain.errors import AnchorVerificationFailed
+from chain.files import FileRoot, PathRefused
+from chain.results import MAX_LINE_BYTES, ResultsFile, frame_of, one_frame_line, parse_line
 
 __all__ = ["Batch", "RunIndex", "MAX_BATCH_BYTES", "MAX_LINE_BYTES"]
 
 MAX_BATCH_BYTES = 64 << 20
-MAX_LINE_BYTES = 1 << 20
 
 
 @dataclass
@@ -42,13 +42,15 @@ class Batch:
 
 
 class _Results:
-    """seq -> (offset, length) of the last line per seq of one ``results.jsonl``, rebuilt
+    """(line number, offset, length) of every line per seq of one stream's ``results.jsonl``
+    (lines picked by ``chain.results.frame_of``, the rule ``anchor-verify`` uses), rebuilt
     when the file changes."""
 
-    def __init__(self, files: FileRoot, name: str):
-        self.files, self.name = files, name
+    def __init__(self, files: FileRoot, stream: str):
+        self.files, self.stream = files, stream
+        self.name = f"{stream}/results.jsonl"
         self.sig = None
-        self.index: dict[int, tuple[int, int]] = {}
+        self.index: dict[int, list[tuple[int, int, int]]] = {}
 
     def _refresh(self):
         with self.files.open(self.name) as f:
@@ -56,29 +58,25 @@ class _Results:
             if (st.st_size, st.st_mtime_ns) == self.sig:
                 return
             index, off = {}, 0
-            for raw in f:
-                n = len(raw)
-                if n <= MAX_LINE_BYTES:
-                    try:
-                        rec = json.loads(raw)
-                        index[int(rec["seq"])] = (off, n)
-                    except (ValueError, KeyError, TypeError):
-                        pass   # a torn or foreign line: not listed (verify still reads it)
-                off += n
+            for n, raw in enumerate(f, 1):
+                size = len(raw)
+                frame = frame_of(parse_line(raw))
+                if frame is not None and frame[0] == self.stream:
+                    index.setdefault(frame[1], []).append((n, off, size))
+                off += size
             self.index, self.sig = index, (st.st_size, st.st_mtime_ns)
 
-    def line(self, seq: int) -> Optional[dict]:
+    def lines(self, seq: int) -> list[tuple[int, dict]]:
+        """``(line number, record)`` of every line of ``seq``, as read now."""
         self._refresh()
-        at = self.index.get(seq)
-        if at is None:
-            return None
+        found = []
         with self.files.open(self.name) as f:
-            f.seek(at[0])
-            try:
-                rec = json.loads(f.read(at[1]))
-            except ValueError:
-                return None
-        return rec if isinstance(rec, dict) else None
+            for n, off, size in self.index.get(seq, ()):
+                f.seek(off)
+                rec = parse_line(f.read(size))
+                if frame_of(rec) == (self.stream, seq):
+                    found.append((n, rec))
+        return found
 
 
 class RunIndex:
@@ -149,7 +147,7 @@ class RunIndex:
         with self.lock:
             self.batches = found
             for s in streams:
-                self.results.setdefault(s, _Results(self.files, f"{s}/results.jsonl"))
+                self.results.setdefault(s, _Results(self.files, s))
 
     def sorted_batches(self) -> list[Batch]:
         with self.lock:
@@ -167,15 +165,32 @@ class RunIndex:
             raise PathRefused(f"no batch {bid!r}")
         return b
 
-    def line(self, stream: str, seq: int) -> Optional[dict]:
-        """The last results line of ``seq`` in ``stream`` (None: none readable)."""
+    def frame_line(self, stream: str, seq: int) -> tuple[int, dict]:
+        """The one ``(line number, record)`` of ``seq`` in ``stream``: what the page shows
+        and verifies. AnchorVerificationFailed: none (``result_missing``), or two or more
+        (``result_ambiguous``: the page shows none of them)."""
         with self.lock:
             res = self.results.get(stream)
-        return None if res is None else res.line(seq)
+        found = [] if res is None else res.lines(seq)
+        if not found:
+            raise AnchorVerificationFailed(f"result missing: {stream}/results.jsonl has no line "
+                                           f"for stream '{stream}' seq {seq}", check="result_missing")
+        return one_frame_line(found, f"{stream}/results.jsonl", stream, seq)
+
+    def line(self, stream: str, seq: int) -> Optional[dict]:
+        """The frame's one results line (None: none readable, or ambiguous)."""
+        try:
+            return self.frame_line(stream, seq)[1]
+        except (AnchorVerificationFailed, PathRefused, OSError):
+            return None
+
+    def results_file(self, stream: str) -> ResultsFile:
+        """``stream``'s results file under the page's root (its lines' masks stay under it)."""
+        return ResultsFile(self.files, f"{stream}/results.jsonl")
 
     def mask_name(self, stream: str, seq: int) -> Optional[str]:
         """The mask the frame's line names, relative to OUT_DIR (None: no line or no mask)."""
         line = self.line(stream, seq)
         if not line or not isinstance(line.get("mask"), str):
             return None
-        return f"{stream}/{line['mask']}"
+        return self.results_file(stream).mask_name(line)

@@ -15,7 +15,13 @@ them read-only and small lives here, once:
   every request carries it: header ``Authorization: Bearer T``, or ``?token=T`` once, which
   sets an HttpOnly, SameSite=Strict cookie and redirects to the same address without it.
   Tokens are compared with ``hmac.compare_digest`` (constant time);
+- the API (``/api/...``, ``/files/...``) answers the page's own origin only: a request a
+  browser marks ``Sec-Fetch-Site: cross-site`` or ``same-site``, or one whose ``Origin`` is
+  not the page's own, is refused (403): a page elsewhere cannot make a visitor's browser
+  run a verify (or read a file) however it names the address;
 - any error is a short JSON body ``{"error": ...}``: never a stack trace (one log line);
+  a request aiohttp refuses before any handler (a header over 4 KiB, a malformed request
+  line) is one log line too (``_OneLineLog``), never a traceback per request;
 - every response carries ``Content-Security-Policy: default-src 'self'`` (no inline
   script, nothing from elsewhere), ``X-Content-Type-Options: nosniff``,
   ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store``.
@@ -29,15 +35,17 @@ import logging
 import re
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from model_store.util import first_line
+from model_store.util import first_line, one_line
 
-from .files import FileRoot, PathRefused
+from chain.files import FileRoot, PathRefused
 
 __all__ = ["WebServer", "STATIC", "static_route", "json_error", "is_loopback", "SECURITY_HEADERS"]
 
@@ -57,6 +65,8 @@ SECURITY_HEADERS = {
 }
 # an escape that could become a separator or a parent folder once decoded (or twice)
 _ESCAPED = re.compile(r"%(2f|5c|2e|25|00)", re.IGNORECASE)
+_API = ("/api/", "/files/")
+_FOREIGN_FETCH = ("cross-site", "same-site")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
 
@@ -77,6 +87,20 @@ def _loopback_names(host: str, port: int) -> set[str]:
     return names | {f"{n}:{port}" for n in names}
 
 
+class _OneLineLog(logging.LoggerAdapter):
+    """aiohttp's server logger: every error it logs (above all ``BadHttpMessage``, one per
+    refused request) is one line with the exception's message, without the traceback a
+    client could otherwise make the server write for each request it sends."""
+
+    def log(self, level, msg, *args, exc_info=None, **kwargs):
+        if not self.isEnabledFor(level):
+            return
+        exc = exc_info if isinstance(exc_info, BaseException) else (sys.exc_info()[1] if exc_info else None)
+        if exc is not None:
+            msg, args = f"{msg}: %s: %s", (*args, type(exc).__name__, one_line(exc)[:300])
+        self.logger.log(level, msg, *args, **kwargs)
+
+
 class _Guard:
     """The middleware every request passes first (see the module's docstring)."""
 
@@ -89,11 +113,23 @@ class _Guard:
         given = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token)
 
+    @staticmethod
+    def _foreign(request: web.Request) -> bool:
+        """Whether a browser sent ``request`` for a page of another origin."""
+        if request.headers.get("Sec-Fetch-Site", "").lower() in _FOREIGN_FETCH:
+            return True
+        origin = request.headers.get("Origin")
+        # the host part only: behind a TLS proxy the page's own origin is https
+        return origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
+
     @web.middleware
     async def handle(self, request: web.Request, handler):
         try:
             if request.method not in ("GET", "HEAD"):
                 return json_error(405, "read-only: only GET and HEAD")
+            if request.path.startswith(_API) and self._foreign(request):
+                return json_error(403, "cross-site request refused: the API answers its own "
+                                       "page only")
             if _ESCAPED.search(request.rel_url.raw_path):
                 return json_error(400, "escaped '/', '\\', '.', '%' or NUL in the path")
             if self.token is None:
@@ -231,7 +267,8 @@ class WebServer:
         app = web.Application(client_max_size=1024, middlewares=[guard.handle])   # no bodies: GET only
         app.on_response_prepare.append(_security_headers)
         self.setup(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+        self._runner = web.AppRunner(app, access_log=None, logger=_OneLineLog(log, {}),
+                                     handle_signals=False, shutdown_timeout=1.0,
                                      keepalive_timeout=15.0, max_line_size=MAX_LINE,
                                      max_field_size=MAX_LINE, max_headers=MAX_HEADERS)
         await self._runner.setup()

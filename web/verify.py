@@ -1,8 +1,9 @@
 """The audit page's verify action: ``anchor-verify``'s checks on one frame of a run, each
 reported passed, failed (with its message) or not run.
 
-The checks are ``chain.cli.prove_frame``'s (the same code, not a copy); this module only
-makes sure the files they read are regular files under OUT_DIR, and names the states.
+The checks are ``chain.cli.prove_frame``'s (the same code, not a copy), on exactly the
+results line the page shows (``RunIndex.frame_line``) and the mask it names, read through
+the page's file root (``chain.files.FileRoot``); this module names the states.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Optional
 
 from model_store.util import one_line
 
+from chain.files import PathRefused
 from .run_index import Batch, RunIndex
 
 __all__ = ["CHECKS", "verify_frame"]
@@ -19,6 +21,7 @@ __all__ = ["CHECKS", "verify_frame"]
 #: that is missing here)
 CHECKS = (
     ("result_missing", "the frame has a results line"),
+    ("result_ambiguous", "the frame has only one results line"),
     ("mask", "its mask is a readable class map"),
     ("batch", "the batch file is a valid anchor batch"),
     ("leaf_missing", "the frame is in the batch"),
@@ -49,26 +52,19 @@ def verify_frame(index: RunIndex, registry, b: Batch, seq: int, *,
     from chain.errors import AnchorVerificationFailed, BatchFormatError, ChainError
     failed, message, line = None, "", None
     try:
-        # the files the checks read must be regular files under OUT_DIR: a symlink (or a
-        # FIFO that would block the worker) fails the check that reads it
-        results = f"{b.stream}/results.jsonl"
-        mask = index.mask_name(b.stream, seq)
-        if not index.files.is_file(results) or mask is None:
-            raise AnchorVerificationFailed(f"no results line for stream '{b.stream}' seq "
-                                           f"{seq} in {results}", check="result_missing")
-        if not index.files.is_file(mask):
-            raise AnchorVerificationFailed(f"mask {mask} is missing or not a regular file "
-                                           "under OUT_DIR", check="mask")
+        # the line the page shows; its mask and the batch are regular files under OUT_DIR
+        # (read without following a symlink or waiting on a FIFO)
+        shown = index.frame_line(b.stream, seq)
         if not index.files.is_file(b.file):
             raise BatchFormatError(f"{b.file} is not a regular file under OUT_DIR")
         v = prove_frame(lambda: registry, index.out / b.file, b.stream, seq,
-                        result=index.out / results, blob=blob)
+                        result=index.results_file(b.stream), line=shown, blob=blob)
         line = v.line()
     except AnchorVerificationFailed as e:
         failed, message = e.check, one_line(e)
     except BatchFormatError as e:
         failed, message = "batch", one_line(e)
-    except (ChainError, CliError, OSError, ValueError) as e:
+    except (ChainError, CliError, OSError, ValueError, PathRefused) as e:
         failed, message = "error", f"could not verify: {one_line(e)}"
     states, seen = [], failed is None
     for name, label in CHECKS:

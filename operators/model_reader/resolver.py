@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from model_store.display import shell_command
 from model_store.util import first_line
 
 from ..config import MODELS_DIR, Config
@@ -80,6 +81,7 @@ class ModelResolver:
         self.sids = tuple(cfg.stream_ids)
         self.follow_name: Optional[str] = None   # blob-path mode: the deployment that supersedes it
         self.pending: Optional[tuple] = None   # (name, version, key): a deploy whose blob is not here yet
+        self.pending_since = 0.0               # monotonic: when that deploy began to wait
 
     @property
     def reg(self):
@@ -236,9 +238,9 @@ class ModelResolver:
             raise ModelRefused(
                 f"VERISEG_MODEL: the default blob {path} (key {key[:12]}) is not registered on the "
                 f"embedded chain in {home}, which already trusts other models: it changed since the "
-                f"first run and is not trusted on your behalf; if you trust it: python -m chain "
-                f"--home {home} register {path} && python -m chain --home {home} deploy "
-                f"{card.name} {path}")
+                f"first run and is not trusted on your behalf; if you trust it: "
+                f"{shell_command('python', '-m', 'chain', '--home', home, 'register', path)} && "
+                f"{shell_command('python', '-m', 'chain', '--home', home, 'deploy', card.name, path)}")
         try:
             self.reg.register(key, card.name, path.resolve().as_uri())
         except chain.errors.KeyAlreadyRegistered:
@@ -267,7 +269,8 @@ class ModelResolver:
             d = moved[0]
             raise ModelRefused(f"VERISEG_MODEL: blob {path} (key {key[:12]}) was superseded: deployment "
                                f"{d.name!r} is at v{d.current_version} (key {d.current_key[:12]}); no "
-                               f"rollback (use VERISEG_MODEL={d.name} to follow it)")
+                               f"rollback (use {shell_command(f'VERISEG_MODEL={d.name}')} to "
+                               "follow it)")
         try:
             name = self.reg.info(key)[0]
         except chain.errors.ChainUnavailable as e:

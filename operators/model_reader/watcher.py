@@ -3,9 +3,11 @@
 A background thread polls ``reg.events(from_block)``: a ``Deployed`` event of the
 followed deployment with a higher version hot-swaps the model (verified again, session
 built off the scoring thread; a deploy whose blob has not arrived is kept and retried each
-poll); a ``Revoked`` event marks the key revoked in the flow's set at once and queues a
-revoke event, so scoring with it stops.  Chain outages are retried with backoff while the
-verified model keeps scoring.  Any unexpected error stops scoring and the flow (fail safe).
+poll, the superseded model scoring meanwhile for at most VERISEG_PENDING_DEPLOY_MAX_S, then
+stopped: the chain says a newer model is current); a ``Revoked`` event marks the key
+revoked in the flow's set at once and queues a revoke event, so scoring with it stops.
+Chain outages are retried with backoff while the verified model keeps scoring.  Any
+unexpected error stops scoring and the flow (fail safe).
 """
 from __future__ import annotations
 
@@ -102,22 +104,40 @@ class ModelWatcher(ModelResolver):
                 self._retry_pending()
 
     def _set_pending(self, p: Optional[tuple]):
+        if p is None or self.pending is None or self.pending[1] != p[1]:
+            self.pending_since = time.monotonic()   # a newer deploy: its own wait
         self.pending = p
         self.stats.deploy_pending = ({"name": p[0], "version": p[1], "key": p[2], "since": time.time()}
                                 if p else {})
 
     def _retry_pending(self):
-        """A deploy whose blob had not arrived: tried again each poll until it is here."""
+        """A deploy whose blob had not arrived: tried again each poll until it is here; the
+        superseded model stops once it waited VERISEG_PENDING_DEPLOY_MAX_S."""
         import chain
         name, version, key = self.pending
         try:
             self._deploy(name, version, key)
         except (BlobNotHere, ChainDown, chain.errors.ChainError):
+            self._stop_superseded_after_max_wait()
             return   # not here yet, or the node is away: next poll
         except ModelRefused as e:
             log.error("model reader: %s", e)
             self.stats.models_refused.append({"key": key, "reason": str(e)})
             self._set_pending(None)
+
+    def _stop_superseded_after_max_wait(self):
+        waited = time.monotonic() - self.pending_since
+        old = self.current
+        if old is None or old.key == self.pending[2] or waited < self.cfg.pending_deploy_max_s:
+            return
+        name, version, key = self.pending
+        why = (f"deployment {name!r} v{version} (key {key[:12]}) is current on chain but its blob "
+               f"did not arrive within VERISEG_PENDING_DEPLOY_MAX_S={self.cfg.pending_deploy_max_s:g}")
+        log.warning("%s: the superseded model %s stops scoring; frames wait as with no valid "
+                    "model until the blob arrives", why, old.key[:12])
+        self.stats.deploy_pending_timeouts += 1
+        self.current = None   # each stream drops its session on the event
+        self._publish(ModelRevoked(old.key, self._next_uid(), reason=why, superseded=True))
 
     def _on_event(self, ev):
         kind, key = ev.kind, (ev.key or "").lower()
