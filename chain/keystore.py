@@ -112,7 +112,15 @@ def _private_key(args) -> str:
     return text
 
 
+def _refuse_existing(path: str) -> None:
+    """Before any prompt; write_keystore's O_EXCL still decides."""
+    if Path(path).expanduser().exists():
+        raise KeystoreError(f"{path} already exists; a keystore is never overwritten: choose "
+                            "another path")
+
+
 def cmd_new(args) -> int:
+    _refuse_existing(args.path)
     password = _password(args, confirm=True)
     address = write_keystore(args.path, Account.create().key, password)
     print(address)
@@ -122,6 +130,7 @@ def cmd_new(args) -> int:
 
 
 def cmd_import(args) -> int:
+    _refuse_existing(args.path)
     key = _private_key(args)
     password = _password(args, confirm=True)
     print(write_keystore(args.path, key, password))
