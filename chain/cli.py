@@ -15,7 +15,8 @@ from pathlib import Path
 from model_store.display import PrintableLogs, printable
 from model_store.util import one_line
 
-from . import errors
+from . import errors, keystore
+from .blob_index import record_blob, recorded_blob
 
 class CliError(Exception):
     pass
@@ -73,6 +74,7 @@ def cmd_register(args) -> int:
     name = args.name or _blob_name(p)
     reg = _connect(args)
     tx = reg.register(key, name, args.uri or "")
+    record_blob(args.home, key, p)   # for anchor-verify: the URI may be empty or remote
     print(printable(f"registered {key} as '{name}' (tx {tx})"))
     return 0
 
@@ -193,8 +195,9 @@ def cmd_anchor(args) -> int:
 
 def card_of(reg, key: str, blob: str | None = None):
     """The card of ``key``'s blob: ``blob`` (which must hash to the key), else the URI it
-    was registered with when that is a local file that still hashes to the key; None
-    otherwise (a results line's shares then cannot be checked)."""
+    was registered with when that is a local file that still hashes to the key, else the
+    blob ``register`` recorded on this machine; None otherwise (a results line's shares
+    then cannot be checked)."""
     import model_store
     if blob is not None:
         got = blob_key(blob)
@@ -208,9 +211,22 @@ def card_of(reg, key: str, blob: str | None = None):
         u = urlparse(uri)
         path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
         if not uri or not path.is_file() or model_store.verify(path) != key:
-            return None
+            return _recorded_card(reg, key)
         return model_store.read_header(path)
     except Exception:  # noqa: BLE001 - no card: a line with shares is refused, not trusted
+        return _recorded_card(reg, key)
+
+
+def _recorded_card(reg, key: str):
+    """The card of the blob ``register`` recorded for ``key`` on this machine
+    (chain.blob_index), when it still hashes to the key; None otherwise."""
+    import model_store
+    try:
+        path = recorded_blob(reg.home, key)
+        if path is None or model_store.verify(path) != key:
+            return None
+        return model_store.read_header(path)
+    except Exception:  # noqa: BLE001 - as card_of: no card, the shares stay unchecked
         return None
 
 
@@ -301,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="register a blob's key")
     p.add_argument("blob")
-    p.add_argument("--uri", default="", help="where the blob can be fetched")
+    p.add_argument("--uri", default="", help="where the blob can be fetched (public, on "
+                   "chain); the local path is also recorded in VERISEG_HOME for anchor-verify")
     p.add_argument("--name", default=None, help="model name (default: the card's name)")
     p.set_defaults(fn=cmd_register)
 
@@ -384,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--chain", "--home", "--registry"):   # also accepted after the command
         p.add_argument(opt, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_audit)
+
+    keystore.add_commands(sub)
     return ap
 
 

@@ -4,7 +4,7 @@
     python -m chain.compile --check    # exit 1 when the committed artifact is stale
 
 solcjs is found in ``$VERISEG_SOLCJS``, then ``<repo>/.tools/node_modules/.bin/solcjs``
-(``npm install --prefix .tools solc@0.8.28``), then ``solcjs`` on ``PATH``.
+(``npm install --prefix .tools solc@0.8.30``), then ``solcjs`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .evm_code import post_paris_opcodes
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 SOURCE = PACKAGE_DIR / "contracts" / "src" / "ModelRegistry.sol"
@@ -26,7 +28,9 @@ CONTRACT = "ModelRegistry"
 SOLC_VERSION = "0.8.30"  # the npm solc version the artifact is built with
 SETTINGS = {
     "optimizer": {"enabled": True, "runs": 200},
-    "evmVersion": "cancun",
+    # Paris (the Merge): no PUSH0 (Shanghai) or MCOPY (Cancun), so nodes and chains that
+    # have not taken those forks run it too; the build refuses code with newer opcodes
+    "evmVersion": "paris",
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
 
@@ -95,6 +99,11 @@ def compile_source(solcjs: str | None = None) -> dict:
     if errors:
         raise CompileError("\n".join(e.get("formattedMessage", e.get("message", "")) for e in errors))
     c = out["contracts"]["ModelRegistry.sol"][CONTRACT]
+    newer = post_paris_opcodes(bytes.fromhex(c["evm"]["deployedBytecode"]["object"]),
+                               bytes.fromhex(c["evm"]["bytecode"]["object"]))
+    if newer:
+        raise CompileError(f"the compiled code uses opcodes newer than Paris ({newer}); "
+                           "older nodes cannot run it: keep evmVersion 'paris'")
     return {
         "contractName": CONTRACT,
         "source": "chain/contracts/src/ModelRegistry.sol",

@@ -16,16 +16,22 @@ from . import errors
 from .artifact import load_artifact
 from .pins import check_chain_id, pins_path, read_pin, record_pin
 from .registry import Registry
-from .retries import is_transient, retry, unavailable
+from .retries import is_node_error, is_transient, node_failed, retry, unavailable
+from .transactions import is_funds_error
 
 log = logging.getLogger("chain")
+
+
+def env_password() -> str | None:
+    """The key file's password from VERISEG_KEYFILE_PASSWORD (None when unset)."""
+    return os.environ.get("VERISEG_KEYFILE_PASSWORD")
 
 
 def load_keyfile(path: str | os.PathLike, password: str | None = None):
     """An account from an encrypted JSON keystore (password: VERISEG_KEYFILE_PASSWORD)."""
     p = Path(path).expanduser()
     if password is None:
-        password = os.environ.get("VERISEG_KEYFILE_PASSWORD")
+        password = env_password()
     if password is None:
         raise errors.KeyfileError(
             f"key file {p} needs a password; set VERISEG_KEYFILE_PASSWORD")
@@ -35,7 +41,7 @@ def load_keyfile(path: str | os.PathLike, password: str | None = None):
         raise errors.KeyfileError(f"key file {p} does not exist; check VERISEG_KEYFILE") from None
     except (OSError, ValueError) as exc:
         raise errors.KeyfileError(f"key file {p} is not a JSON keystore ({exc}); "
-                                  "create one with eth_account Account.encrypt") from None
+                                  "create one with `python -m chain keystore new`") from None
     try:
         return Account.from_key(Account.decrypt(data, password))
     except ValueError as exc:
@@ -103,7 +109,8 @@ def connect(chain: str | None = None, home: str | os.PathLike | None = None,
                 f"'{registry}' is not a contract address; pass --registry 0x... (40 hex characters)")
         w3 = http_web3(chain, timeout)
         got = check_chain_id(w3, chain, registry, home, chain_id)
-        reg = Registry(w3, registry, account, endpoint=chain, receipt_timeout=receipt_timeout)
+        reg = Registry(w3, registry, account, endpoint=chain, receipt_timeout=receipt_timeout,
+                       home=home)
         reg._chain_id = got
         if read_pin(home, registry) is None:
             log.warning("registry %s: chain id %d pinned on first use (in %s); pin it "
@@ -148,7 +155,18 @@ def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
         tx = {"data": art["bytecode"], "value": 0, "nonce": nonce, "gas": int(gas * 1.2),
               "chainId": w3.eth.chain_id, **fees}
         return w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-    tx_hash = retry(send, attempts=3, deadline=timeout, on_error=down)
+    try:
+        tx_hash = retry(send, attempts=3, deadline=timeout, on_error=down)
+    except errors.ChainError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the node's refusals become one line
+        if is_funds_error(exc):
+            raise errors.InsufficientFunds(
+                f"account {account.address} cannot pay for deploying the registry on {chain}; "
+                "fund it first") from exc
+        if is_node_error(exc):
+            raise node_failed(chain, "deploying the registry", exc) from exc
+        raise
     from web3.exceptions import TimeExhausted
     try:
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=receipt_timeout,
@@ -160,9 +178,13 @@ def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
     except Exception as exc:  # noqa: BLE001
         if is_transient(exc):
             raise down(exc) from exc
+        if is_node_error(exc):
+            raise node_failed(chain, "waiting for the registry deployment", exc) from exc
         raise
     if receipt["status"] != 1 or not receipt["contractAddress"]:
-        raise errors.ChainError(f"registry deployment {tx_hash.to_0x_hex()} failed on {chain}")
+        raise errors.ChainError(f"registry deployment {tx_hash.to_0x_hex()} failed on {chain}; "
+                                "the node's EVM must be at Paris or later")
     addr = to_checksum_address(receipt["contractAddress"])
+    Registry(w3, addr, endpoint=chain)   # its code is there and the node runs it
     record_pin(home, addr, int(w3.eth.chain_id), chain, "deploy-registry")
     return addr

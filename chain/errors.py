@@ -80,6 +80,16 @@ class ChainUnavailable(ChainError):
     """The node cannot be reached, timed out, or a transaction was not mined in time."""
 
 
+class NodeIncompatible(ChainError):
+    """The node serves the registry's code but cannot run it: its EVM lacks an opcode the
+    code uses (a node before the fork the code was compiled for)."""
+
+
+class NodeError(ChainError):
+    """The node answered a call with an error the client does not know (an RPC error, an
+    HTTP error, a malformed answer); the message names the node and the call."""
+
+
 class NoAccount(ChainError):
     """A write was attempted without an account (no key file configured)."""
 

@@ -13,7 +13,7 @@ from web3 import Web3
 from model_store.util import atomic_write
 
 from . import errors
-from .retries import retry, unavailable
+from .retries import is_node_error, node_failed, retry, unavailable
 
 log = logging.getLogger("chain")
 
@@ -47,8 +47,13 @@ def record_pin(home, registry: str, chain_id: int, endpoint: str, how: str) -> N
 
 
 def check_chain_id(w3: Web3, url: str, registry: str, home, pinned: int | None) -> int:
-    got = int(retry(lambda: w3.eth.chain_id, attempts=3, deadline=10.0,
-                    on_error=unavailable(url, "reading the chain id")))
+    try:
+        got = int(retry(lambda: w3.eth.chain_id, attempts=3, deadline=10.0,
+                        on_error=unavailable(url, "reading the chain id")))
+    except Exception as exc:  # noqa: BLE001 - only the node's own errors are converted
+        if is_node_error(exc):
+            raise node_failed(url, "reading the chain id", exc) from exc
+        raise
     if pinned is None:
         pinned = read_pin(home, registry)
     if pinned is not None and got != pinned:

@@ -10,11 +10,13 @@ from typing import Callable, TypeVar
 from eth_utils import is_address, to_checksum_address
 from web3 import Web3
 
+from model_store.util import first_line
+
 from . import errors
 from ._revert import ErrorDecoder, is_revert, to_chain_error
 from .artifact import load_artifact
 from .events import RegistryEvents
-from .retries import retry, unavailable
+from .retries import is_node_error, node_failed, retry, unavailable
 from .transactions import RegistryTransactions
 from .values import ROLE_NAMES, ROLES, AnchorRecord, KeyStatus, key_bytes, root_bytes, stream_hash
 
@@ -26,8 +28,9 @@ class Registry(RegistryTransactions, RegistryEvents):
 
     def __init__(self, w3: Web3, address: str, account=None, *, embedded=None,
                  endpoint: str = "embedded", receipt_timeout: float = 30.0,
-                 poll_latency: float = 0.1, check_code: bool = True):
+                 poll_latency: float = 0.1, check_code: bool = True, home=None):
         self.w3 = w3
+        self.home = embedded.home if embedded is not None else home   # None: VERISEG_HOME
         self.endpoint = endpoint
         self.embedded = embedded
         if not is_address(address):
@@ -40,6 +43,7 @@ class Registry(RegistryTransactions, RegistryEvents):
         self.poll_latency = poll_latency
         art = load_artifact()
         self.abi = art["abi"]
+        self._evm = art.get("settings", {}).get("evmVersion", "paris").capitalize()
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self.decoder = ErrorDecoder(self.abi)
         self._lock = threading.RLock()
@@ -55,6 +59,22 @@ class Registry(RegistryTransactions, RegistryEvents):
             # the node's word on every status rests on this being our contract
             if bytes(code) != bytes.fromhex(art["deployedBytecode"].removeprefix("0x")):
                 raise errors.RegistryCodeMismatch(self._code_mismatch())
+            self._check_node_runs_code()
+
+    def _check_node_runs_code(self) -> None:
+        """One read through the registry's code. A node whose EVM predates an opcode the
+        code uses still stores and serves that code, then fails every call: found here,
+        at connect, instead of at the first read of a run."""
+        try:
+            self._call("status", bytes(32))   # a view returning a string: dispatch, storage, ABI encoding
+        except errors.ChainUnavailable:
+            raise
+        except errors.ChainError as exc:   # status(0) never reverts on a node that runs the code
+            raise errors.NodeIncompatible(
+                f"the node {self.endpoint} cannot run the registry's EVM code: a read of "
+                f"{self.address} (status) failed ({first_line(exc.__cause__ or exc, 120)}); its "
+                f"code is built for the {self._evm} EVM: use a node and chain at {self._evm} "
+                "or later (check the node's hardfork setting)") from exc
 
     def _code_mismatch(self) -> str:
         if self.embedded is not None:
@@ -74,7 +94,7 @@ class Registry(RegistryTransactions, RegistryEvents):
         """The same registry and chain, signing with another account."""
         return Registry(self.w3, self.address, account, embedded=self.embedded,
                         endpoint=self.endpoint, receipt_timeout=self.receipt_timeout,
-                        poll_latency=self.poll_latency, check_code=False)
+                        poll_latency=self.poll_latency, check_code=False, home=self.home)
 
     def _unavailable(self, what: str) -> Callable[[BaseException], errors.ChainError]:
         return unavailable(self.endpoint, what)
@@ -98,6 +118,8 @@ class Registry(RegistryTransactions, RegistryEvents):
         except Exception as exc:  # noqa: BLE001
             if is_revert(exc):
                 raise to_chain_error(exc, self.decoder, self._ctx(call or what)) from exc
+            if is_node_error(exc):
+                raise node_failed(self.endpoint, what, exc) from exc
             raise
 
     def _call(self, name: str, *args):

@@ -9,6 +9,10 @@ error never is, since trying again cannot change its answer.  One policy per con
 - :func:`outage_policy` — a long-lived sender (the flow's anchor thread): waits out an
   outage of any length, backing off exponentially with jitter, until told to give up.
 
+Whatever else a node answers (an RPC error the client does not know, an HTTP error, a
+malformed answer) is named by :func:`node_failed`: one ``NodeError`` line naming the node
+and the call, never a traceback.
+
 The event follower's polling backoff (``chain.follower``) is not here: it is a round loop
 that reports each unreachable round to its caller, not a call to repeat.
 """
@@ -24,7 +28,8 @@ from model_store.util import first_line
 
 from . import errors
 
-__all__ = ["is_transient", "retry", "unavailable", "outage_policy"]
+__all__ = ["is_transient", "is_node_error", "retry", "unavailable", "node_failed",
+           "outage_policy"]
 
 T = TypeVar("T")
 
@@ -39,6 +44,23 @@ def _transient_types() -> tuple[type[BaseException], ...]:
 def is_transient(exc: BaseException) -> bool:
     """A transport failure that may not happen again; never a ChainError (revert, refusal)."""
     return not isinstance(exc, errors.ChainError) and isinstance(exc, _transient_types())
+
+
+def is_node_error(exc: BaseException) -> bool:
+    """An answer of the node (or of the HTTP server in front of it) that the client does
+    not know; not a programming error of the client."""
+    import requests
+    from web3.exceptions import Web3Exception
+    return not isinstance(exc, errors.ChainError) and isinstance(
+        exc, (Web3Exception, requests.exceptions.RequestException))
+
+
+def node_failed(endpoint: str, what: str, exc: BaseException) -> errors.NodeError:
+    """One line for a node error the client does not know, naming the node and the call."""
+    return errors.NodeError(
+        f"chain node {endpoint} failed while {what} ({type(exc).__name__}: "
+        f"{first_line(exc, 160)}); check the node's logs and that the URL is its Ethereum "
+        "JSON-RPC endpoint")
 
 
 def retry(fn: Callable[[], T], *, attempts: int = 3, base_delay: float = 0.2,

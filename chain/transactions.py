@@ -7,13 +7,14 @@ import contextlib
 
 from . import errors
 from ._revert import is_revert, to_chain_error
-from .retries import is_transient, retry
+from .retries import is_node_error, is_transient, node_failed, retry
 from .values import key_bytes, root_bytes, stream_hash
 
 EMBEDDED_GAS = 1_500_000  # gas limit of embedded-chain transactions (x1.25 below)
 
 
-def _is_funds_error(exc: BaseException) -> bool:
+def is_funds_error(exc: BaseException) -> bool:
+    """The node's words for a sender that cannot pay (they differ by node)."""
     msg = str(exc).lower()
     return "cannot afford" in msg or "insufficient funds" in msg
 
@@ -61,11 +62,13 @@ class RegistryTransactions:
         except errors.ChainError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if _is_funds_error(exc):
+            if is_funds_error(exc):
                 raise errors.InsufficientFunds(
                     f"account {frm} cannot pay for gas on {self.endpoint}; fund it, or sign with "
                     "another account (VERISEG_KEYFILE; the embedded chain funds only its dev "
                     "accounts)") from exc
+            if is_node_error(exc):
+                raise node_failed(self.endpoint, f"sending {name}", exc) from exc
             raise
 
     def _transact_inner(self, name, fn, ctx, frm, down) -> dict:
@@ -129,6 +132,8 @@ class RegistryTransactions:
         except Exception as exc:  # noqa: BLE001
             if is_transient(exc):
                 raise self._unavailable(f"waiting for {name} ({tx_hash})")(exc) from exc
+            if is_node_error(exc):
+                raise node_failed(self.endpoint, f"waiting for {name} ({tx_hash})", exc) from exc
             raise
 
     # ------------------------------------------------------------------ writes

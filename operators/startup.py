@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Callable, Optional
 
+from chain.errors import ChainError
+
 from .config import Config, ConfigError, load_config
 from .context import FlowContext
 from .model_reader import ModelRefused, ModelWatcher, connect_registry
@@ -105,10 +107,11 @@ def startup_error(e: BaseException) -> "SystemExit":
 
 
 def flow_from_env(build: Callable):
-    """``build()`` for ``python -m bytewax.run``: one line per problem, exit status 2."""
+    """``build()`` for ``python -m bytewax.run``: one line per problem, exit status 2 (a
+    registry or node error the resolver did not word itself included)."""
     try:
         return build()
-    except (ConfigError, ModelRefused) as e:
+    except (ConfigError, ModelRefused, ChainError) as e:
         raise startup_error(e) from None
 
 

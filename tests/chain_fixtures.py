@@ -55,12 +55,15 @@ def free_port() -> int:
 
 
 class Anvil:
-    """An anvil process on 127.0.0.1:<port>; optional --state file with --state-interval 1."""
+    """An anvil process on 127.0.0.1:<port>; optional --state file with --state-interval 1,
+    optional --hardfork (an older EVM: paris, shanghai, london, ...)."""
 
-    def __init__(self, binary: str, port: int | None = None, state: Path | None = None):
+    def __init__(self, binary: str, port: int | None = None, state: Path | None = None,
+                 hardfork: str | None = None):
         self.binary = binary
         self.port = port or free_port()
         self.state = state
+        self.hardfork = hardfork
         self.proc: subprocess.Popen | None = None
         self.log = None
 
@@ -72,6 +75,8 @@ class Anvil:
         cmd = [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--silent"]
         if self.state is not None:
             cmd += ["--state", str(self.state), "--state-interval", "1"]
+        if self.hardfork is not None:
+            cmd += ["--hardfork", self.hardfork]
         # own process group: stop() signals the whole group (wrapper and node alike)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)

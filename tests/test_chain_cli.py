@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,7 +171,7 @@ def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_p
     from chain.anchoring import AnchorBatch
     key = model_store.verify(blob)
     names = [c.name for c in model_store.read_header(blob).classes]
-    cli("register", blob)                          # no URI: the card's names are unknown
+    cli("register", blob)              # no URI: this machine records where the blob is
     cms = {0: np.full((4, 6), 7, np.uint8), 1: np.full((4, 6), 10, np.uint8)}   # Road / Car
     cms[1][0, :3] = 7
     ts = {0: 1_700_000_000.123456, 1: 1_700_000_000.223456}
@@ -192,8 +193,12 @@ def test_anchor_verify_result_requires_the_leaf_and_binds_every_claim(cli, tmp_p
 
     rc, out, err = verify(good[1], "--blob", blob)
     assert rc == 0 and "its line in" in out, err
-    # without the card's names the shares cannot be checked: refused, not compared by value
+    assert verify(good[1])[0] == 0     # the blob `register` recorded gives the card's names
+    # without the card's names (the recorded blob moved away, no --blob) the shares cannot
+    # be checked: refused, not compared by value
+    away = Path(blob).rename(tmp_path / "moved-away.vsb")
     refused(verify(good[1]), "[result_shares_unverifiable]", "--blob")
+    away.rename(blob)
     edits = {
         "leaf and shares deleted": ({k: v for k, v in good[1].items() if k not in ("leaf", "shares")},
                                     "result_leaf_missing"),

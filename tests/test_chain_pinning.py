@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from eth_abi import encode
@@ -111,11 +112,19 @@ def test_cli_refuses_a_fake_node_in_one_line(fake_node, tmp_path, monkeypatch, c
     assert err.startswith("error: the code at ")
 
 
-def test_a_stale_embedded_journal_from_an_older_contract_is_one_clear_line(tmp_path, monkeypatch):
+CANCUN_BUILD = Path(__file__).resolve().parent / "data" / "ModelRegistry.cancun.json"
+
+
+@pytest.mark.parametrize("older", ["stop", "cancun-build"])
+def test_a_stale_embedded_journal_from_an_older_contract_is_one_clear_line(tmp_path, monkeypatch,
+                                                                             older):
+    """An embedded home journals the registry's deploy transaction, so a home made with
+    an older build (a stand-in whose runtime is STOP, or the real Cancun build that came
+    before the Paris one) replays the older code: refused in one line, move the home."""
     import chain.embedded as emb
     old = dict(load_artifact())
-    # an "older contract": creation code whose runtime is the single byte STOP
-    old["bytecode"] = "0x6001600c60003960016000f300"
+    old["bytecode"] = ("0x6001600c60003960016000f300" if older == "stop"
+                       else json.loads(CANCUN_BUILD.read_text())["bytecode"])
     monkeypatch.setattr(emb, "load_artifact", lambda: old)
     emb.EmbeddedChain(tmp_path / "home")
     monkeypatch.undo()
