@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--no-ema", action="store_true", help="checkpoint: use the raw weights, not the EMA")
 
-    r = sub.add_parser("robustness", help="CARLA-C: score models under weather, light and sensor conditions")
+    r = sub.add_parser("robustness", help="CARLA-C: score models under weather, light and sensor conditions "
+                                          "and other cameras")
     r.add_argument("--model", required=True, action="append",
                    help="checkpoint .pt, .onnx or .vsb; repeat to compare models side by side")
     r.add_argument("--data", required=True)
@@ -78,8 +79,12 @@ def main(argv=None) -> int:
     _add_split_args(r)
     r.add_argument("--frames", type=int, help="score this many frames spread evenly over the split (default: all)")
     r.add_argument("--limit", type=int, help=argparse.SUPPRESS)
-    r.add_argument("--conditions", help="comma-separated subset (default: all)")
+    r.add_argument("--conditions", help="comma-separated subset (default: all; none: only clean and geometry)")
     r.add_argument("--severities", default="1,2,3")
+    r.add_argument("--geometry", default="1,2,3,4,5",
+                   help="camera-geometry severities (trainer.geometry; none: skip)")
+    r.add_argument("--stand-ins", default="other_town,other_camera",
+                   help="named camera stand-ins for the hidden sets (none: skip)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--size", type=int, default=512, help="network input size")
     r.add_argument("--threads", type=int, default=2)
