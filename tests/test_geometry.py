@@ -102,12 +102,6 @@ def test_a_wider_view_fills_its_border_with_the_mirrored_frame_and_ignores_its_l
     assert (fitted != IGNORE_ID).all()
 
 
-def _stripes(h=600, w=800):
-    """Each row labelled row % 13: where a row went is read off the label."""
-    lab = np.repeat((np.arange(h) % NUM_CLASSES).astype(np.uint8)[:, None], w, 1)
-    return COLOURS[lab], lab, np.repeat(np.arange(h)[:, None], w, 1)
-
-
 def _where_row_went(change, row, h=600, w=800, native_aspect=None):
     """The output rows whose source is ``row`` (a third image channel carries the row index)."""
     rows = np.repeat(np.arange(h, dtype=np.uint16)[:, None], w, 1)

@@ -222,7 +222,8 @@ def test_geometry_cells_are_scored_against_their_moved_label(scene):
                                   grid_frame=1, log=None, geometry=(1, 3, 5), stand_ins=("other_camera",))
     r = report["tiny"]
     assert r["conditions"] == {} and r["mPA-C"] is None
-    for which, got in [(1, r["geometry"]["1"]), (5, r["geometry"]["5"]), ("other_camera", r["stand_ins"]["other_camera"])]:
+    cells = [(1, r["geometry"]["1"]), (5, r["geometry"]["5"]), ("other_camera", r["stand_ins"]["other_camera"])]
+    for which, got in cells:
         m = np.zeros((13, 13), np.int64)
         for img, lab in zip(imgs, labs):
             x, truth = benchmark_camera(which, img, lab)
