@@ -208,3 +208,53 @@ def test_amp_auto_uses_bf16_on_the_cpu_only_with_native_kernels(monkeypatch):
     monkeypatch.setattr(tr, "cpu_bf16_is_fast", lambda: True)
     ctx, _ = tr._autocast(torch.device("cpu"), "auto")
     assert ctx._enabled and ctx.fast_dtype == torch.bfloat16
+
+
+# --- the geometry family ------------------------------------------------------------------
+
+def test_geometry_cells_are_scored_against_their_moved_label(scene):
+    import cv2
+    from trainer.geometry import benchmark_camera
+    from trainer.robustness import run_benchmark
+    imgs, labs = scene
+    labs = (labs % 3).astype(np.uint8)
+    report, tiles = run_benchmark({"tiny": _tiny_predictor(64)}, imgs, labs, [], (1, 2, 3), seed=0, size=64,
+                                  grid_frame=1, log=None, geometry=(1, 3, 5), stand_ins=("other_camera",))
+    r = report["tiny"]
+    assert r["conditions"] == {} and r["mPA-C"] is None
+    cells = [(1, r["geometry"]["1"]), (5, r["geometry"]["5"]), ("other_camera", r["stand_ins"]["other_camera"])]
+    for which, got in cells:
+        m = np.zeros((13, 13), np.int64)
+        for img, lab in zip(imgs, labs):
+            x, truth = benchmark_camera(which, img, lab)
+            p = cv2.resize(cv2.resize(x, (64, 64), interpolation=cv2.INTER_AREA).argmax(-1).astype(np.uint8),
+                           (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_NEAREST)
+            np.add.at(m, (truth.ravel(), p.ravel()), 1)
+        assert got["pixel_accuracy"] == pytest.approx(np.trace(m) / m.sum(), abs=1e-6)
+    assert r["mPA-G"] == pytest.approx(np.mean([r["geometry"][s]["pixel_accuracy"] for s in ("1", "3", "5")]), abs=1e-6)
+    assert set(tiles) == {"clean", "geometry 3", "other_camera"}
+    assert tiles["other_camera"][1].shape != labs[1].shape      # 16:9: the tile is the moved frame
+    from trainer.robustness import format_report, format_summary
+    assert "| geometry | 5 |" in format_report(report) and "other_camera" in format_summary(report)
+
+
+def test_cli_geometry_only_and_refuses_an_unknown_stand_in(tmp_path):
+    from trainer.__main__ import main
+    d = synthetic_data(2, 96, 128, seed=4)
+    write_folder(d, tmp_path / "data")
+    a = _tiny_onnx(tmp_path / "a.onnx")
+    out = tmp_path / "out"
+    rc = main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model", str(a),
+               "--conditions", "none", "--geometry", "2,4", "--size", "64", "--out", str(out), "--threads", "1"])
+    assert rc == 0
+    doc = json.loads((out / "robustness.json").read_text())
+    r = doc["results"]["a"]
+    assert set(r["geometry"]) == {"2", "4"} and set(r["stand_ins"]) == {"other_town", "other_camera"}
+    assert r["conditions"] == {} and 0 <= r["mPA-G"] <= 1
+    assert doc["geometry"]["severities"]["4"]["aspect"] == pytest.approx(16 / 9)
+    with pytest.raises(SystemExit, match="unknown stand-in 'mars'"):
+        main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model", str(a),
+              "--stand-ins", "mars", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="unknown geometry severity 6"):
+        main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model", str(a),
+              "--geometry", "6", "--out", str(tmp_path / "o")])

@@ -36,6 +36,9 @@ def main(argv=None) -> int:
                    help="share of samples given ClassMix from another sample of the batch (0: off)")
     t.add_argument("--conditions", type=float, default=0.0, metavar="P",
                    help="share of crops given a random weather/light/sensor condition (0: off)")
+    t.add_argument("--geometry", type=float, default=0.0, metavar="P",
+                   help="share of frames seen by another camera: height, pitch, field of view, aspect, hood, "
+                        "lens (0: off)")
     t.add_argument("--consistency", type=float, default=0.0, metavar="W",
                    help="weight of the clean-vs-condition Jensen-Shannon loss (0: off; 2x compute a step)")
     t.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint's EMA weights (a fine-tune)")
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--no-ema", action="store_true", help="checkpoint: use the raw weights, not the EMA")
 
-    r = sub.add_parser("robustness", help="CARLA-C: score models under weather, light and sensor conditions")
+    r = sub.add_parser("robustness", help="CARLA-C: score models under weather, light and sensor conditions "
+                                          "and other cameras")
     r.add_argument("--model", required=True, action="append",
                    help="checkpoint .pt, .onnx or .vsb; repeat to compare models side by side")
     r.add_argument("--data", required=True)
@@ -75,8 +79,12 @@ def main(argv=None) -> int:
     _add_split_args(r)
     r.add_argument("--frames", type=int, help="score this many frames spread evenly over the split (default: all)")
     r.add_argument("--limit", type=int, help=argparse.SUPPRESS)
-    r.add_argument("--conditions", help="comma-separated subset (default: all)")
+    r.add_argument("--conditions", help="comma-separated subset (default: all; none: only clean and geometry)")
     r.add_argument("--severities", default="1,2,3")
+    r.add_argument("--geometry", default="1,2,3,4,5",
+                   help="camera-geometry severities (trainer.geometry; none: skip)")
+    r.add_argument("--stand-ins", default="other_town,other_camera",
+                   help="named camera stand-ins for the hidden sets (none: skip)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--size", type=int, default=512, help="network input size")
     r.add_argument("--threads", type=int, default=2)
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
                           load_size=a.load_size, eval_size=a.eval_size, batch=a.batch, lr=a.lr,
                           weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
                           weight_c=a.weight_c, rare_crops=a.rare_crops, class_mix=a.class_mix,
-                          conditions=a.conditions, consistency=a.consistency, init=a.init,
+                          conditions=a.conditions, geometry=a.geometry, consistency=a.consistency, init=a.init,
                           variant=a.variant, dropout=a.dropout, ema=a.ema,
                           val_fraction=a.val_fraction, val_at=a.val_at, gap=a.gap, val_every=a.val_every, seed=a.seed,
                           device=a.device, amp=a.amp, threads=a.threads, workers=a.workers, limit=a.limit,

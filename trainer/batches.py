@@ -11,6 +11,7 @@ import torch
 from .conditions import training_condition
 from .config import TrainConfig
 from .data import FolderData, RareClassSampler, augment, class_mix
+from .geometry import training_camera
 
 __all__ = ["default_workers"]
 
@@ -23,6 +24,7 @@ class _AugmentedBatches(torch.utils.data.Dataset):
     def __init__(self, data: FolderData, cfg: TrainConfig, steps_per_epoch: int):
         self.data, self.cfg, self.steps = data, cfg, steps_per_epoch
         self.rare = RareClassSampler(data.labels) if cfg.rare_crops > 0 else None
+        self.aspect = data.native_size[0] / data.native_size[1] if data.native_size else None
 
     def __len__(self):
         return 1 << 40          # indexed by the sampler, never iterated
@@ -37,8 +39,13 @@ class _AugmentedBatches(torch.utils.data.Dataset):
             # draws only when the option is on: the default recipe keeps its random stream
             if self.rare is not None and rng.random() < cfg.rare_crops:
                 j, focus = self.rare.draw(rng)
-            pairs.append(augment(self.data.images[j], self.data.labels[j], rng, cfg.size,
-                                 (cfg.scale_min, cfg.scale_max), focus=focus))
+            img, lab = self.data.images[j], self.data.labels[j]
+            if cfg.geometry > 0 and rng.random() < cfg.geometry:
+                # another camera's frame of the whole scene, before the crop; the rare-class
+                # focus moved with it is not known, so that crop is left unfocused
+                img, lab = training_camera(img, lab, rng, self.aspect)
+                focus = None
+            pairs.append(augment(img, lab, rng, cfg.size, (cfg.scale_min, cfg.scale_max), focus=focus))
         if cfg.class_mix > 0 and len(pairs) > 1:
             src = list(pairs)
             for n in range(len(pairs)):

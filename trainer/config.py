@@ -26,6 +26,7 @@ class TrainConfig:
     rare_crops: float = 0.0          # share of crops centred on a rare-class pixel (RareClassSampler)
     class_mix: float = 0.0           # share of samples given ClassMix from the next one in the batch
     conditions: float = 0.0          # share of samples given a weather/light/sensor condition (trainer.conditions)
+    geometry: float = 0.0            # share of frames seen by another camera (trainer.geometry; 0: off)
     consistency: float = 0.0         # weight of the clean-vs-condition Jensen-Shannon loss (0: off)
     init: str | None = None          # start from this checkpoint's (EMA) weights: a fine-tune
     variant: str = "relu"

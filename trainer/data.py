@@ -90,17 +90,20 @@ def find_pairs(root) -> list[tuple[Path, Path]]:
 
 @dataclass
 class FolderData:
-    """A dataset decoded into memory: images uint8 [N, H, W, 3], labels uint8 [N, H, W]."""
+    """A dataset decoded into memory: images uint8 [N, H, W, 3], labels uint8 [N, H, W];
+    ``native_size`` (w, h) of the files when they were resized on load (the camera's aspect,
+    which ``trainer.geometry`` needs for frames squashed to a square)."""
     images: np.ndarray
     labels: np.ndarray
     names: list[str]
+    native_size: tuple[int, int] | None = None
 
     def __len__(self):
         return len(self.names)
 
     def subset(self, idx) -> "FolderData":
         idx = list(idx)
-        return FolderData(self.images[idx], self.labels[idx], [self.names[i] for i in idx])
+        return FolderData(self.images[idx], self.labels[idx], [self.names[i] for i in idx], self.native_size)
 
 
 def resize_pair(img, lab, size):
@@ -116,19 +119,20 @@ def load_folder(root, size: int | tuple[int, int] | None = 512, limit: int | Non
     pairs = find_pairs(root)[:limit]
     if isinstance(size, int):
         size = (size, size)
-    imgs, labs = [], []
+    imgs, labs, native = [], [], None
     for ip, lp in pairs:
         img, lab = read_image(ip), read_label(lp)
         if img.shape[:2] != lab.shape[:2]:
             raise DataError(f"{lp}: label size {lab.shape[1]}x{lab.shape[0]} does not match "
                             f"image {ip.name} size {img.shape[1]}x{img.shape[0]}")
+        native = native or (img.shape[1], img.shape[0])
         if size is not None:
             img, lab = resize_pair(img, lab, size)
         elif imgs and img.shape != imgs[0].shape:
             raise DataError(f"{ip}: size {img.shape[1]}x{img.shape[0]} differs from the first image; pass a size")
         imgs.append(img)
         labs.append(lab)
-    return FolderData(np.stack(imgs), np.stack(labs), [p[0].stem for p in pairs])
+    return FolderData(np.stack(imgs), np.stack(labs), [p[0].stem for p in pairs], native)
 
 
 def time_split(n: int, val_fraction: float = 0.2, gap: int = 10,

@@ -2,7 +2,11 @@
 
 Metrics are computed at the labels' native resolution: frames are resized to the network
 input (area), the predicted class maps are resized back with nearest neighbour.
-Writes ``report.json``, ``confusion.png``, ``grid.png`` (Figure-6 style) to ``--out``.
+Writes ``report.json``, ``report.md``, ``confusion.png``, ``grid.png`` (Figure-6 style) to
+``--out``.  Every frame is also scored on its own (pixel accuracy, mIoU over the classes in its
+truth or prediction, Road accuracy): ``per_frame`` in the JSON and the table in ``report.md``
+list them worst first, and the grid's frames (spread evenly over the split) stand in the same
+order, each captioned with its name and pixel accuracy.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 from .data import load_folder, time_split
 from .metrics import ConfusionMatrix, confusion_image, format_table, grid_image, hood_mask, resize_prediction
 
-__all__ = ["make_predictor", "evaluate_folder", "load_split", "main"]
+__all__ = ["make_predictor", "evaluate_folder", "frame_figures", "format_frames", "load_split", "main"]
 
 
 def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool = True):
@@ -44,13 +48,28 @@ def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool 
         desc + f" ({sess.get_providers()[0]})"
 
 
+def frame_figures(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """One frame's pixel accuracy, mIoU and Road accuracy (None where the frame has no road)."""
+    cm = ConfusionMatrix()
+    cm.update(pred, truth)
+    s = cm.summary()
+    return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"],
+            "road_accuracy": s["per_class"]["Road"]["accuracy"]}
+
+
+def _worst_first(row: dict):
+    # a frame without scored pixels has no accuracy: listed first, it is the one to look at
+    return (-1.0 if row["pixel_accuracy"] is None else row["pixel_accuracy"], row["frame"])
+
+
 def evaluate_folder(predict, data, size: int = 512, grid_n: int = 6, batch: int = 4):
-    """(summary dict, overall ConfusionMatrix, grid image)."""
+    """(summary dict, overall ConfusionMatrix, grid image); the summary's ``per_frame`` lists
+    every frame's figures worst first, and the grid shows its frames in that order."""
     cm, cm_nohood = ConfusionMatrix(), ConfusionMatrix()
     h, w = data.labels.shape[1:]
     keep = ~hood_mask(h, w)
     grid_sel = set(np.linspace(0, len(data) - 1, grid_n).astype(int).tolist()) if grid_n else set()
-    g_imgs, g_truth, g_pred = [], [], []
+    tiles, per_frame = [], []
     t0 = time.time()
     for i in range(0, len(data), batch):
         imgs = data.images[i:i + batch]
@@ -61,8 +80,10 @@ def evaluate_folder(predict, data, size: int = 512, grid_n: int = 6, batch: int 
             p = resize_prediction(p, h, w)
             cm.update(p, t)
             cm_nohood.update(p, t, keep)
+            row = {"frame": data.names[i + j], **frame_figures(p, t)}
+            per_frame.append(row)
             if i + j in grid_sel:
-                g_imgs.append(imgs[j]); g_truth.append(t); g_pred.append(p)
+                tiles.append((row, imgs[j], t, p))
     s = cm.summary()
     s_nh = cm_nohood.summary()
     s["without_hood"] = {"rows_excluded_from": int(keep.argmin(0)[0]) if not keep.all() else None,
@@ -71,9 +92,25 @@ def evaluate_folder(predict, data, size: int = 512, grid_n: int = 6, batch: int 
                          "car_iou": s_nh["per_class"]["Car"]["iou"]}
     s["confusion_matrix"] = cm.matrix.tolist()
     s["frames"] = len(data)
+    s["per_frame"] = sorted(per_frame, key=_worst_first)
     s["seconds"] = round(time.time() - t0, 1)
-    grid = grid_image(g_imgs, g_truth, g_pred) if g_imgs else None
+    tiles.sort(key=lambda tile: _worst_first(tile[0]))
+    grid = grid_image([g[1] for g in tiles], [g[2] for g in tiles], [g[3] for g in tiles],
+                      captions=[f"{g[0]['frame']} {_pct(g[0]['pixel_accuracy'])}%" for g in tiles]) if tiles else None
     return s, cm, grid
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def format_frames(per_frame: list[dict], limit: int | None = None) -> str:
+    """Markdown: one row per frame as listed (worst first), the first ``limit`` of them."""
+    rows = ["| # | frame | pixel acc. % | mIoU % | Road % |", "|---:|---|---:|---:|---:|"]
+    for k, r in enumerate(per_frame[:limit], 1):
+        rows.append(f"| {k} | {r['frame']} | {_pct(r['pixel_accuracy'])} | {_pct(r['mean_iou'])} | "
+                    f"{_pct(r['road_accuracy'])} |")
+    return "\n".join(rows)
 
 
 def load_split(a, limit: int | None = None):
@@ -96,13 +133,20 @@ def main(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(s, indent=1))
+    nh = s["without_hood"]
+    hood_line = (f"Car without the hood rows: accuracy {_pct(nh['car_accuracy'])}%, IoU {_pct(nh['car_iou'])}%; "
+                 f"pixel accuracy without them {_pct(nh['pixel_accuracy'])}%")
+    (out / "report.md").write_text(
+        f"# {desc}\n\n{len(data)} frames ({a.split}: {data.names[0]}..{data.names[-1]})\n\n"
+        f"{format_table(s)}\n\n{hood_line}\n\n## Frames, worst first\n\n{format_frames(s['per_frame'])}\n")
     cv2.imwrite(str(out / "confusion.png"), cv2.cvtColor(confusion_image(cm), cv2.COLOR_RGB2BGR))
     if grid is not None:
         cv2.imwrite(str(out / "grid.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     print(f"{desc}: {len(data)} frames ({a.split})")
     print(format_table(s))
-    nh = s["without_hood"]
-    print(f"Car without the hood rows: accuracy {100 * nh['car_accuracy']:.1f}%, IoU {100 * nh['car_iou']:.1f}%; "
-          f"pixel accuracy without them {100 * nh['pixel_accuracy']:.1f}%")
-    print(f"wrote {out}/report.json, confusion.png, grid.png")
+    print(hood_line)
+    shown = min(10, len(s["per_frame"]))
+    print(f"\nthe {shown} worst frames of {len(s['per_frame'])} (all in report.md, report.json per_frame):")
+    print(format_frames(s["per_frame"], shown))
+    print(f"wrote {out}/report.json, report.md, confusion.png, grid.png")
     return 0

@@ -118,9 +118,11 @@ def _text(img, s, org, scale=0.5, color=(255, 255, 255)):
     cv2.putText(img, s, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
-def grid_image(images, truths, preds, tile_width: int = 256, lut: np.ndarray | None = None) -> np.ndarray:
+def grid_image(images, truths, preds, tile_width: int = 256, lut: np.ndarray | None = None,
+               captions=None) -> np.ndarray:
     """Figure-6 style RGB grid: raw images (top row), ground truth (middle), prediction (bottom).
-    ``lut``: uint8 [256, 3] RGB colour per id (a model's own classes); default the CARLA palette."""
+    ``lut``: uint8 [256, 3] RGB colour per id (a model's own classes); default the CARLA palette.
+    ``captions``: a line per column, written at the foot of its prediction."""
     paint = colorize if lut is None else (lambda ids: lut[np.asarray(ids, dtype=np.uint8)])
     cols = []
     for img, t, p in zip(images, truths, preds):
@@ -133,6 +135,8 @@ def grid_image(images, truths, preds, tile_width: int = 256, lut: np.ndarray | N
     grid = np.concatenate(cols, 1)
     for r, s in enumerate(("raw", "ground truth", "prediction")):
         _text(grid, s, (8, 20 + r * (grid.shape[0] // 3)))
+    for k, s in enumerate(captions or ()):
+        _text(grid, s, (8 + k * (tile_width + 4), grid.shape[0] - 10), scale=0.45)
     return grid
 
 

@@ -11,10 +11,13 @@ import numpy as np
 
 from model_store import CARLA_CLASSES, palette_lut
 
-__all__ = ["CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "PALETTE", "colorize", "rgb_palette_to_ids"]
+__all__ = ["CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "IGNORE_ID", "PALETTE", "colorize", "rgb_palette_to_ids"]
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CARLA_CLASSES)
 NUM_CLASSES = len(CLASS_NAMES)
+#: a label pixel without truth (the border of a wider camera view, ``trainer.geometry``): the
+#: training loss and ``ConfusionMatrix`` skip it
+IGNORE_ID = 255
 
 #: RGB colour of each class id (the CARLA palette).
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = tuple(c.color for c in CARLA_CLASSES)

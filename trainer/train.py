@@ -6,7 +6,12 @@ or sensor condition drawn by ``trainer.conditions.training_condition`` (never th
 draws).  With ``consistency`` > 0 each batch carries the clean crops too and the loss adds
 AugMix's Jensen-Shannon term between the clean and the conditioned predictions (Hendrycks et
 al., ICLR 2020), which asks the net to see the same classes whatever the weather; it costs a
-second forward and backward pass per step."""
+second forward and backward pass per step.
+
+Camera geometry (``geometry``): a share of the frames is seen by another camera
+(``trainer.geometry.training_camera``: height, pitch, field of view, aspect, hood, lens) before
+the crop; the image and its label move together, and a border the drive never saw is
+labelled ``IGNORE_ID``, which the loss skips."""
 from __future__ import annotations
 
 import copy
@@ -33,6 +38,7 @@ from .data import load_folder, synthetic_data, time_split
 from .enet import count_macs, count_params
 from .inference import evaluate_model, predict, to_tensor
 from .losses import enet_class_weights, js_consistency
+from .palette import IGNORE_ID
 
 # the names other modules import from here, wherever they now live: the loop's batches
 # (trainer.batches), checkpoints (trainer.checkpoints), settings (trainer.config), losses
@@ -195,7 +201,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                 g["lr"] = cfg.lr * f
             with ctx:
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=w_t)
+            loss = F.cross_entropy(logits.float(), y, weight=w_t, ignore_index=IGNORE_ID)
             if cfg.consistency > 0:
                 loss = loss + cfg.consistency * js_consistency(*logits.float().chunk(2))
             opt.zero_grad(set_to_none=True)
