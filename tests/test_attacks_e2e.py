@@ -122,6 +122,14 @@ def _batch_of(seq: int) -> str:
     return "A" if seq <= 3 else "B" if seq <= 8 else "C"
 
 
+def _redigest(key: str, x: dict, class_map) -> str:
+    """A batch leaf's digest for another class map, every other claim it binds kept (ts,
+    pos, frame digest, profile)."""
+    lf = anchoring.Leaf.from_json(x)
+    return anchoring.leaf_digest(lf.stream, lf.seq, key, class_map, ts=lf.ts, pos=lf.pos,
+                                 frame=lf.frame, profile=lf.profile).hex()
+
+
 def _rebuilt(doc: dict, leaves: list[dict]) -> dict:
     """What a forger with write access (and no anchorer key) can do: a batch file whose
     leaves, proofs and root are all consistent with each other."""
@@ -291,7 +299,7 @@ def test_a_self_consistent_forgery_of_an_altered_mask_is_refused_by_the_chain(ru
     doc = run.doc("B")
     for x in doc["leaves"]:
         if x["seq"] == 6:
-            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m, ts=x["ts"], pos=x["pos"]).hex()
+            x["digest"] = _redigest(run.key, x, m)
     run.write("B", _rebuilt(doc, doc["leaves"]))
     line = run.refused("root_not_anchored", "B", 6)
     assert f"root {_rebuilt(doc, doc['leaves'])['root']} is unknown to registry" in line
@@ -371,7 +379,7 @@ def test_an_anchor_whose_on_chain_record_disagrees_with_the_batch_is_refused(run
     doc = run.doc("B")
     for x in doc["leaves"]:
         if x["seq"] == 6:
-            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m, ts=x["ts"], pos=x["pos"]).hex()
+            x["digest"] = _redigest(run.key, x, m)
     forged = _rebuilt(doc, doc["leaves"])
     run.write("B", forged)
     reg = chain.connect(chain="embedded", home=run.home)
