@@ -208,7 +208,8 @@ class ScoreLogic(StatefulBatchLogic):
             res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n,
                                    latency_ms=lat, image=f.image, colour=f.colour,
                                    orig_size=f.orig_size, label=f.label, raw=f.raw,
-                                   t_emit=f.t_emit, classes=e.classes))
+                                   t_emit=f.t_emit, classes=e.classes, raw_colour=f.raw_colour,
+                                   frame_digest=f.digest, profile=e.profile))
         self.stats.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
                                                 "preprocess": chunk[0].preprocess_ms,
                                                 "wait": res[0].latency_ms["wait"], "score": score_ms})

@@ -16,10 +16,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
+import onnxruntime
+
+from chain.profile import ExecutionProfile
 from model_store.graph import ORT_TYPES
 
 from .backends import Runner, ScoreError, compile_verified, cpu_threads
 from .backends.ort import GPU_PROVIDERS, gpu_driver, provider_options, providers_for, trt_cache_dir
+from .backends.ov import version as openvino_version
 from .frames import ModelLoaded
 from .preprocess import Preprocessor
 from .telemetry import log
@@ -45,6 +49,11 @@ class SessionEntry:
         other classes names and colours its frames by its own card."""
         return tuple((c.name, tuple(c.color)) for c in self.card.classes) if self.card is not None else ()
 
+    @functools.cached_property
+    def profile(self) -> ExecutionProfile:
+        """The execution profile its results state (and their v3 leaves bind)."""
+        return runner_profile(self.runner)
+
     @property
     def session(self):           # the runtime's own object (ORT session, OpenVINO model)
         return self.runner.native
@@ -62,6 +71,28 @@ class SessionEntry:
         """The device in use: an ORT provider name, or 'OpenVINO <device>'."""
         r = self.runner
         return r.device if r.backend == "onnxruntime" else f"OpenVINO {r.device}"
+
+
+_OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def runner_profile(runner) -> ExecutionProfile:
+    """The runner's own profile when it states one, else what it runs with: the backend, its
+    device (an ORT provider without "ExecutionProvider"), the precision OpenVINO reports it
+    compiled for (ONNX Runtime computes in the graph's types: fp32) and the runtime version."""
+    stated = getattr(runner, "profile", None)
+    if stated is not None:
+        return stated
+    if runner.backend == "openvino":
+        try:
+            hint = str(runner.native.get_property("INFERENCE_PRECISION_HINT")).lower()
+        except Exception:  # noqa: BLE001 - a device without the property runs its model's types
+            hint = "f32"
+        return ExecutionProfile("openvino", str(runner.device),
+                                _OV_PRECISIONS.get(hint.split(".")[-1], "fp32"), openvino_version())
+    device = str(runner.device).replace("ExecutionProvider", "") or "CPU"
+    return ExecutionProfile("onnxruntime", "TensorRT" if device == "Tensorrt" else device, "fp32",
+                            onnxruntime.__version__)
 
 
 def drive_spec(card, key: str):
