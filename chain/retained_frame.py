@@ -49,6 +49,7 @@ def write_frame(stream_dir: str | os.PathLike, seq: int, image: np.ndarray, colo
     """Keep a decoded frame (uint8 H x W x C in ``colour`` order); returns its path.
     ``OSError`` when it cannot be written (a full disk, no permission)."""
     p = frame_file(stream_dir, seq, colour)
+    p.parent.mkdir(parents=True, exist_ok=True)
     picture = image[..., ::-1] if colour == "RGB" else image   # cv2 writes BGR arrays as RGB PNGs
     if not cv2.imwrite(str(p), np.ascontiguousarray(picture), PNG_OPTIONS):
         raise OSError(f"cannot write {p}")

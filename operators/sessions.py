@@ -79,17 +79,18 @@ _OV_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 def runner_profile(runner) -> ExecutionProfile:
     """The runner's own profile when it states one, else what it runs with: the backend, its
     device (an ORT provider without "ExecutionProvider"), the precision OpenVINO reports it
-    compiled for (ONNX Runtime computes in the graph's types: fp32) and the runtime version."""
+    compiled for (it picks bf16 by itself on a CPU with bf16 instructions; ONNX Runtime
+    computes in the graph's types: fp32) and the runtime version."""
     stated = getattr(runner, "profile", None)
     if stated is not None:
         return stated
     if runner.backend == "openvino":
-        try:
-            hint = str(runner.native.get_property("INFERENCE_PRECISION_HINT")).lower()
+        try:   # an openvino.Type: its short name is f32, bf16, f16
+            hint = runner.native.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         except Exception:  # noqa: BLE001 - a device without the property runs its model's types
             hint = "f32"
-        return ExecutionProfile("openvino", str(runner.device),
-                                _OV_PRECISIONS.get(hint.split(".")[-1], "fp32"), openvino_version())
+        return ExecutionProfile("openvino", str(runner.device), _OV_PRECISIONS.get(hint, "fp32"),
+                                openvino_version())
     device = str(runner.device).replace("ExecutionProvider", "") or "CPU"
     return ExecutionProfile("onnxruntime", "TensorRT" if device == "Tensorrt" else device, "fp32",
                             onnxruntime.__version__)
