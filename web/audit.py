@@ -118,6 +118,12 @@ class AuditSite:
         """anchor-verify on one frame: each check passed, failed or not run."""
         return verify_frame(self.index, self.registry, self.index.batch(bid), seq, blob=self.blob)
 
+    def rescore(self, bid: str, seq: int) -> dict:
+        """anchor-verify --rescore on one frame: the checks, the counts and the picture of
+        the pixels whose anchored class the model does not give."""
+        return verify_frame(self.index, self.registry, self.index.batch(bid), seq, blob=self.blob,
+                            rescore=True)
+
     # -- HTTP ------------------------------------------------------------------------------
     async def _in_worker(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.chain_worker, fn, *args)
@@ -146,6 +152,10 @@ class AuditSite:
 
     async def _verify(self, request):
         return web.json_response(await self._in_worker(self.verify, request.query.get("batch", ""),
+                                                       self._seq(request)))
+
+    async def _rescore(self, request):
+        return web.json_response(await self._in_worker(self.rescore, request.query.get("batch", ""),
                                                        self._seq(request)))
 
     async def _file(self, request):
@@ -179,6 +189,7 @@ class AuditSite:
         app.router.add_get("/api/frames", self._frames)
         app.router.add_get("/api/thumb", self._thumb)
         app.router.add_get("/api/verify", self._verify)
+        app.router.add_get("/api/rescore", self._rescore)
         app.router.add_get("/files/{name:.+}", self._file)
 
     def server(self, host: str = "127.0.0.1", port: int = 0,
