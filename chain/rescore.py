@@ -108,15 +108,14 @@ class Rescore:
     def check(self) -> "Rescore":
         """Self, or AnchorVerificationFailed (check ``rescore_mismatch``)."""
         if not self.ok:
-            how = (f"score more than {self.tolerance:g} below the top class (largest gap "
-                   f"{self.max_gap:.4g})" if self.tolerance is not None else "differ")
+            what = (f"a class scoring more than {self.tolerance:g} below the top class (largest gap "
+                    f"{self.max_gap:.4g})" if self.tolerance is not None else "another class than it gives")
             raise errors.AnchorVerificationFailed(
                 f"rescore mismatch: {self.mismatched} of {self.compared} pixels disagree: the "
-                f"anchored mask of stream '{self.stream}' seq {self.seq} gives them a class whose "
-                f"{how} when model {self.model_key[:16]}… is re-run on the retained frame "
-                f"({self.identical} identical, {self.within_tolerance} within tolerance; anchored "
-                f"with {self.profile}); the device did not anchor what the model computes",
-                check="rescore_mismatch")
+                f"anchored mask of stream '{self.stream}' seq {self.seq} gives them {what} when model "
+                f"{self.model_key[:16]}… is re-run on the retained frame ({self.identical} identical, "
+                f"{self.within_tolerance} within tolerance; anchored with {self.profile}); the "
+                "device did not anchor what the model computes", check="rescore_mismatch")
         return self
 
 

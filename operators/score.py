@@ -14,6 +14,7 @@ Runs submitted before a revocation was known finish and are emitted (they passed
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -157,7 +158,7 @@ class ScoreLogic(StatefulBatchLogic):
     def _run(self, e: SessionEntry, chunk) -> list:
         """Start scoring ``chunk`` with ``e`` and return the results of earlier runs that
         are done (all but ``depth - 1`` of the runs in flight), in frame order."""
-        chunk = [f if e.pre.ready(f) else e.pre(f) for f in chunk]
+        chunk = [f if e.pre.ready(f) else e.pre(_decoded(f)) for f in chunk]
         imgs = [f.image for f in chunk]
         shapes = {im.shape for im in imgs}
         if len(shapes) > 1:   # mixed sizes (dynamic-size model, raw frames): one at a time
@@ -282,6 +283,15 @@ class ScoreLogic(StatefulBatchLogic):
         if frames and self.sid is None:
             self.sid = frames[0].stream_id   # Bytewax builds the logic without its key
         self.pending.extendleft(reversed(frames))
+
+
+def _decoded(f: Frame) -> Frame:
+    """The frame to adapt to a model swapped in with another input: its picture as decoded
+    when it was kept (a kept frame is re-run from that picture, ``chain.rescore``), else the
+    picture it has."""
+    if f.raw is None:
+        return f
+    return dataclasses.replace(f, image=f.raw, colour=f.raw_colour)
 
 
 def _keep_key(item):
