@@ -210,6 +210,8 @@ def test_a_replaced_or_damaged_mask_is_refused(run, how):
     ("shares_value", "result_shares_mismatch"),
     ("shares_swapped", "result_shares_mismatch"),
     ("leaf", "result_leaf_mismatch"),
+    ("frame", "result_claim_mismatch"),
+    ("profile", "result_claim_mismatch"),
     ("line_deleted", "result_missing"),
     ("edited_copy_appended", "result_model_key_mismatch"),
 ])
@@ -229,6 +231,10 @@ def test_a_results_line_altered_after_anchoring_is_refused(run, edit, check):
         rec["shares"] = {("Road" if name != "Road" else "Car"): share}
     elif edit == "leaf":
         rec["leaf"] = "00" * 32
+    elif edit == "frame":       # another frame's digest
+        rec["frame"] = json.loads(lines[i - 1])["frame"]
+    elif edit == "profile":     # claims the reference numerics it did not run with
+        rec["profile"] = dict(rec["profile"], backend="tensorrt" if rec["profile"]["backend"] != "tensorrt" else "x")
     if edit == "line_deleted":
         del lines[i]
     elif edit == "edited_copy_appended":

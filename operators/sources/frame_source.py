@@ -11,7 +11,6 @@ from bytewax.inputs import FixedPartitionedSource
 from chain.frame_digest import frame_digest
 
 from ..context import FlowContext
-from ..keep_frames import KeepFrames
 from ..frames import Frame
 from ..source_spec import SourceSpec
 from ..telemetry import log
@@ -56,7 +55,7 @@ def read_frames(step_id: str, flow: Dataflow, ctx: FlowContext,
     binds) is taken here, of the picture as decoded, and the frames ``VERISEG_KEEP_FRAMES``
     keeps carry that picture to the sink."""
     cfg, pre = ctx.config, ctx.preprocessor
-    digest, keep = getattr(cfg, "frame_digest", True), getattr(cfg, "keep_frames", KeepFrames())
+    digest, keep = cfg.frame_digest, cfg.keep_frames
 
     def prepare(f):
         f = dataclasses.replace(
