@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import cv2
@@ -100,7 +99,7 @@ class Rescore:
 
     def line(self) -> str:
         how = (f"within {self.tolerance:g} of the top score" if self.tolerance is not None
-               else "exact")
+               else f"exact: {self.exact_reason}" if self.exact_reason else "exact")
         return (f"rescored: {self.compared} pixels compared, {self.identical} identical, "
                 f"{self.within_tolerance} within tolerance ({how}; anchored with {self.profile}, "
                 f"re-run with {self.reference})")

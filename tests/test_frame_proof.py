@@ -4,8 +4,8 @@ line's new claims, the retention policy, the retained-frame files and the re-exe
 comparison (exact, within tolerance, mismatch) on small graphs."""
 from __future__ import annotations
 
+import json
 import struct
-from pathlib import Path
 from types import SimpleNamespace
 
 import blake3
@@ -105,11 +105,11 @@ def test_batch_leaves_keep_their_frame_and_profile_and_refuse_half_of_them(tmp_p
     assert back.leaves[0].frame == fd and back.leaves[0].profile == ORT_CPU
     assert back.leaves[1].frame is None and back.root == b.root
     raw["leaves"][0].pop("profile")
-    (tmp_path / "half.json").write_text(__import__("json").dumps(raw))
+    (tmp_path / "half.json").write_text(json.dumps(raw))
     with pytest.raises(errors.BatchFormatError, match="malformed.*both its frame digest and its profile"):
         AnchorBatch.read(tmp_path / "half.json")
     raw["leaves"][0]["profile"] = {"backend": "onnxruntime"}
-    (tmp_path / "bad.json").write_text(__import__("json").dumps(raw))
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
     with pytest.raises(errors.BatchFormatError, match="malformed"):
         AnchorBatch.read(tmp_path / "bad.json")
 

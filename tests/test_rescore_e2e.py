@@ -15,17 +15,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime
 import pytest
 from bytewax.testing import run_main
 
 import chain
+import model_store
 from chain import anchoring
 from chain.cli import main as chain_main
 from chain.frame_digest import frame_digest
 from chain.results import frame_record
 from chain.retained_frame import read_frame
 from dataflows.segment import build_flow
-from flow_fixtures import anchored_folder_run, env_for, expected_classes, make_blob, make_folder, read_jsonl, register_embedded
+from flow_fixtures import (anchored_folder_run, env_for, expected_classes, make_blob, make_folder, read_jsonl,
+                           register_embedded)
 from operators.anchor_seal import load_secret, write_sealed
 from operators.config import load_config
 
@@ -99,7 +102,7 @@ def test_every_kept_frame_hashes_to_its_leaf_and_rescores(run, pristine):
         assert rc == 0 and err == "", err
         assert out.rstrip().endswith("rescored: 1024 pixels compared, 1024 identical, 0 within "
                                      f"tolerance (exact; anchored with {leaf.profile}, re-run with "
-                                     f"onnxruntime {__import__('onnxruntime').__version__} CPU fp32)")
+                                     f"onnxruntime {onnxruntime.__version__} CPU fp32)")
 
 
 def test_a_device_that_anchors_a_mask_the_model_did_not_produce_is_caught_by_rescore(run):
@@ -115,7 +118,7 @@ def test_a_device_that_anchors_a_mask_the_model_did_not_produce_is_caught_by_res
     leaves = [anchoring.Leaf.from_json(x) for x in doc["leaves"]]
     rows = read_jsonl(run.results)
     row = next(r for r in rows if r["seq"] == seq)
-    card_names = [c.name for c in __import__("model_store").read_header(run.root / "models" / "tiny.vsb").classes]
+    card_names = [c.name for c in model_store.read_header(run.root / "models" / "tiny.vsb").classes]
     lf = leaves[[x.seq for x in leaves].index(seq)]
     rec = frame_record(SID, seq, run.key, m, ts=row["ts"], pos=row["pos"], class_names=card_names,
                        batch=row["batch"], mask=row["mask"], frame=lf.frame, profile=lf.profile)
@@ -154,7 +157,7 @@ def test_frame_needs_rescore_and_rescore_needs_a_blob(run, monkeypatch):
     import chain.cli
     monkeypatch.setattr(chain.cli, "blob_of", lambda reg, key, blob=None: None)
     monkeypatch.setattr(chain.cli, "_card_class_names",
-                        lambda reg, key, blob=None: [c.name for c in __import__("model_store").read_header(
+                        lambda reg, key, blob=None: [c.name for c in model_store.read_header(
                             run.root / "models" / "tiny.vsb").classes])
     line = run.refused("rescore_unavailable", 7, "--rescore")
     assert "pass --blob BLOB" in line

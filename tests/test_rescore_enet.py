@@ -6,7 +6,6 @@ asserted; docs/security.md has the whole-clip numbers."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from bytewax.testing import run_main
