@@ -285,3 +285,23 @@ def test_rescore_maps_a_mask_at_the_frames_size(tmp_path, scores_blob):
     mask = cv2.resize(ids, (20, 12), interpolation=cv2.INTER_NEAREST)
     r = rescore_frame(_proven(key, img, "RGB", ORT_CPU), mask, blob, p).check()
     assert r.compared == 240 and r.identical == 240
+
+
+def test_frames_an_earlier_run_kept_count_against_the_budget(tmp_path):
+    """A restart of the stream: its kept frames on disk share the budget with new ones."""
+    from operators.frames import ScoredFrame
+    from operators.sinks.frames import FrameKeeper
+    from operators.telemetry import Stats
+    img = _frame(16, 16)
+    for seq in (0, 1, 2):
+        write_frame(tmp_path, seq, img, "BGR")
+    size = find_frame(tmp_path, 0).stat().st_size
+    stats = Stats()
+    keeper = FrameKeeper(tmp_path, KeepFrames(1, int(3.5 * size)), stats, "s")
+    assert [p.name[:6] for p in sorted((tmp_path / "frames").iterdir())] == ["000000", "000001", "000002"]
+    keeper.keep(ScoredFrame("s", 3, 0.0, "", np.zeros((2, 2), np.uint8), KEY, raw=img, raw_colour="BGR"))
+    assert [p.name[:6] for p in sorted((tmp_path / "frames").iterdir())] == ["000001", "000002", "000003"]
+    assert stats.kept == {"s": 1} and stats.rotated == {"s": 1}
+    # a frame without its decoded picture (not selected at the source) is not kept
+    keeper.keep(ScoredFrame("s", 4, 0.0, "", np.zeros((2, 2), np.uint8), KEY))
+    assert find_frame(tmp_path, 4) is None
