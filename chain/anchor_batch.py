@@ -16,6 +16,7 @@ from model_store.util import atomic_write
 from . import errors
 from .files import PathRefused, open_regular
 from .merkle import MerkleTree, leaf_digest, proof_to_json
+from .profile import ExecutionProfile
 
 BATCH_FORMAT = "veriseg-anchor-batch"
 BATCH_VERSION = 1
@@ -28,6 +29,8 @@ class Leaf:
     digest: bytes
     ts: float | None = None     # what the frame's results line claims (bound by a v2 leaf)
     pos: str | None = None
+    frame: bytes | None = None  # the decoded frame's digest and the execution profile
+    profile: ExecutionProfile | None = None   # (bound by a v3 leaf, always both)
 
     def to_json(self) -> dict:
         d = {"stream": self.stream, "seq": self.seq, "digest": self.digest.hex()}
@@ -35,13 +38,21 @@ class Leaf:
             d["ts"] = self.ts
         if self.pos is not None:
             d["pos"] = self.pos
+        if self.frame is not None:
+            d["frame"] = self.frame.hex()
+        if self.profile is not None:
+            d["profile"] = self.profile.as_dict()
         return d
 
     @classmethod
     def from_json(cls, x: dict) -> "Leaf":
-        ts, pos = x.get("ts"), x.get("pos")
+        ts, pos, frame, profile = x.get("ts"), x.get("pos"), x.get("frame"), x.get("profile")
+        if (frame is None) != (profile is None):
+            raise ValueError("a leaf states both its frame digest and its profile, or neither")
         return cls(str(x["stream"]), int(x["seq"]), bytes.fromhex(x["digest"]),
-                   None if ts is None else float(ts), None if pos is None else str(pos))
+                   None if ts is None else float(ts), None if pos is None else str(pos),
+                   None if frame is None else bytes.fromhex(frame),
+                   None if profile is None else ExecutionProfile.from_dict(profile))
 
 
 @dataclass
@@ -57,13 +68,15 @@ class AnchorBatch:
 
     @classmethod
     def build(cls, model_key: str, records: Sequence[tuple[str, int, object]]) -> "AnchorBatch":
-        """From (stream_id, seq, class_map[, ts, pos]) records scored by ``model_key``."""
+        """From (stream_id, seq, class_map[, ts, pos[, frame, profile]]) records scored by
+        ``model_key``."""
         from .values import normalize_key
         mk = normalize_key(model_key)
         leaves = []
         for s, n, cm, *claims in records:
-            ts, pos = (list(claims) + [None, None])[:2]
-            leaves.append(Leaf(str(s), int(n), leaf_digest(s, n, mk, cm, ts=ts, pos=pos), ts, pos))
+            ts, pos, frame, profile = (list(claims) + [None] * 4)[:4]
+            leaves.append(Leaf(str(s), int(n), leaf_digest(s, n, mk, cm, ts=ts, pos=pos, frame=frame,
+                                                           profile=profile), ts, pos, frame, profile))
         return cls(mk, leaves)
 
     @property

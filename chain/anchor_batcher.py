@@ -47,14 +47,16 @@ class AnchorBatcher:
             self._leaves = [Leaf.from_json(x) for x in resume["leaves"]]
 
     def add(self, stream_id: str, seq: int, model_key: str, class_map, *,
-            ts: float | None = None, pos: str | None = None) -> Path | None:
+            ts: float | None = None, pos: str | None = None, frame: bytes | None = None,
+            profile=None) -> Path | None:
         """Add a frame's result (its leaf is computed here); returns what ``send`` returned
         for a batch this closed, else None."""
         from .values import normalize_key
         mk = normalize_key(model_key)
         return self.add_leaf(mk, Leaf(str(stream_id), int(seq),
-                                      leaf_digest(stream_id, seq, mk, class_map, ts=ts, pos=pos),
-                                      ts, pos))
+                                      leaf_digest(stream_id, seq, mk, class_map, ts=ts, pos=pos,
+                                                  frame=frame, profile=profile),
+                                      ts, pos, frame, profile))
 
     def add_leaf(self, model_key: str, leaf: Leaf) -> Path | None:
         """Add a leaf computed already (``chain.results.frame_record(...).anchor_leaf``)."""

@@ -62,6 +62,8 @@ class Verification:
     leaf: str = ""                # the proven leaf (hex) and the claims it binds
     ts: float | None = None
     pos: str | None = None
+    frame: str | None = None      # the decoded frame's digest (hex) and the execution
+    profile: dict | None = None   # profile a v3 leaf binds
 
     anchorer: str = ""            # the device (address) that anchored the root
 
@@ -86,7 +88,8 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
             f"(it covers seq {batch.first_seq}..{batch.last_seq}); pick the batch file for "
             "that frame", check="leaf_missing")
     rec = batch.leaves[idx]
-    leaf = leaf_digest(stream, seq, batch.model_key, class_map, ts=rec.ts, pos=rec.pos)
+    leaf = leaf_digest(stream, seq, batch.model_key, class_map, ts=rec.ts, pos=rec.pos,
+                       frame=rec.frame, profile=rec.profile)
     if leaf != batch.leaves[idx].digest:
         raise errors.AnchorVerificationFailed(
             f"leaf mismatch: the mask's digest for stream '{stream}' seq {seq} under model "
@@ -134,7 +137,8 @@ def verify_frame(batch_path: str | os.PathLike, stream: str, seq: int, class_map
     except errors.ChainError:
         key_state = "unknown"
     return Verification(stream, seq, key, claimed_root.hex(), block, key_state, leaf.hex(),
-                        rec.ts, rec.pos, rec_chain.anchorer)
+                        rec.ts, rec.pos, None if rec.frame is None else rec.frame.hex(),
+                        None if rec.profile is None else rec.profile.as_dict(), rec_chain.anchorer)
 
 
 def _leaf_in_batch_file(folder: Path, root: str, stream: str, seq: int) -> bytes | None:

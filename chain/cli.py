@@ -193,40 +193,44 @@ def cmd_anchor(args) -> int:
     return 0
 
 
-def card_of(reg, key: str, blob: str | None = None):
-    """The card of ``key``'s blob: ``blob`` (which must hash to the key), else the URI it
-    was registered with when that is a local file that still hashes to the key, else the
-    blob ``register`` recorded on this machine; None otherwise (a results line's shares
-    then cannot be checked)."""
+def blob_of(reg, key: str, blob: str | None = None) -> Path | None:
+    """The blob file of ``key``: ``blob`` (which must hash to the key), else the URI it was
+    registered with when that is a local file that still hashes to the key, else the blob
+    ``register`` recorded on this machine (chain.blob_index) when it still hashes to the key;
+    None otherwise."""
     import model_store
     if blob is not None:
         got = blob_key(blob)
         if got != key:
             raise CliError(f"--blob {blob} has key {got}, not the anchored model {key}; pass "
                            "the blob of the model that scored the frame")
-        return model_store.read_header(blob)
+        return Path(blob)
     try:
         from urllib.parse import unquote, urlparse
         uri = reg.info(key)[1]
         u = urlparse(uri)
         path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
-        if not uri or not path.is_file() or model_store.verify(path) != key:
-            return _recorded_card(reg, key)
-        return model_store.read_header(path)
-    except Exception:  # noqa: BLE001 - no card: a line with shares is refused, not trusted
-        return _recorded_card(reg, key)
-
-
-def _recorded_card(reg, key: str):
-    """The card of the blob ``register`` recorded for ``key`` on this machine
-    (chain.blob_index), when it still hashes to the key; None otherwise."""
-    import model_store
+        if uri and path.is_file() and model_store.verify(path) == key:
+            return path
+    except Exception:  # noqa: BLE001 - no blob there: try the local record
+        pass
     try:
         path = recorded_blob(reg.home, key)
-        if path is None or model_store.verify(path) != key:
-            return None
-        return model_store.read_header(path)
-    except Exception:  # noqa: BLE001 - as card_of: no card, the shares stay unchecked
+        if path is not None and model_store.verify(path) == key:
+            return Path(path)
+    except Exception:  # noqa: BLE001 - no blob: a line with shares is refused, not trusted
+        pass
+    return None
+
+
+def card_of(reg, key: str, blob: str | None = None):
+    """The card of ``key``'s blob (:func:`blob_of`); None when there is no such blob (a
+    results line's shares then cannot be checked)."""
+    import model_store
+    path = blob_of(reg, key, blob)
+    try:
+        return None if path is None else model_store.read_header(path)
+    except Exception:  # noqa: BLE001 - no card: a line with shares is refused, not trusted
         return None
 
 
@@ -246,6 +250,43 @@ def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None
     AnchorVerificationFailed whose ``.check`` names the first check that failed (in this
     order: result_missing and result_ambiguous when the mask comes from the line, mask,
     then verify_frame's, then verify_result_line's)."""
+    return _prove(connect, batch, stream, seq, mask=mask, result=result, blob=blob, line=line)[0]
+
+
+def prove_and_rescore(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None,
+                      line=None, frame=None):
+    """``anchor-verify --rescore``: :func:`prove_frame`, then the model re-run on the
+    retained frame (``frame``, else the one kept next to ``result``) by
+    ``chain.rescore.rescore_frame``. Returns (Verification, Rescore) whatever the rescore
+    found (``Rescore.check()`` refuses a mismatch); raises AnchorVerificationFailed as
+    prove_frame does, then rescore_unavailable, frame_missing or frame_mismatch."""
+    try:
+        from .rescore import rescore_frame
+    except ImportError as e:
+        raise CliError(f"--rescore needs the rescore extra ({e}): pip install 'veriseg[rescore]'") from None
+    from .retained_frame import find_frame
+    v, class_map, reg = _prove(connect, batch, stream, seq, mask=mask, result=result, blob=blob,
+                               line=line)
+    if frame is None:
+        if result is None:
+            raise CliError("--rescore needs --frame PNG, or --result RESULTS.jsonl whose folder "
+                           "keeps the frame (frames/<seq>.<order>.png)")
+        folder = Path(str(result)).parent     # a path, or the page's ResultsFile
+        frame = find_frame(folder, seq)
+        if frame is None:
+            raise errors.AnchorVerificationFailed(
+                f"frame missing: {folder / 'frames'} keeps no frame {seq:06d} of "
+                f"stream '{stream}'; the device did not keep it (VERISEG_KEEP_FRAMES) or it was "
+                "rotated out: pass --frame PNG if you hold it", check="frame_missing")
+    path = blob_of(reg, v.model_key, blob)
+    if path is None:
+        raise errors.AnchorVerificationFailed(
+            f"rescore unavailable: the blob of model {v.model_key[:16]}… is not at its registered "
+            "URI nor recorded by register here; pass --blob BLOB", check="rescore_unavailable")
+    return v, rescore_frame(v, class_map, path, frame)
+
+
+def _prove(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None, line=None):
     from .anchor_verify import read_mask, verify_frame
     from .results import ResultsFile, verify_result_line
     results = None
@@ -265,16 +306,29 @@ def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None
     if results is not None:
         verify_result_line(results, v, class_map, _card_class_names(reg, v.model_key, blob),
                            line=line)
-    return v
+    return v, class_map, reg
 
 
 def cmd_anchor_verify(args) -> int:
-    v = prove_frame(lambda: _connect(args), args.batch, args.stream, args.seq, mask=args.mask,
-                    result=args.result, blob=args.blob)
-    if args.json:
-        print(json.dumps(v.__dict__, sort_keys=True))
+    if args.frame is not None and not args.rescore:
+        raise CliError("--frame is the frame to re-score: pass it with --rescore")
+    rescored = None
+    if args.rescore:
+        v, rescored = prove_and_rescore(lambda: _connect(args), args.batch, args.stream, args.seq,
+                                        mask=args.mask, result=args.result, blob=args.blob,
+                                        frame=args.frame)
+        rescored.check()
     else:
-        print(v.line() + (f"; its line in {args.result} matches" if args.result else ""))
+        v = prove_frame(lambda: _connect(args), args.batch, args.stream, args.seq, mask=args.mask,
+                        result=args.result, blob=args.blob)
+    if args.json:
+        out = dict(v.__dict__)
+        if rescored is not None:
+            out["rescore"] = rescored.as_dict()
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(v.line() + (f"; its line in {args.result} matches" if args.result else "")
+              + (f"; {rescored.line()}" if rescored is not None else ""))
     return 0
 
 
@@ -387,8 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "leaf or recomputed from the proven mask; its mask is used when --mask "
                         "is not given")
     p.add_argument("--blob", default=None, metavar="BLOB",
-                   help="the model's blob, for the class names a line's shares use (default: "
-                        "the registered URI when it is a local file)")
+                   help="the model's blob, for the class names a line's shares use and for "
+                        "--rescore (default: the registered URI when it is a local file)")
+    p.add_argument("--rescore", action="store_true",
+                   help="also re-run the model on the retained frame and compare its mask with "
+                        "the anchored one (docs/security.md: what that proves)")
+    p.add_argument("--frame", default=None, metavar="PNG",
+                   help="the retained frame for --rescore (default: frames/<seq>.<order>.png "
+                        "next to --result)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_anchor_verify)
 

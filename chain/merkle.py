@@ -4,17 +4,24 @@ and the proofs from a leaf to it.
 Leaf (domain-separated from inner nodes by its first byte, every field length-prefixed
 or fixed-size, so no two different inputs encode to the same bytes)::
 
-    leaf  = BLAKE3(0x00 | u16 len | "veriseg/anchor/leaf/v2"
+    leaf  = BLAKE3(0x00 | u16 len | "veriseg/anchor/leaf/v3"
                    | u32 len | stream_id (UTF-8) | u64 seq | 32-byte model key
                    | u8 ndim | u32 dim * ndim | u64 len | class-map bytes (C order, uint8)
                    | u8 has_ts | i64 ts (microseconds, round(ts * 1e6); only if has_ts)
-                   | u8 has_pos | u32 len | pos (UTF-8; only if has_pos))
+                   | u8 has_pos | u32 len | pos (UTF-8; only if has_pos)
+                   | 32-byte frame digest (chain.frame_digest: the decoded frame)
+                   | u32 len | execution profile (chain.profile.ExecutionProfile.encode()))
     inner = BLAKE3(0x01 | left | right)
 
 ``ts`` and ``pos`` are the frame's timestamp and source position as its results line
-states them, so a line claims nothing the leaf does not cover. A leaf with neither is
-the v1 leaf (domain "veriseg/anchor/leaf/v1", the fields up to the class map only): batch
-files written before v2 still verify, and their lines may not claim a ts or pos.
+states them, so a line claims nothing the leaf does not cover. The frame digest binds the
+picture the model was given and the profile the numerics it ran with, so anyone holding
+the frame can re-run the registered model on it and compare (``chain.rescore``).
+
+Older leaves still verify: v2 (domain "veriseg/anchor/leaf/v2") ends after ``pos``; v1
+(domain "veriseg/anchor/leaf/v1") ends after the class map, and its lines may not claim a
+ts or pos. A leaf is v3 when it has a frame digest and a profile (always both), v2 when it
+has a ts or pos, v1 otherwise.
 
 An odd node at the end of a level is promoted unchanged to the next level (no
 duplication, so a tree of n leaves never equals a tree of n+1 leaves). A proof is the
@@ -30,11 +37,13 @@ import blake3
 import numpy as np
 
 from . import errors
+from .profile import ExecutionProfile
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 LEAF_DOMAIN_V1 = b"veriseg/anchor/leaf/v1"   # stream, seq, key, class map
-LEAF_DOMAIN = b"veriseg/anchor/leaf/v2"      # ... and the frame's ts and pos
+LEAF_DOMAIN_V2 = b"veriseg/anchor/leaf/v2"   # ... and the frame's ts and pos
+LEAF_DOMAIN = b"veriseg/anchor/leaf/v3"      # ... and the frame digest and execution profile
 
 
 def _key32(model_key: str | bytes) -> bytes:
@@ -50,10 +59,12 @@ def ts_micros(ts) -> int:
 
 
 def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map, *,
-                ts: float | None = None, pos: str | None = None) -> bytes:
+                ts: float | None = None, pos: str | None = None, frame: bytes | None = None,
+                profile: ExecutionProfile | None = None) -> bytes:
     """BLAKE3 digest of one frame's result (32 bytes). ``class_map`` is the uint8 class-id
     array the model produced (H x W); bytes are accepted and hashed as a 1-D map. ``ts``
-    and ``pos`` (as the results line states them) make it a v2 leaf that binds them."""
+    and ``pos`` (as the results line states them) make it a v2 leaf that binds them; a
+    ``frame`` digest (32 bytes) and the ``profile`` together make it a v3 leaf."""
     if isinstance(class_map, (bytes, bytearray, memoryview)):
         arr = np.frombuffer(bytes(class_map), dtype=np.uint8)
     else:
@@ -64,8 +75,15 @@ def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map, *,
             arr = arr[..., 0]
     if not 0 <= int(seq) < 2**64:
         raise ValueError(f"seq {seq} out of range for u64")
-    v2 = ts is not None or pos is not None
-    domain = LEAF_DOMAIN if v2 else LEAF_DOMAIN_V1
+    if (frame is None) != (profile is None):
+        raise ValueError("a v3 leaf binds both the frame digest and the execution profile")
+    v3 = frame is not None
+    if v3 and (not isinstance(frame, (bytes, bytearray)) or len(frame) != 32):
+        raise ValueError("the frame digest is 32 bytes")
+    if v3 and not isinstance(profile, ExecutionProfile):
+        raise TypeError(f"profile must be an ExecutionProfile, not {type(profile).__name__}")
+    v2 = v3 or ts is not None or pos is not None
+    domain = LEAF_DOMAIN if v3 else LEAF_DOMAIN_V2 if v2 else LEAF_DOMAIN_V1
     sid = str(stream_id).encode("utf-8")
     h = blake3.blake3()
     h.update(LEAF_PREFIX)
@@ -84,6 +102,10 @@ def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map, *,
         else:
             p = str(pos).encode("utf-8")
             h.update(b"\x01" + struct.pack(">I", len(p)) + p)
+    if v3:
+        prof = profile.encode()
+        h.update(bytes(frame))
+        h.update(struct.pack(">I", len(prof)) + prof)
     return h.digest()
 
 

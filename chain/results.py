@@ -2,13 +2,15 @@
 ``python -m chain anchor-verify --result`` checks, computed in one place.
 
     rec = frame_record("cam0", 7, key, class_map, ts=ts, pos="clip.avi#7", class_names=names,
-                       batch=1, mask="masks/000007.png")
+                       batch=1, mask="masks/000007.png", frame=frame_digest(image, "BGR"),
+                       profile=runner_profile)
     line = dict(rec.line, latency_ms=...)   # diagnostics go after the computed fields
     batcher.add_leaf(key, rec.anchor_leaf)  # the Merkle leaf the line names
 
-The line's ``leaf`` is ``chain.merkle.leaf_digest`` of the frame (v2: it binds the ts and
-pos the line states, as rounded in the line) and its ``shares`` the fraction of pixels per
-class (5 decimals, absent classes left out). The verifier recomputes both from the proven
+The line's ``leaf`` is ``chain.merkle.leaf_digest`` of the frame (v3: it binds the ts and
+pos the line states, as rounded in the line, the decoded frame's digest the line states as
+``frame`` and the execution profile it states as ``profile``) and its ``shares`` the
+fraction of pixels per class (5 decimals, absent classes left out). The verifier recomputes both from the proven
 class map with the same functions, so a line the sink wrote always verifies.
 """
 
@@ -44,9 +46,9 @@ SHARE_DECIMALS = 5
 #: What a ``results.jsonl`` line may carry. Bound: covered by the proven leaf. Derived:
 #: recomputed from the proven class map. Diagnostics: how the frame was processed (timings,
 #: micro-batch size), which claim nothing about the result. Any other field is refused.
-RESULT_BOUND = ("stream", "seq", "model_key", "ts", "pos")
+RESULT_BOUND = ("stream", "seq", "model_key", "ts", "pos", "frame", "profile")
 RESULT_DERIVED = ("leaf", "shares", "mask")
-RESULT_DIAGNOSTICS = ("latency_ms", "batch", "profile")
+RESULT_DIAGNOSTICS = ("latency_ms", "batch")
 
 
 def _as_map(class_map) -> np.ndarray:
@@ -86,22 +88,29 @@ class FrameRecord:
         """The leaf as an anchor batch holds it (stream, seq, digest and the claims it binds)."""
         if self.leaf is None:
             raise ValueError("this record was built without a leaf (with_leaf=False)")
-        return Leaf(self.line["stream"], self.line["seq"], self.leaf, self.line["ts"], self.line["pos"])
+        frame, profile = self.line.get("frame"), self.line.get("profile")
+        return Leaf(self.line["stream"], self.line["seq"], self.leaf, self.line["ts"], self.line["pos"],
+                    None if frame is None else bytes.fromhex(frame),
+                    None if profile is None else ExecutionProfile.from_dict(profile))
 
 
 def frame_record(stream: str, seq: int, model_key: str, class_map, *, ts: float,
                  pos: Optional[str], class_names: Optional[Sequence[str]],
                  batch: Optional[int] = None, mask: Optional[str] = None,
-                 profile: Optional[ExecutionProfile] = None,
+                 frame: Optional[bytes] = None, profile: Optional[ExecutionProfile] = None,
                  with_shares: bool = True, with_leaf: bool = True) -> FrameRecord:
     """The results line of one scored frame and its leaf. ``mask`` is the class-map PNG's
     path relative to the results file; ``batch`` the micro-batch size (a diagnostic);
-    ``profile`` how the mask was produced."""
+    ``frame`` (the decoded frame's digest, ``chain.frame_digest``) and ``profile`` (how the
+    mask was computed) make the leaf a v3 leaf, which binds both."""
     key = normalize_key(model_key)
     ts = round(float(ts), TS_DECIMALS)   # the leaf binds the ts as the line states it
     line = {"stream": str(stream), "seq": int(seq), "ts": ts, "pos": pos, "model_key": key}
-    if profile is not None:
+    if frame is not None and profile is not None:
+        line["frame"] = bytes(frame).hex()
         line["profile"] = profile.as_dict()
+    else:
+        frame = profile = None   # a v3 leaf binds both or neither
     if batch is not None:
         line["batch"] = batch
     if mask is not None:
@@ -110,7 +119,8 @@ def frame_record(stream: str, seq: int, model_key: str, class_map, *, ts: float,
         line["shares"] = class_shares(class_map, class_names)
     leaf = None
     if with_leaf:
-        leaf = leaf_digest(stream, seq, key, _as_map(class_map), ts=ts, pos=pos)
+        leaf = leaf_digest(stream, seq, key, _as_map(class_map), ts=ts, pos=pos, frame=frame,
+                           profile=profile)
         line["leaf"] = leaf.hex()
     return FrameRecord(line, leaf)
 
@@ -231,15 +241,18 @@ def _claim_equal(name: str, got, want) -> bool:
             return ts_micros(got) == ts_micros(want)
         except (TypeError, ValueError):
             return False
+    if name == "profile":
+        return isinstance(got, dict) and got == want
     return isinstance(got, str) and got == want
 
 
 def verify_result_line(results, v: Verification, class_map, class_names=None, *,
                        line: Optional[tuple[int, dict]] = None) -> dict:
     """Check the ``results.jsonl`` line of a frame that :func:`verify_frame` proved: every
-    field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos),
+    field it carries must be bound by the proven leaf (stream, seq, model key, ts, pos,
+    frame, profile),
     recomputed from the proven class map (leaf, required; shares, exact by class name;
-    mask, the same class map), or a known diagnostic (latency_ms, batch, profile). ``class_names``
+    mask, the same class map), or a known diagnostic (latency_ms, batch). ``class_names``
     (the card's, by class id) are needed to check shares: without them a line carrying
     shares is refused. Returns the line; raises AnchorVerificationFailed whose ``.check``
     is one of: result_missing, result_ambiguous, result_model_key_mismatch, result_leaf_missing,
@@ -251,7 +264,10 @@ def verify_result_line(results, v: Verification, class_map, class_names=None, *,
     frame."""
     p = results if isinstance(results, ResultsFile) else ResultsFile.at(results)
     found = [line] if line is not None else [p.line(v.stream, v.seq)]
-    leaf = v.leaf or leaf_digest(v.stream, v.seq, v.model_key, class_map, ts=v.ts, pos=v.pos).hex()
+    leaf = v.leaf or leaf_digest(
+        v.stream, v.seq, v.model_key, class_map, ts=v.ts, pos=v.pos,
+        frame=None if v.frame is None else bytes.fromhex(v.frame),
+        profile=None if v.profile is None else ExecutionProfile.from_dict(v.profile)).hex()
     want = class_shares(class_map, class_names)
     known = set(RESULT_BOUND) | set(RESULT_DERIVED) | set(RESULT_DIAGNOSTICS)
     for n, rec in found:
@@ -274,7 +290,7 @@ def verify_result_line(results, v: Verification, class_map, class_names=None, *,
         if rec["leaf"] != leaf:
             fail("result_leaf_mismatch", f"result leaf mismatch: @ records leaf "
                  f"{str(rec['leaf'])[:16]}…, the proven result is {leaf[:16]}…")
-        for name in ("ts", "pos"):
+        for name in ("ts", "pos", "frame", "profile"):
             if name not in rec:
                 continue   # claiming less than the leaf binds is fine
             bound = getattr(v, name)

@@ -44,7 +44,7 @@ from .classes import ClassInfo
 from .drive_spec import DriveSpec
 
 __all__ = ["NO_CLASS", "letterbox_box", "pad_pictures", "palette_lut", "picture_size", "postprocess", "preprocess",
-           "resize_frame", "resize_picture", "to_tensor"]
+           "resize_frame", "resize_picture", "to_frame", "to_tensor"]
 
 NO_CLASS = 255  # the id a uint8 class map gives a pixel with no valid class
 
@@ -152,6 +152,14 @@ def postprocess(output: np.ndarray, spec: DriveSpec, frame_size: Optional[Tuple[
         out = np.where(bad, NO_CLASS, ids).astype(np.uint8)
     if frame_size is None:
         return out
+    return to_frame(out, spec, frame_size)
+
+
+def to_frame(maps: np.ndarray, spec: DriveSpec, frame_size: Tuple[int, int]) -> np.ndarray:
+    """Per-pixel maps [N, h, w] at the output's resolution -> at the frame's size: the
+    letterbox border cropped off, then resized by nearest neighbour (postprocess's last
+    step; any dtype OpenCV resizes, e.g. int32 pixel indices)."""
+    out = maps
     if spec.resize == "letterbox" and spec.size is not None:
         top, left, nh, nw = letterbox_box(frame_size, spec.size)
         sy, sx = out.shape[1] / spec.size[0], out.shape[2] / spec.size[1]  # the output may be smaller

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource
 
+from .keep_frames import KeepFrames
 from .settings import PREFIX, FlowSettings, looks_like_path
 from .source_spec import VIDEO_EXTS, SourceSpec, parse_sources, stream_id_of
 
@@ -79,6 +80,8 @@ class Config:
     poll: float = 1.0
     masks: bool = True
     mask_size: str = "model"        # model | frame
+    keep_frames: KeepFrames = KeepFrames()   # decoded frames kept for re-execution
+    frame_digest: bool = True       # v3 leaves (False only in the frame_proof benchmark)
     video: bool = True
     jsonl: bool = True
     metrics_port: Optional[int] = None
@@ -237,7 +240,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         require_gpu=s.require_gpu, openvino_hint=s.openvino_hint,
         openvino_device=s.openvino_device, precision=s.precision, threads=s.threads, batch=s.batch or 0,
         loop=s.loop, max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
-        poll=s.poll, masks=s.masks, mask_size=s.mask_size, video=s.video, jsonl=s.jsonl,
+        poll=s.poll, masks=s.masks, mask_size=s.mask_size, keep_frames=s.keep_frames, video=s.video, jsonl=s.jsonl,
         metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,
         web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,

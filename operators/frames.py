@@ -53,7 +53,9 @@ class Frame:
     preprocess_ms: float = 0.0
     orig_size: tuple = ()    # (h, w) before preprocessing
     label: Optional[str] = None   # label path (CSV / dataset replay)
-    raw: Optional[np.ndarray] = None  # the undistorted original when kept for reports
+    raw: Optional[np.ndarray] = None  # the picture as decoded, when kept (reports, VERISEG_KEEP_FRAMES)
+    raw_colour: str = "BGR"           # its colour order
+    digest: Optional[bytes] = None    # chain.frame_digest of the decoded picture (a v3 leaf binds it)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +104,8 @@ class ScoredFrame:
     raw: Optional[np.ndarray] = None
     t_emit: float = 0.0      # perf_counter when the source queued the frame
     classes: tuple = ()      # the scoring model's (name, RGB colour) per id; () : the flow's first model's
+    raw_colour: str = "BGR"
+    frame_digest: Optional[bytes] = None   # the decoded frame's digest (Frame.digest)
     profile: Optional[ExecutionProfile] = None   # the runner's; None only where no runner scored it
 
 

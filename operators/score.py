@@ -14,6 +14,7 @@ Runs submitted before a revocation was known finish and are emitted (they passed
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -159,7 +160,7 @@ class ScoreLogic(StatefulBatchLogic):
     def _run(self, e: SessionEntry, chunk) -> list:
         """Start scoring ``chunk`` with ``e`` and return the results of earlier runs that
         are done (all but ``depth - 1`` of the runs in flight), in frame order."""
-        chunk = [f if e.pre.ready(f) else e.pre(f) for f in chunk]
+        chunk = [f if e.pre.ready(f) else e.pre(_decoded(f)) for f in chunk]
         imgs = [f.image for f in chunk]
         shapes = {im.shape for im in imgs}
         if len(shapes) > 1:   # mixed sizes (dynamic-size model, raw frames): one at a time
@@ -210,7 +211,8 @@ class ScoreLogic(StatefulBatchLogic):
             res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n,
                                    latency_ms=lat, image=f.image, colour=f.colour,
                                    orig_size=f.orig_size, label=f.label, raw=f.raw,
-                                   t_emit=f.t_emit, classes=e.classes, profile=e.runner.profile))
+                                   t_emit=f.t_emit, classes=e.classes, raw_colour=f.raw_colour,
+                                   frame_digest=f.digest, profile=e.runner.profile))
         self.stats.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
                                                 "preprocess": chunk[0].preprocess_ms,
                                                 "wait": res[0].latency_ms["wait"], "score": score_ms})
@@ -283,6 +285,15 @@ class ScoreLogic(StatefulBatchLogic):
         if frames and self.sid is None:
             self.sid = frames[0].stream_id   # Bytewax builds the logic without its key
         self.pending.extendleft(reversed(frames))
+
+
+def _decoded(f: Frame) -> Frame:
+    """The frame to adapt to a model swapped in with another input: its picture as decoded
+    when it was kept (a kept frame is re-run from that picture, ``chain.rescore``), else the
+    picture it has."""
+    if f.raw is None:
+        return f
+    return dataclasses.replace(f, image=f.raw, colour=f.raw_colour)
 
 
 def _keep_key(item):

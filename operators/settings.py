@@ -19,6 +19,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .keep_frames import KeepFrames
 from .source_spec import SourceSpec, parse_sources
 
 __all__ = ["FlowSettings", "PREFIX", "looks_like_path", "refuse"]
@@ -161,6 +162,11 @@ class FlowSettings(BaseSettings):
     mask_size: Literal["model", "frame"] = var(
         "model", "class-map PNGs at the model's picture size (model: the cheapest) or at the "
         "source frame's own size (frame: as dataset labels are)", main=True)
+    keep_frames: Annotated[KeepFrames, NoDecode] = var(
+        KeepFrames(), "keep decoded frames as lossless PNGs (<stream>/frames/) so anyone can "
+        "re-run the model on them (anchor-verify --rescore): off | all | every:N | budget:MB "
+        "(the oldest kept frames of a stream are deleted past MB) | every:N,budget:MB",
+        shown="off", main=True)
     video: bool = var(True, "1/0: write the colour overlay video", shown="1", main=True)
     jsonl: bool = var(True, "1/0: write per-frame JSON lines", shown="1", main=True)
     video_scale: float = var(1.0, "size of the overlay video relative to the model input "
@@ -279,6 +285,16 @@ class FlowSettings(BaseSettings):
     @classmethod
     def _batch(cls, v: Any) -> Any:
         return None if _lower(v) == "auto" else v
+
+    @field_validator("keep_frames", mode="before")
+    @classmethod
+    def _keep_frames(cls, v: Any) -> Any:
+        if isinstance(v, KeepFrames):
+            return v
+        try:
+            return KeepFrames.parse(v)
+        except ValueError as e:
+            raise refuse(str(e)) from None
 
     @field_validator("web_token", mode="before")
     @classmethod

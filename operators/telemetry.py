@@ -142,6 +142,8 @@ class Stats:
     decoded = property(lambda self: _counts(self._frames, "stream", stage="decoded"))
     scored = property(lambda self: _counts(self._frames, "stream", stage="scored"))
     written = property(lambda self: _counts(self._frames, "stream", stage="written"))
+    kept = property(lambda self: _counts(self._frames, "stream", stage="kept"))        # VERISEG_KEEP_FRAMES
+    rotated = property(lambda self: _counts(self._frames, "stream", stage="rotated"))  # kept, then deleted
     bad = property(lambda self: _counts(self._bad, "stream"))
     reconnects = property(lambda self: _counts(self._reconnects, "stream"))
     by_key = property(lambda self: _counts(self._by_key, "key"))
@@ -188,10 +190,10 @@ class Stats:
 
     # -- counters -----------------------------------------------------------------
     def add(self, attr: str, stream: str, n: int = 1):
-        """``attr``: decoded | scored | written | reconnects."""
+        """``attr``: decoded | scored | written | kept | rotated | reconnects."""
         if attr == "reconnects":
             self._reconnects.labels(stream=stream).inc(n)
-        elif attr in ("decoded", "scored", "written"):
+        elif attr in ("decoded", "scored", "written", "kept", "rotated"):
             self._frames.labels(stream=stream, stage=attr).inc(n)
         else:
             raise ValueError(f"Stats.add: unknown counter {attr!r}")
@@ -291,7 +293,8 @@ class Stats:
     def snapshot(self) -> dict:
         pct = self.percentiles()
         counts = {"frames_decoded": dict(self.decoded), "frames_scored": dict(self.scored),
-                  "frames_written": dict(self.written),
+                  "frames_written": dict(self.written), "frames_kept": dict(self.kept),
+                  "frames_rotated": dict(self.rotated),
                   "frames_dropped": {s: dict(d) for s, d in self.dropped.items()},
                   "bad_frames": dict(self.bad), "reconnects": dict(self.reconnects),
                   "frames_by_model_key": dict(self.by_key), "anchors_sent": self.anchors,

@@ -122,6 +122,14 @@ def _batch_of(seq: int) -> str:
     return "A" if seq <= 3 else "B" if seq <= 8 else "C"
 
 
+def _redigest(key: str, x: dict, class_map) -> str:
+    """A batch leaf's digest for another class map, every other claim it binds kept (ts,
+    pos, frame digest, profile)."""
+    lf = anchoring.Leaf.from_json(x)
+    return anchoring.leaf_digest(lf.stream, lf.seq, key, class_map, ts=lf.ts, pos=lf.pos,
+                                 frame=lf.frame, profile=lf.profile).hex()
+
+
 def _rebuilt(doc: dict, leaves: list[dict]) -> dict:
     """What a forger with write access (and no anchorer key) can do: a batch file whose
     leaves, proofs and root are all consistent with each other."""
@@ -202,6 +210,8 @@ def test_a_replaced_or_damaged_mask_is_refused(run, how):
     ("shares_value", "result_shares_mismatch"),
     ("shares_swapped", "result_shares_mismatch"),
     ("leaf", "result_leaf_mismatch"),
+    ("frame", "result_claim_mismatch"),
+    ("profile", "result_claim_mismatch"),
     ("line_deleted", "result_missing"),
     ("edited_copy_appended", "result_ambiguous"),   # two lines: neither is the frame's
 ])
@@ -221,6 +231,10 @@ def test_a_results_line_altered_after_anchoring_is_refused(run, edit, check):
         rec["shares"] = {("Road" if name != "Road" else "Car"): share}
     elif edit == "leaf":
         rec["leaf"] = "00" * 32
+    elif edit == "frame":       # another frame's digest
+        rec["frame"] = json.loads(lines[i - 1])["frame"]
+    elif edit == "profile":     # claims the reference numerics it did not run with
+        rec["profile"] = dict(rec["profile"], backend="tensorrt" if rec["profile"]["backend"] != "tensorrt" else "x")
     if edit == "line_deleted":
         del lines[i]
     elif edit == "edited_copy_appended":
@@ -291,7 +305,7 @@ def test_a_self_consistent_forgery_of_an_altered_mask_is_refused_by_the_chain(ru
     doc = run.doc("B")
     for x in doc["leaves"]:
         if x["seq"] == 6:
-            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m, ts=x["ts"], pos=x["pos"]).hex()
+            x["digest"] = _redigest(run.key, x, m)
     run.write("B", _rebuilt(doc, doc["leaves"]))
     line = run.refused("root_not_anchored", "B", 6)
     assert f"root {_rebuilt(doc, doc['leaves'])['root']} is unknown to registry" in line
@@ -371,7 +385,7 @@ def test_an_anchor_whose_on_chain_record_disagrees_with_the_batch_is_refused(run
     doc = run.doc("B")
     for x in doc["leaves"]:
         if x["seq"] == 6:
-            x["digest"] = anchoring.leaf_digest(SID, 6, run.key, m, ts=x["ts"], pos=x["pos"]).hex()
+            x["digest"] = _redigest(run.key, x, m)
     forged = _rebuilt(doc, doc["leaves"])
     run.write("B", forged)
     reg = chain.connect(chain="embedded", home=run.home)

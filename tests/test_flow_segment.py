@@ -895,8 +895,11 @@ def test_a_superseded_blob_is_refused_and_a_pinned_blob_follows_newer_deploys(tm
 def test_hot_swap_to_a_model_with_another_input_size(tmp_path, backend):
     reg, blob_a, key_a, blob_b, key_b = _two_models(tmp_path, size=(48, 64))
     folder = make_folder(tmp_path / "f", n=30)
+    rng = np.random.default_rng(0)
+    for p in folder.iterdir():   # textured: resizing twice is not resizing once
+        cv2.imwrite(str(p), rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
-                              VERISEG_BACKEND=backend))
+                              VERISEG_BACKEND=backend, VERISEG_KEEP_FRAMES="all"))
     gate = _SwapGate()
     flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02, gate))
     gate.stats = flow.context.stats
@@ -908,6 +911,18 @@ def test_hot_swap_to_a_model_with_another_input_size(tmp_path, backend):
     shapes = {r["model_key"]: cv2.imread(str(cfg.out / "f" / r["mask"]), cv2.IMREAD_UNCHANGED).shape
               for r in rows}
     assert shapes == {key_a: (32, 32), key_b: (48, 64)}
+    # the frames adapted to B's input in the score step were made from the decoded picture
+    # (not A's resized one): re-running B on the kept frames gives their masks
+    from types import SimpleNamespace
+
+    from chain.rescore import rescore_frame
+    from chain.retained_frame import find_frame
+    for r in rows:
+        v = SimpleNamespace(stream="f", seq=r["seq"], model_key=r["model_key"], frame=r["frame"],
+                            profile=r["profile"])
+        mask = cv2.imread(str(cfg.out / "f" / r["mask"]), cv2.IMREAD_UNCHANGED)
+        rescore_frame(v, mask, blob_a if r["model_key"] == key_a else blob_b,
+                      find_frame(cfg.out / "f", r["seq"])).check()
 
 
 # --------------------------------------------------------------------------- anchors

@@ -420,6 +420,8 @@ BAD_CONFIG = [
     ("VERISEG_PENDING_DEPLOY_MAX_S", "forever", "expected a number of seconds, got 'forever'"),
     ("VERISEG_MASKS", "yes please", "expected 1/0"),
     ("VERISEG_MASK_SIZE", "label", "expected model or frame"),
+    ("VERISEG_KEEP_FRAMES", "every:0", "expected off, all, every:N, budget:MB or every:N,budget:MB"),
+    ("VERISEG_KEEP_FRAMES", "budget:lots", "expected off, all, every:N, budget:MB or every:N,budget:MB"),
     ("VERISEG_OPENVINO_HINT", "fast", "expected throughput or latency"),
     ("VERISEG_OPENVINO_DEVICE", "gpu 1", "expected auto, or an OpenVINO device name"),
     ("VERISEG_VIDEO", "-1", "expected 1/0"),

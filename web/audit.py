@@ -124,6 +124,12 @@ class AuditSite:
         """anchor-verify on one frame: each check passed, failed or not run."""
         return verify_frame(self.index, self.registry, self.index.batch(bid), seq, blob=self.blob)
 
+    def rescore(self, bid: str, seq: int) -> dict:
+        """anchor-verify --rescore on one frame: the checks, the counts and the picture of
+        the pixels whose anchored class the model does not give."""
+        return verify_frame(self.index, self.registry, self.index.batch(bid), seq, blob=self.blob,
+                            rescore=True)
+
     # -- HTTP ------------------------------------------------------------------------------
     @staticmethod
     def _new_worker() -> ThreadPoolExecutor:
@@ -174,6 +180,10 @@ class AuditSite:
             raise web.HTTPGatewayTimeout(reason=f"verify took over {self.verify_timeout:g} s "
                                                 "and was abandoned") from None
 
+    async def _rescore(self, request):
+        return web.json_response(await self._in_worker(self.rescore, request.query.get("batch", ""),
+                                                       self._seq(request)))
+
     async def _file(self, request):
         """A file under OUT_DIR as it is (downloaded; never rendered as a page)."""
         name = request.match_info["name"]
@@ -205,6 +215,7 @@ class AuditSite:
         app.router.add_get("/api/frames", self._frames)
         app.router.add_get("/api/thumb", self._thumb)
         app.router.add_get("/api/verify", self._verify)
+        app.router.add_get("/api/rescore", self._rescore)
         app.router.add_get("/files/{name:.+}", self._file)
 
     def server(self, host: str = "127.0.0.1", port: int = 0,

@@ -27,6 +27,7 @@ from model_store.util import one_line
 from ..anchor_seal import write_sealed
 from ..frames import ScoredFrame
 from ..telemetry import lower_thread_priority
+from .frames import FrameKeeper
 from .overlay import OverlayVideo
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class ResultPartition(StatefulSinkPartition):
         self.masks_dir = self.dir / "masks"
         if sink.masks:
             self.masks_dir.mkdir(exist_ok=True)
+        self.frames = (FrameKeeper(self.dir, sink.keep_frames, sink.stats, sid)
+                       if sink.keep_frames.on else None)
         resume = resume or {}
         self.jsonl_path = self.dir / "results.jsonl"
         self.jsonl = None
@@ -114,9 +117,11 @@ class ResultPartition(StatefulSinkPartition):
         # chain.results owns the line and its leaf: anchor-verify recomputes both the same way
         record = frame_record(r.stream_id, r.seq, r.model_key, class_map, ts=r.ts, pos=r.pos,
                               class_names=[n for n, _ in r.classes] if r.classes else self.names,
-                              batch=r.batch, mask=mask, profile=r.profile,
+                              batch=r.batch, mask=mask, frame=r.frame_digest, profile=r.profile,
                               with_shares=self.jsonl is not None,
                               with_leaf=self.batcher is not None)
+        if self.frames is not None:
+            self.frames.keep(r)
         if self.video is not None and r.image is not None:
             self.video.write(r)
         if self.batcher is not None:

@@ -4,6 +4,7 @@ Output layout under ``VERISEG_OUT``::
 
     <stream>/results.jsonl        one line per frame: ids, model key, class shares, latency
     <stream>/masks/<seq>.png      single-channel class ids (seq zero-padded to 6 digits)
+    <stream>/frames/<seq>.<order>.png   decoded frames kept for re-execution (VERISEG_KEEP_FRAMES)
     <stream>/overlay.avi          colour overlay video (MJPG; PyPI OpenCV has no H.264)
     anchors/<stream>/<first>-<last>.json   chain.anchoring batch: leaves, proofs, root, tx
     metrics.prom                  Prometheus text, rewritten every second
@@ -26,6 +27,7 @@ from model_store.util import one_line
 
 from ..anchor_seal import SealError, load_secret
 from ..context import FlowContext
+from ..keep_frames import KeepFrames
 from ..telemetry import log
 from .anchors import AnchorSender, resend_unsent
 from .metrics import MetricsPublisher, write_summary
@@ -51,7 +53,7 @@ def _finish_with_error(msg: str):
 
 class ResultSink(FixedPartitionedSink):
     def __init__(self, ctx, out: Path, stream_ids: Iterable[str], *, classes=None, masks=True,
-                 mask_size: str = "model",
+                 mask_size: str = "model", keep_frames: KeepFrames = KeepFrames(),
                  video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
                  video_scale: float = 1.0, home: Optional[Path] = None,
@@ -66,6 +68,7 @@ class ResultSink(FixedPartitionedSink):
         self.classes = tuple(classes or classes_of(None))
         self.masks, self.video, self.jsonl = masks, video, jsonl
         self.mask_size = mask_size
+        self.keep_frames = keep_frames
         self.anchor_every = anchor_every
         self.registry = registry
         self.fps = fps
@@ -175,7 +178,8 @@ def result_sink(ctx: FlowContext) -> ResultSink:
                                        and not any(s.live for s in cfg.sources))
     model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
     return ResultSink(ctx, cfg.out, cfg.stream_ids, classes=classes_of(first.card),
-                      masks=cfg.masks, mask_size=cfg.mask_size, video=cfg.video, jsonl=cfg.jsonl,
+                      masks=cfg.masks, mask_size=cfg.mask_size, keep_frames=cfg.keep_frames,
+                      video=cfg.video, jsonl=cfg.jsonl,
                       anchor_every=cfg.anchor_every, registry=ctx.registry,
                       metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host, progress=progress, fps=_video_fps(cfg),
                       summary_extra={"config": _config_summary(cfg), "model": model},

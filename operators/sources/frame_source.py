@@ -8,6 +8,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream, operator
 from bytewax.inputs import FixedPartitionedSource
 
+from chain.frame_digest import frame_digest
+
 from ..context import FlowContext
 from ..frames import Frame
 from ..source_spec import SourceSpec
@@ -49,14 +51,17 @@ def read_frames(step_id: str, flow: Dataflow, ctx: FlowContext,
     colour order.  The decoder thread does that work (it overlaps scoring), so the
     ``preprocess`` window is a no-op check here; the score adapts frames to a model swapped
     in with another input.  ``keep_raw``: each frame also keeps the picture as decoded
-    (the evaluation grid)."""
+    (the evaluation grid). Each frame's digest (``chain.frame_digest``, what a v3 leaf
+    binds) is taken here, of the picture as decoded, and the frames ``VERISEG_KEEP_FRAMES``
+    keeps carry that picture to the sink."""
     cfg, pre = ctx.config, ctx.preprocessor
-    if keep_raw:
-        def prepare(f):
-            f = dataclasses.replace(f, raw=f.image)
-            return pre(f) if pre is not None else f
-    else:
-        prepare = pre
+    digest, keep = cfg.frame_digest, cfg.keep_frames
+
+    def prepare(f):
+        f = dataclasses.replace(
+            f, digest=frame_digest(f.image, f.colour) if digest else None,
+            raw=f.image if keep_raw or keep.keeps(f.seq) else None, raw_colour=f.colour)
+        return pre(f) if pre is not None else f
     frames = op.input("decode", flow, FrameSource(
         ctx, cfg.sources, queue=cfg.queue, batch=ctx.batch, loop=cfg.loop,
         max_frames=cfg.max_frames, prepare=prepare, reconnect_max=cfg.reconnect_max,

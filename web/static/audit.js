@@ -35,6 +35,13 @@ function showVerdict(cell, v) {
     m.textContent = v.line;
     cell.appendChild(m);
   }
+  if (v.picture) {   // re-score: the kept frame, the pixels the model does not give in red
+    const img = document.createElement("img");
+    img.className = "disagreement";
+    img.alt = "pixels whose anchored class the re-run model does not give (red)";
+    img.src = v.picture;
+    cell.appendChild(img);
+  }
   const ul = document.createElement("ul");
   ul.className = "checks";
   for (const c of v.checks) {
@@ -49,11 +56,11 @@ function showVerdict(cell, v) {
   cell.dataset.failed = v.failed || "";
 }
 
-async function verify(batch, seq, cell, button) {
+async function verify(batch, seq, cell, button, action = "verify") {
   button.disabled = true;
   cell.dataset.verdict = "running";
   try {
-    showVerdict(cell, await getJSON("/api/verify?" + q({ batch, seq })));
+    showVerdict(cell, await getJSON("/api/" + action + "?" + q({ batch, seq })));
   } catch (e) {
     cell.textContent = "error: " + e.message;
     cell.dataset.verdict = "error";
@@ -91,7 +98,12 @@ async function openBatch(row, b) {
     button.textContent = "verify";
     button.className = "verify";
     button.addEventListener("click", () => verify(b.id, f.seq, out, button));
-    vc.append(button, out);
+    const again = document.createElement("button");
+    again.textContent = "re-score";
+    again.className = "rescore";
+    again.title = "re-run the model on the kept frame and compare with the anchored mask";
+    again.addEventListener("click", () => verify(b.id, f.seq, out, again, "rescore"));
+    vc.append(button, again, out);
     tr.appendChild(vc);
     return tr;
   }));
