@@ -171,7 +171,11 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
         raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
                          f"(asked for {', '.join(wanted)}; available: "
                          f"{', '.join(ort.get_available_providers())})")
-    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    if len(ins) != 1 or not outs:   # an input shadowed by an initializer is no input at all
+        raise ScoreError(f"model {key[:12]}: ONNX Runtime sees {len(ins)} inputs and {len(outs)} outputs; "
+                         "the flow feeds exactly one image and reads the first output")
+    inp, out = ins[0], outs[0]
     return OrtRunner(key, sess, Port(inp.name, inp.type, tuple(inp.shape)),
                      Port(out.name, out.type, tuple(out.shape)), active,
                      f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads")

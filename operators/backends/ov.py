@@ -183,13 +183,32 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
                 model = core.read_model(onnx)
         compiled = core.compile_model(model, device, config)
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        inp, out = _ports(compiled)
+    except ScoreError as e:
+        raise ScoreError(f"model {key[:12]}: OpenVINO on {device}: {e}") from None
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
         raise ScoreError(f"model {key[:12]}: OpenVINO cannot compile it for {device}: "
-                         f"{first_line(e)}") from None
+                         f"{_reason(e)}") from None
     requests = min(max(requests, 2), 4)
     streams = compiled.get_property("NUM_STREAMS")
     how = (f"OpenVINO {version()} {device}, hint {hint}, {streams} streams, "
            f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight"
            + (", arg-max on the innermost axis" if moved else "") + f"; device {why}")
-    return OvRunner(key, compiled, _port(compiled.inputs[0]), _port(compiled.outputs[0]), device, how,
-                    requests)
+    return OvRunner(key, compiled, inp, out, device, how, requests)
+
+
+def _ports(compiled) -> tuple:
+    """The one input and the first output, or a ScoreError: a graph whose only input is
+    shadowed by an initializer compiles with no input at all."""
+    ins, outs = list(compiled.inputs), list(compiled.outputs)
+    if len(ins) != 1 or not outs:
+        raise ScoreError(f"the compiled graph has {len(ins)} inputs and {len(outs)} outputs; "
+                         "the flow feeds exactly one image and reads the first output")
+    return _port(ins[0]), _port(outs[0])
+
+
+def _reason(e: Exception) -> str:
+    """OpenVINO's first line is where it threw ('Exception from src/...:105:'); the reason follows."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from", "Check "))]
+    return (said or lines or [type(e).__name__])[0]
