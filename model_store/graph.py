@@ -21,8 +21,9 @@ they occur:
 - a model that names a domain twice in `opset_import`, or defines a function twice
   (`Ambiguous`: which one a runtime takes is its own choice);
 - sizes past `model_store.graph_limits` (`OverLimit`): the input a frame becomes, the
-  bytes of every stored tensor, and any tensor shaped by a constant (ConstantOfShape,
-  Expand, Reshape, Tile, Resize, Upsample).
+  bytes of every stored tensor, any tensor shaped by a constant (ConstantOfShape, Expand,
+  Reshape, Tile, Resize, Upsample) and any static shape declared for an output or an
+  intermediate value.
 """
 
 from __future__ import annotations
@@ -138,11 +139,12 @@ def _parse(onnx_bytes: bytes, refuse: _Refuser) -> onnx.ModelProto:
     return model
 
 
-def _sweep(model: onnx.ModelProto) -> Tuple[List[onnx.TensorProto], List[onnx.NodeProto]]:
-    """Every tensor and every node anywhere in the model, found through the schema itself
-    (whatever message holds them: graphs, subgraphs, functions, attributes, training info)."""
+def _sweep(model: onnx.ModelProto) -> Tuple[List[onnx.TensorProto], List[onnx.NodeProto], List[onnx.ValueInfoProto]]:
+    """Every tensor, node and declared value anywhere in the model, found through the schema
+    itself (whatever message holds them: graphs, subgraphs, functions, attributes, training info)."""
     tensors: List[onnx.TensorProto] = []
     nodes: List[onnx.NodeProto] = []
+    values: List[onnx.ValueInfoProto] = []
     stack: List[Message] = [model]
     while stack:
         msg = stack.pop()
@@ -152,17 +154,32 @@ def _sweep(model: onnx.ModelProto) -> Tuple[List[onnx.TensorProto], List[onnx.No
             continue  # its own fields are data, and external_data entries
         if kind is _NODE:
             nodes.append(msg)  # type: ignore[arg-type]
+        elif kind is _VALUE:
+            values.append(msg)  # type: ignore[arg-type]
         for fd, value in msg.ListFields():
             if fd.message_type is not None:
                 if fd.is_repeated:
                     stack.extend(reversed(value))
                 else:
                     stack.append(value)
-    return tensors, nodes
+    return tensors, nodes, values
 
 
 _TENSOR = onnx.TensorProto.DESCRIPTOR
 _NODE = onnx.NodeProto.DESCRIPTOR
+_VALUE = onnx.ValueInfoProto.DESCRIPTOR
+
+
+def _check_declared(values: List[onnx.ValueInfoProto], image_inputs: FrozenSet[str], refuse: _Refuser, limits: GraphLimits) -> None:
+    """A static shape declared for any value (an output, an intermediate): a runtime plans
+    memory from it at compile time (OpenVINO's CPU plugin does). The image input is bounded
+    by `max_input_bytes` instead, at the size the card drives it."""
+    for v in values:
+        t = _value_info(v)
+        if t.shape and v.name not in image_inputs and all(isinstance(d, int) for d in t.shape):
+            n = float(np.prod(np.array(t.shape, dtype=np.float64)))
+            if n > limits.max_tensor_elements:
+                raise refuse.over(f"tensor declared {_show(t)}", n, "elements", limits, "max_tensor_elements")
 
 
 def _location(t: onnx.TensorProto) -> str:
@@ -293,8 +310,9 @@ def read_graph(onnx_bytes: bytes, source: str = "<model>", name: str = "", limit
     refuse = _Refuser(source, name)
     model = _parse(onnx_bytes, refuse)
     try:
-        tensors, nodes = _sweep(model)
+        tensors, nodes, values = _sweep(model)
         _check_tensors(tensors, refuse, limits)
+        _check_declared(values, frozenset(v.name for v in model.graph.input), refuse, limits)
         domains = _check_domains(model, nodes, refuse)
         opset = _opset(model, refuse)
         g = model.graph

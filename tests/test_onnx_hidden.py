@@ -292,6 +292,13 @@ def test_within_the_tensor_limit_passes_and_the_limit_is_adjustable():
         ms.read_graph(small, limits=ms.GraphLimits(max_tensor_elements=1000))
 
 
+def test_a_huge_declared_output_or_intermediate_is_refused():
+    m = onnx.load_from_string(bm.int64_class_map(size=SIZE))
+    m.graph.value_info.append(_value("l", TensorProto.FLOAT, (1, 500000000)))
+    with pytest.raises(errors.OverLimit, match=r"tensor declared 'l' float32\[1,500000000\].*VERISEG_MAX_TENSOR_ELEMENTS"):
+        ms.read_graph(m.SerializeToString())
+
+
 def test_a_shape_from_an_outer_constant_inside_an_if_is_bounded():
     then = helper.make_graph([helper.make_node("ConstantOfShape", ["c"], ["o"])], "then", [], [_value("o", TensorProto.FLOAT, ())])
     m = _if(then)
@@ -306,14 +313,18 @@ def test_a_huge_declared_input_is_refused_at_pack_and_at_load(tmp_path, capsys):
                           [_value("classes", TensorProto.UINT8, (1, 40000, 40000))])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    status, _, err = pack(tmp_path, m.SerializeToString(), capsys=capsys)
+    # its output is past the tensor limit too: raised here, so the input's own limit shows
+    wide = ms.GraphLimits(max_tensor_elements=10**10)
+    status, _, err = pack(tmp_path, m.SerializeToString(), "--max-tensor-elements", str(wide.max_tensor_elements), capsys=capsys)
     assert status == 1
     _refused(err, tmp_path / "byo.onnx", "4800000000 bytes", "VERISEG_MAX_INPUT_BYTES", "--max-input-bytes")
-    card = _card(m.SerializeToString(), inputs=(ms.TensorSpec("input", "uint8", (1, 40000, 40000, 3), "NHWC", "RGB"),),
+    card = _card(bm.int64_class_map(size=SIZE), inputs=(ms.TensorSpec("input", "uint8", (1, 40000, 40000, 3), "NHWC", "RGB"),),
                  outputs=(ms.TensorSpec("classes", "uint8", (1, 40000, 40000), "NHW"),), preprocessing=ms.Preprocessing())
     blob = tmp_path / "wide.vsb"
     key = ms.write(str(blob), m.SerializeToString(), card)
     with pytest.raises(errors.OverLimit, match="what each frame becomes"):
+        ms.load(blob, key, limits=wide)
+    with pytest.raises(errors.OverLimit, match="tensor declared 'classes' uint8\\[1,40000,40000\\]"):
         ms.load(blob, key)
 
 
