@@ -97,6 +97,7 @@ class Config:
     max_input_bytes: int = MAX_INPUT_BYTES            # model_store.graph_limits: checked at load
     max_initializer_bytes: int = MAX_INITIALIZER_BYTES
     max_tensor_elements: int = MAX_TENSOR_ELEMENTS
+    max_arena_bytes: int = 4 << 30                    # ONNX Runtime's CPU arena; 0: no cap
     aux_nice: int = 0               # niceness of the decoder and writer threads
     ort_spin: bool = False          # ONNX Runtime threads spin-wait
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -251,7 +252,7 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,
         decrypt_key_file=s.decrypt_key, video_scale=s.video_scale, max_pixels=s.max_pixels,
         max_input_bytes=s.max_input_bytes, max_initializer_bytes=s.max_initializer_bytes,
-        max_tensor_elements=s.max_tensor_elements,
+        max_tensor_elements=s.max_tensor_elements, max_arena_bytes=s.max_arena_bytes,
         aux_nice=s.aux_nice, ort_spin=s.ort_spin,
         extra={k: v for k, v in env.items() if k.startswith(PREFIX)},
     )

@@ -198,6 +198,10 @@ class FlowSettings(BaseSettings):
                                    "a constant (ConstantOfShape, Expand, Reshape, Tile, Resize, "
                                    "Upsample), in elements; a larger one refuses the model at "
                                    "load, named", shown="268435456", ge=1, le=1 << 50)
+    max_arena_bytes: int = var(4 << 30, "cap of ONNX Runtime's CPU memory arena, shared by the "
+                               "flow's sessions: a run that needs more fails and its frames are "
+                               "counted (0: no cap); OpenVINO has no such cap",
+                               shown="4294967296 (4 GiB)", ge=0, le=1 << 44)
 
     # -- the values whose shape a type cannot say --------------------------------------
     @field_validator("source", mode="before")

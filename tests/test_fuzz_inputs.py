@@ -439,6 +439,7 @@ BAD_CONFIG = [
     ("VERISEG_MAX_INPUT_BYTES", "0", "expected a whole number in 1..1099511627776"),
     ("VERISEG_MAX_INITIALIZER_BYTES", "1GB", "expected a whole number, got '1GB'"),
     ("VERISEG_MAX_TENSOR_ELEMENTS", "-5", "expected a whole number in 1..1125899906842624"),
+    ("VERISEG_MAX_ARENA_BYTES", "-1", "expected a whole number in 0..17592186044416"),
     ("VERISEG_CHAIN_ID", "mainnet", "expected a chain id (a whole number > 0, decimal or 0x hex)"),
     ("VERISEG_CHAIN_ID", "0", "expected a chain id"),
     ("VERISEG_ANCHOR_EVRY", "5", "unknown variable (did you mean VERISEG_ANCHOR_EVERY?)"),

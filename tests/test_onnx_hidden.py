@@ -5,6 +5,8 @@ when the flow loads it; a hidden external file never reaches a mask."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,6 +24,7 @@ from operators.model_reader import ModelRefused
 from test_byo_models import IMAGENET, _card, _refused, pack
 
 SIZE = (8, 8)
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "carla-enet.vsb"
 KEY_FILE = "anchorer-key.json"
 SECRET = bytes(i % 13 for i in range(64))  # class ids 0..12: a mask would show them as they are
 
@@ -368,3 +371,25 @@ def test_a_graph_whose_input_is_shadowed_is_a_score_error_on_every_backend(backe
     assert ms.read_graph(m.SerializeToString()).inputs == ()  # and so refused at pack and load
     with pytest.raises(errors.TooManyInputs, match="0 inputs"):
         ms.check_graph(_card(bm.int64_class_map(size=SIZE)), m.SerializeToString())
+
+
+# --- the runtime's own memory: ONNX Runtime's CPU arena ---------------------------------------------
+
+
+def test_the_ort_cpu_arena_cap_fails_a_run_that_needs_more_instead_of_allocating_it():
+    """A size computed at run time (here from the input) is past every static limit; the arena
+    cap (VERISEG_MAX_ARENA_BYTES) is what stops it."""
+    from operators.backends import ort as ort_backend
+    from operators.context import FlowContext
+    nodes = [helper.make_node("ConstantOfShape", ["n"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+             helper.make_node("ReduceSum", ["big"], ["y"], keepdims=0)]
+    g = helper.make_graph(nodes, "g", [_value("n", TensorProto.INT64, (3,))], [_value("y", TensorProto.FLOAT, ())])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    capped = ort_backend.build(m.SerializeToString(), key="k" * 64, providers="cpu", arena_bytes=64 << 20)
+    assert capped.run(np.array([4, 1024, 1024], np.int64)) == 4 << 20  # 16 MiB fits
+    with pytest.raises(Exception, match="Available memory of"):
+        capped.run(np.array([64, 1024, 1024], np.int64))  # 256 MiB does not
+    env = {"VERISEG_SOURCE": f"dir:{Path(__file__).parent}", "VERISEG_MODEL": str(SHIPPED)}
+    assert FlowContext(config=load_config({**env, "VERISEG_MAX_ARENA_BYTES": str(64 << 20)})).sessions.options["arena_bytes"] == 64 << 20
+    ort_backend._cpu_arena(load_config(env).max_arena_bytes)  # the default cap again, for the tests after this one

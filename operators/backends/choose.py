@@ -21,13 +21,15 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 
 def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers: str = "auto",
                      require_gpu: bool = False, threads: int = 0, home=None,
-                     hint: str = "throughput", spin: bool = False, ov_device: str = "auto") -> Tuple[Runner, str]:
+                     hint: str = "throughput", spin: bool = False, ov_device: str = "auto",
+                     arena_bytes: int = 0) -> Tuple[Runner, str]:
     """The verified ``onnx`` bytes compiled for blob ``key`` by the chosen runtime, and why
     that one (one line for the log).  Raises ScoreError (one line)."""
     backend = (backend or "auto").lower()
     if backend not in BACKENDS:
         raise ScoreError(f"unknown scoring backend {backend!r}: expected {', '.join(BACKENDS)}")
-    ort_kw = dict(key=key, providers=providers, require_gpu=require_gpu, threads=threads, home=home, spin=spin)
+    ort_kw = dict(key=key, providers=providers, require_gpu=require_gpu, threads=threads, home=home, spin=spin,
+                  arena_bytes=arena_bytes)
     if backend == "onnxruntime":
         return ort.build(onnx, **ort_kw), "VERISEG_BACKEND=onnxruntime"
     if backend == "openvino":

@@ -145,10 +145,35 @@ class OrtRunner(Runner):
         self.close()
 
 
+_arena = {"max_bytes": 0}   # the cap registered with ONNX Runtime's environment, 0: none yet
+_arena_lock = threading.Lock()
+
+
+def _cpu_arena(max_bytes: int) -> None:
+    """Register ONNX Runtime's CPU arena capped at ``max_bytes`` with its environment (again
+    only when the cap changes): the sessions built after share it. An allocation past the cap fails that run (its
+    frames are counted) instead of taking the machine's memory. Sessions built before keep the
+    arena they had. Constant folding at session build allocates outside any arena: the graph
+    limits (model_store.graph_limits) bound what it could fold."""
+    import onnxruntime as ort
+    with _arena_lock:
+        if _arena["max_bytes"] != max_bytes:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"max_mem": max_bytes}))
+            _arena["max_bytes"] = max_bytes
+
+
 def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool = False,
-          threads: int = 0, home=None, spin: bool = False) -> OrtRunner:
+          threads: int = 0, home=None, spin: bool = False, arena_bytes: int = 0) -> OrtRunner:
+    """An ONNX Runtime session of the verified bytes; ``arena_bytes`` > 0 caps the CPU memory
+    arena it allocates from (VERISEG_MAX_ARENA_BYTES), shared by the process's sessions (which
+    also lets a hot swap reuse the old session's memory: measured 150 MiB RSS with two 512²
+    ENet sessions alive, 216 MiB with an arena each)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
+    if arena_bytes:
+        _cpu_arena(arena_bytes)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads or cpu_threads()
