@@ -9,8 +9,9 @@ ambiguity itself, so no reader's choice matters:
 
 - a singular field (not `repeated`) present twice in one message, at any depth;
 - two members of one `oneof` both present (e.g. a dimension with a value and a name);
-- a field number the `onnx` schema does not have, or a known field with the wrong wire
-  type (parsers keep both as unknown fields, which a newer runtime may read differently).
+- and, as not ONNX at all (`WireError`): a field number the `onnx` schema does not have, or
+  a known field with the wrong wire type (parsers keep both as unknown fields, which a newer
+  runtime may read differently).
 
 Field types come from the `onnx` package's own descriptors; bytes fields (weights) are
 skipped over, never copied.
@@ -36,7 +37,8 @@ _FIXED32 = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_FIXED32, FieldDescr
 
 
 class WireError(ValueError):
-    """The bytes are not a protobuf message at all (a length past the end, a bad varint)."""
+    """The bytes are not an ONNX protobuf message (a length past the end, a bad varint, a
+    field the schema does not have)."""
 
 
 def _wire_type(fd: FieldDescriptor) -> int:
@@ -91,10 +93,10 @@ def _scan(buf: memoryview, start: int, end: int, desc: Descriptor, where: str, d
             raise WireError(f"a field of {where} runs past the end of its message")
         fd = desc.fields_by_number.get(number)
         if fd is None:
-            return f"{where} has field {number}, which the ONNX schema (onnx {onnx.__version__}) does not define"
+            raise WireError(f"{where} has field {number}, which the ONNX schema of onnx {onnx.__version__} does not define")
         packed = wire == 2 and fd.is_repeated and fd.type not in (fd.TYPE_STRING, fd.TYPE_BYTES, fd.TYPE_MESSAGE)
         if wire != _wire_type(fd) and not packed:
-            return f"{where}.{fd.name} has wire type {wire}, not its declared type's"
+            raise WireError(f"{where}.{fd.name} has wire type {wire}, not its declared type's")
         if not fd.is_repeated:
             if number in seen:
                 return f"{where}.{fd.name} appears more than once (a parser merges the copies)"
@@ -113,7 +115,7 @@ def _scan(buf: memoryview, start: int, end: int, desc: Descriptor, where: str, d
 
 
 def ambiguity(onnx_bytes: bytes) -> Optional[str]:
-    """What the first field said twice (or unknown) is, in words; None for a model that
-    says each thing once. Raises WireError for bytes that are no protobuf message."""
+    """What the first field said twice is, in words; None for a model that says each thing
+    once. Raises WireError for bytes that are no ONNX protobuf message."""
     buf = memoryview(onnx_bytes)
     return _scan(buf, 0, len(buf), onnx.ModelProto.DESCRIPTOR, "ModelProto", 0)
