@@ -17,6 +17,8 @@ from model_store.util import one_line
 
 from . import errors, keystore
 from .blob_index import record_blob, recorded_blob
+from .rescore import rescore_frame
+from .retained_frame import find_frame
 
 class CliError(Exception):
     pass
@@ -260,11 +262,6 @@ def prove_and_rescore(connect, batch, stream: str, seq: int, *, mask=None, resul
     ``chain.rescore.rescore_frame``. Returns (Verification, Rescore) whatever the rescore
     found (``Rescore.check()`` refuses a mismatch); raises AnchorVerificationFailed as
     prove_frame does, then rescore_unavailable, frame_missing or frame_mismatch."""
-    try:
-        from .rescore import rescore_frame
-    except ImportError as e:
-        raise CliError(f"--rescore needs the rescore extra ({e}): pip install 'veriseg[rescore]'") from None
-    from .retained_frame import find_frame
     v, class_map, reg = _prove(connect, batch, stream, seq, mask=mask, result=result, blob=blob,
                                line=line)
     if frame is None:

@@ -14,16 +14,19 @@ from .classes import CARLA_CLASSES, MAX_CLASSES, ClassInfo, classes_from_json
 from .drive import NO_CLASS, palette_lut, postprocess, preprocess
 from .drive_spec import DriveSpec
 from .graph import check_graph, read_graph
+from .graph_limits import DEFAULT_LIMITS, GraphLimits
 from .secrets import generate_secret, read_secret
 
 __all__ = [
     "CARLA_CLASSES",
+    "DEFAULT_LIMITS",
     "FORMAT_VERSION",
     "MAX_CLASSES",
     "NO_CLASS",
     "BodyInfo",
     "ClassInfo",
     "DriveSpec",
+    "GraphLimits",
     "ModelCard",
     "Preprocessing",
     "TensorSpec",

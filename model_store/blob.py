@@ -28,6 +28,7 @@ from .blob_format import (FORMAT_VERSION, KEY_SIZE, MAGIC, MAX_BLOB_SIZE, MAX_HE
                           MAX_RAW_SIZE, MAX_STORED_SIZE, PREFIX, normalize_key)
 from .blob_writer import pack, write  # noqa: F401 - re-exported
 from .card import BodyInfo, ModelCard
+from .graph_limits import DEFAULT_LIMITS, GraphLimits
 from .header import MAX_INT_DIGITS, MAX_JSON_DEPTH, canonical_json, parse_card  # noqa: F401 - re-exported
 from .secrets import decrypt, key_id
 
@@ -90,13 +91,14 @@ def verify_card(blob: Blob, expected_key: Optional[str] = None) -> Tuple[str, Mo
     return key, card
 
 
-def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None, check_graph: bool = True) -> Tuple[ModelCard, bytes]:
+def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None, check_graph: bool = True,
+         limits: GraphLimits = DEFAULT_LIMITS) -> Tuple[ModelCard, bytes]:
     """Verify against the expected key, then decrypt and decompress under a hard size limit.
 
     Then the graph is checked against its card (`model_store.graph.check_graph`): it must
-    be self-contained (no external data, no custom-op domains) and be the graph the card
-    describes, or an `errors.Undrivable` is raised. `check_graph=False` skips that, for
-    benchmarks whose body is not a model.
+    be unambiguous, self-contained (no external data, no custom-op domains), within `limits`
+    and be the graph the card describes, or an `errors.Undrivable` is raised.
+    `check_graph=False` skips that, for benchmarks whose body is not a model.
     """
     if expected_key is None:
         raise ValueError("load needs the expected key: a blob's own key proves it is intact, not that it is the model you trust")
@@ -112,7 +114,7 @@ def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None, 
         body = _decrypt(body_info, decrypt_key, body, data[:start], source)
     onnx_bytes = _decompress(body, body_info.raw_size, source)
     if check_graph:
-        _graph.check_graph(card, onnx_bytes, source)
+        _graph.check_graph(card, onnx_bytes, source, limits)
     return card, onnx_bytes
 
 

@@ -17,6 +17,7 @@ from .card import ModelCard, Preprocessing, TensorSpec, utc_now
 from .classes import CARLA_CLASSES, classes_from_json
 from .drive_spec import CLASS_MAP_DTYPES, INPUT_DTYPES
 from .graph import GraphInfo, check_graph, read_graph
+from .graph_limits import DEFAULT_LIMITS, GraphLimits
 from .secrets import generate_secret, read_secret
 from .display import printable
 from .util import one_line
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--encrypt-key", help="secret file: encrypt the body for devices that hold it")
     pk.add_argument("--level", type=int, default=3, help="zstd level (default 3; 19 is barely smaller on fp32 weights)")
     pk.add_argument("-o", "--output", required=True)
+    _limit_options(pk)
     pk.set_defaults(run=_pack)
 
     ins = sub.add_parser("inspect", help="print a blob's card and key (never decompresses)")
@@ -72,9 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(run=_inspect)
 
-    ver = sub.add_parser("verify", help="check a blob's structure and key; print the key")
+    ver = sub.add_parser("verify", help="check a blob's structure, key and graph; print the key")
     ver.add_argument("blob")
     ver.add_argument("--key", help="the expected key (e.g. from the chain)")
+    ver.add_argument("--decrypt-key", help="secret file: also check the graph of an encrypted body")
+    _limit_options(ver)
     ver.set_defaults(run=_verify)
 
     up = sub.add_parser("unpack", help="verify against a key, then write the ONNX model")
@@ -82,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--key", required=True, help="the expected key")
     up.add_argument("--decrypt-key", help="secret file for an encrypted body")
     up.add_argument("-o", "--output", required=True)
+    _limit_options(up)
     up.set_defaults(run=_unpack)
 
     kg = sub.add_parser("keygen", help="write a new random body-encryption secret (hex)")
@@ -90,11 +95,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _limit_options(p: argparse.ArgumentParser) -> None:
+    """The graph's size limits (model_store.graph_limits); the flow's are VERISEG_MAX_*."""
+    p.add_argument("--max-input-bytes", type=int, default=DEFAULT_LIMITS.max_input_bytes, metavar="N",
+                   help=f"largest input a frame becomes, bytes (default {DEFAULT_LIMITS.max_input_bytes})")
+    p.add_argument("--max-initializer-bytes", type=int, default=DEFAULT_LIMITS.max_initializer_bytes, metavar="N",
+                   help=f"largest total of the tensors stored in the graph, bytes (default {DEFAULT_LIMITS.max_initializer_bytes})")
+    p.add_argument("--max-tensor-elements", type=int, default=DEFAULT_LIMITS.max_tensor_elements, metavar="N",
+                   help=f"largest tensor a constant shape may make, elements (default {DEFAULT_LIMITS.max_tensor_elements})")
+
+
+def _limits(args: argparse.Namespace) -> GraphLimits:
+    return GraphLimits(args.max_input_bytes, args.max_initializer_bytes, args.max_tensor_elements)
+
+
 def _pack(args: argparse.Namespace) -> int:
     with open(args.model, "rb") as f:
         onnx_bytes = f.read()
     # the graph is read (and refused if not self-contained) before onnxruntime sees it
-    info = read_graph(onnx_bytes, args.model, args.name)
+    info = read_graph(onnx_bytes, args.model, args.name, _limits(args))
     classes = classes_from_json(_json_file(args.classes, None), args.classes) if args.classes else CARLA_CLASSES
     inputs, outputs, kind = _describe(info, args, len(classes))
     created = args.created or utc_now()
@@ -124,7 +143,7 @@ def _pack(args: argparse.Namespace) -> int:
     if "scoring_function" not in overrides:
         # what the flow will do, from the card itself: never a default that could be untrue
         card = card.replace(scoring_function=_drive(card, args.model).describe())
-    check_graph(card, onnx_bytes, args.model)  # a hand-edited --card must still describe the graph
+    check_graph(card, onnx_bytes, args.model, _limits(args))  # a hand-edited --card must still describe the graph
     _ort_loads(onnx_bytes, args.model)
     secret = read_secret(args.encrypt_key) if args.encrypt_key else None
     key = write(args.output, onnx_bytes, card, encrypt_key=secret, level=args.level)
@@ -274,13 +293,20 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    print(verify(args.blob, expected_key=args.key))
+    key, card = verify_card(args.blob, expected_key=args.key)
+    assert card.body is not None  # verify_card guarantees it
+    if card.body.encrypted and not args.decrypt_key:
+        print(f"note: {args.blob}: the body is encrypted, so its graph was not checked; pass --decrypt-key to check it", file=sys.stderr)
+    else:  # the graph too: what load refuses, verify refuses
+        secret = read_secret(args.decrypt_key) if args.decrypt_key else None
+        load(args.blob, key, decrypt_key=secret, limits=_limits(args))
+    print(key)
     return 0
 
 
 def _unpack(args: argparse.Namespace) -> int:
     secret = read_secret(args.decrypt_key) if args.decrypt_key else None
-    _, onnx_bytes = load(args.blob, normalize_key(args.key), decrypt_key=secret)
+    _, onnx_bytes = load(args.blob, normalize_key(args.key), decrypt_key=secret, limits=_limits(args))
     with open(args.output, "wb") as f:
         f.write(onnx_bytes)
     print(f"wrote {args.output} ({len(onnx_bytes)} bytes)")

@@ -23,6 +23,7 @@ __all__ = [
     "Unreadable",
     "Undrivable",
     "NotOnnx",
+    "Ambiguous",
     "NotSelfContained",
     "ExternalData",
     "CustomOps",
@@ -32,6 +33,7 @@ __all__ = [
     "NotPerPixel",
     "ClassCountMismatch",
     "CardContradictsGraph",
+    "OverLimit",
     "resourced",
 ]
 
@@ -112,6 +114,11 @@ class NotOnnx(Undrivable):
     """The body is not an ONNX model protobuf."""
 
 
+class Ambiguous(Undrivable):
+    """The model says a thing twice (a singular protobuf field, an opset domain, a function):
+    what runs would depend on which copy a reader takes, or on how it merges them."""
+
+
 class NotSelfContained(Undrivable):
     """The graph needs something outside the blob (base of ExternalData and CustomOps)."""
 
@@ -146,6 +153,11 @@ class ClassCountMismatch(Undrivable):
 
 class CardContradictsGraph(Undrivable):
     """The card's inputs or outputs are not the graph's (a hand-edited card, another graph)."""
+
+
+class OverLimit(Undrivable):
+    """The model declares more than a limit allows (its input, its stored tensors, a tensor
+    shaped by a constant): `model_store.graph_limits`."""
 
 
 def resourced(exc: BlobError, source: str) -> BlobError:

@@ -1,43 +1,50 @@
-"""What an ONNX graph says about driving it, read from its protobuf bytes (no onnx import).
+"""What an ONNX graph says about driving it, read with the `onnx` library's own protobuf.
 
-The edge checks every model it loads with this, and the edge has only onnxruntime, which
-would itself act on what is checked here (read external files, look for custom kernels).
-So the wire format is walked directly, with memoryviews (no copies of weights):
+The bytes are parsed as every runtime parses them (`onnx.ModelProto.ParseFromString`: a
+field said twice is merged, as ONNX Runtime and OpenVINO merge it), after
+`model_store.onnx_wire` has refused bytes that say a singular field twice at all. Then every
+part of the parsed model is walked: the graph, the subgraphs of If/Loop/Scan attributes at
+any depth, the bodies of `model.functions` and `model.training_info`. Refused, wherever
+they occur:
 
-    ModelProto      graph 7, opset_import 8 (domain 1, version 2), functions 25
-    GraphProto      node 1, initializer 5, sparse_initializer 15, input 11, output 12
-    NodeProto       input 1, output 2, op_type 4, attribute 5, domain 7
-    AttributeProto  t 5, g 6, tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23
-    TensorProto     external_data 13, data_location 14 (1 = EXTERNAL)
-    SparseTensor    values 1, indices 2
-    FunctionProto   node 7, domain 10, name 1
-    ValueInfoProto  name 1, type 2 -> TypeProto tensor_type 1 -> elem_type 1, shape 2
-                    -> dim 1 -> dim_value 1 | dim_param 2
-
-Refused, wherever they occur (subgraphs of If/Loop/Scan, functions, node attributes):
-
-- a tensor with external data (`ExternalData`): ONNX Runtime would open the path the
-  graph names, relative to wherever it runs, so a blob could make the edge read files;
+- a tensor with external data (`ExternalData`: `data_location` EXTERNAL or any
+  `external_data` entry, on an initializer, a sparse initializer, a Constant node's or any
+  other attribute's tensor): ONNX Runtime would open the path the graph names, relative to
+  wherever it runs, so a blob could make the edge read files;
 - a node whose domain is not one ONNX Runtime implements itself (`CustomOps`):
   "" / "ai.onnx" (the ONNX operators), "ai.onnx.ml" (the classical-ML operators, shipped
   in every ORT build) and "com.microsoft" (ORT's contrib operators: its own quantisation
   and graph-optimisation tools emit them, its CPU and CUDA builds carry their kernels).
   Any other domain needs a custom-op library loaded into the process, i.e. native code
   from outside the blob; the flow never loads one. A node that calls a function defined
-  in the model itself is allowed, since its body is checked like the graph.
+  in the model itself is allowed, since its body is checked like the graph;
+- a model that names a domain twice in `opset_import`, or defines a function twice
+  (`Ambiguous`: which one a runtime takes is its own choice);
+- sizes past `model_store.graph_limits` (`OverLimit`): the input a frame becomes, the
+  bytes of every stored tensor, any tensor shaped by a constant (ConstantOfShape, Expand,
+  Reshape, Tile, Resize, Upsample) and any static shape declared for an output or an
+  intermediate value.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterator, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
-from . import errors
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError, Message
+from onnx import numpy_helper
+
+from . import errors, onnx_wire
 from .card import Dim, ModelCard, TensorSpec
+from .graph_limits import DEFAULT_LIMITS, GraphLimits
 
-__all__ = ["ALLOWED_DOMAINS", "ELEM_TYPES", "ORT_TYPES", "GraphInfo", "GraphTensor", "check_graph", "read_graph"]
+__all__ = ["ALLOWED_DOMAINS", "ELEM_TYPES", "ORT_TYPES", "GraphInfo", "GraphLimits", "GraphTensor", "check_graph",
+           "read_graph"]
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+_ONNX_DOMAINS = ("", "ai.onnx")
 
 # ONNX TensorProto.DataType -> the card's dtype names (others: None, refused where driven)
 ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
@@ -46,7 +53,22 @@ ELEM_NAMES = {8: "string", 9: "bool", 12: "uint32", 13: "uint64", 14: "complex64
 # the card's dtype names as ONNX Runtime spells a tensor's type (NodeArg.type)
 ORT_TYPES = {dtype: "tensor(" + {"float32": "float", "float64": "double"}.get(dtype, dtype) + ")"
              for dtype in ELEM_TYPES.values()}
-MAX_NESTING = 64  # subgraphs inside subgraphs; a real model nests a few levels
+
+# op_type -> (input index, what it is, True for float scales) of the inputs that shape an output
+_SHAPED_BY = {
+    "ConstantOfShape": ((0, "shape", False),),
+    "Expand": ((1, "shape", False),),
+    "Reshape": ((1, "shape", False),),
+    "Tile": ((1, "repeats", False),),
+    "Resize": ((2, "scales", True), (3, "sizes", False)),
+    "Upsample": ((1, "scales", True),),
+}
+_RAISE = {
+    "max_input_bytes": ("VERISEG_MAX_INPUT_BYTES", "--max-input-bytes"),
+    "max_initializer_bytes": ("VERISEG_MAX_INITIALIZER_BYTES", "--max-initializer-bytes"),
+    "max_tensor_elements": ("VERISEG_MAX_TENSOR_ELEMENTS", "--max-tensor-elements"),
+}
+_FIX = "re-export self-contained (torch.onnx.export(..., external_data=False), or onnx.save(model, path, save_as_external_data=False))"
 
 
 @dataclass(frozen=True)
@@ -83,215 +105,234 @@ class GraphInfo:
     weight_dtypes: FrozenSet[str] = frozenset()  # dtypes of the constant tensors (initializers, Constant values)
 
 
-def _varint(buf: memoryview, i: int) -> Tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        result |= (b & 0x7F) << shift
-        i += 1
-        if not b & 0x80:
-            return result, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
+class _Refuser:
+    """Builds the one-line refusals, naming the source and the model."""
 
-
-def _fields(buf: memoryview) -> Iterator[Tuple[int, Union[int, memoryview]]]:
-    """(field number, value) of one message: ints for varints, memoryviews for the rest."""
-    i, end = 0, len(buf)
-    while i < end:
-        tag, i = _varint(buf, i)
-        field, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            if i + n > end:
-                raise ValueError("length past the end of the message")
-            value, i = buf[i : i + n], i + n
-        elif wire == 1:
-            value, i = buf[i : i + 8], i + 8
-        elif wire == 5:
-            value, i = buf[i : i + 4], i + 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        if i > end:
-            raise ValueError("field past the end of the message")
-        yield field, value
-
-
-def _text(v: Union[int, memoryview]) -> str:
-    if not isinstance(v, memoryview):
-        raise ValueError("expected a string field")
-    return bytes(v).decode("utf-8")
-
-
-class _Walker:
     def __init__(self, source: str, name: str) -> None:
         self.source, self.who = source, f"model {name!r}" if name else "the model"
-        self.domains: Set[str] = set()
-        self.functions: Set[Tuple[str, str]] = set()
-        self.producers: Dict[str, str] = {}
-        self.weight_types: Set[int] = set()
 
-    def refuse(self, kind: type, what: str) -> errors.BlobError:
+    def __call__(self, kind: type, what: str) -> errors.BlobError:
         return kind(self.source, f"{self.who}: {what}")
 
-    def tensor(self, buf: memoryview, where: str) -> None:
-        name = ""
-        for f, v in _fields(buf):
-            if f == 8:
-                name = _text(v)
-            elif f == 2 and isinstance(v, int):
-                self.weight_types.add(v)
-            elif (f == 14 and v == 1) or f == 13:
-                raise self.refuse(errors.ExternalData, f"tensor {name or where!r} keeps its data in an external file; a runtime would read a path the graph names: re-export self-contained (torch.onnx.export(..., external_data=False), or onnx.save(model, path, save_as_external_data=False))")
-
-    def sparse(self, buf: memoryview, where: str) -> None:
-        for f, v in _fields(buf):
-            if f in (1, 2) and isinstance(v, memoryview):
-                self.tensor(v, where)
-
-    def graph(self, buf: memoryview, depth: int, top: bool = False) -> Tuple[List[memoryview], List[memoryview], Set[str]]:
-        if depth > MAX_NESTING:
-            raise ValueError(f"subgraphs nest deeper than {MAX_NESTING}")
-        inputs, outputs, inits = [], [], set()
-        for f, v in _fields(buf):
-            if not isinstance(v, memoryview):
-                continue
-            if f == 1:
-                self.node(v, depth, top)
-            elif f == 5:
-                self.tensor(v, "initializer")
-                inits.add(_tensor_name(v))
-            elif f == 15:
-                self.sparse(v, "sparse initializer")
-                for g, w in _fields(v):
-                    if g == 1 and isinstance(w, memoryview):
-                        inits.add(_tensor_name(w))
-            elif f == 11:
-                inputs.append(v)
-            elif f == 12:
-                outputs.append(v)
-        return inputs, outputs, inits
-
-    def node(self, buf: memoryview, depth: int, top: bool) -> None:
-        op, domain, outs, attrs = "", "", [], []
-        for f, v in _fields(buf):
-            if f == 4:
-                op = _text(v)
-            elif f == 7:
-                domain = _text(v)
-            elif f == 2:
-                outs.append(_text(v))
-            elif f == 5 and isinstance(v, memoryview):
-                attrs.append(v)
-        self.nodes.append((domain, op))
-        if top:
-            for o in outs:
-                self.producers[o] = op if domain in ("", "ai.onnx") else f"{domain}.{op}"
-        for a in attrs:
-            for f, v in _fields(a):
-                if not isinstance(v, memoryview):
-                    continue
-                if f in (5, 10):
-                    self.tensor(v, f"attribute of a {op} node")
-                elif f in (22, 23):
-                    self.sparse(v, f"attribute of a {op} node")
-                elif f in (6, 11):
-                    self.graph(v, depth + 1)
-
-    def function(self, buf: memoryview) -> None:
-        name = domain = ""
-        nodes = []
-        for f, v in _fields(buf):
-            if f == 1:
-                name = _text(v)
-            elif f == 10:
-                domain = _text(v)
-            elif f == 7 and isinstance(v, memoryview):
-                nodes.append(v)
-        self.functions.add((domain, name))
-        for n in nodes:
-            self.node(n, 1, False)
-
-    nodes: List[Tuple[str, str]]
+    def over(self, what: str, amount: float, unit: str, limits: GraphLimits, field: str) -> errors.BlobError:
+        setting, option = _RAISE[field]
+        limit = getattr(limits, field)
+        shown = f"{amount:.0f}" if amount < 1e18 else f"{amount:.3g}"
+        return self(errors.OverLimit, f"{what}: {shown} {unit}, over the limit of {limit} {unit}; raise it with {setting} in the flow or {option} at pack if the model really needs that")
 
 
-def _tensor_name(buf: memoryview) -> str:
-    for f, v in _fields(buf):
-        if f == 8:
-            return _text(v)
+def _parse(onnx_bytes: bytes, refuse: _Refuser) -> onnx.ModelProto:
+    """The model as every runtime reads it, once its bytes are known to say each field once."""
+    not_onnx = "pass the .onnx file torch.onnx.export wrote"
+    try:
+        problem = onnx_wire.ambiguity(onnx_bytes)
+    except onnx_wire.WireError as exc:
+        raise refuse(errors.NotOnnx, f"not an ONNX model ({exc}); {not_onnx}") from None
+    if problem:
+        raise refuse(errors.Ambiguous, f"ambiguous: {problem}; readers may see different models in it: re-export it (torch.onnx.export and onnx.save write each field once)")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(onnx_bytes)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise refuse(errors.NotOnnx, f"not an ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {not_onnx}") from None
+    if not model.HasField("graph"):
+        raise refuse(errors.NotOnnx, f"not an ONNX model (no graph); {not_onnx}")
+    return model
+
+
+def _sweep(model: onnx.ModelProto) -> Tuple[List[onnx.TensorProto], List[onnx.NodeProto], List[onnx.ValueInfoProto]]:
+    """Every tensor, node and declared value anywhere in the model, found through the schema
+    itself (whatever message holds them: graphs, subgraphs, functions, attributes, training info)."""
+    tensors: List[onnx.TensorProto] = []
+    nodes: List[onnx.NodeProto] = []
+    values: List[onnx.ValueInfoProto] = []
+    stack: List[Message] = [model]
+    while stack:
+        msg = stack.pop()
+        kind = msg.DESCRIPTOR
+        if kind is _TENSOR:
+            tensors.append(msg)  # type: ignore[arg-type]
+            continue  # its own fields are data, and external_data entries
+        if kind is _NODE:
+            nodes.append(msg)  # type: ignore[arg-type]
+        elif kind is _VALUE:
+            values.append(msg)  # type: ignore[arg-type]
+        for fd, value in msg.ListFields():
+            if fd.message_type is not None:
+                if fd.is_repeated:
+                    stack.extend(reversed(value))
+                else:
+                    stack.append(value)
+    return tensors, nodes, values
+
+
+_TENSOR = onnx.TensorProto.DESCRIPTOR
+_NODE = onnx.NodeProto.DESCRIPTOR
+_VALUE = onnx.ValueInfoProto.DESCRIPTOR
+
+
+def _check_declared(values: List[onnx.ValueInfoProto], image_inputs: FrozenSet[str], refuse: _Refuser, limits: GraphLimits) -> None:
+    """A static shape declared for any value (an output, an intermediate): a runtime plans
+    memory from it at compile time (OpenVINO's CPU plugin does). The image input is bounded
+    by `max_input_bytes` instead, at the size the card drives it."""
+    for v in values:
+        t = _value_info(v)
+        if t.shape and v.name not in image_inputs and all(isinstance(d, int) for d in t.shape):
+            n = float(np.prod(np.array(t.shape, dtype=np.float64)))
+            if n > limits.max_tensor_elements:
+                raise refuse.over(f"tensor declared {_show(t)}", n, "elements", limits, "max_tensor_elements")
+
+
+def _location(t: onnx.TensorProto) -> str:
+    for entry in t.external_data:
+        if entry.key == "location":
+            return f" ({entry.value!r})"
     return ""
 
 
-def _value_info(buf: memoryview) -> GraphTensor:
-    name, elem, shape = "", 0, None
-    for f, v in _fields(buf):
-        if f == 1:
-            name = _text(v)
-        elif f == 2 and isinstance(v, memoryview):
-            for g, t in _fields(v):
-                if g == 1 and isinstance(t, memoryview):  # tensor_type
-                    for h, x in _fields(t):
-                        if h == 1 and isinstance(x, int):
-                            elem = x
-                        elif h == 2 and isinstance(x, memoryview):
-                            shape = tuple(_dim(d) for k, d in _fields(x) if k == 1 and isinstance(d, memoryview))
-                elif g != 6:  # a sequence, map or optional: not a tensor
-                    elem = -1
-    return GraphTensor(name, elem, shape)
+def _check_tensors(tensors: List[onnx.TensorProto], refuse: _Refuser, limits: GraphLimits) -> None:
+    total = 0
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            raise refuse(errors.ExternalData, f"tensor {t.name or '(unnamed)'!r} keeps its data in an external file{_location(t)}; a runtime would read a path the graph names: {_FIX}")
+        total += t.ByteSize()  # its serialized size: the data it stores, never copied out
+    if total > limits.max_initializer_bytes:
+        raise refuse.over("the tensors stored in the graph (initializers, Constant nodes)", total, "bytes", limits, "max_initializer_bytes")
 
 
-def _dim(buf: memoryview) -> Union[int, str, None]:
-    for f, v in _fields(buf):
-        if f == 1 and isinstance(v, int):
-            return v if v < 1 << 62 else None
-        if f == 2:
-            return _text(v)
+def _check_domains(model: onnx.ModelProto, nodes: List[onnx.NodeProto], refuse: _Refuser) -> FrozenSet[str]:
+    functions = set()
+    for f in model.functions:
+        if (f.domain, f.name) in functions:
+            raise refuse(errors.Ambiguous, f"the model defines function {f.domain}.{f.name} twice; which one runs is the runtime's choice: re-export it")
+        functions.add((f.domain, f.name))
+    for n in nodes:
+        if n.domain not in ALLOWED_DOMAINS and (n.domain, n.op_type) not in functions:
+            raise refuse(errors.CustomOps, f"node {n.op_type!r} is in operator domain {n.domain!r}, which needs a custom-op library (native code from outside the blob); the flow runs only the ONNX and ONNX Runtime domains {sorted(ALLOWED_DOMAINS)}: re-export with standard operators")
+    return frozenset(n.domain for n in nodes)
+
+
+def _opset(model: onnx.ModelProto, refuse: _Refuser) -> Optional[int]:
+    versions: Dict[str, int] = {}
+    for entry in model.opset_import:
+        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        if domain in versions:
+            raise refuse(errors.Ambiguous, f"ambiguous: opset_import names domain {entry.domain!r} twice (versions {versions[domain]} and {entry.version}); re-export it")
+        versions[domain] = entry.version
+    return versions.get("")
+
+
+# --- tensors shaped by constants -----------------------------------------------------------------
+
+Constant = Callable[[], Optional[np.ndarray]]
+
+
+def _constant_of(node: onnx.NodeProto) -> Constant:
+    """A Constant node's value, decoded only when a shape input asks for it."""
+
+    def value() -> Optional[np.ndarray]:
+        for a in node.attribute:
+            if a.name == "value" and a.HasField("t"):
+                return numpy_helper.to_array(a.t)
+            if a.name in ("value_ints", "value_floats"):
+                return np.array(list(a.ints) if a.name == "value_ints" else list(a.floats))
+            if a.name in ("value_int", "value_float"):
+                return np.array([a.i if a.name == "value_int" else a.f])
+        return None
+
+    return value
+
+
+def _check_shapes(nodes, initializers, outer: Dict[str, Constant], refuse: _Refuser, limits: GraphLimits) -> None:
+    """Refuse a node whose constant shape (or growth) makes a tensor past the element limit;
+    subgraphs see their enclosing graphs' constants, and shadow them with their own."""
+    consts = dict(outer)
+    for t in initializers:
+        consts[t.name] = (lambda t=t: numpy_helper.to_array(t))
+    for n in nodes:
+        if n.op_type == "Constant" and n.domain in _ONNX_DOMAINS and n.output:
+            consts[n.output[0]] = _constant_of(n)
+    for n in nodes:
+        if n.domain in _ONNX_DOMAINS:
+            for index, what, scales in _SHAPED_BY.get(n.op_type, ()):
+                if index < len(n.input) and n.input[index] in consts:
+                    _check_shape(n, what, scales, consts[n.input[index]], refuse, limits)
+        for a in n.attribute:
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _check_shapes(g.node, g.initializer, consts, refuse, limits)
+
+
+def _check_shape(node: onnx.NodeProto, what: str, scales: bool, constant: Constant, refuse: _Refuser, limits: GraphLimits) -> None:
+    try:
+        values = constant()
+    except Exception:  # noqa: BLE001 - a constant no runtime could decode either: the runtime refuses it
+        return
+    if values is None or values.size == 0:
+        return
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[v > 0]  # Reshape's 0 and -1 take sizes from the input, which is bounded on its own
+    product = float(np.prod(np.ceil(v))) if v.size else 0.0
+    if product > limits.max_tensor_elements:
+        name = node.name or (node.output[0] if node.output else "")
+        grows = "multiplies its input's size by" if scales or node.op_type == "Tile" else "makes a tensor of"
+        raise refuse.over(f"{node.op_type} node {name!r} {grows} {what} {values.ravel()[:8].tolist()}", product, "elements", limits, "max_tensor_elements")
+
+
+# --- inputs and outputs ---------------------------------------------------------------------------
+
+
+def _value_info(v: onnx.ValueInfoProto) -> GraphTensor:
+    kind = v.type.WhichOneof("value")
+    if kind is None:
+        return GraphTensor(v.name, 0, None)
+    if kind != "tensor_type":  # a sequence, map, optional or sparse tensor: not a tensor
+        return GraphTensor(v.name, -1, None)
+    tt = v.type.tensor_type
+    shape = tuple(_dim(d) for d in tt.shape.dim) if tt.HasField("shape") else None
+    return GraphTensor(v.name, tt.elem_type, shape)
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Union[int, str, None]:
+    which = d.WhichOneof("value")
+    if which == "dim_value":
+        return d.dim_value if 0 <= d.dim_value < 1 << 62 else None
+    if which == "dim_param":
+        return d.dim_param
     return None
 
 
-def read_graph(onnx_bytes: bytes, source: str = "<model>", name: str = "") -> GraphInfo:
+def read_graph(onnx_bytes: bytes, source: str = "<model>", name: str = "", limits: GraphLimits = DEFAULT_LIMITS) -> GraphInfo:
     """Inputs, outputs, opset and node domains of a model; refuses what is not self-contained.
 
-    Raises errors.NotOnnx for bytes that are not a ModelProto, errors.ExternalData and
-    errors.CustomOps as described above. `name` (the card's) names the model in messages.
+    Raises errors.NotOnnx for bytes that are not a ModelProto, errors.Ambiguous,
+    errors.ExternalData, errors.CustomOps and errors.OverLimit as described above. `name`
+    (the card's) names the model in messages.
     """
-    walker = _Walker(source, name)
-    walker.nodes = []
+    refuse = _Refuser(source, name)
+    model = _parse(onnx_bytes, refuse)
     try:
-        buf = memoryview(onnx_bytes)
-        graph, opset, functions = None, None, []
-        for f, v in _fields(buf):
-            if f == 7 and isinstance(v, memoryview):
-                graph = v
-            elif f == 8 and isinstance(v, memoryview):
-                entry = dict(_fields(v))
-                dom = entry.get(1)
-                if dom is None or (isinstance(dom, memoryview) and bytes(dom) in (b"", b"ai.onnx")):
-                    opset = entry.get(2) if isinstance(entry.get(2), int) else opset
-            elif f == 25 and isinstance(v, memoryview):
-                functions.append(v)
-        if graph is None:
-            raise ValueError("no graph")
-        for fn in functions:
-            walker.function(fn)
-        inputs, outputs, inits = walker.graph(graph, 0, top=True)
-        ins = tuple(t for t in map(_value_info, inputs) if t.name not in inits)
-        outs = tuple(map(_value_info, outputs))
-    except errors.BlobError:
-        raise
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise errors.NotOnnx(source, f"{walker.who}: not an ONNX model ({exc}); pass the .onnx file torch.onnx.export wrote") from None
+        tensors, nodes, values = _sweep(model)
+        _check_tensors(tensors, refuse, limits)
+        _check_declared(values, frozenset(v.name for v in model.graph.input), refuse, limits)
+        domains = _check_domains(model, nodes, refuse)
+        opset = _opset(model, refuse)
+        g = model.graph
+        _check_shapes(g.node, g.initializer, {}, refuse, limits)
+        for f in model.functions:
+            _check_shapes(f.node, (), {}, refuse, limits)
+        for info in model.training_info:
+            for sub in (info.initialization, info.algorithm):
+                _check_shapes(sub.node, sub.initializer, {}, refuse, limits)
+        inits = {t.name for t in g.initializer} | {s.values.name for s in g.sparse_initializer}
+        ins = tuple(_value_info(v) for v in g.input if v.name not in inits)
+        outs = tuple(_value_info(v) for v in g.output)
+        producers = {o: (n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}") for n in g.node for o in n.output}
+    except UnicodeDecodeError as exc:  # a name that is not UTF-8
+        raise refuse(errors.NotOnnx, f"not an ONNX model ({exc}); pass the .onnx file torch.onnx.export wrote") from None
     if not outs:
-        raise errors.NotOnnx(source, f"{walker.who}: the graph has no outputs; not a model the flow can run")
-    for domain, op in walker.nodes:
-        if domain not in ALLOWED_DOMAINS and (domain, op) not in walker.functions:
-            raise walker.refuse(errors.CustomOps, f"node {op!r} is in operator domain {domain!r}, which needs a custom-op library (native code from outside the blob); the flow runs only the ONNX and ONNX Runtime domains {sorted(ALLOWED_DOMAINS)}: re-export with standard operators")
-    domains = frozenset(d for d, _ in walker.nodes)
-    weights = frozenset(ELEM_TYPES[t] for t in walker.weight_types if t in ELEM_TYPES)
-    return GraphInfo(ins, outs, opset, domains, walker.producers, weights)
+        raise refuse(errors.NotOnnx, "the graph has no outputs; not a model the flow can run")
+    weights = frozenset(ELEM_TYPES[t.data_type] for t in tensors if t.data_type in ELEM_TYPES)
+    return GraphInfo(ins, outs, opset, domains, producers, weights)
 
 
 def card_spec(t: GraphTensor, layout: str, color_order: Optional[str]) -> TensorSpec:
@@ -313,18 +354,21 @@ def _show(t: Union[TensorSpec, GraphTensor]) -> str:
     return f"{t.name!r} {t.type_name}[{dims}]"
 
 
-def check_graph(card: ModelCard, onnx_bytes: bytes, source: str = "<model>") -> GraphInfo:
+def check_graph(card: ModelCard, onnx_bytes: bytes, source: str = "<model>", limits: GraphLimits = DEFAULT_LIMITS) -> GraphInfo:
     """Refuse a graph the flow cannot drive, or that its card does not describe.
 
     The card's own checks (`card.drive_spec()`) come first; then the graph must be
-    self-contained (see the module docstring), take exactly one input and have the card's
-    input and outputs: same names, dtypes, ranks and fixed dims, dynamic where the card is.
+    self-contained and within `limits` (see the module docstring), take exactly one input
+    and have the card's input and outputs: same names, dtypes, ranks and fixed dims, dynamic
+    where the card is. The input a frame becomes (batch x size x 3 channels, at the card's
+    size; a dynamic size without one is the frame's own, bounded by VERISEG_MAX_PIXELS)
+    must be within `limits.max_input_bytes`.
     """
     try:
-        card.drive_spec()
+        spec = card.drive_spec()
     except errors.BlobError as exc:
         raise errors.resourced(exc, source) from None
-    info = read_graph(onnx_bytes, source, card.name)
+    info = read_graph(onnx_bytes, source, card.name, limits)
     who = f"model {card.name!r}"
     if len(info.inputs) != 1:
         raise errors.TooManyInputs(source, f"{who}: the graph takes {len(info.inputs)} inputs ({', '.join(_show(t) for t in info.inputs)}); the flow feeds exactly one image: export the graph with a single image input")
@@ -332,9 +376,13 @@ def check_graph(card: ModelCard, onnx_bytes: bytes, source: str = "<model>") -> 
     if not _same(card.inputs[0], info.inputs[0]):
         raise errors.CardContradictsGraph(source, f"{who}: the card does not describe its graph: input {_show(card.inputs[0])} in the card, {_show(info.inputs[0])} in the graph; {fix}")
     by_name = {t.name: t for t in info.outputs}
-    for spec in card.outputs:
-        g = by_name.get(spec.name)
-        if g is None or not _same(spec, g):
+    for spec_out in card.outputs:
+        g = by_name.get(spec_out.name)
+        if g is None or not _same(spec_out, g):
             found = _show(g) if g is not None else "no such output (outputs: " + ", ".join(_show(t) for t in info.outputs) + ")"
-            raise errors.CardContradictsGraph(source, f"{who}: the card does not describe its graph: output {_show(spec)} in the card, {found} in the graph; {fix}")
+            raise errors.CardContradictsGraph(source, f"{who}: the card does not describe its graph: output {_show(spec_out)} in the card, {found} in the graph; {fix}")
+    if spec.size is not None:
+        frame_bytes = (spec.batch or 1) * spec.size[0] * spec.size[1] * 3 * np.dtype(spec.input_dtype).itemsize
+        if frame_bytes > limits.max_input_bytes:
+            raise _Refuser(source, card.name).over(f"input {_show(info.inputs[0])} (what each frame becomes)", frame_bytes, "bytes", limits, "max_input_bytes")
     return info

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource
 
+from model_store.graph_limits import MAX_INITIALIZER_BYTES, MAX_INPUT_BYTES, MAX_TENSOR_ELEMENTS, GraphLimits
+
 from .keep_frames import KeepFrames
 from .settings import PREFIX, FlowSettings, looks_like_path
 from .source_spec import VIDEO_EXTS, SourceSpec, parse_sources, stream_id_of
@@ -97,9 +99,18 @@ class Config:
     decrypt_key_file: Optional[Path] = None
     video_scale: float = 1.0
     max_pixels: int = 40_000_000
+    max_input_bytes: int = MAX_INPUT_BYTES            # model_store.graph_limits: checked at load
+    max_initializer_bytes: int = MAX_INITIALIZER_BYTES
+    max_tensor_elements: int = MAX_TENSOR_ELEMENTS
+    max_arena_bytes: int = 4 << 30                    # ONNX Runtime's CPU arena; 0: no cap
     aux_nice: int = 0               # niceness of the decoder and writer threads
     ort_spin: bool = False          # ONNX Runtime threads spin-wait
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def graph_limits(self) -> GraphLimits:
+        """The bounds a model's graph is checked against at load (VERISEG_MAX_*)."""
+        return GraphLimits(self.max_input_bytes, self.max_initializer_bytes, self.max_tensor_elements)
 
     @property
     def stream_ids(self) -> tuple[str, ...]:
@@ -246,6 +257,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,
         pending_deploy_max_s=s.pending_deploy_max_s,
         decrypt_key_file=s.decrypt_key, video_scale=s.video_scale, max_pixels=s.max_pixels,
+        max_input_bytes=s.max_input_bytes, max_initializer_bytes=s.max_initializer_bytes,
+        max_tensor_elements=s.max_tensor_elements, max_arena_bytes=s.max_arena_bytes,
         aux_nice=s.aux_nice, ort_spin=s.ort_spin,
         extra={k: v for k, v in env.items() if k.startswith(PREFIX)},
     )

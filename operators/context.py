@@ -44,7 +44,8 @@ class FlowContext:
             opts = ({} if cfg is None else
                     dict(backend=cfg.backend, providers=cfg.providers, require_gpu=cfg.require_gpu,
                          threads=cfg.threads, home=cfg.home, hint=cfg.openvino_hint,
-                         spin=cfg.ort_spin, ov_device=cfg.openvino_device, precision=cfg.precision))
+                         spin=cfg.ort_spin, ov_device=cfg.openvino_device, precision=cfg.precision,
+                         arena_bytes=cfg.max_arena_bytes))
             self.sessions = SessionCache(stats=self.stats, **opts)
 
 

@@ -76,11 +76,12 @@ def drive_spec(card, key: str):
 def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", providers: str = "auto",
                   require_gpu: bool = False, threads: int = 0, home=None,
                   hint: str = "throughput", spin: bool = False, ov_device: str = "auto",
-                  precision: str = "card") -> SessionEntry:
+                  precision: str = "card", arena_bytes: int = 0) -> SessionEntry:
     spec = drive_spec(card, key) if card is not None else None   # before the costly compile
     runner, why = compile_verified(onnx, key=key, backend=backend, providers=providers,
                                    require_gpu=require_gpu, threads=threads, home=home, hint=hint,
-                                   spin=spin, ov_device=ov_device, precision=precision)
+                                   spin=spin, ov_device=ov_device, precision=precision,
+                                   arena_bytes=arena_bytes)
     inp, out = runner.input, runner.output
     if card is not None:
         problem = card_mismatch(card, inp, out)
@@ -128,14 +129,16 @@ class SessionCache:
 
     def __init__(self, *, keep: int = 1, stats=None, backend: str = "auto", providers: str = "auto",
                  require_gpu: bool = False, threads: int = 0, home=None, hint: str = "throughput",
-                 spin: bool = False, ov_device: str = "auto", precision: str = "card"):
+                 spin: bool = False, ov_device: str = "auto", precision: str = "card",
+                 arena_bytes: int = 0):
         self.keep = keep
         self.stats = stats           # records the provider in use
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._building: dict[str, threading.Event] = {}
         self.options = dict(backend=backend, providers=providers, require_gpu=require_gpu, threads=threads,
-                            home=home, hint=hint, spin=spin, ov_device=ov_device, precision=precision)
+                            home=home, hint=hint, spin=spin, ov_device=ov_device, precision=precision,
+                            arena_bytes=arena_bytes)
         self.provider: Optional[str] = None
 
     def get(self, update: ModelLoaded) -> SessionEntry:

@@ -19,6 +19,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from model_store.graph_limits import MAX_INITIALIZER_BYTES, MAX_INPUT_BYTES, MAX_TENSOR_ELEMENTS
+
 from .keep_frames import KeepFrames
 from .source_spec import SourceSpec, parse_sources
 
@@ -202,6 +204,22 @@ class FlowSettings(BaseSettings):
     max_pixels: int = var(40_000_000, "largest frame (width x height) an image file may declare; "
                           "larger ones are skipped, counted and named before decoding (8K is "
                           "33 MP)", ge=1, le=1 << 30)
+    max_input_bytes: int = var(MAX_INPUT_BYTES, "largest input tensor a model may make of one "
+                               "frame (batch x height x width x 3 x element size); a larger "
+                               "model is refused at load, named", shown="268435456 (256 MiB)",
+                               ge=1, le=1 << 40)
+    max_initializer_bytes: int = var(MAX_INITIALIZER_BYTES, "largest total of the tensors a "
+                                     "model stores (initializers, Constant nodes); a larger "
+                                     "model is refused at load, named",
+                                     shown="1073741824 (1 GiB)", ge=1, le=1 << 40)
+    max_tensor_elements: int = var(MAX_TENSOR_ELEMENTS, "largest tensor a model may shape from "
+                                   "a constant (ConstantOfShape, Expand, Reshape, Tile, Resize, "
+                                   "Upsample), in elements; a larger one refuses the model at "
+                                   "load, named", shown="268435456", ge=1, le=1 << 50)
+    max_arena_bytes: int = var(4 << 30, "cap of ONNX Runtime's CPU memory arena, shared by the "
+                               "flow's sessions: a run that needs more fails and its frames are "
+                               "counted (0: no cap); OpenVINO has no such cap",
+                               shown="4294967296 (4 GiB)", ge=0, le=1 << 44)
 
     # -- the values whose shape a type cannot say --------------------------------------
     @field_validator("source", mode="before")

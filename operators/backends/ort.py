@@ -155,12 +155,38 @@ def _precision(want: str, explicit: bool, card: str, provider: str) -> str:
                      f"({card}) only; set VERISEG_PRECISION=card, or use TensorRT or OpenVINO for {want}")
 
 
+_arena = {"max_bytes": 0}   # the cap registered with ONNX Runtime's environment, 0: none yet
+_arena_lock = threading.Lock()
+
+
+def _cpu_arena(max_bytes: int) -> None:
+    """Register ONNX Runtime's CPU arena capped at ``max_bytes`` with its environment (again
+    only when the cap changes): the sessions built after share it. An allocation past the cap fails that run (its
+    frames are counted) instead of taking the machine's memory. Sessions built before keep the
+    arena they had. Constant folding at session build allocates outside any arena: the graph
+    limits (model_store.graph_limits) bound what it could fold."""
+    import onnxruntime as ort
+    with _arena_lock:
+        if _arena["max_bytes"] != max_bytes:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg({"max_mem": max_bytes}))
+            _arena["max_bytes"] = max_bytes
+
+
 def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool = False,
-          threads: int = 0, home=None, spin: bool = False, precision: str = "card") -> OrtRunner:
+          threads: int = 0, home=None, spin: bool = False, precision: str = "card",
+          arena_bytes: int = 0) -> OrtRunner:
+    """An ONNX Runtime session of the verified bytes; ``arena_bytes`` > 0 caps the CPU memory
+    arena it allocates from (VERISEG_MAX_ARENA_BYTES), shared by the process's sessions (which
+    also lets a hot swap reuse the old session's memory: measured 150 MiB RSS with two 512²
+    ENet sessions alive, 216 MiB with an arena each)."""
     import onnxruntime as ort
     want, explicit = precisions.wanted(precision, onnx)
     card = precisions.card_precision(onnx)
     so = ort.SessionOptions()
+    if arena_bytes:
+        _cpu_arena(arena_bytes)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads or cpu_threads()
@@ -183,10 +209,14 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
         raise ScoreError(f"VERISEG_REQUIRE_GPU=1 but ONNX Runtime loaded only {', '.join(got)} "
                          f"(asked for {', '.join(wanted)}; available: "
                          f"{', '.join(ort.get_available_providers())})")
+    ins, outs = sess.get_inputs(), sess.get_outputs()
+    if len(ins) != 1 or not outs:   # an input shadowed by an initializer is no input at all
+        raise ScoreError(f"model {key[:12]}: ONNX Runtime sees {len(ins)} inputs and {len(outs)} outputs; "
+                         "the flow feeds exactly one image and reads the first output")
+    inp, out = ins[0], outs[0]
     runs = _precision(want, explicit, card, active)
     profile = ExecutionProfile("onnxruntime", _DEVICES.get(active, active.removesuffix("ExecutionProvider")),
                                runs, ort.__version__)
-    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
     return OrtRunner(key, sess, Port(inp.name, inp.type, tuple(inp.shape)),
                      Port(out.name, out.type, tuple(out.shape)), active,
                      f"asked for {', '.join(wanted)}; {so.intra_op_num_threads} intra-op threads; "

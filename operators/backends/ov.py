@@ -212,9 +212,12 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
                 model = core.read_model(onnx)
         compiled = core.compile_model(model, device, config)
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        inp, out = _ports(compiled)
+    except ScoreError as e:
+        raise ScoreError(f"model {key[:12]}: OpenVINO on {device}: {e}") from None
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
         raise ScoreError(f"model {key[:12]}: OpenVINO cannot compile it for {device}: "
-                         f"{first_line(e)}") from None
+                         f"{_reason(e)}") from None
     runs = _compiled_precision(compiled, precision)
     if runs != precision:
         raise ScoreError(f"model {key[:12]}: OpenVINO's {device} compiled it for {runs or 'another precision'} "
@@ -227,8 +230,7 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
            + f", precision {runs} ({widened or ('VERISEG_PRECISION' if want[1] else 'the card')})"
            + f"; device {why}")
     profile = ExecutionProfile("openvino", device, runs, version())
-    return OvRunner(key, compiled, _port(compiled.inputs[0]), _port(compiled.outputs[0]), device, how,
-                    requests, profile)
+    return OvRunner(key, compiled, inp, out, device, how, requests, profile)
 
 
 def _compiled_precision(compiled, precision: str) -> str:
@@ -238,3 +240,20 @@ def _compiled_precision(compiled, precision: str) -> str:
         return precisions.from_ov_type(compiled.get_property("INFERENCE_PRECISION_HINT"))
     except Exception:  # noqa: BLE001 - a plugin without the property
         return precision
+
+
+def _ports(compiled) -> tuple:
+    """The one input and the first output, or a ScoreError: a graph whose only input is
+    shadowed by an initializer compiles with no input at all."""
+    ins, outs = list(compiled.inputs), list(compiled.outputs)
+    if len(ins) != 1 or not outs:
+        raise ScoreError(f"the compiled graph has {len(ins)} inputs and {len(outs)} outputs; "
+                         "the flow feeds exactly one image and reads the first output")
+    return _port(ins[0]), _port(outs[0])
+
+
+def _reason(e: Exception) -> str:
+    """OpenVINO's first line is where it threw ('Exception from src/...:105:'); the reason follows."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines if not ln.startswith(("Exception from", "Check "))]
+    return (said or lines or [type(e).__name__])[0]

@@ -104,7 +104,8 @@ class ModelResolver:
     def _verified_update(self, key: str, path: Path, name: str, version: int) -> ModelLoaded:
         import model_store
         try:
-            card, onnx = model_store.load(str(path), expected_key=key, decrypt_key=self.decrypt_key)
+            card, onnx = model_store.load(str(path), expected_key=key, decrypt_key=self.decrypt_key,
+                                          limits=self.cfg.graph_limits)
         except model_store.errors.BlobError as e:
             raise ModelRefused(f"model blob refused: {first_line(e)}") from None
         u = ModelLoaded(key, self._next_uid(), name=name, version=version, card=card,
