@@ -423,6 +423,8 @@ BAD_CONFIG = [
     ("VERISEG_KEEP_FRAMES", "every:0", "expected off, all, every:N, budget:MB or every:N,budget:MB"),
     ("VERISEG_KEEP_FRAMES", "budget:lots", "expected off, all, every:N, budget:MB or every:N,budget:MB"),
     ("VERISEG_OPENVINO_HINT", "fast", "expected throughput or latency"),
+    ("VERISEG_PRECISION", "fp64", "expected card, fp32, bf16 or fp16, got 'fp64'"),
+    ("VERISEG_PRECISION", "int8", "expected card, fp32, bf16 or fp16, got 'int8'"),
     ("VERISEG_OPENVINO_DEVICE", "gpu 1", "expected auto, or an OpenVINO device name"),
     ("VERISEG_VIDEO", "-1", "expected 1/0"),
     ("VERISEG_JSONL", "2", "expected 1/0"),

@@ -190,7 +190,8 @@ def test_the_precision_setting_is_declared_and_refused_with_one_line():
 # ----------------------------------------------------------------------------- the profile on every line
 def test_each_scored_frame_and_results_line_states_the_profile_it_was_scored_with(backend):
     from chain.profile import ExecutionProfile
-    from chain.results import RESULT_DIAGNOSTICS, frame_record
+    from chain.frame_digest import frame_digest
+    from chain.results import RESULT_BOUND, frame_record
     from operators.context import FlowContext
     from operators.frames import Frame, ModelLoaded, ScoredFrame
     from operators.score import ScoreLogic
@@ -203,8 +204,9 @@ def test_each_scored_frame_and_results_line_states_the_profile_it_was_scored_wit
     (r,) = [o for o in out if isinstance(o, ScoredFrame)]
     assert r.profile == logic.entry.runner.profile and r.profile.precision == "fp32"
     assert r.profile.backend == backend
-    line = frame_record("cam", 0, KA, r.class_map, ts=0.0, pos="#0", class_names=None, profile=r.profile).line
-    assert ExecutionProfile.from_dict(line["profile"]) == r.profile and "profile" in RESULT_DIAGNOSTICS
+    line = frame_record("cam", 0, KA, r.class_map, ts=0.0, pos="#0", class_names=None,
+                        frame=frame_digest(img, "RGB"), profile=r.profile).line
+    assert ExecutionProfile.from_dict(line["profile"]) == r.profile and "profile" in RESULT_BOUND
 
 
 # ----------------------------------------------------------------------------- failing runs
