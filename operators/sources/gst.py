@@ -197,9 +197,9 @@ class GstReader:
             return IOError(f"{self.kind} {self.target!r}: {err.message}")
         pad = self.sink.get_static_pad("sink") if self.sink is not None else None
         offered = _formats(pad.peer_query_caps(None)) if pad is not None else "unknown"
-        why = (f"{self.kind} {self.target!r}: the pipeline's caps do not negotiate with the appsink "
-               f"(upstream offers format={offered}; the flow reads video/x-raw in "
-               f"{', '.join(READABLE_FORMATS)}); {_FIX}")
+        why = (f"{self.kind} {self.target!r}: the pipeline's caps do not negotiate (the appsink "
+               f"takes video/x-raw in {', '.join(READABLE_FORMATS)}; the element before it offers "
+               f"format={offered}); {_FIX}")
         return IOError(why) if self.is_live else StreamUnreadable(why)
 
     def read(self, timeout: float = 0.1):
