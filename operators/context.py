@@ -39,8 +39,6 @@ class FlowContext:
     live: Any = None          # web.live.LiveView while VERISEG_WEB serves the live view
 
     def __post_init__(self):
-        for sid in (self.config.stream_ids if self.config is not None else ()):
-            self.stats.known_stream(sid)
         if self.sessions is None:
             cfg = self.config
             opts = ({} if cfg is None else
