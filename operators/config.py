@@ -88,6 +88,7 @@ class Config:
     jsonl: bool = True
     metrics_port: Optional[int] = None
     metrics_host: str = "127.0.0.1"
+    metrics_linger_s: float = 20.0  # the metrics port stays up this long after the flow ends
     web: Optional[tuple[str, int]] = None   # (host, port) of the live view; None: off
     web_token: Optional[str] = None
     progress: str = "auto"
@@ -252,7 +253,8 @@ def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
         openvino_device=s.openvino_device, precision=s.precision, threads=s.threads, batch=s.batch or 0,
         loop=s.loop, max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
         poll=s.poll, masks=s.masks, mask_size=s.mask_size, keep_frames=s.keep_frames, video=s.video, jsonl=s.jsonl,
-        metrics_port=s.metrics_port or None, metrics_host=s.metrics_host, web=s.web,
+        metrics_port=s.metrics_port or None, metrics_host=s.metrics_host,
+        metrics_linger_s=s.metrics_linger_s, web=s.web,
         web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
         reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,
         pending_deploy_max_s=s.pending_deploy_max_s,

@@ -182,6 +182,10 @@ class FlowSettings(BaseSettings):
                             "interface, for a scraper on another machine)",
                             pattern=r"^[A-Za-z0-9.:-]{1,253}$",
                             expect="a host name or IP address")
+    metrics_linger_s: float = var(20.0, "seconds the metrics port stays up after the flow "
+                                  "ends, so a scraper reads the final counts (0: close at once); "
+                                  "keep it above the scrape interval", main=True, ge=0,
+                                  le=3600, allow_inf_nan=False)
     web_token: Optional[str] = var(None, "token a viewer must present (at least 16 characters); "
                                    "required when VERISEG_WEB binds beyond loopback", shown="—")
     web: Annotated[Optional[tuple[str, int]], NoDecode] = var(

@@ -73,6 +73,8 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     if decrypt_key is None:
         decrypt_key = _decrypt_key(cfg)
     ctx = FlowContext(cfg)
+    for sid in cfg.stream_ids:   # a scraper reads 0 for every stream's counters, not nothing
+        ctx.stats.known_stream(sid)
     ctx.registry = LockedRegistry(registry if registry is not None else connect_registry(cfg))
     ctx.watcher = ModelWatcher(ctx, ctx.registry, decrypt_key=decrypt_key)
     ctx.first = ctx.watcher.resolve()

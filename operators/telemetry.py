@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from model_store.display import PrintableLogs
 
-__all__ = ["Stats", "log", "lower_thread_priority"]
+__all__ = ["Stats", "log", "lower_thread_priority", "DROP_REASONS", "FRAME_STAGES"]
 
 
 def lower_thread_priority(n: int) -> None:
@@ -44,17 +44,23 @@ if not log.handlers:
     log.propagate = False
 
 _STAGES = ("decode", "preprocess", "wait", "score", "sink", "total")
+#: the ``stage`` label of veriseg_frames_total
+FRAME_STAGES = ("decoded", "scored", "written")
+#: the ``reason`` label of veriseg_frames_dropped_total: a live source's full buffer, no valid
+#: model to score with, a run that failed, outputs that could not be written
+DROP_REASONS = ("backpressure", "no_model", "score_error", "output_error")
 #: seconds; a CPU frame scores in ~5-60 ms, a stalled sink or decoder shows up past 0.5 s
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 
 def _counts(metric, label: str, **match) -> dict:
-    """``{label value: count}`` of a counter's samples whose other labels match (0 for any
-    other value, as the dicts these replaced)."""
+    """``{label value: count}`` of a counter's samples whose other labels match, leaving out
+    the series still at 0 (they exist for the scraper's sake; 0 for any other value)."""
     out: dict = defaultdict(int)
     for fam in metric.collect():
         for s in fam.samples:
-            if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in match.items()):
+            if (s.name.endswith("_total") and s.value
+                    and all(s.labels.get(k) == v for k, v in match.items())):
                 out[s.labels[label]] = int(s.value)
     return out
 
@@ -158,7 +164,7 @@ class Stats:
         out: dict = defaultdict(lambda: defaultdict(int))
         for fam in self._dropped.collect():
             for s in fam.samples:
-                if s.name.endswith("_total"):
+                if s.name.endswith("_total") and s.value:
                     out[s.labels["stream"]][s.labels["reason"]] = int(s.value)
         return out
 
@@ -189,6 +195,17 @@ class Stats:
             self._runtime.labels(backend=backend, provider=self._provider or "").set(1)
 
     # -- counters -----------------------------------------------------------------
+    def known_stream(self, stream: str) -> None:
+        """Every counter of ``stream`` at 0 from the start: a labelled counter has no series
+        until its first increment, and a dashboard's query for drops or bad frames should
+        read 0, not nothing."""
+        for stage in FRAME_STAGES:
+            self._frames.labels(stream=stream, stage=stage)
+        for reason in DROP_REASONS:
+            self._dropped.labels(stream=stream, reason=reason)
+        for counter in (self._bad, self._source_errors, self._reconnects):
+            counter.labels(stream=stream)
+
     def add(self, attr: str, stream: str, n: int = 1):
         """``attr``: decoded | scored | written | kept | rotated | reconnects."""
         if attr == "reconnects":

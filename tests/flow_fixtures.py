@@ -67,7 +67,8 @@ def expected_classes(rgb: np.ndarray, shift: int = 0) -> np.ndarray:
     return ((rgb[..., 0].astype(np.int64) // 20 + shift) % 13).astype(np.uint8)
 
 
-def tiny_card(size=(32, 32), name="tiny", dynamic_batch=True):
+def tiny_card(size=(32, 32), name="tiny", dynamic_batch=True, colour="RGB"):
+    """The card of tiny_onnx; ``colour``: the order it states (its class reads channel 0)."""
     from model_store import CARLA_CLASSES, ModelCard, TensorSpec
     h, w = size
     n = "N" if dynamic_batch else 1
@@ -75,16 +76,17 @@ def tiny_card(size=(32, 32), name="tiny", dynamic_batch=True):
     return ModelCard(name=name, description="test model", algorithm="per-pixel test function",
                      created=t, modified=t, training_params={}, classes=CARLA_CLASSES,
                      scoring_function="class = (R // 20 + shift) % 13",
-                     inputs=(TensorSpec("image", "uint8", (n, h, w, 3), "NHWC", "RGB"),),
+                     inputs=(TensorSpec("image", "uint8", (n, h, w, 3), "NHWC", colour),),
                      outputs=(TensorSpec("classes", "uint8", (n, h, w), "NHW", None),),
                      metrics={}, onnx_opset=17)
 
 
-def make_blob(path, shift: int = 0, size=(32, 32), name="tiny", dynamic_batch=True, busy: int = 0) -> str:
+def make_blob(path, shift: int = 0, size=(32, 32), name="tiny", dynamic_batch=True, busy: int = 0,
+              colour: str = "RGB") -> str:
     import model_store
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return model_store.write(str(path), tiny_onnx(shift, size, dynamic_batch, busy),
-                             tiny_card(size, name, dynamic_batch))
+                             tiny_card(size, name, dynamic_batch, colour))
 
 
 def register_embedded(home, blob) -> str:

@@ -9,6 +9,7 @@ Skipped when GStreamer/PyGObject are missing, unless CI=true (then they fail).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from operators.config import SourceSpec, load_config
 from operators.frames import NOT_YET
 from operators.sources import GstReader, gst_available
 from chain_fixtures import free_port as _free_port
+from model_store import CARLA_CLASSES
 
 pytestmark = pytest.mark.gst
 
@@ -35,10 +37,10 @@ if not gst_available():
     pytest.skip("GStreamer/PyGObject not available", allow_module_level=True)
 
 
-def _registered(tmp_path):
+def _registered(tmp_path, colour: str = "RGB"):
     reg = FakeRegistry()
     blob = tmp_path / "m.vsb"
-    key = make_blob(blob)
+    key = make_blob(blob, colour=colour)
     reg.register(key, "tiny", blob.as_uri())
     return reg, blob, key
 
@@ -117,13 +119,27 @@ def test_gst_source_without_frames_still_writes_a_summary(tmp_path):
     assert summary["scored"] == 0
 
 
-def _run_gst(tmp_path, pipeline: str):
-    """(config, finished flow) of the segment flow on one ``gst:`` pipeline, anchoring off."""
-    reg, blob, key = _registered(tmp_path)
+def _run_gst(tmp_path, pipeline: str, colour: str = "RGB"):
+    """(config, finished flow) of the segment flow on one ``gst:`` pipeline, anchoring off;
+    ``colour``: the order the model's card asks for."""
+    reg, blob, key = _registered(tmp_path, colour)
     cfg = load_config(env_for(tmp_path, f"gst:{pipeline}", blob, VERISEG_ANCHOR_EVERY=0))
     flow = build_flow(cfg, registry=reg)
-    run_main(flow)
+    _run_guarded(flow)
     return cfg, flow
+
+
+def _run_guarded(flow, seconds: float = 60) -> float:
+    """Runs the flow; a stream that never ends (a reconnect loop) is stopped after
+    ``seconds``, failing the test instead of hanging it. Returns the seconds it ran."""
+    guard = threading.Timer(seconds, flow.context.stop.set)
+    t0 = time.monotonic()
+    guard.start()
+    try:
+        run_main(flow)
+    finally:
+        guard.cancel()
+    return time.monotonic() - t0
 
 
 def test_a_bare_appsink_gets_the_flows_caps_and_every_frame_is_scored(tmp_path):
@@ -153,6 +169,104 @@ def test_an_appsink_asking_for_a_format_the_flow_cannot_read_is_one_line_at_star
     assert not stats.bad, "a stream format problem was blamed on every frame"
     why = stats.source_errors["gst0"]
     assert "I420" in why and "format=BGR" in why and "\n" not in why
+
+
+# R=0x5a=90 and B=0x96=150: tiny_onnx reads channel 0, so a model in RGB order sees class
+# 90 // 20 = 4, one in BGR order class 150 // 20 = 7; a colour swap done wrong shows at once
+SOLID = "pattern=solid-color foreground-color=0xff5a1e96"
+CLASS_OF_CARD = {"RGB": CARLA_CLASSES[4].name, "BGR": CARLA_CLASSES[7].name}
+CAMERA = f"videotestsrc num-buffers=60 {SOLID} ! video/x-raw,width=800,height=600"
+
+
+@pytest.fixture
+def flow_log():
+    """The messages the flow logs while the test runs."""
+    from operators.telemetry import log
+    lines: list[str] = []
+    h = logging.Handler()
+    h.emit = lambda r: lines.append(r.getMessage())
+    log.addHandler(h)
+    yield lines
+    log.removeHandler(h)
+
+
+@pytest.mark.parametrize("card", ["RGB", "BGR"])
+@pytest.mark.parametrize("caps", ["BGR", "RGB"])
+def test_the_users_caps_in_either_colour_order_score_every_frame(tmp_path, caps, card):
+    # the shape OpenCV users write: BGR caps against a model in RGB order too
+    cfg, flow = _run_gst(tmp_path, f"{CAMERA} ! videoconvert ! video/x-raw,format={caps} ! appsink", card)
+    rows = read_jsonl(cfg.out / "gst0" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(60))
+    assert all(r["shares"] == {CLASS_OF_CARD[card]: 1.0} for r in rows), rows[0]["shares"]
+    stats = flow.context.stats
+    assert not stats.bad and not stats.source_errors and not stats.reconnects
+
+
+@pytest.mark.parametrize("card", ["RGB", "BGR"])
+def test_gray8_caps_score_every_frame(tmp_path, card):
+    cfg, flow = _run_gst(tmp_path, f"{CAMERA} ! videoconvert ! video/x-raw,format=GRAY8 ! appsink", card)
+    rows = read_jsonl(cfg.out / "gst0" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(60))
+    # grey has one value in every channel: the same single class whatever the card's order
+    assert len({json.dumps(r["shares"]) for r in rows}) == 1 and len(rows[0]["shares"]) == 1
+    assert not flow.context.stats.bad and not flow.context.stats.source_errors
+
+
+@pytest.mark.parametrize("card", ["RGB", "BGR"])
+def test_a_bare_appsink_scores_every_frame_in_the_cards_order(tmp_path, card):
+    cfg, flow = _run_gst(tmp_path, f"{CAMERA} ! videoconvert ! appsink", card)
+    rows = read_jsonl(cfg.out / "gst0" / "results.jsonl")
+    assert [r["seq"] for r in rows] == list(range(60))
+    assert all(r["shares"] == {CLASS_OF_CARD[card]: 1.0} for r in rows)
+
+
+@pytest.mark.parametrize("colour", ["RGB", "BGR"])
+def test_a_bare_appsink_is_handed_the_models_colour_order_first(colour):
+    # videoconvert then converts once, to what the model takes: no swap after it
+    got = _pull(GstReader("gst", "videotestsrc num-buffers=2 ! videoconvert ! appsink", colour=colour))
+    assert len(got) == 2 and {d.colour for d in got} == {colour}
+
+
+def test_gray8_frames_are_read_in_the_models_colour_order():
+    got = _pull(GstReader("gst", "videotestsrc num-buffers=2 ! video/x-raw,format=GRAY8,width=37,height=21 "
+                                 "! appsink", colour="RGB"))
+    assert len(got) == 2 and got[0].colour == "RGB" and got[0].image.shape == (21, 37, 3)
+
+
+NOT_NEGOTIABLE = "! video/x-raw,format=I420,width=800,height=600 ! appsink"
+
+
+def test_caps_that_do_not_negotiate_end_a_finite_stream_at_start_with_one_line(tmp_path, flow_log):
+    reg, blob, key = _registered(tmp_path)
+    cfg = load_config(env_for(tmp_path, f"gst:videotestsrc num-buffers=60 {NOT_NEGOTIABLE}", blob,
+                              VERISEG_ANCHOR_EVERY=0))
+    flow = build_flow(cfg, registry=reg)
+    assert _run_guarded(flow, 20) < 10
+    stats = flow.context.stats
+    why = stats.source_errors["gst0"]
+    assert "do not negotiate" in why and "I420" in why and "format=BGR" in why and "\n" not in why
+    assert not stats.reconnects and not stats.bad and not stats.scored
+    assert [m for m in flow_log if m.startswith("stream gst0:")] == [f"stream gst0: {why}"]
+
+
+def test_caps_that_do_not_negotiate_on_a_live_source_back_off_longer_each_time(flow_log):
+    from operators.context import FlowContext
+    from operators.sources.partition import StreamPartition
+    spec = SourceSpec("cam", "gst", f"videotestsrc is-live=true {NOT_NEGOTIABLE}")
+    ctx = FlowContext()
+    p = StreamPartition(ctx, spec, 0, queue=8, batch=1, loop=False, max_frames=None, prepare=None,
+                        reconnect_max=30, colour="RGB")
+    try:
+        t0 = time.monotonic()
+        while ctx.stats.reconnects.get("cam", 0) < 3 and time.monotonic() - t0 < 15:
+            time.sleep(0.05)
+    finally:
+        p.close()
+    lines = [m for m in flow_log if m.startswith("stream cam:")]
+    assert len(lines) >= 3, lines
+    assert all("do not negotiate" in m and "I420" in m for m in lines[:3])
+    assert [m.rsplit(" ", 1)[1] for m in lines[:3]] == ["0.5s", "1.0s", "2.0s"]
+    assert "cam" not in ctx.stats.source_errors
 
 
 class RtspServer:

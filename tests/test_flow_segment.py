@@ -695,7 +695,7 @@ def test_metrics_http_endpoint_while_running(tmp_path):
     reg, blob, key = _registered(tmp_path)
     folder = make_folder(tmp_path / "f", n=30)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=0,
-                              VERISEG_METRICS_PORT=port))
+                              VERISEG_METRICS_PORT=port, VERISEG_METRICS_LINGER_S=0))
     flow = build_flow(cfg, registry=reg, reader_factory=_slow_factory(0.02))
     got = {}
 
@@ -704,10 +704,64 @@ def test_metrics_http_endpoint_while_running(tmp_path):
     th = _when_scored(flow, 5, fetch)
     run_main(flow)
     th.join()
-    assert prom_value(got["body"], "veriseg_fps") is not None
-    assert prom_value(got["body"], "veriseg_model_in_use", stream="f", key=key) == 1
-    assert prom_value(got["body"], "veriseg_frames_total", stream="f", stage="scored") >= 5
-    # served with the flow only: the port is closed once the flow ends
+    body = got["body"]
+    assert prom_value(body, "veriseg_fps") is not None
+    assert prom_value(body, "veriseg_model_in_use", stream="f", key=key) == 1
+    assert prom_value(body, "veriseg_frames_total", stream="f", stage="scored") >= 5
+    # what a dashboard queries exists at 0 before anything happened to it
+    for reason in ("backpressure", "no_model", "score_error", "output_error"):
+        assert prom_value(body, "veriseg_frames_dropped_total", stream="f", reason=reason) == 0
+    for name in ("veriseg_bad_frames_total", "veriseg_source_errors_total", "veriseg_reconnects_total"):
+        assert prom_value(body, name, stream="f") == 0, name
+    # VERISEG_METRICS_LINGER_S=0: the port is closed once the flow ends
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_every_streams_counters_are_listed_at_zero_before_its_first_frame(tmp_path):
+    """A labelled counter has no series until it is incremented: a query for drops or bad
+    frames would return nothing rather than 0."""
+    from operators.telemetry import DROP_REASONS, FRAME_STAGES
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "f", n=2)
+    cfg = load_config(env_for(tmp_path, f"a@dir:{folder}; b@dir:{folder}", blob))
+    text = build_flow(cfg, registry=reg).context.stats.prometheus()
+    for sid in ("a", "b"):
+        for reason in DROP_REASONS:
+            assert prom_value(text, "veriseg_frames_dropped_total", stream=sid, reason=reason) == 0
+        for stage in FRAME_STAGES:
+            assert prom_value(text, "veriseg_frames_total", stream=sid, stage=stage) == 0
+        for name in ("veriseg_bad_frames_total", "veriseg_source_errors_total", "veriseg_reconnects_total"):
+            assert prom_value(text, name, stream=sid) == 0, (name, sid)
+
+
+def test_metrics_stay_up_after_the_flow_for_a_last_scrape(tmp_path):
+    """The final counts would fall between two scrapes if the port closed with the flow."""
+    import logging
+    import urllib.request
+    from chain_fixtures import free_port
+    from operators.telemetry import log
+    port = free_port()
+    reg, blob, key = _registered(tmp_path)
+    folder = make_folder(tmp_path / "f", n=12)
+    cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=0,
+                              VERISEG_METRICS_PORT=port, VERISEG_METRICS_LINGER_S=3))
+    flow = build_flow(cfg, registry=reg)
+    lingering = threading.Event()
+    h = logging.Handler()
+    h.emit = lambda r: "stays up 3 s" in r.getMessage() and lingering.set()
+    log.addHandler(h)
+    try:
+        th = threading.Thread(target=run_main, args=(flow,))
+        t0 = time.monotonic()
+        th.start()
+        assert lingering.wait(60), "no line saying the metrics port stays up"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        th.join(30)
+    finally:
+        log.removeHandler(h)
+    assert not th.is_alive() and time.monotonic() - t0 >= 3
+    assert prom_value(body, "veriseg_frames_total", stream="f", stage="written") == 12
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
 

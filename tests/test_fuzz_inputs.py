@@ -434,6 +434,8 @@ BAD_CONFIG = [
     ("VERISEG_METRICS_PORT", "70000", "expected a whole number in 0..65535"),
     ("VERISEG_METRICS_PORT", "http", "expected a whole number, got 'http'"),
     ("VERISEG_METRICS_HOST", "my host!", "expected a host name or IP address"),
+    ("VERISEG_METRICS_LINGER_S", "-1", "expected seconds >= 0 and <= 3600"),
+    ("VERISEG_METRICS_LINGER_S", "forever", "expected a number of seconds, got 'forever'"),
     ("VERISEG_PROGRESS", "loud", "expected auto, 1 or 0"),
     ("VERISEG_PREPROCESS", "maybe", "expected auto or off"),
     ("VERISEG_RECONNECT_MAX", "-3", "expected a number > 0 and <= 86400"),

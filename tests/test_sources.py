@@ -154,3 +154,60 @@ def test_a_live_stream_that_drops_frames_says_so_at_most_every_ten_seconds(caplo
     finally:
         cam.close()
         p.close()
+
+
+class _FailingCamera:
+    """A live reader that opens every time, then fails its reads as ``script`` says: an
+    IOError, or a frame (then the end of the stream)."""
+    is_live, total, seq = True, None, 0
+
+    def __init__(self, script):
+        self.script = list(script)
+
+    def open(self, seq):
+        pass
+
+    def read(self):
+        from operators.frames import Decoded
+        if not self.script:
+            return None
+        step = self.script.pop(0)
+        if step == "error":
+            raise IOError("caps do not negotiate")
+        self.seq += 1
+        return Decoded(self.seq - 1, "cam#0", np.zeros((2, 2, 3), np.uint8))
+
+    def close(self):
+        pass
+
+
+def test_a_live_source_that_opens_and_fails_backs_off_longer_until_a_frame_comes(monkeypatch):
+    """Opening is no reconnect: the backoff doubles over open-then-fail and starts over at
+    the first frame after it."""
+    import logging
+    import threading
+    import types
+
+    import operators.sources.partition as partition
+    from operators.telemetry import log
+
+    class NoWait(threading.Event):
+        def wait(self, timeout=None):   # the backoff is said, not waited for
+            return self.is_set()
+    monkeypatch.setattr(partition, "threading", types.SimpleNamespace(
+        Event=NoWait, Condition=threading.Condition, Thread=threading.Thread))
+    lines: list[str] = []
+    h = logging.Handler()
+    h.emit = lambda r: lines.append(r.getMessage())
+    log.addHandler(h)
+    cam = _FailingCamera(["error", "error", "error", "frame", "error"])
+    try:
+        p = partition.StreamPartition(FlowContext(), SourceSpec("cam", "gst", "x"), 0, queue=8, batch=1,
+                                      loop=False, max_frames=None, prepare=None, reconnect_max=30,
+                                      colour="BGR", reader_factory=lambda spec, **kw: cam)
+        p.thread.join(10)
+    finally:
+        log.removeHandler(h)
+    backoffs = [m.rsplit(" ", 1)[1] for m in lines if "caps do not negotiate" in m]
+    assert backoffs == ["0.5s", "1.0s", "2.0s", "0.5s"], lines
+    assert [m for m in lines if m.endswith("reconnected")] == ["stream cam: reconnected"]

@@ -23,14 +23,16 @@ class MetricsPublisher:
     """Writes ``metrics.prom`` every second (``write_to_textfile``: written aside, then
     renamed) and, when a port is set, serves the flow's registry with prometheus_client's
     own HTTP server on ``host`` (loopback unless VERISEG_METRICS_HOST says otherwise), from
-    the first user's acquire to the last one's release."""
+    the first user's acquire until ``close``: ``linger`` seconds after the last release, so
+    that a scraper polling every few seconds still reads the final counts."""
 
     def __init__(self, stats, out: Path, port: Optional[int] = None, progress: bool = False,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", linger: float = 0.0):
         self.stats = stats
         self.out = out
         self.port = port
         self.host = host
+        self.linger = linger
         self.progress = progress
         self.stop = threading.Event()
         self.users = 0
@@ -57,6 +59,8 @@ class MetricsPublisher:
             self.thread.start()
 
     def release(self):
+        """One user done; the last one stops the file writer and writes the final counts
+        (the HTTP server stays up until ``close``)."""
         with self.lock:
             self.users -= 1
             last = self.users <= 0
@@ -65,14 +69,24 @@ class MetricsPublisher:
             if self.thread is not None:
                 self.thread.join(timeout=5)
             self.thread = None
-            if self.server is not None:
-                self.server.shutdown()
-                self.server.server_close()
-                self.server = None
             self._write()
             if self.progress:
                 self._progress(final=True)
         return last
+
+    def close(self):
+        """Keeps serving the final counts ``linger`` seconds (said in one line), then stops
+        the HTTP server: the flow's end would otherwise fall between two scrapes and its last
+        counts would never reach the scraper."""
+        if self.server is None:
+            return
+        if self.linger > 0:
+            log.info("flow ended: http://%s:%d/metrics stays up %g s for a last scrape "
+                     "(VERISEG_METRICS_LINGER_S)", self.host, self.port, self.linger)
+            time.sleep(self.linger)
+        self.server.shutdown()
+        self.server.server_close()
+        self.server = None
 
     def _write(self):
         path = self.out / f"metrics{process_suffix()}.prom"

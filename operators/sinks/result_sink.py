@@ -57,7 +57,7 @@ class ResultSink(FixedPartitionedSink):
                  video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
                  video_scale: float = 1.0, home: Optional[Path] = None,
-                 metrics_host: str = "127.0.0.1", aux_nice: int = 0):
+                 metrics_host: str = "127.0.0.1", metrics_linger: float = 0.0, aux_nice: int = 0):
         self.stats, self.revoked = ctx.stats, ctx.revoked
         self.aux_nice = aux_nice
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
@@ -73,7 +73,8 @@ class ResultSink(FixedPartitionedSink):
         self.registry = registry
         self.fps = fps
         self.summary_extra = summary_extra or {}
-        self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress, metrics_host)
+        self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress, metrics_host,
+                                        metrics_linger)
         self.anchoring = None
         self.sender = None
         self._closed: set = set()
@@ -150,6 +151,7 @@ class ResultSink(FixedPartitionedSink):
             if failed:
                 extra["error"] = failed
             write_summary(self.stats, self.out, extra)
+            self.metrics.close()
             if failed:
                 _finish_with_error(failed)
 
@@ -181,7 +183,8 @@ def result_sink(ctx: FlowContext) -> ResultSink:
                       masks=cfg.masks, mask_size=cfg.mask_size, keep_frames=cfg.keep_frames,
                       video=cfg.video, jsonl=cfg.jsonl,
                       anchor_every=cfg.anchor_every, registry=ctx.registry,
-                      metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host, progress=progress, fps=_video_fps(cfg),
+                      metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host,
+                      metrics_linger=cfg.metrics_linger_s, progress=progress, fps=_video_fps(cfg),
                       summary_extra={"config": _config_summary(cfg), "model": model},
                       video_scale=cfg.video_scale, home=cfg.home, aux_nice=cfg.aux_nice)
 

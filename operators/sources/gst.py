@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Optional
 
 import cv2
@@ -12,8 +13,12 @@ from .errors import BadFrame, StreamUnreadable
 
 __all__ = ["GstReader", "gst_available", "check_pipeline", "READABLE_FORMATS"]
 
-#: raw video formats a frame can be read in (GRAY8 is converted to BGR)
+#: raw video formats a frame can be read in (GRAY8 is converted to the model's colour order,
+#: BGR and RGB are swapped to it by the preprocessor)
 READABLE_FORMATS = ("BGR", "RGB", "GRAY8")
+
+_FORMAT_FIELD = re.compile(r"format=\(string\)(\{[^}]*\}|[\w-]+)")
+_FIX = "end the pipeline with videoconvert ! video/x-raw,format=BGR ! appsink"
 
 
 @functools.cache
@@ -43,6 +48,18 @@ def _gst():
 
 def _gerr(e) -> str:
     return str(getattr(e, "message", None) or e).strip().splitlines()[0]
+
+
+def _not_negotiated(debug: Optional[str]) -> bool:
+    """The bus error of a pipeline whose caps do not fit together: GStreamer says it as
+    "Internal data stream error" with the flow return in the debug text."""
+    return "not-negotiated" in (debug or "")
+
+
+def _formats(caps) -> str:
+    """The formats ``caps`` offer, e.g. ``I420`` or ``{ I420, NV12 }`` ('any' when unset)."""
+    found = _FORMAT_FIELD.findall(caps.to_string()) if caps is not None else []
+    return ", ".join(dict.fromkeys(found)) or "any"
 
 
 def check_pipeline(kind: str, target: str, colour: str = "BGR") -> None:
@@ -128,33 +145,47 @@ class GstReader:
             ret = pipe.set_state(Gst.State.PLAYING)
             if ret == Gst.StateChangeReturn.NO_PREROLL:
                 live = True
-        if ret == Gst.StateChangeReturn.FAILURE:
-            err = self._bus_error() or "state change to PLAYING failed"
-            self.close()
-            raise IOError(f"GStreamer pipeline {self.target!r}: {err}")
         # a live source (camera, RTSP, is-live=true) does not preroll: it drops under
         # backpressure; a non-live pipeline (a file) is replayed without drops
         self.is_live = self.kind == "rtsp" or live
+        if ret == Gst.StateChangeReturn.FAILURE:
+            exc = self._bus_failure() or IOError(f"{self.kind} {self.target!r}: state change to "
+                                                 "PLAYING failed")
+            self.close()
+            raise exc
+
+    def readable_caps(self) -> str:
+        """Every format the flow reads, the model's colour order first: a converter in front
+        of the appsink then produces what the model takes (no swap later), and a pipeline
+        that already fixed BGR, RGB or GRAY8 still fits."""
+        order = [self.colour] + [f for f in READABLE_FORMATS if f != self.colour]
+        return "; ".join(f"video/x-raw,format={f}" for f in order)
 
     def _give_caps(self, Gst, sink) -> None:
         """A user's bare ``appsink`` accepts anything, so ``videoconvert ! appsink`` hands it
-        the converter's first format (ABGR64_LE), one bad frame per buffer: give it the flow's
-        caps. Caps the user set that ask for a format the flow cannot read end the stream at
-        start with one line instead."""
+        the converter's first format (ABGR64_LE), one bad frame per buffer: the appsink gets
+        the flow's readable caps, narrowed by any caps the user set on it. Caps that leave
+        nothing the flow can read end the stream at start with one line instead."""
+        ours = Gst.Caps.from_string(self.readable_caps())
         caps = sink.get_property("caps")
         if caps is None or caps.is_any() or caps.is_empty():
-            sink.set_property("caps", Gst.Caps.from_string(f"video/x-raw,format={self.colour}"))
+            sink.set_property("caps", ours)
             return
-        for i in range(caps.get_size()):
-            st = caps.get_structure(i)
-            fmt = st.get_value("format") if st.has_field("format") else None
-            if st.get_name() != "video/x-raw" or (isinstance(fmt, str) and fmt not in READABLE_FORMATS):
-                raise StreamUnreadable(f"{self.kind} {self.target!r}: the appsink's caps ask for "
-                              f"{st.get_name()}{', format=' + fmt if isinstance(fmt, str) else ''}; the flow "
-                              f"reads video/x-raw in {', '.join(READABLE_FORMATS)} (end the pipeline with "
-                              "videoconvert ! video/x-raw,format=BGR ! appsink, or a bare appsink)")
+        both = ours.intersect_full(caps, Gst.CapsIntersectMode.FIRST)
+        if both.is_empty():
+            st = caps.get_structure(0)
+            raise StreamUnreadable(f"{self.kind} {self.target!r}: the appsink's caps ask for "
+                                   f"{st.get_name()}, format={_formats(caps)}; the flow reads "
+                                   f"video/x-raw in {', '.join(READABLE_FORMATS)} ({_FIX}, or a bare appsink)")
+        sink.set_property("caps", both)
 
-    def _bus_error(self) -> Optional[str]:
+    def _bus_failure(self) -> Optional[Exception]:
+        """The pipeline's error as the exception to raise, or None when there is none.
+
+        Caps that do not negotiate are a configuration error: a non-live pipeline would fail
+        the same way on every restart, so its stream ends (StreamUnreadable); a live one may
+        be a camera whose format changes, so it is an IOError the source backs off from.
+        Either way the line says which formats meet at the appsink."""
         Gst = _gst()
         if self.bus is None:
             return None
@@ -162,7 +193,14 @@ class GstReader:
         if msg is None:
             return None
         err, dbg = msg.parse_error()
-        return f"{err.message}"
+        if not _not_negotiated(dbg):
+            return IOError(f"{self.kind} {self.target!r}: {err.message}")
+        pad = self.sink.get_static_pad("sink") if self.sink is not None else None
+        offered = _formats(pad.peer_query_caps(None)) if pad is not None else "unknown"
+        why = (f"{self.kind} {self.target!r}: the pipeline's caps do not negotiate (the appsink "
+               f"takes video/x-raw in {', '.join(READABLE_FORMATS)}; the element before it offers "
+               f"format={offered}); {_FIX}")
+        return IOError(why) if self.is_live else StreamUnreadable(why)
 
     def read(self, timeout: float = 0.1):
         """The next frame; NOT_YET when none arrived in ``timeout``; None at the end of the
@@ -170,9 +208,9 @@ class GstReader:
         Gst = _gst()
         sample = self.sink.try_pull_sample(int(timeout * Gst.SECOND))
         if sample is None:
-            err = self._bus_error()
-            if err:
-                raise IOError(f"{self.kind} {self.target!r}: {err}")
+            exc = self._bus_failure()
+            if exc is not None:
+                raise exc
             if self.sink.is_eos():
                 return None
             return NOT_YET
@@ -190,8 +228,7 @@ class GstReader:
         try:
             if fmt not in READABLE_FORMATS:
                 # the caps are the stream's, not this buffer's: every buffer would fail alike
-                raise StreamUnreadable(f"{self.kind} {self.target!r}: unsupported format {fmt}; end the pipeline with "
-                              "videoconvert ! video/x-raw,format=BGR ! appsink")
+                raise StreamUnreadable(f"{self.kind} {self.target!r}: unsupported format {fmt}; {_FIX}")
             ch = 1 if fmt == "GRAY8" else 3
             data = np.frombuffer(info.data, dtype=np.uint8)
             stride = self._row_stride(caps)
@@ -202,9 +239,9 @@ class GstReader:
             img = rows.reshape(h, w, ch).copy()
         finally:
             buf.unmap(info)
-        if ch == 1:
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-            fmt = "BGR"
+        if ch == 1:   # to the model's order directly: the preprocessor swaps BGR/RGB only
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if self.colour == "RGB" else cv2.COLOR_GRAY2BGR)
+            fmt = self.colour
         pos = f"{self.kind}:{self.target[:60]}#pts={pts if pts != Gst.CLOCK_TIME_NONE else 'none'}"
         return Decoded(seq, pos, img, colour=fmt)
 

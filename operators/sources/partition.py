@@ -114,6 +114,7 @@ class StreamPartition(StatefulSourcePartition):
         lower_thread_priority(self.aux_nice)
         backoff = 0.5
         attempt = 0
+        reconnecting = False   # since a back-off, until a frame comes through
         produced = 0
         opened = False
         last_frame = time.monotonic()
@@ -121,11 +122,12 @@ class StreamPartition(StatefulSourcePartition):
         def back_off(why: str, close: bool, wait: bool = True) -> bool:
             """Count a reconnect, say why in one line, close the reader (``close``) and wait
             the backoff (``wait``), doubling it; False when the flow stopped meanwhile."""
-            nonlocal attempt, backoff, opened
+            nonlocal attempt, backoff, opened, reconnecting
             if close:
                 self.reader.close()
                 opened = False
             attempt += 1
+            reconnecting = True
             self.stats.add("reconnects", self.sid)
             if not wait:
                 log.warning("stream %s: %s; reconnecting", self.sid, why)
@@ -148,9 +150,6 @@ class StreamPartition(StatefulSourcePartition):
                             if self.max_frames is not None:
                                 self.total = min(self.total, self.max_frames)
                             self.stats.totals[self.sid] = self.total
-                        if attempt:
-                            log.info("stream %s: reconnected", self.sid)
-                        backoff = 0.5
                         last_frame = time.monotonic()
                     except (ValueError, StreamUnreadable) as e:
                         self.stats.source_error(self.sid, str(e))
@@ -191,6 +190,11 @@ class StreamPartition(StatefulSourcePartition):
                             return
                         continue
                     return
+                # reconnected once a frame came through, not at open: a camera that opens and
+                # then fails (caps that do not negotiate) waits longer each time
+                if reconnecting:
+                    log.info("stream %s: reconnected", self.sid)
+                    backoff, reconnecting = 0.5, False
                 dec_ms = (time.perf_counter() - t0) * 1e3
                 frame = Frame(self.sid, got.seq, got.ts if got.ts is not None else time.time(),
                               got.pos, got.image, colour=got.colour, live=self.live,
