@@ -12,8 +12,8 @@ Reports the median FPS of each, the digest's and a kept frame's own cost per fra
 kept frame's size and the disk an hour of a 30 FPS camera of that resolution takes.
 
 ``--rescore``: the whole clip kept, anchored and re-scored frame by frame
-(``chain.cli.prove_and_rescore``) for the fp32 blob on the default backend and on ONNX
-Runtime and for the int8 blob on the default backend and ONNX Runtime: pixels compared,
+(``chain.cli.prove_and_rescore``) for the fp32 blob on the default backend, on ONNX Runtime and on OpenVINO in bf16 (asked
+for: ``VERISEG_PRECISION=bf16``; a CPU without native bf16 refuses it) and for the int8 blob on the default backend and ONNX Runtime: pixels compared,
 identical, within tolerance, mismatched, the largest score gap, and the time to re-score a
 frame. Writes bench/results/frame_proof.json (or ``--out``).
 """
@@ -39,6 +39,8 @@ VARIANTS = {"no_digest": ("off", False), "digest": ("off", True), "keep_every_10
             "keep_all": ("all", True)}
 RESCORE_RUNS = {"fp32_default": ("carla-enet.vsb", {}),
                 "fp32_onnxruntime": ("carla-enet.vsb", {"VERISEG_BACKEND": "onnxruntime"}),
+                "fp32_openvino_bf16": ("carla-enet.vsb", {"VERISEG_BACKEND": "openvino",
+                                                          "VERISEG_PRECISION": "bf16"}),
                 "int8_default": ("carla-enet-int8.vsb", {}),
                 "int8_onnxruntime": ("carla-enet-int8.vsb", {"VERISEG_BACKEND": "onnxruntime"})}
 

@@ -36,7 +36,7 @@ def write_keystore(path: str | os.PathLike, private_key: bytes | str, password: 
         raise KeystoreError("the keystore password must not be empty")
     try:
         account = Account.from_key(private_key)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError):
         raise KeystoreError("that is not a private key (64 hex characters); nothing was "
                             "written") from None
     data = (json.dumps(Account.encrypt(account.key, password)) + "\n").encode()

@@ -12,7 +12,7 @@ import sys
 from typing import Any, Optional, Sequence, Tuple
 
 from . import errors
-from .blob import load, normalize_key, verify, verify_card, write
+from .blob import load, normalize_key, verify_card, write
 from .card import ModelCard, Preprocessing, TensorSpec, utc_now
 from .classes import CARLA_CLASSES, classes_from_json
 from .drive_spec import CLASS_MAP_DTYPES, INPUT_DTYPES

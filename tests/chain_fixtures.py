@@ -10,8 +10,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,37 @@ def chain_env(request, tmp_path, monkeypatch):
     addr = deploy_registry(node.url, private_key=ANVIL_KEYS[0])
     (tmp_path / "home").mkdir(exist_ok=True)
     yield ChainEnv("anvil", tmp_path / "home", url=node.url, registry=addr, keys=ANVIL_KEYS)
+
+
+class JsonRpcStub:
+    """A JSON-RPC server on 127.0.0.1 whose answers a test scripts: ``answer(method)`` gives
+    the reply's body after ``jsonrpc`` and ``id`` (``{"result": ...}`` or ``{"error": ...}``),
+    or ``{"http": status}`` for a bare HTTP error."""
+
+    def __init__(self, answer):
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                got = answer(req["method"])
+                if "http" in got:
+                    self.send_response(got["http"])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps({"jsonrpc": "2.0", "id": req["id"], **got}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -5,8 +5,6 @@ know is one line naming the node and the call (CLI exit 1, flow exit 2), never a
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import chain.artifact
 from chain import connect, deploy_registry, errors
 from chain.artifact import load_artifact
 from chain.cli import main as chain_main
-from chain_fixtures import ANVIL_KEYS, Anvil  # noqa: F401 - fixtures below
+from chain_fixtures import ANVIL_KEYS, Anvil, JsonRpcStub  # noqa: F401 - fixtures below
 from chain_fixtures import *  # noqa: F401,F403
 from flow_fixtures import env_for, make_blob, make_folder
 from operators.config import load_config
@@ -31,37 +29,14 @@ STATUS_NONE = "0x" + encode(["bool", "bool", "string", "address", "uint64"],
                             [False, False, "", "0x" + "00" * 20, 0]).hex()
 
 
-class ScriptedNode:
-    """A JSON-RPC server on 127.0.0.1 that serves the committed registry code and the
-    pinned chain id; ``calls`` answers the n-th eth_call (from 0): a result string,
-    ``{"error": {...}}`` (a JSON-RPC error) or ``{"http": status}``."""
+class ScriptedNode(JsonRpcStub):
+    """A node that serves the committed registry code and the pinned chain id; ``calls``
+    answers the n-th eth_call (from 0): a result string, ``{"error": {...}}`` (a JSON-RPC
+    error) or ``{"http": status}``."""
 
     def __init__(self, calls, logs=None):
         self.calls, self.logs, self.n_calls = calls, logs, 0
-        node = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                answer = node.answer(req["method"])
-                if "http" in answer:
-                    self.send_response(answer["http"])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = json.dumps({"jsonrpc": "2.0", "id": req["id"], **answer}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        super().__init__(self.answer)
 
     def answer(self, method: str) -> dict:
         if method == "eth_call":
@@ -72,10 +47,6 @@ class ScriptedNode:
             return self.logs
         return {"result": {"eth_chainId": hex(31337), "eth_blockNumber": "0x10",
                            "eth_getCode": load_artifact()["deployedBytecode"]}.get(method)}
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
 
 
 @pytest.fixture

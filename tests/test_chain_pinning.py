@@ -5,8 +5,6 @@ pinned one. A stale embedded journal (an older contract) gives one clear line.""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,46 +13,28 @@ from eth_abi import encode
 from chain import connect, errors
 from chain.artifact import load_artifact
 from chain.client import read_pin, record_pin
+from chain_fixtures import JsonRpcStub
 
 K = "a1" * 32
 REGISTRY = "0x" + "22" * 20
 
 
-class FakeNode:
+class FakeNode(JsonRpcStub):
     """Answers whatever makes a blob look registered and active."""
 
     def __init__(self, chain_id: int, code: str):
         self.chain_id, self.code = chain_id, code
         self.methods: list[str] = []
-        node = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                node.methods.append(req["method"])
-                result = {"eth_chainId": hex(node.chain_id), "eth_getCode": node.code,
-                          "eth_blockNumber": "0x10",
-                          # status(key): registered, not revoked, "", publisher, registeredAt
-                          "eth_call": "0x" + encode(["bool", "bool", "string", "address", "uint64"],
-                                                    [True, False, "", "0x" + "33" * 20, 1]).hex(),
-                          }.get(req["method"])
-                body = json.dumps({"jsonrpc": "2.0", "id": req["id"], "result": result}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
+    def answer(self, method: str) -> dict:
+        self.methods.append(method)
+        return {"result": {"eth_chainId": hex(self.chain_id), "eth_getCode": self.code,
+                           "eth_blockNumber": "0x10",
+                           # status(key): registered, not revoked, "", publisher, registeredAt
+                           "eth_call": "0x" + encode(["bool", "bool", "string", "address", "uint64"],
+                                                     [True, False, "", "0x" + "33" * 20, 1]).hex(),
+                           }.get(method)}
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from flow_fixtures import anchored_folder_run
-from web_fixtures import REPO, get
+from web_fixtures import REPO, audit_site, get
 
 pytest.importorskip("aiohttp")
 
@@ -35,15 +35,8 @@ def anchored(tmp_path_factory):
 
 @pytest.fixture
 def site(anchored, tmp_path):
-    import chain
-    from web.audit import AuditSite
-    cfg, key = anchored
-    out = tmp_path / "out"
-    shutil.copytree(cfg.out, out, symlinks=True)
-    s = AuditSite(out, chain.connect(chain="embedded", home=cfg.home))
-    s.refresh()
-    yield s
-    s.close()
+    with audit_site(anchored[0], tmp_path) as s:
+        yield s
 
 
 def test_batches_are_listed_with_their_blocks_and_an_intact_frame_verifies(site, anchored):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 
 import cv2
 import numpy as np
 import pytest
 
 from flow_fixtures import anchored_folder_run
-from web_fixtures import get
+from web_fixtures import audit_site, get
 
 pytest.importorskip("aiohttp")
 
@@ -27,15 +26,8 @@ def anchored(tmp_path_factory):
 
 @pytest.fixture
 def site(anchored, tmp_path):
-    import chain
-    from web.audit import AuditSite
-    cfg, _ = anchored
-    out = tmp_path / "out"
-    shutil.copytree(cfg.out, out, symlinks=True)
-    s = AuditSite(out, chain.connect(chain="embedded", home=cfg.home))
-    s.refresh()
-    yield s
-    s.close()
+    with audit_site(anchored[0], tmp_path) as s:
+        yield s
 
 
 def _picture(v) -> np.ndarray:

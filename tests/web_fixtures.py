@@ -1,8 +1,10 @@
 """Helpers for the web tests: raw HTTP (no client that would normalise the path), a free
-port, a flow running in a thread, small PNG screenshots."""
+port, a flow running in a thread, the audit page over a copy of a run, small PNG screenshots."""
 from __future__ import annotations
 
+import contextlib
 import http.client
+import shutil
 import threading
 from pathlib import Path
 
@@ -32,6 +34,22 @@ def get(url_or_port, path: str, *, method: str = "GET", headers=None, body=None,
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         c.close()
+
+
+@contextlib.contextmanager
+def audit_site(cfg, tmp_path):
+    """The audit page's site over a copy of the run ``cfg`` wrote (a test may tamper with
+    its copy), on that run's embedded chain."""
+    import chain
+    from web.audit import AuditSite
+    out = tmp_path / "out"
+    shutil.copytree(cfg.out, out, symlinks=True)
+    s = AuditSite(out, chain.connect(chain="embedded", home=cfg.home))
+    s.refresh()
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 class FlowThread:

@@ -32,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from chain.profile import ExecutionProfile
-from model_store.util import first_line
 
 from . import ov_devices
 from . import precision as precisions
