@@ -6,6 +6,7 @@ take it."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -170,6 +171,22 @@ def test_training_draw_is_seeded_keeps_the_size_and_the_label_matched():
         assert set(np.unique(a[1])) <= set(np.unique(lab)) | {IGNORE_ID}
         outs.append(a[1])
     assert len({o.tobytes() for o in outs}) == 12, "draws repeat"
+
+
+def test_a_training_draw_no_zoom_can_fit_keeps_its_border_instead_of_failing(monkeypatch):
+    """A wide, tall camera shifted sideways: no zoom keeps the fitted frame inside the drive's,
+    so the draw keeps its border (IGNORE_ID) rather than stop the training."""
+    import trainer.geometry as geometry
+    img, lab = _blocks(128, 128, cell=16)
+    unfittable = CameraChange(hood=1.0, height=0.694, pitch_deg=0.0, shift_x=-0.0346, aspect=2.191,
+                              crop_y=0.0111, fit=True)
+    with pytest.raises(geometry.NoFit):
+        apply_camera(img, lab, unfittable, 4 / 3, out_size=(128, 128))
+    monkeypatch.setattr(geometry, "_draw", lambda rng: unfittable)
+    out_img, out_lab = training_camera(img, lab, np.random.default_rng(0), native_aspect=4 / 3)
+    expected = apply_camera(img, lab, replace(unfittable, fit=False), 4 / 3, out_size=(128, 128))
+    assert np.array_equal(out_img, expected[0]) and np.array_equal(out_lab, expected[1])
+    assert (out_lab == IGNORE_ID).any()
 
 
 # --- training with geometry ---------------------------------------------------------------

@@ -219,6 +219,11 @@ def _mirror(t: np.ndarray, n: int) -> np.ndarray:
     return np.where(t > n - 1, p - t, t)
 
 
+class NoFit(ValueError):
+    """A fitted change whose frame no zoom keeps inside its source (e.g. a very wide, tall
+    camera shifted sideways)."""
+
+
 def _fit_zoom(chain, c: _Camera) -> float:
     """The least zoom about the principal point after which the frame's border and a coarse
     grid inside map into every step's frame (bisection; every step here is continuous or,
@@ -236,7 +241,7 @@ def _fit_zoom(chain, c: _Camera) -> float:
     while not ok(hi):
         lo, hi = hi, hi * 1.25
         if hi > 8:
-            raise ValueError("CameraChange fit: no zoom up to 8x keeps the frame inside its source")
+            raise NoFit("CameraChange fit: no zoom up to 8x keeps the frame inside its source")
     for _ in range(20):
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if ok(mid) else (mid, hi)
@@ -340,6 +345,11 @@ def training_camera(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
                     native_aspect: float | None = None):
     """One training draw: a random camera change, the result resized back to the frame's size
     (the network sees every camera's frame squashed to its square input).  Half of the draws
-    keep their border (labelled ``IGNORE_ID``: a wider view than the drive has), half are fitted."""
+    keep their border (labelled ``IGNORE_ID``: a wider view than the drive has), half are fitted;
+    a draw no zoom can fit keeps its border."""
     h, w = lab.shape
-    return apply_camera(img, lab, _draw(rng), native_aspect, out_size=(w, h))
+    change = _draw(rng)
+    try:
+        return apply_camera(img, lab, change, native_aspect, out_size=(w, h))
+    except NoFit:
+        return apply_camera(img, lab, replace(change, fit=False), native_aspect, out_size=(w, h))
