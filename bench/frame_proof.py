@@ -102,7 +102,7 @@ def cost(a, extra: dict) -> dict:
             for name, (keep, digest) in VARIANTS.items():
                 out = _flow(Path(tmp) / f"{name}-{r}", blob, extra, frames=a.frames, keep=keep, digest=digest)
                 s = json.loads((out / "summary.json").read_text())
-                kept = sorted((out / next(iter(s["frames_written"]))).glob("frames/*.png"))
+                kept = sorted((out / next(iter(s["frames_written"]))).glob("frames/*.vsf"))
                 runs[name].append({"fps": s["fps"], "scored": s["scored"], "kept": len(kept),
                                    "kept_bytes": sum(p.stat().st_size for p in kept)})
                 print(f"round {r + 1} {name}: {s['fps']} FPS, {len(kept)} frames kept", flush=True)
