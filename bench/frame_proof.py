@@ -76,7 +76,7 @@ def _unit_costs() -> dict:
         if not ok:
             break
         frames.append(f)
-    digest, png, size = [], [], []
+    digest, keep, size = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, f in enumerate(frames):
             t0 = time.perf_counter()
@@ -84,12 +84,12 @@ def _unit_costs() -> dict:
             digest.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             p = write_frame(tmp, i, f, "BGR")
-            png.append(time.perf_counter() - t0)
+            keep.append(time.perf_counter() - t0)
             size.append(p.stat().st_size)
     h, w = frames[0].shape[:2]
     mean = statistics.mean(size)
     return {"frame": f"{w}x{h}", "digest_ms": round(statistics.median(digest) * 1e3, 3),
-            "keep_png_ms": round(statistics.median(png) * 1e3, 2), "kept_frame_bytes": round(mean),
+            "keep_frame_ms": round(statistics.median(keep) * 1e3, 2), "kept_frame_bytes": round(mean),
             "disk_gb_per_hour_30fps": {"all": round(mean * 30 * 3600 / 1e9, 1),
                                        "every_10": round(mean * 3 * 3600 / 1e9, 2)}}
 
