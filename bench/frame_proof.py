@@ -76,7 +76,7 @@ def _unit_costs() -> dict:
         if not ok:
             break
         frames.append(f)
-    digest, png, size = [], [], []
+    digest, keep, size = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, f in enumerate(frames):
             t0 = time.perf_counter()
@@ -84,12 +84,12 @@ def _unit_costs() -> dict:
             digest.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             p = write_frame(tmp, i, f, "BGR")
-            png.append(time.perf_counter() - t0)
+            keep.append(time.perf_counter() - t0)
             size.append(p.stat().st_size)
     h, w = frames[0].shape[:2]
     mean = statistics.mean(size)
     return {"frame": f"{w}x{h}", "digest_ms": round(statistics.median(digest) * 1e3, 3),
-            "keep_png_ms": round(statistics.median(png) * 1e3, 2), "kept_frame_bytes": round(mean),
+            "keep_frame_ms": round(statistics.median(keep) * 1e3, 2), "kept_frame_bytes": round(mean),
             "disk_gb_per_hour_30fps": {"all": round(mean * 30 * 3600 / 1e9, 1),
                                        "every_10": round(mean * 3 * 3600 / 1e9, 2)}}
 
@@ -102,7 +102,7 @@ def cost(a, extra: dict) -> dict:
             for name, (keep, digest) in VARIANTS.items():
                 out = _flow(Path(tmp) / f"{name}-{r}", blob, extra, frames=a.frames, keep=keep, digest=digest)
                 s = json.loads((out / "summary.json").read_text())
-                kept = sorted((out / next(iter(s["frames_written"]))).glob("frames/*.png"))
+                kept = sorted((out / next(iter(s["frames_written"]))).glob("frames/*.vsf"))
                 runs[name].append({"fps": s["fps"], "scored": s["scored"], "kept": len(kept),
                                    "kept_bytes": sum(p.stat().st_size for p in kept)})
                 print(f"round {r + 1} {name}: {s['fps']} FPS, {len(kept)} frames kept", flush=True)

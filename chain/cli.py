@@ -17,8 +17,9 @@ from model_store.util import one_line
 
 from . import errors, keystore
 from .blob_index import record_blob, recorded_blob
+from .frame_digest import COLOUR_ORDERS
 from .rescore import rescore_frame
-from .retained_frame import find_frame
+from .retained_frame import find_frame, read_frame, viewable
 
 class CliError(Exception):
     pass
@@ -266,15 +267,15 @@ def prove_and_rescore(connect, batch, stream: str, seq: int, *, mask=None, resul
                                line=line)
     if frame is None:
         if result is None:
-            raise CliError("--rescore needs --frame PNG, or --result RESULTS.jsonl whose folder "
-                           "keeps the frame (frames/<seq>.<order>.png)")
+            raise CliError("--rescore needs --frame FRAME, or --result RESULTS.jsonl whose folder "
+                           "keeps the frame (frames/<seq>.<order>.vsf)")
         folder = Path(str(result)).parent     # a path, or the page's ResultsFile
         frame = find_frame(folder, seq)
         if frame is None:
             raise errors.AnchorVerificationFailed(
                 f"frame missing: {folder / 'frames'} keeps no frame {seq:06d} of "
                 f"stream '{stream}'; the device did not keep it (VERISEG_KEEP_FRAMES) or it was "
-                "rotated out: pass --frame PNG if you hold it", check="frame_missing")
+                "rotated out: pass --frame FRAME if you hold it", check="frame_missing")
     path = blob_of(reg, v.model_key, blob)
     if path is None:
         raise errors.AnchorVerificationFailed(
@@ -326,6 +327,19 @@ def cmd_anchor_verify(args) -> int:
     else:
         print(v.line() + (f"; its line in {args.result} matches" if args.result else "")
               + (f"; {rescored.line()}" if rescored is not None else ""))
+    return 0
+
+
+def cmd_frame(args) -> int:
+    image, colour = read_frame(args.frame)
+    out = Path(args.output)
+    parts = out.name.lower().split(".")
+    if out.suffix.lower() != ".png" or (len(parts) >= 3 and parts[-2].upper() in COLOUR_ORDERS
+                                        and parts[-2].upper() != colour):
+        raise CliError(f"{out} must be a .png, and not named for another colour order than the "
+                       f"frame's ({colour.lower()}): e.g. {Path(args.frame).stem}.png")
+    out.write_bytes(viewable(image, colour))
+    print(f"wrote {out} ({image.shape[1]}x{image.shape[0]}, decoded in {colour})")
     return 0
 
 
@@ -443,9 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescore", action="store_true",
                    help="also re-run the model on the retained frame and compare its mask with "
                         "the anchored one (docs/security.md: what that proves)")
-    p.add_argument("--frame", default=None, metavar="PNG",
-                   help="the retained frame for --rescore (default: frames/<seq>.<order>.png "
-                        "next to --result)")
+    p.add_argument("--frame", default=None, metavar="FRAME",
+                   help="the retained frame for --rescore (default: frames/<seq>.<order>.vsf "
+                        "next to --result; a <seq>.<order>.png made by `frame` is read too)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_anchor_verify)
 
@@ -458,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("--chain", "--home", "--registry"):   # also accepted after the command
         p.add_argument(opt, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("frame", help="turn a retained frame (.vsf) into a PNG any viewer opens")
+    p.add_argument("frame", metavar="FRAME", help="frames/<seq>.<order>.vsf")
+    p.add_argument("-o", "--output", required=True, metavar="PNG",
+                   help="where to write it; name it <seq>.<order>.png to hand it to --rescore")
+    p.set_defaults(fn=cmd_frame)
 
     keystore.add_commands(sub)
     return ap

@@ -7,7 +7,7 @@
                      its kept frames take more than MB megabytes (10^6 bytes)
     every:N,budget:MB   both
 
-Kept frames are lossless PNGs of the decoded picture (``chain.retained_frame``), so an
+Kept frames hold the decoded picture losslessly (``chain.retained_frame``), so an
 auditor can re-run the registered model on them (``anchor-verify --rescore``).
 """
 from __future__ import annotations

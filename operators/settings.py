@@ -165,7 +165,7 @@ class FlowSettings(BaseSettings):
         "model", "class-map PNGs at the model's picture size (model: the cheapest) or at the "
         "source frame's own size (frame: as dataset labels are)", main=True)
     keep_frames: Annotated[KeepFrames, NoDecode] = var(
-        KeepFrames(), "keep decoded frames as lossless PNGs (<stream>/frames/) so anyone can "
+        KeepFrames(), "keep decoded frames losslessly (<stream>/frames/<seq>.<order>.vsf) so anyone can "
         "re-run the model on them (anchor-verify --rescore): off | all | every:N | budget:MB "
         "(the oldest kept frames of a stream are deleted past MB) | every:N,budget:MB",
         shown="off", main=True)

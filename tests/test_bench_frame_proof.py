@@ -11,5 +11,5 @@ def test_the_variants_and_the_unit_costs():
                            "keep_every_10": ("every:10", True), "keep_all": ("all", True)}
     need(fp.CLIP.exists(), "models/sample.avi")
     u = fp._unit_costs()
-    assert u["frame"] == "800x600" and u["digest_ms"] > 0 and u["keep_png_ms"] > 0
+    assert u["frame"] == "800x600" and u["digest_ms"] > 0 and u["keep_frame_ms"] > 0
     assert u["disk_gb_per_hour_30fps"]["all"] > u["disk_gb_per_hour_30fps"]["every_10"] > 0

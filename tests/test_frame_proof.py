@@ -22,7 +22,8 @@ from chain.merkle import leaf_digest
 from chain.profile import ExecutionProfile
 from chain.rescore import TOLERANCES, reference_profile, rescore_frame
 from chain.results import RESULT_BOUND, frame_record
-from chain.retained_frame import find_frame, read_frame, write_frame
+from chain.retained_frame import (MAX_FRAME_BYTES, FrameFormatError, decode_frame, encode_frame,
+                                  find_frame, read_frame, viewable, write_frame)
 from flow_fixtures import tiny_card
 from operators.keep_frames import KeepFrames
 
@@ -153,25 +154,114 @@ def test_a_retained_frame_reads_back_as_decoded_and_hashes_the_same(tmp_path, co
     if colour == "GRAY":
         img = img[..., :1]
     p = write_frame(tmp_path, 12, img, colour)
-    assert p == tmp_path / "frames" / f"000012.{colour.lower()}.png" and find_frame(tmp_path, 12) == p
+    assert p == tmp_path / "frames" / f"000012.{colour.lower()}.vsf" and find_frame(tmp_path, 12) == p
     back, order = read_frame(p)
     assert order == colour and np.array_equal(back, img)
     assert frame_digest(back, order) == frame_digest(img, colour)
     assert find_frame(tmp_path, 13) is None
 
 
-@pytest.mark.parametrize("name,content", [("000001.bgr.png", None), ("000001.png", b"x"),
-                                          ("000001.bgr.png", b"not a png"), ("000001.rgb.png", "gray")])
+@pytest.mark.parametrize("name,content", [("000001.bgr.vsf", None), ("000001.vsf", b"x"),
+                                          ("000001.bgr.png", b"not a png"), ("000001.rgb.png", "gray"),
+                                          ("000001.bgr.vsf", b"VSF1"), ("000001.bgr.vsf", b"not a vsf"),
+                                          ("000001.gray.vsf", "bgr"), ("000001.bgr.vsf", "cut"),
+                                          ("000001.bgr.jpg", b"x")])
 def test_a_missing_or_unreadable_retained_frame_is_frame_missing(tmp_path, name, content):
     import cv2
     p = tmp_path / name
     if content == "gray":
         cv2.imwrite(str(p), np.zeros((4, 4), np.uint8))
+    elif content == "bgr":      # three channels under a one-channel name
+        p.write_bytes(encode_frame(_frame(4, 4)))
+    elif content == "cut":      # a write cut short (a full disk, a crash)
+        p.write_bytes(encode_frame(_frame(40, 40))[:-9])
     elif content is not None:
         p.write_bytes(content)
     with pytest.raises(errors.AnchorVerificationFailed) as e:
         read_frame(p)
     assert e.value.check == "frame_missing" and "\n" not in str(e.value)
+
+
+def test_the_retained_frame_format_is_the_specified_encoding():
+    """chain/retained_frame.py's spec, rebuilt by hand: header, then one zstd frame of the
+    row-wise horizontal differences mod 256, declaring its size."""
+    import struct
+
+    import zstandard
+    img = _frame(7, 9)
+    delta = img.astype(np.int16)
+    delta[:, 1:] -= img[:, :-1].astype(np.int16)
+    payload = zstandard.ZstdCompressor(write_content_size=True).compress((delta % 256).astype(np.uint8).tobytes())
+    by_hand = b"VSF1" + struct.pack("<IIB", 7, 9, 3) + payload
+    assert np.array_equal(decode_frame(by_hand), img)
+    data = encode_frame(img)
+    assert data[:13] == by_hand[:13] and zstandard.frame_content_size(data[13:]) == 7 * 9 * 3
+    gray = img[..., :1]
+    assert np.array_equal(decode_frame(encode_frame(gray)), gray)
+
+
+def _vsf(h, w, c, payload):
+    import struct
+    return b"VSF1" + struct.pack("<IIB", h, w, c) + payload
+
+
+def _zstd_declaring(size: int) -> bytes:
+    """A zstd frame header declaring ``size`` bytes of content, then one empty last block."""
+    import struct
+    return struct.pack("<I", 0xFD2FB528) + bytes([0xC0, 0x00]) + struct.pack("<Q", size) + b"\x01\x00\x00"
+
+
+@pytest.mark.parametrize("h,w,c", [(65535, 65535, 3), (10000, 10000, 3)])
+def test_a_frame_declaring_a_huge_size_is_refused_before_anything_is_allocated(monkeypatch, h, w, c):
+    import zstandard
+    calls = []
+    real = zstandard.ZstdDecompressor
+    monkeypatch.setattr(zstandard, "ZstdDecompressor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert zstandard.frame_content_size(_zstd_declaring(h * w * c)) == h * w * c
+    with pytest.raises(FrameFormatError, match="over 256 MiB"):
+        decode_frame(_vsf(h, w, c, _zstd_declaring(h * w * c)))
+    assert calls == [] and h * w * c > MAX_FRAME_BYTES
+
+
+@pytest.mark.parametrize("data,why", [
+    (_vsf(4, 4, 3, b"\x28\xb5\x2f\xfd" + bytes(12)), "not a zstd frame|declare"),
+    (b"VSF2" + bytes(20), "no VSF1 header"),
+    (_vsf(0, 4, 3, b""), "out of range"),
+    (_vsf(4, 4, 2, b""), "out of range"),
+    (_vsf(4, 4, 3, b"nonsense"), "not a zstd frame"),
+])
+def test_a_malformed_frame_is_one_line(data, why):
+    with pytest.raises(FrameFormatError, match=why) as e:
+        decode_frame(data)
+    assert "\n" not in str(e.value)
+
+
+def test_a_frame_whose_pixels_lie_about_their_size_is_refused():
+    """The zstd frame must declare exactly H*W*C bytes: a payload declaring more (a
+    decompression bomb under a small header) or less, or none, is refused."""
+    import zstandard
+    small = np.zeros((4, 4, 3), np.uint8)
+    for payload in (zstandard.ZstdCompressor(write_content_size=True).compress(bytes(4 * 4 * 3 + 1)),
+                    zstandard.ZstdCompressor(write_content_size=True).compress(bytes(47)),
+                    _zstd_declaring(1 << 40),
+                    zstandard.ZstdCompressor(write_content_size=False).compress(bytes(48))):
+        with pytest.raises(FrameFormatError, match="declare"):
+            decode_frame(_vsf(4, 4, 3, payload))
+    assert np.array_equal(decode_frame(_vsf(4, 4, 3, zstandard.ZstdCompressor().compress(bytes(48)))), small)
+
+
+def test_a_kept_frame_turned_into_a_png_reads_back_as_the_same_array(tmp_path):
+    from chain.cli import main
+    img = _frame(12, 20)
+    p = write_frame(tmp_path, 3, img, "RGB")
+    assert main(["frame", str(p), "-o", str(tmp_path / "000003.rgb.png")]) == 0
+    back, order = read_frame(tmp_path / "000003.rgb.png")
+    assert order == "RGB" and np.array_equal(back, img)
+    import cv2   # a viewer sees the true colours: cv2 reads the PNG as BGR
+    assert np.array_equal(cv2.imread(str(tmp_path / "000003.rgb.png"))[..., ::-1], img)
+    assert viewable(img, "RGB") == (tmp_path / "000003.rgb.png").read_bytes()
+    assert main(["frame", str(p), "-o", str(tmp_path / "000003.bgr.png")]) == 1   # another order
+    assert not (tmp_path / "000003.bgr.png").exists()
 
 
 # ------------------------------------------------------------------ re-execution on small graphs

@@ -80,7 +80,7 @@ def test_a_repainted_region_shows_in_red_and_fails_the_rescore(site, monkeypatch
 
 def test_a_frame_not_kept_is_frame_missing(site):
     bid = site.batch_rows()[0]["id"]
-    (site.out / SID / "frames" / "000002.bgr.png").unlink()
+    (site.out / SID / "frames" / "000002.bgr.vsf").unlink()
     v = site.rescore(bid, 2)
     assert v["failed"] == "frame_missing" and "picture" not in v
     states = {c["check"]: c["state"] for c in v["checks"]}

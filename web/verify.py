@@ -53,9 +53,8 @@ RESCORE_CHECKS = ("frame_missing", "frame_mismatch", "rescore_unavailable", "res
 def _kept_frame(index: RunIndex, stream: str, seq: int) -> Optional[str]:
     """The frame the device kept for (stream, seq), relative to OUT_DIR, when it is a
     regular file there (chain.retained_frame's names)."""
-    from chain.frame_digest import COLOUR_ORDERS
-    for order in COLOUR_ORDERS:
-        name = f"{stream}/frames/{seq:06d}.{order.lower()}.png"
+    from chain.retained_frame import frame_names
+    for name in (f"{stream}/frames/{n}" for n in frame_names(seq)):
         if index.files.is_file(name):
             return name
     return None

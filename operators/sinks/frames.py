@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
-from chain.retained_frame import FRAMES_DIR, write_frame
+from chain.retained_frame import FRAMES_DIR, READ_SUFFIXES, write_frame
 
 from ..frames import ScoredFrame
 from ..keep_frames import KeepFrames
@@ -28,7 +28,7 @@ class FrameKeeper:
         self.kept: deque = deque()    # (path, bytes), oldest first
         self.bytes = 0
         if policy.budget_bytes is not None:   # an earlier run's frames share the budget
-            for p in sorted(self.dir.glob("*.png")):
+            for p in sorted(q for q in self.dir.iterdir() if q.suffix in READ_SUFFIXES):
                 self._account(p, p.stat().st_size)
             self._rotate()
 

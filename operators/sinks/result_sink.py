@@ -4,7 +4,7 @@ Output layout under ``VERISEG_OUT``::
 
     <stream>/results.jsonl        one line per frame: ids, model key, class shares, latency
     <stream>/masks/<seq>.png      single-channel class ids (seq zero-padded to 6 digits)
-    <stream>/frames/<seq>.<order>.png   decoded frames kept for re-execution (VERISEG_KEEP_FRAMES)
+    <stream>/frames/<seq>.<order>.vsf   decoded frames kept for re-execution (VERISEG_KEEP_FRAMES)
     <stream>/overlay.avi          colour overlay video (MJPG; PyPI OpenCV has no H.264)
     anchors/<stream>/<first>-<last>.json   chain.anchoring batch: leaves, proofs, root, tx
     metrics.prom                  Prometheus text, rewritten every second
