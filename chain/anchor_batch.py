@@ -134,10 +134,13 @@ class AnchorBatch:
             d["proofs"] = [proof_to_json(self.tree.proof(i)) for i in range(len(self.leaves))]
         return d
 
-    def write(self, path: str | os.PathLike, include_proofs: bool = False) -> Path:
+    def write(self, path: str | os.PathLike, include_proofs: bool = False,
+              extra: dict | None = None) -> Path:
+        """The batch file, written atomically; ``extra`` adds fields (the flow's seal)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(p, json.dumps(self.to_json(include_proofs), separators=(",", ":")) + "\n")
+        doc = {**self.to_json(include_proofs), **(extra or {})}
+        return atomic_write(p, json.dumps(doc, separators=(",", ":")) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> tuple["AnchorBatch", dict]:

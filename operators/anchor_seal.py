@@ -84,12 +84,4 @@ def is_sealed(secret: Optional[bytes], batch, raw: dict) -> bool:
 
 def write_sealed(path: Path, batch, secret: Optional[bytes]) -> Path:
     """``AnchorBatch.write(path, include_proofs=True)`` plus the seal (none without a secret)."""
-    doc = batch.to_json(include_proofs=True)
-    if secret:
-        doc["seal"] = seal(secret, batch)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
-    os.replace(tmp, p)
-    return p
+    return batch.write(path, include_proofs=True, extra={"seal": seal(secret, batch)} if secret else None)
