@@ -29,7 +29,7 @@ from .blob_format import (FORMAT_VERSION, KEY_SIZE, MAGIC, MAX_BLOB_SIZE, MAX_HE
 from .blob_writer import pack, write  # noqa: F401 - re-exported
 from .card import BodyInfo, ModelCard
 from .graph_limits import DEFAULT_LIMITS, GraphLimits
-from .header import MAX_INT_DIGITS, MAX_JSON_DEPTH, canonical_json, parse_card  # noqa: F401 - re-exported
+from .header import MAX_INT_DIGITS, MAX_JSON_DEPTH, parse_card  # noqa: F401 - re-exported
 from .secrets import decrypt, key_id
 
 __all__ = [

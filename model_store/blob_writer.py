@@ -17,7 +17,7 @@ import zstandard
 
 from .blob_format import FORMAT_VERSION, KEY_SIZE, MAGIC, MAX_HEADER_SIZE, MAX_RAW_SIZE, PREFIX
 from .card import BodyInfo, ModelCard
-from .header import canonical_json
+from .canonical import canonical_json
 from .secrets import encrypt, key_id, synthetic_nonce
 from .util import atomic_write
 

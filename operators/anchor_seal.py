@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import stat
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from chain.files import PathRefused, open_regular
+from model_store.canonical import canonical_json
 
 __all__ = ["SealError", "SECRET_FILE", "load_secret", "seal", "is_sealed", "write_sealed"]
 
@@ -68,9 +68,9 @@ def load_secret(home: Path, out: Path) -> bytes:
 
 
 def _message(batch) -> bytes:
-    return json.dumps({"v": 1, "model_key": batch.model_key,
-                       "leaves": [[lf.stream, lf.seq, lf.digest.hex()] for lf in batch.leaves]},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json({"v": 1, "model_key": batch.model_key,
+                           "leaves": [[lf.stream, lf.seq, lf.digest.hex()] for lf in batch.leaves]},
+                          ascii_only=True)
 
 
 def seal(secret: bytes, batch) -> str:
