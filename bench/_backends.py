@@ -88,14 +88,16 @@ def child_agree(spec: dict) -> dict:
     on the first model), on the benchmark frames."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from model_store.blob_key import unpacked_key
     from operators.backends import compile_verified
     frames = np.load(spec["frames"], mmap_mode="r")[: spec.get("limit", 16)]
-    ref_r, _ = compile_verified(Path(spec["reference"]).read_bytes(), key="reference", backend="onnxruntime",
-                                providers="cpu")
+    ref_bytes = Path(spec["reference"]).read_bytes()
+    ref_r, _ = compile_verified(ref_bytes, key=unpacked_key(ref_bytes), backend="onnxruntime", providers="cpu")
     ref = np.concatenate([ref_r.run(np.ascontiguousarray(f[None])) for f in frames])
     out = {}
     for label, (path, backend) in spec["models"].items():
-        r, _ = compile_verified(Path(path).read_bytes(), key=label, backend=backend, providers="cpu")
+        onnx_bytes = Path(path).read_bytes()
+        r, _ = compile_verified(onnx_bytes, key=unpacked_key(onnx_bytes), backend=backend, providers="cpu")
         got = np.concatenate([r.run(np.ascontiguousarray(f[None])) for f in frames])
         out[label] = round(float((got == ref).mean()), 5)
     return {"agreement_with_ort_fp32": out, "frames": len(frames)}

@@ -74,11 +74,12 @@ def main(argv: list[str]) -> int:
     runners, agree, frames = {}, {}, {}
     for blob in blobs:
         name = Path(blob).name
-        card, onnx = model_store.load(blob, model_store.verify(blob))
+        key = model_store.verify(blob)
+        card, onnx = model_store.load(blob, key)
         x = frames[name] = _clip_frames(card, a.frames)
         ref = None
         for backend, precision in _rows():
-            r, _ = compile_verified(onnx, key=name, backend=backend, providers="cpu", threads=a.threads,
+            r, _ = compile_verified(onnx, key=key, backend=backend, providers="cpu", threads=a.threads,
                                     hint="latency", ov_device="CPU", precision=precision)
             label = f"{name}, {r.profile.backend} {r.profile.precision}"
             got = np.concatenate([r.run(f) for f in x])

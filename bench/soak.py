@@ -29,6 +29,8 @@ import json
 import sys
 from pathlib import Path
 
+from model_store.blob_key import BlobKey
+
 from ._soak.checks import check_run, score_start  # noqa: F401 - the tests import them from here
 from ._soak.flow import soak_flow  # noqa: F401 - the flow runs as bench.soak:soak_flow()
 from ._soak.run import run, schedule  # noqa: F401 - schedule: as check_run
@@ -43,9 +45,9 @@ def _print_summary(doc: dict) -> None:
     print(f"  frames read {f['read']}, with a result {f['with_result']}, dropped {f['dropped_total']} "
           f"{f['dropped'] or ''}, lost {f['lost']}, duplicated {f['duplicated']}")
     print(f"  keys deployed {len(doc['keys'])}: " + ", ".join(
-        f"{k['key'][:8]} {k['frames']}{' (revoked)' if k['revoked'] else ''}" for k in doc["keys"]))
+        f"{BlobKey(k['key']).short} {k['frames']}{' (revoked)' if k['revoked'] else ''}" for k in doc["keys"]))
     for v in doc["revocations"]:
-        print(f"  revocation of {v['key'][:8]}: seen {v['seen_lag_s']}s after it was mined; last frame "
+        print(f"  revocation of {BlobKey(v['key']).short}: seen {v['seen_lag_s']}s after it was mined; last frame "
               f"with it scored {v['last_score_minus_seen_s']}s from then")
     if "start_mib" in r:
         print(f"  RSS {r['start_mib']} MiB at t={r['start_t_s']:.0f}s -> {r['end_mib']} MiB at "

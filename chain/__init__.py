@@ -3,7 +3,7 @@
 from . import errors
 from .connection import connect, deploy_registry
 from .registry import Registry
-from .values import ChainEvent, KeyDeployment, KeyStatus, normalize_key
+from .values import ChainEvent, KeyDeployment, KeyStatus, parse_key
 
 __all__ = ["connect", "deploy_registry", "Registry", "KeyStatus", "ChainEvent", "errors",
-           "normalize_key", "KeyDeployment"]
+           "parse_key", "KeyDeployment"]

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from model_store.blob_key import BlobKey
 from model_store.util import atomic_write
 
 from . import errors
 from .files import PathRefused, open_regular
 from .merkle import MerkleTree, leaf_digest, proof_to_json
 from .profile import ExecutionProfile
+from .values import parse_key
 
 BATCH_FORMAT = "veriseg-anchor-batch"
 BATCH_VERSION = 1
@@ -59,19 +61,21 @@ class Leaf:
 class AnchorBatch:
     """One anchored batch: leaves, root and where the root went on chain."""
 
-    model_key: str
+    model_key: BlobKey
     leaves: list[Leaf]
     chain: dict | None = None        # {"tx_hash", "registry", "chain_id", "endpoint"}
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc)
                          .isoformat(timespec="seconds").replace("+00:00", "Z"))
     _tree: MerkleTree | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.model_key = parse_key(self.model_key)
+
     @classmethod
     def build(cls, model_key: str, records: Sequence[tuple[str, int, object]]) -> "AnchorBatch":
         """From (stream_id, seq, class_map[, ts, pos[, frame, profile]]) records scored by
         ``model_key``."""
-        from .values import normalize_key
-        mk = normalize_key(model_key)
+        mk = parse_key(model_key)
         leaves = []
         for s, n, cm, *claims in records:
             ts, pos, frame, profile = (list(claims) + [None] * 4)[:4]
@@ -134,10 +138,13 @@ class AnchorBatch:
             d["proofs"] = [proof_to_json(self.tree.proof(i)) for i in range(len(self.leaves))]
         return d
 
-    def write(self, path: str | os.PathLike, include_proofs: bool = False) -> Path:
+    def write(self, path: str | os.PathLike, include_proofs: bool = False,
+              extra: dict | None = None) -> Path:
+        """The batch file, written atomically; ``extra`` adds fields (the flow's seal)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(p, json.dumps(self.to_json(include_proofs), separators=(",", ":")) + "\n")
+        doc = {**self.to_json(include_proofs), **(extra or {})}
+        return atomic_write(p, json.dumps(doc, separators=(",", ":")) + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> tuple["AnchorBatch", dict]:
@@ -164,6 +171,6 @@ class AnchorBatch:
             if any(len(lf.digest) != 32 for lf in leaves) or not leaves:
                 raise ValueError("leaves must be non-empty 32-byte digests")
             bytes.fromhex(d["root"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, errors.InvalidKey) as exc:
             raise errors.BatchFormatError(f"batch file {p} is malformed ({exc})") from None
         return b, d

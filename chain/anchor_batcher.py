@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from model_store.blob_key import BlobKey
+
 from .anchor_batch import AnchorBatch, Leaf
 from .merkle import leaf_digest
+from .values import parse_key
 
 SendHook = Callable[[AnchorBatch], "Path | None"]
 
@@ -38,12 +41,11 @@ class AnchorBatcher:
         self.registry = registry
         self.include_proofs = include_proofs
         self.send: SendHook = send or self._anchor_and_write
-        self._key: str | None = None
+        self._key: BlobKey | None = None
         self._leaves: list[Leaf] = []
         self.written: list[Path] = []
         if resume:
-            from .values import normalize_key
-            self._key = normalize_key(resume["model_key"])
+            self._key = parse_key(resume["model_key"])
             self._leaves = [Leaf.from_json(x) for x in resume["leaves"]]
 
     def add(self, stream_id: str, seq: int, model_key: str, class_map, *,
@@ -51,8 +53,7 @@ class AnchorBatcher:
             profile=None) -> Path | None:
         """Add a frame's result (its leaf is computed here); returns what ``send`` returned
         for a batch this closed, else None."""
-        from .values import normalize_key
-        mk = normalize_key(model_key)
+        mk = parse_key(model_key)
         return self.add_leaf(mk, Leaf(str(stream_id), int(seq),
                                       leaf_digest(stream_id, seq, mk, class_map, ts=ts, pos=pos,
                                                   frame=frame, profile=profile),
@@ -60,8 +61,7 @@ class AnchorBatcher:
 
     def add_leaf(self, model_key: str, leaf: Leaf) -> Path | None:
         """Add a leaf computed already (``chain.results.frame_record(...).anchor_leaf``)."""
-        from .values import normalize_key
-        mk = normalize_key(model_key)
+        mk = parse_key(model_key)
         out = None
         if self._leaves and (mk != self._key or leaf.stream != self._leaves[-1].stream):
             out = self.flush()   # one anchor names one model and one stream

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_store.blob_key import BlobKey
 from model_store.util import one_line
 
 from . import errors
@@ -55,7 +56,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 class Verification:
     stream: str
     seq: int
-    model_key: str
+    model_key: BlobKey
     root: str
     block: int
     key_state: str  # active | revoked | unregistered | unknown

@@ -16,7 +16,7 @@ from pathlib import Path
 from model_store.util import atomic_write
 
 from .pins import pins_path
-from .values import normalize_key
+from .values import parse_key
 
 __all__ = ["INDEX_FILE", "index_path", "record_blob", "recorded_blob"]
 
@@ -44,17 +44,17 @@ def record_blob(home, key: str, path: str | Path) -> None:
     p = index_path(home)
     try:
         index = _read(p)
-        index[normalize_key(key)] = str(Path(path).resolve())
+        index[parse_key(key)] = str(Path(path).resolve())
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(p, json.dumps(index, indent=1, sort_keys=True) + "\n")
     except OSError as exc:
-        log.warning("could not record where blob %s is in %s: %s", key[:12], p, exc)
+        log.warning("could not record where blob %s is in %s: %s", parse_key(key).short, p, exc)
 
 
 def recorded_blob(home, key: str) -> Path | None:
     """The path recorded for ``key`` when that file still exists, else None (unverified:
     the caller checks that it hashes to the key)."""
-    path = _read(index_path(home)).get(normalize_key(key))
+    path = _read(index_path(home)).get(parse_key(key))
     if not isinstance(path, str):
         return None
     p = Path(path)

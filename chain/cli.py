@@ -20,6 +20,7 @@ from .blob_index import record_blob, recorded_blob
 from .frame_digest import COLOUR_ORDERS
 from .rescore import rescore_frame
 from .retained_frame import find_frame, read_frame, viewable
+from .values import parse_key
 
 class CliError(Exception):
     pass
@@ -33,12 +34,11 @@ def blob_key(path: str | os.PathLike) -> str:
 
 def resolve_key(arg: str) -> str:
     """A KEY argument or a BLOB path -> 64-hex key."""
-    from .values import normalize_key
     p = Path(arg)
     if p.exists():
         return blob_key(p)
     try:
-        return normalize_key(arg)
+        return parse_key(arg)
     except errors.InvalidKey:
         raise CliError(f"'{arg}' is neither a model key (64 hex characters) nor an existing blob "
                        "file") from None
@@ -279,7 +279,7 @@ def prove_and_rescore(connect, batch, stream: str, seq: int, *, mask=None, resul
     path = blob_of(reg, v.model_key, blob)
     if path is None:
         raise errors.AnchorVerificationFailed(
-            f"rescore unavailable: the blob of model {v.model_key[:16]}… is not at its registered "
+            f"rescore unavailable: the blob of model {parse_key(v.model_key).short}… is not at its registered "
             "URI nor recorded by register here; pass --blob BLOB", check="rescore_unavailable")
     return v, rescore_frame(v, class_map, path, frame)
 

@@ -17,4 +17,4 @@ from .registry import Registry  # noqa: F401
 from .retries import is_transient, retry, unavailable  # noqa: F401
 from .transactions import EMBEDDED_GAS  # noqa: F401
 from .values import (ANCHORER, PUBLISHER, ROLE_NAMES, ROLES, AnchorRecord, ChainEvent,  # noqa: F401
-                     KeyDeployment, KeyStatus, key_bytes, normalize_key, stream_hash)
+                     KeyDeployment, KeyStatus, parse_key, stream_hash)

@@ -31,6 +31,7 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 
+from model_store.canonical import canonical_json
 from model_store.util import atomic_writer
 
 from . import errors
@@ -127,7 +128,7 @@ class EmbeddedChain:
         self._append(head)
 
     def _append(self, obj: dict) -> None:
-        line = (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        line = canonical_json(obj) + b"\n"
         with open(self.journal, "ab") as f:
             f.write(line)
             f.flush()

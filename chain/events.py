@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Iterator
 
-from .values import ChainEvent, KeyDeployment, normalize_key
+from .values import ChainEvent, KeyDeployment, parse_key
 
 EVENT_KINDS = ("Registered", "Deployed", "Revoked", "Anchored", "RoleGranted", "RoleRevoked",
                "OwnershipTransferStarted", "OwnershipTransferred")
@@ -69,12 +69,12 @@ class RegistryEvents:
         ``Deployed`` event's indexed key topic), never by the name the key was registered
         under, each with its current key and version; in the order they first pointed at it.
         A rollback check refuses a key that any of them has moved on from (``superseded``)."""
-        k = normalize_key(key)
+        k = parse_key(key)
         latest = self.block_number()
-        evs = self._filtered("Deployed", {"key": bytes.fromhex(k)}, from_block, latest)
+        evs = self._filtered("Deployed", {"key": k.bytes}, from_block, latest)
         last: dict[str, ChainEvent] = {}
         for ev in evs:
-            if ev.deployment is not None and (ev.key or "").lower() == k:
+            if ev.deployment is not None and ev.key == k:
                 last[ev.deployment] = ev   # keeps first-seen order, the latest event
         out = []
         for name, ev in last.items():

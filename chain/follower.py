@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from . import errors
+from .retries import Backoff
 from .values import ChainEvent
 
 __all__ = ["EventFollower", "Poll"]
@@ -89,11 +90,12 @@ class EventFollower:
 
     def polls(self) -> Iterator[Poll]:
         """Rounds until ``stop`` is set, waiting between them (longer during an outage)."""
-        delay = self.poll_interval
+        backoff = Backoff(2 * self.poll_interval, self.max_delay)
         while self.stop is None or not self.stop.is_set():
             poll = self.poll_once()
-            delay = (self.poll_interval if poll.reachable
-                     else min(max(delay * 2, self.poll_interval), self.max_delay))
+            if poll.reachable:
+                backoff.reset()
+            delay = self.poll_interval if poll.reachable else backoff.next()
             yield poll
             if self.stop is not None:
                 if self.stop.wait(delay):

@@ -38,17 +38,13 @@ import numpy as np
 
 from . import errors
 from .profile import ExecutionProfile
+from .values import parse_key
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 LEAF_DOMAIN_V1 = b"veriseg/anchor/leaf/v1"   # stream, seq, key, class map
 LEAF_DOMAIN_V2 = b"veriseg/anchor/leaf/v2"   # ... and the frame's ts and pos
 LEAF_DOMAIN = b"veriseg/anchor/leaf/v3"      # ... and the frame digest and execution profile
-
-
-def _key32(model_key: str | bytes) -> bytes:
-    from .values import key_bytes
-    return key_bytes(model_key)
 
 
 def ts_micros(ts) -> int:
@@ -90,7 +86,7 @@ def leaf_digest(stream_id: str, seq: int, model_key: str | bytes, class_map, *,
     h.update(struct.pack(">H", len(domain)) + domain)
     h.update(struct.pack(">I", len(sid)) + sid)
     h.update(struct.pack(">Q", int(seq)))
-    h.update(_key32(model_key))
+    h.update(parse_key(model_key).bytes)
     h.update(struct.pack(">B", arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape))
     data = np.ascontiguousarray(arr).tobytes()
     h.update(struct.pack(">Q", len(data)))

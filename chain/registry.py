@@ -18,7 +18,7 @@ from .artifact import load_artifact
 from .events import RegistryEvents
 from .retries import is_node_error, node_failed, retry, unavailable
 from .transactions import RegistryTransactions
-from .values import ROLE_NAMES, ROLES, AnchorRecord, KeyStatus, key_bytes, root_bytes, stream_hash
+from .values import ROLE_NAMES, ROLES, AnchorRecord, KeyStatus, parse_key, root_bytes, stream_hash
 
 T = TypeVar("T")
 
@@ -143,13 +143,13 @@ class Registry(RegistryTransactions, RegistryEvents):
 
     # ------------------------------------------------------------------ reads
     def status(self, key: str) -> KeyStatus:
-        registered, revoked, reason, publisher, at = self._call("status", key_bytes(key))
+        registered, revoked, reason, publisher, at = self._call("status", parse_key(key).bytes)
         return KeyStatus(bool(registered), bool(revoked), reason,
                          publisher if registered else None, int(at))
 
     def info(self, key: str) -> tuple[str, str]:
         """(name, uri) the key was registered with."""
-        name, uri = self._call("info", key_bytes(key))
+        name, uri = self._call("info", parse_key(key).bytes)
         return name, uri
 
     def current(self, name: str) -> tuple[str, int]:

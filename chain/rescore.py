@@ -34,12 +34,14 @@ import onnx
 import onnxruntime as ort
 
 import model_store
+from model_store.blob_key import BlobKey
 from model_store.drive import picture_size, postprocess, to_frame
 
 from . import errors
 from .frame_digest import frame_digest
 from .profile import ExecutionProfile
 from .retained_frame import read_frame
+from .values import parse_key
 
 __all__ = ["TOLERANCES", "Rescore", "reference_profile", "rescore_frame", "disagreement_png"]
 
@@ -71,7 +73,7 @@ class Rescore:
 
     stream: str
     seq: int
-    model_key: str
+    model_key: BlobKey
     profile: ExecutionProfile        # the anchored mask's
     reference: ExecutionProfile
     compared: int                    # pixels of the anchored mask
@@ -112,7 +114,7 @@ class Rescore:
             raise errors.AnchorVerificationFailed(
                 f"rescore mismatch: {self.mismatched} of {self.compared} pixels disagree: the "
                 f"anchored mask of stream '{self.stream}' seq {self.seq} gives them {what} when model "
-                f"{self.model_key[:16]}… is re-run on the retained frame ({self.identical} identical, "
+                f"{self.model_key.short}… is re-run on the retained frame ({self.identical} identical, "
                 f"{self.within_tolerance} within tolerance; anchored with {self.profile}); the "
                 "device did not anchor what the model computes", check="rescore_mismatch")
         return self
@@ -183,11 +185,12 @@ def rescore_frame(v, class_map, blob: str | os.PathLike, frame: str | os.PathLik
         profile = ExecutionProfile.from_dict(v.profile)
     except ValueError as e:
         raise _unavailable(f"the anchored profile is unreadable ({e})") from None
+    key = parse_key(v.model_key)
     try:
-        card, onnx_bytes = model_store.load(blob, expected_key=v.model_key)
+        card, onnx_bytes = model_store.load(blob, expected_key=key)
         spec = card.drive_spec()
     except (model_store.errors.BlobError, OSError) as e:
-        raise _unavailable(f"the blob {blob} is not model {v.model_key[:16]}… or cannot be "
+        raise _unavailable(f"the blob {blob} is not model {key.short}… or cannot be "
                            f"driven ({e})") from None
     image, colour = read_frame(frame)
     got = frame_digest(image, colour)
@@ -208,7 +211,7 @@ def rescore_frame(v, class_map, blob: str | os.PathLike, frame: str | os.PathLik
     try:
         outputs = _session(graph, threads).run(names, {spec.input_name: x})
     except Exception as e:  # noqa: BLE001 - ORT raises several types
-        raise _unavailable(f"ONNX Runtime cannot run model {v.model_key[:16]}…: {e}") from None
+        raise _unavailable(f"ONNX Runtime cannot run model {key.short}…: {e}") from None
     y = outputs[0]
     ids = postprocess(y, spec)   # [1, h, w] at the output's resolution
     # which output pixel each mask pixel is: the flow's own path to the mask (the picture
@@ -224,7 +227,7 @@ def rescore_frame(v, class_map, blob: str | os.PathLike, frame: str | os.PathLik
             f"{bgr.shape[1]}x{bgr.shape[0]}) for this frame", check="rescore_mismatch")
     reference = ids[0].ravel()[index]
     disagree = anchored != reference
-    result = Rescore(v.stream, v.seq, v.model_key, profile, reference_profile(), int(anchored.size),
+    result = Rescore(v.stream, v.seq, key, profile, reference_profile(), int(anchored.size),
                      int(anchored.size - disagree.sum()), 0, None, 0.0, disagree)
     if not disagree.any() or _same_numerics(profile, result.reference):
         return result

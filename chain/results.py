@@ -34,7 +34,7 @@ from .anchor_verify import MAX_MASK_BYTES, Verification, decode_mask
 from .files import FileRoot, PathRefused
 from .merkle import leaf_digest, ts_micros
 from .profile import ExecutionProfile
-from .values import normalize_key
+from .values import parse_key
 
 __all__ = ["RESULT_BOUND", "RESULT_DERIVED", "RESULT_DIAGNOSTICS", "FrameRecord", "ResultsFile",
            "class_shares", "frame_of", "frame_record", "one_frame_line", "parse_line",
@@ -103,7 +103,7 @@ def frame_record(stream: str, seq: int, model_key: str, class_map, *, ts: float,
     path relative to the results file; ``batch`` the micro-batch size (a diagnostic);
     ``frame`` (the decoded frame's digest, ``chain.frame_digest``) and ``profile`` (how the
     mask was computed) make the leaf a v3 leaf, which binds both."""
-    key = normalize_key(model_key)
+    key = parse_key(model_key)
     ts = round(float(ts), TS_DECIMALS)   # the leaf binds the ts as the line states it
     line = {"stream": str(stream), "seq": int(seq), "ts": ts, "pos": pos, "model_key": key}
     if frame is not None and profile is not None:
@@ -276,7 +276,7 @@ def verify_result_line(results, v: Verification, class_map, class_names=None, *,
         def fail(check: str, msg: str):
             raise errors.AnchorVerificationFailed(f"{msg.replace('@', where)}", check=check)
         try:
-            key = normalize_key(str(rec.get("model_key")))
+            key = parse_key(str(rec.get("model_key")))
         except Exception:  # noqa: BLE001 - any unparsable key is a mismatch
             key = str(rec.get("model_key"))
         if key != v.model_key:
@@ -310,7 +310,7 @@ def verify_result_line(results, v: Verification, class_map, class_names=None, *,
             got = rec["shares"]
             if not class_names:
                 fail("result_shares_unverifiable", "result shares unverifiable: the class names "
-                     f"of model {v.model_key[:16]}… are unknown (its registered URI is not a local "
+                     f"of model {parse_key(v.model_key).short}… are unknown (its registered URI is not a local "
                      "blob), so @'s shares cannot be checked; pass --blob BLOB")
             if got != want:
                 fail("result_shares_mismatch", "result shares mismatch: @ has class shares "

@@ -13,22 +13,23 @@ Whatever else a node answers (an RPC error the client does not know, an HTTP err
 malformed answer) is named by :func:`node_failed`: one ``NodeError`` line naming the node
 and the call, never a traceback.
 
-The event follower's polling backoff (``chain.follower``) is not here: it is a round loop
-that reports each unreachable round to its caller, not a call to repeat.
+A loop that is not a call to repeat (the event follower's rounds, a live source's
+reconnects) waits by :class:`Backoff`: the same exponential schedule, kept between rounds.
 """
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional, TypeVar
+from typing import Callable, NamedTuple, Optional, TypeVar
 
 from tenacity import (RetryCallState, Retrying, retry_if_exception, retry_if_exception_type,
-                      stop_after_attempt, stop_before_delay, stop_never, wait_exponential_jitter)
+                      stop_after_attempt, stop_before_delay, stop_never, wait_exponential,
+                      wait_exponential_jitter)
 
 from model_store.util import first_line
 
 from . import errors
 
-__all__ = ["is_transient", "is_node_error", "retry", "unavailable", "node_failed",
+__all__ = ["Backoff", "is_transient", "is_node_error", "retry", "unavailable", "node_failed",
            "outage_policy"]
 
 T = TypeVar("T")
@@ -107,3 +108,29 @@ def outage_policy(give_up: threading.Event, *, initial: float = 0.5, max_delay: 
     return Retrying(stop=stop, retry=retry_if_exception_type(errors.ChainUnavailable),
                     wait=wait_exponential_jitter(multiplier=initial, max=max_delay, jitter=initial),
                     sleep=give_up.wait, before_sleep=before_sleep, reraise=True)
+
+
+class _Attempt(NamedTuple):
+    attempt_number: int   # all a tenacity wait reads of its call state
+
+
+class Backoff:
+    """The delays of a loop that keeps failing: ``initial``, doubling up to ``maximum``
+    (tenacity's exponential wait); :meth:`reset` after a success starts over.
+
+        backoff = Backoff(0.5, 30.0)
+        stop.wait(backoff.next())     # 0.5, 1, 2, ... 30, 30
+        backoff.reset()               # it worked: the next failure waits 0.5 again
+    """
+
+    def __init__(self, initial: float, maximum: float):
+        self._wait = wait_exponential(multiplier=initial, max=maximum)
+        self.failures = 0
+
+    def next(self) -> float:
+        """The delay after one more failure."""
+        self.failures += 1
+        return self._wait(_Attempt(self.failures))
+
+    def reset(self) -> None:
+        self.failures = 0

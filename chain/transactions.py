@@ -8,7 +8,7 @@ import contextlib
 from . import errors
 from ._revert import is_revert, to_chain_error
 from .retries import is_node_error, is_transient, node_failed, retry
-from .values import key_bytes, root_bytes, stream_hash
+from .values import parse_key, root_bytes, stream_hash
 
 EMBEDDED_GAS = 1_500_000  # gas limit of embedded-chain transactions (x1.25 below)
 
@@ -139,18 +139,18 @@ class RegistryTransactions:
     # ------------------------------------------------------------------ writes
     def register(self, key: str, name: str, uri: str = "") -> str:
         """Register a model key; returns the transaction hash."""
-        r = self._transact("register", key_bytes(key), name, uri)
+        r = self._transact("register", parse_key(key).bytes, name, uri)
         return r["transactionHash"].to_0x_hex()
 
     def deploy(self, name: str, key: str) -> int:
         """Point deployment ``name`` at ``key``; returns the new version."""
-        r = self._transact("deploy", name, key_bytes(key))
+        r = self._transact("deploy", name, parse_key(key).bytes)
         for ev in self.contract.events.Deployed().process_receipt(r, errors=_DISCARD()):
             return int(ev["args"]["version"])
         raise errors.ChainError(f"deploy of '{name}' produced no Deployed event")
 
     def revoke(self, key: str, reason: str) -> str:
-        r = self._transact("revoke", key_bytes(key), reason)
+        r = self._transact("revoke", parse_key(key).bytes, reason)
         return r["transactionHash"].to_0x_hex()
 
     def anchor(self, root: bytes | str, model_key: str, first_seq: int, last_seq: int, *,
@@ -159,7 +159,7 @@ class RegistryTransactions:
         signing account is recorded as the anchoring device. Returns the transaction hash."""
         root_b = root_bytes(root)
         r = self._transact("anchor", root_b, stream_hash(stream), int(first_seq), int(last_seq),
-                           key_bytes(model_key))
+                           parse_key(model_key).bytes)
         return r["transactionHash"].to_0x_hex()
 
     def grant_role(self, role: str, account: str) -> str:

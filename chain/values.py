@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from eth_utils import keccak
 
-import model_store
+from model_store.blob_key import BlobKey, InvalidBlobKey
 
 from . import errors
 
@@ -17,17 +17,13 @@ ROLES = {"publisher": PUBLISHER, "anchorer": ANCHORER}
 ROLE_NAMES = {PUBLISHER: "PUBLISHER", ANCHORER: "ANCHORER"}
 
 
-def normalize_key(key: str | bytes) -> str:
-    """A model key as 64 lowercase hex chars (accepts bytes32 and an optional 0x):
-    model_store's rule, refused as the chain's InvalidKey."""
+def parse_key(key: str | bytes) -> BlobKey:
+    """``key`` as a BlobKey; one that is not a key is the chain's InvalidKey (a ChainError,
+    so a chain caller catches one family)."""
     try:
-        return model_store.normalize_key(key)
-    except ValueError as exc:
+        return BlobKey(key)
+    except InvalidBlobKey as exc:
         raise errors.InvalidKey(str(exc)) from None
-
-
-def key_bytes(key: str | bytes) -> bytes:
-    return bytes.fromhex(normalize_key(key))
 
 
 def stream_hash(stream: str) -> bytes:
@@ -65,11 +61,15 @@ class ChainEvent:
     block: int
     log_index: int
     tx_hash: str
-    key: str | None = None    # model key (hex) for Registered / Deployed / Revoked / Anchored
+    key: BlobKey | None = None   # model key for Registered / Deployed / Revoked / Anchored
     deployment: str | None = None
     version: int | None = None
     reason: str | None = None
     args: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            object.__setattr__(self, "key", parse_key(self.key))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,9 +81,13 @@ class KeyDeployment:
     name: str
     version: int              # the (last) version at which the name pointed at the key
     block: int                # the block of that Deployed event
-    key: str
-    current_key: str
+    key: BlobKey
+    current_key: BlobKey
     current_version: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", parse_key(self.key))
+        object.__setattr__(self, "current_key", parse_key(self.current_key))
 
     @property
     def superseded(self) -> bool:
@@ -94,10 +98,13 @@ class KeyDeployment:
 class AnchorRecord:
     """What the registry recorded for an anchored Merkle root."""
     root: str
-    model_key: str
+    model_key: BlobKey
     stream_id: str            # keccak256 of the stream id (hex)
     anchorer: str             # the device (address) that anchored it
     first_seq: int
     last_seq: int
     block: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_key", parse_key(self.model_key))
 

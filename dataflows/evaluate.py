@@ -187,7 +187,7 @@ def evaluate_results(step_id: str, scored: Stream, ctx: FlowContext) -> None:
     stream ends."""
     cfg, first = ctx.config, ctx.first
     names = [c.name for c in first.card.classes] if first.card is not None else []
-    lut = palette_lut(first.card.classes) if first.card is not None else None
+    lut = palette_lut((c.color for c in first.card.classes), "RGB") if first.card is not None else None
     model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
     op.output("report", scored, EvalSink(ctx.stats, cfg.out, cfg.stream_ids, names, model, lut))
 

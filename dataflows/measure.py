@@ -134,7 +134,7 @@ def main() -> int:
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "measure.json").write_text(json.dumps(doc, indent=1))
-    print(f"frames {len(frames)} at {w}x{h}, provider {entry.provider}, model {first.key[:12]}")
+    print(f"frames {len(frames)} at {w}x{h}, provider {entry.provider}, model {first.key.short}")
     print(f"raw ORT (preloaded frames, batch 1): {raw1['fps']:.2f} FPS before, {raw2['fps']:.2f} after "
           f"({raw1['cpu_ms_per_frame']:.1f} / {raw2['cpu_ms_per_frame']:.1f} CPU-ms a frame)")
     for r in runs:

@@ -8,7 +8,8 @@
 """
 
 from . import errors
-from .blob import FORMAT_VERSION, load, normalize_key, pack, read_header, verify, verify_card, write
+from .blob_key import BlobKey, InvalidBlobKey
+from .blob import FORMAT_VERSION, load, pack, read_header, verify, verify_card, write
 from .card import BodyInfo, ModelCard, Preprocessing, TensorSpec, utc_now
 from .classes import CARLA_CLASSES, MAX_CLASSES, ClassInfo, classes_from_json
 from .drive import NO_CLASS, palette_lut, postprocess, preprocess
@@ -23,10 +24,12 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_CLASSES",
     "NO_CLASS",
+    "BlobKey",
     "BodyInfo",
     "ClassInfo",
     "DriveSpec",
     "GraphLimits",
+    "InvalidBlobKey",
     "ModelCard",
     "Preprocessing",
     "TensorSpec",
@@ -35,7 +38,6 @@ __all__ = [
     "errors",
     "generate_secret",
     "load",
-    "normalize_key",
     "pack",
     "palette_lut",
     "postprocess",

@@ -25,18 +25,18 @@ import zstandard
 from . import errors
 from . import graph as _graph
 from .blob_format import (FORMAT_VERSION, KEY_SIZE, MAGIC, MAX_BLOB_SIZE, MAX_HEADER_SIZE,  # noqa: F401 - re-exported
-                          MAX_RAW_SIZE, MAX_STORED_SIZE, PREFIX, normalize_key)
+                          MAX_RAW_SIZE, MAX_STORED_SIZE, PREFIX)
+from .blob_key import BlobKey
 from .blob_writer import pack, write  # noqa: F401 - re-exported
 from .card import BodyInfo, ModelCard
 from .graph_limits import DEFAULT_LIMITS, GraphLimits
-from .header import MAX_INT_DIGITS, MAX_JSON_DEPTH, canonical_json, parse_card  # noqa: F401 - re-exported
+from .header import MAX_INT_DIGITS, MAX_JSON_DEPTH, parse_card  # noqa: F401 - re-exported
 from .secrets import decrypt, key_id
 
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "load",
-    "normalize_key",
     "pack",
     "read_header",
     "verify",
@@ -64,12 +64,12 @@ def read_header(path: Union[str, "os.PathLike[str]"]) -> ModelCard:
     return parse_card(header, source)
 
 
-def verify(blob: Blob, expected_key: Optional[str] = None) -> str:
+def verify(blob: Blob, expected_key: Optional[str] = None) -> BlobKey:
     """Check structure and key; return the key. Never decompresses."""
     return verify_card(blob, expected_key)[0]
 
 
-def verify_card(blob: Blob, expected_key: Optional[str] = None) -> Tuple[str, ModelCard]:
+def verify_card(blob: Blob, expected_key: Optional[str] = None) -> Tuple[BlobKey, ModelCard]:
     """Check structure and key; return (key, card). Never decompresses, never reads a file whole.
 
     Whatever the file holds, this raises only `errors.BlobError` subclasses (and ValueError for
@@ -77,7 +77,7 @@ def verify_card(blob: Blob, expected_key: Optional[str] = None) -> Tuple[str, Mo
     catch that one type, skip the file and name it.
     """
     if expected_key is not None:
-        expected_key = normalize_key(expected_key)
+        expected_key = BlobKey(expected_key)
     if isinstance(blob, (bytes, bytearray, memoryview)):
         data = bytes(blob)
         card, key = _check(io.BytesIO(data), len(data), "<bytes>", expected_key)
@@ -102,7 +102,7 @@ def load(blob: Blob, expected_key: str, *, decrypt_key: Optional[bytes] = None, 
     """
     if expected_key is None:
         raise ValueError("load needs the expected key: a blob's own key proves it is intact, not that it is the model you trust")
-    expected_key = normalize_key(expected_key)
+    expected_key = BlobKey(expected_key)
     data, source = _read(blob)
     # the bytes checked are the bytes decompressed: the file is read once, into memory
     card, _ = _check(io.BytesIO(data), len(data), source, expected_key)
@@ -184,7 +184,7 @@ def _check_prefix(head: bytes, source: str, total: int) -> int:
     return header_len
 
 
-def _check(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> Tuple[ModelCard, str]:
+def _check(f: BinaryIO, size: int, source: str, expected_key: Optional[BlobKey]) -> Tuple[ModelCard, BlobKey]:
     """Structure and key of the blob in `f` (`size` bytes, `expected_key` normalised)."""
     f.seek(0)
     header_len = _check_prefix(f.read(PREFIX.size), source, size)
@@ -227,7 +227,7 @@ def _check_lengths(card: ModelCard, header_end: int, size: int, source: str) -> 
         raise errors.TrailingBytes(source, f"expected {expected_len} bytes from its header, found {size} ({size - expected_len} trailing); re-copy the blob")
 
 
-def _check_key(f: BinaryIO, size: int, source: str, expected_key: Optional[str]) -> str:
+def _check_key(f: BinaryIO, size: int, source: str, expected_key: Optional[BlobKey]) -> BlobKey:
     """Hash every byte before the key in chunks; compare with the stored and expected keys."""
     hasher = blake3.blake3()
     buf = memoryview(bytearray(CHUNK_SIZE))
@@ -247,7 +247,7 @@ def _check_key(f: BinaryIO, size: int, source: str, expected_key: Optional[str])
         raise errors.KeyMismatch(source, f"content hashes to {actual_key} but the blob ends with key {stored_key}: it is corrupt or was modified; do not use it")
     if expected_key is not None and actual_key != expected_key:
         raise errors.KeyMismatch(source, f"key is {actual_key}, expected {expected_key}: this is not the trusted model")
-    return actual_key
+    return BlobKey(actual_key)
 
 
 def _decrypt(body_info: BodyInfo, secret: Optional[bytes], body: bytes, aad: bytes, source: str) -> bytes:

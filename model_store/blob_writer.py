@@ -16,8 +16,9 @@ import blake3
 import zstandard
 
 from .blob_format import FORMAT_VERSION, KEY_SIZE, MAGIC, MAX_HEADER_SIZE, MAX_RAW_SIZE, PREFIX
+from .blob_key import BlobKey
 from .card import BodyInfo, ModelCard
-from .header import canonical_json
+from .canonical import canonical_json
 from .secrets import encrypt, key_id, synthetic_nonce
 from .util import atomic_write
 
@@ -53,8 +54,8 @@ def pack(onnx_bytes: bytes, card: ModelCard, *, encrypt_key: Optional[bytes] = N
     return content + blake3.blake3(content).digest()
 
 
-def write(path: Union[str, "os.PathLike[str]"], onnx_bytes: bytes, card: ModelCard, **kw) -> str:
+def write(path: Union[str, "os.PathLike[str]"], onnx_bytes: bytes, card: ModelCard, **kw) -> BlobKey:
     """Pack to a file (atomically: write then rename) and return the blob's key."""
     blob = pack(onnx_bytes, card, **kw)
     atomic_write(path, blob, fsync=True)
-    return blob[-KEY_SIZE:].hex()
+    return BlobKey(blob[-KEY_SIZE:])

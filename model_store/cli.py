@@ -12,7 +12,8 @@ import sys
 from typing import Any, Optional, Sequence, Tuple
 
 from . import errors
-from .blob import load, normalize_key, verify_card, write
+from .blob import load, verify_card, write
+from .blob_key import BlobKey
 from .card import ModelCard, Preprocessing, TensorSpec, utc_now
 from .classes import CARLA_CLASSES, classes_from_json
 from .drive_spec import CLASS_MAP_DTYPES, INPUT_DTYPES
@@ -306,7 +307,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _unpack(args: argparse.Namespace) -> int:
     secret = read_secret(args.decrypt_key) if args.decrypt_key else None
-    _, onnx_bytes = load(args.blob, normalize_key(args.key), decrypt_key=secret, limits=_limits(args))
+    _, onnx_bytes = load(args.blob, BlobKey(args.key), decrypt_key=secret, limits=_limits(args))
     with open(args.output, "wb") as f:
         f.write(onnx_bytes)
     print(f"wrote {args.output} ({len(onnx_bytes)} bytes)")

@@ -36,7 +36,7 @@ postprocess:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -172,9 +172,13 @@ def to_frame(maps: np.ndarray, spec: DriveSpec, frame_size: Tuple[int, int]) -> 
     return np.stack([cv2.resize(m, (w0, h0), interpolation=cv2.INTER_NEAREST) for m in out])
 
 
-def palette_lut(classes: Sequence[ClassInfo]) -> np.ndarray:
-    """uint8 [256, 3] RGB colour of every id: the card's classes, white for the rest (255 included)."""
+def palette_lut(colours: Iterable[Sequence[int]], order: str) -> np.ndarray:
+    """uint8 [256, 3]: the colour of each class id in ``order`` ("RGB" or "BGR"), from
+    ``colours`` (RGB, as a card states them, in id order); white for the ids past them
+    (255, no class, included)."""
+    if order not in ("RGB", "BGR"):
+        raise ValueError(f"palette order {order!r}; expected 'RGB' or 'BGR'")
     lut = np.full((256, 3), 255, np.uint8)
-    for c in classes:
-        lut[c.id] = c.color
+    for i, rgb in enumerate(colours):
+        lut[i] = rgb if order == "RGB" else tuple(rgb)[::-1]
     return lut

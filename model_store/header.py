@@ -13,15 +13,11 @@ import json
 import re
 
 from . import errors
+from .canonical import canonical_json
 from .card import ModelCard
 
 MAX_JSON_DEPTH = 32  # a card nests 4 deep; json recurses once a level, so bound it first
 MAX_INT_DIGITS = 40  # sizes and seeds fit; a 5000-digit number is hostile (and int() refuses it)
-
-
-def canonical_json(obj: object) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: the same card always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from pathlib import Path
 from typing import IO, Iterator, Union
 
@@ -30,10 +31,10 @@ def atomic_writer(path: PathLike, mode: str = "wb", *, fsync: bool = False) -> I
     an error: a crash mid-write never leaves a torn ``path``. ``fsync`` also survives a
     power cut (the bytes reach the disk before the rename)."""
     p = Path(path)
-    # the pid keeps two processes writing the same file from sharing one temporary file
-    tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
+    # a name no other writer (process or thread) can share, created exclusively
+    tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, mode) as f:
+        with open(tmp, mode.replace("w", "x")) as f:
             yield f
             if fsync:
                 f.flush()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import stat
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 from chain.files import PathRefused, open_regular
+from model_store.canonical import canonical_json
 
 __all__ = ["SealError", "SECRET_FILE", "load_secret", "seal", "is_sealed", "write_sealed"]
 
@@ -68,9 +68,9 @@ def load_secret(home: Path, out: Path) -> bytes:
 
 
 def _message(batch) -> bytes:
-    return json.dumps({"v": 1, "model_key": batch.model_key,
-                       "leaves": [[lf.stream, lf.seq, lf.digest.hex()] for lf in batch.leaves]},
-                      sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json({"v": 1, "model_key": batch.model_key,
+                           "leaves": [[lf.stream, lf.seq, lf.digest.hex()] for lf in batch.leaves]},
+                          ascii_only=True)
 
 
 def seal(secret: bytes, batch) -> str:
@@ -84,12 +84,4 @@ def is_sealed(secret: Optional[bytes], batch, raw: dict) -> bool:
 
 def write_sealed(path: Path, batch, secret: Optional[bytes]) -> Path:
     """``AnchorBatch.write(path, include_proofs=True)`` plus the seal (none without a secret)."""
-    doc = batch.to_json(include_proofs=True)
-    if secret:
-        doc["seal"] = seal(secret, batch)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
-    os.replace(tmp, p)
-    return p
+    return batch.write(path, include_proofs=True, extra={"seal": seal(secret, batch)} if secret else None)

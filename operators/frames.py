@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from chain.profile import ExecutionProfile
+from model_store.blob_key import BlobKey
 
 __all__ = ["Decoded", "NOT_YET", "Frame", "ModelLoaded", "ModelRevoked", "ModelEvent",
            "ScoredFrame", "StreamEnd"]
@@ -62,7 +63,7 @@ class Frame:
 class ModelLoaded:
     """A verified model to score with.  ``uid`` increases per event, so a stream ignores
     one it has seen; ``onnx`` is dropped from old events (bounded memory over hot swaps)."""
-    key: str
+    key: BlobKey
     uid: int
     name: str = ""           # deployment name or blob path
     version: int = 0
@@ -70,16 +71,22 @@ class ModelLoaded:
     onnx: Optional[bytes] = None
     source: str = ""         # where the blob came from
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", BlobKey(self.key))
+
 
 @dataclass(frozen=True, eq=False)
 class ModelRevoked:
     """A key that must stop scoring at once: revoked on chain, or (``superseded``) replaced
     by a newer deploy whose blob did not arrive within VERISEG_PENDING_DEPLOY_MAX_S (not
     revoked: it is not added to the revoked keys)."""
-    key: str
+    key: BlobKey
     uid: int
     reason: str = ""
     superseded: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", BlobKey(self.key))
 
 
 ModelEvent = Union[ModelLoaded, ModelRevoked]
@@ -94,7 +101,7 @@ class ScoredFrame:
     ts: float
     pos: str
     class_map: np.ndarray    # HxW uint8 class ids at the model's output size
-    model_key: str
+    model_key: BlobKey
     batch: int = 1
     latency_ms: dict = field(default_factory=dict)
     image: Optional[np.ndarray] = None   # the scored input (for the overlay video)

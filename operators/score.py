@@ -79,16 +79,16 @@ class ScoreLogic(StatefulBatchLogic):
             self.sessions.drop(u.key)
             if self.entry is not None and self.entry.key == u.key:
                 log.warning("stream %s: model %s %s (%s): scoring stopped until a valid model "
-                            "arrives", self.sid, u.key[:12],
+                            "arrives", self.sid, u.key.short,
                             "superseded" if u.superseded else "revoked", u.reason or "no reason given")
                 self.entry = None
             return
         if u.key in self.revoked:
-            log.warning("stream %s: refusing model %s: it is revoked", self.sid, u.key[:12])
+            log.warning("stream %s: refusing model %s: it is revoked", self.sid, u.key.short)
             return
         if u.version and u.name == self.name and u.version < self.version:
             log.warning("stream %s: refusing model %s: version %d is older than %d (no rollback)",
-                        self.sid, u.key[:12], u.version, self.version)
+                        self.sid, u.key.short, u.version, self.version)
             return
         try:
             entry = self.sessions.get(u)
@@ -101,8 +101,8 @@ class ScoreLogic(StatefulBatchLogic):
         self.streams.pause(self.sid, False)
         if old != u.key and self.sid is not None:
             what = f"{u.name} v{u.version}" if u.version else (u.name or "blob")
-            log.info("stream %s: scoring with model %s (%s)%s", self.sid, u.key[:12], what,
-                     f", replacing {old[:12]}" if old else "")
+            log.info("stream %s: scoring with model %s (%s)%s", self.sid, u.key.short, what,
+                     f", replacing {old.short}" if old else "")
         self.waiting_logged = False
 
     # -- frames -----------------------------------------------------------------------
@@ -127,7 +127,7 @@ class ScoreLogic(StatefulBatchLogic):
         if e is None:
             return False
         if e.key in self.revoked:
-            log.warning("stream %s: model %s revoked (%s): scoring stopped", self.sid, e.key[:12],
+            log.warning("stream %s: model %s revoked (%s): scoring stopped", self.sid, e.key.short,
                         self.revoked.reason(e.key) or "no reason given")
             self.entry = None
             return False
@@ -169,7 +169,7 @@ class ScoreLogic(StatefulBatchLogic):
                 res.extend(self._run(e, [f]))
             return res
         if e.spec is None:
-            self._failed(chunk, f"model {e.key[:12]} has no card: the flow cannot tell how to drive it")
+            self._failed(chunk, f"model {e.key.short} has no card: the flow cannot tell how to drive it")
             return []
         # the card's pre/postprocessing (model_store.drive); a uint8 NHWC class-map graph
         # (the shipped ENet) gets the frames' bytes and its ids as they are
@@ -196,7 +196,7 @@ class ScoreLogic(StatefulBatchLogic):
         try:   # the card's postprocessing, at the frames' picture size
             y = postprocess(y, e.spec, chunk[0].image.shape[:2])
         except ValueError as err:
-            self._failed(chunk, f"model {e.key[:12]} gave an output the card does not describe ({first_line(err)})")
+            self._failed(chunk, f"model {e.key.short} gave an output the card does not describe ({first_line(err)})")
             return []
         # score: the runtime's own time for this run; in_flight: submitted to collected
         # (includes waiting behind the other run in flight)

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
+from model_store.blob_key import BlobKey
 from model_store.graph import ORT_TYPES
 
 from .backends import Runner, ScoreError, compile_verified, cpu_threads
@@ -30,7 +31,7 @@ __all__ = ["ScoreError", "GPU_PROVIDERS", "providers_for", "provider_options", "
 
 @dataclass
 class SessionEntry:
-    key: str                     # the verified blob key (the runner was compiled from its bytes)
+    key: BlobKey                 # the verified blob key (the runner was compiled from its bytes)
     runner: Runner
     pre: Preprocessor
     max_batch: Optional[int]     # None: dynamic batch dim
@@ -38,6 +39,9 @@ class SessionEntry:
     how: str = ""                # backend settings, for the log
     why: str = ""                # why this backend (VERISEG_BACKEND / auto's reason)
     spec: object = None          # model_store.card.DriveSpec: how to feed it and read its output
+
+    def __post_init__(self) -> None:
+        self.key = BlobKey(self.key)
 
     @functools.cached_property
     def classes(self) -> tuple:
@@ -70,13 +74,14 @@ def drive_spec(card, key: str):
     try:
         return card.drive_spec()
     except BlobError as e:
-        raise ScoreError(f"model {key[:12]}: {e}") from None
+        raise ScoreError(f"model {key.short}: {e}") from None
 
 
 def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", providers: str = "auto",
                   require_gpu: bool = False, threads: int = 0, home=None,
                   hint: str = "throughput", spin: bool = False, ov_device: str = "auto",
                   precision: str = "card", arena_bytes: int = 0) -> SessionEntry:
+    key = BlobKey(key)
     spec = drive_spec(card, key) if card is not None else None   # before the costly compile
     runner, why = compile_verified(onnx, key=key, backend=backend, providers=providers,
                                    require_gpu=require_gpu, threads=threads, home=home, hint=hint,
@@ -87,7 +92,7 @@ def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", pr
         problem = card_mismatch(card, inp, out)
         if problem:
             runner.close()
-            raise ScoreError(f"model {key[:12]}: its card does not describe its graph: {problem}")
+            raise ScoreError(f"model {key.short}: its card does not describe its graph: {problem}")
     runner.warm_up()              # here, in the reader's thread, not on a stream's first frames
     shp = list(inp.shape)
     max_batch = None
@@ -159,12 +164,12 @@ class SessionCache:
                 continue
             try:
                 if update.onnx is None:
-                    raise ScoreError(f"model {update.key[:12]}: update carries no model bytes")
+                    raise ScoreError(f"model {update.key.short}: update carries no model bytes")
                 e = build_session(update.onnx, key=update.key, card=update.card, **self.options)
                 if self.provider != e.provider:
                     log.info("scoring backend: %s (%s; %s)", e.provider, e.why, e.how)
                     self.provider = e.provider
-                log.info("model %s runs as %s", update.key[:12], e.runner.profile)
+                log.info("model %s runs as %s", update.key.short, e.runner.profile)
                 if self.stats is not None:
                     self.stats.provider = e.provider
                     self.stats.backend = e.runner.backend

@@ -191,7 +191,8 @@ def test_cityscapes_19_classes(tmp_path, capsys):
     assert status == 0, err
     card, spec = check_against_ort(tmp_path / "byo.vsb", key, lambda f: documented_input(f, (64, 96)))
     assert len(card.classes) == 19 == spec.num_classes and card.classes[18] == ms.ClassInfo(18, "bicycle", (119, 11, 32))
-    assert ms.palette_lut(card.classes)[13].tolist() == [0, 0, 142] and ms.palette_lut(card.classes)[19].tolist() == [255] * 3
+    rgb, bgr = (ms.palette_lut((c.color for c in card.classes), order) for order in ("RGB", "BGR"))
+    assert rgb[13].tolist() == [0, 0, 142] and rgb[19].tolist() == [255] * 3 and bgr[13].tolist() == [142, 0, 0]
     # the same graph with the default 13 CARLA classes: the count is refused, naming both
     status, _, err = pack(tmp_path, onnx_bytes, *IMAGENET, name="wrong", capsys=capsys)
     assert status == 1 and "19 classes" in err and "lists 13" in err

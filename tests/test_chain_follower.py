@@ -58,3 +58,21 @@ def test_events_end_when_stop_is_set():
     reg.deploy("d", K1)
     t.join(10)
     assert not t.is_alive() and [e.kind for e in seen] == ["Deployed"]
+
+
+def test_rounds_wait_the_poll_interval_then_double_while_the_node_is_down():
+    class Waits(threading.Event):
+        def __init__(self):
+            super().__init__()
+            self.delays = []
+
+        def wait(self, timeout=None):   # said, not waited for
+            self.delays.append(timeout)
+            return len(self.delays) >= 6
+
+    reg, stop = FakeRegistry(), Waits()
+    f = EventFollower(reg, 0, poll_interval=1.0, max_delay=5.0, stop=stop)
+    downs = iter([True, True, True, False, True])   # the state of the next round
+    for _ in f.polls():
+        reg.down = next(downs, False)
+    assert stop.delays == [1.0, 2.0, 4.0, 5.0, 1.0, 2.0]

@@ -158,14 +158,14 @@ def test_video_end_to_end_outputs_and_keys(tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
     # the overlay is half frame, half class colour (MJPG is lossy: compare means)
     import model_store
-    from operators.sinks import class_lut, classes_of
     src = cv2.VideoCapture(str(clip))
     for _ in range(3):   # frame 2: class 2 (Fence, an asymmetric colour: catches RGB/BGR mix-ups)
         ok, over = cap.read()
         ok2, frame = src.read()
     assert ok and ok2
     frame = cv2.resize(frame, over.shape[1::-1], interpolation=cv2.INTER_AREA).astype(float)
-    colour = class_lut(classes_of(model_store.load(blob, key)[0]))[2].astype(float)
+    card = model_store.load(blob, key)[0]
+    colour = model_store.palette_lut((c.color for c in card.classes), "BGR")[2].astype(float)
     expected = 0.5 * frame + 0.5 * colour
     assert np.abs(over.astype(float) - expected).mean() < 8
     summary = json.loads((out / "summary.json").read_text())

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 import model_store as ms
 from model_store import blob as blob_module
 from model_store import errors
-from model_store.blob import MAGIC, canonical_json
+from model_store.blob import MAGIC
+from model_store.canonical import canonical_json
 
 from conftest import REPO, tiny_onnx
 

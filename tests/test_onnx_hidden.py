@@ -367,7 +367,7 @@ def test_a_graph_whose_input_is_shadowed_is_a_score_error_on_every_backend(backe
     m = onnx.load_from_string(bm.int64_class_map(size=SIZE))
     m.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 3, *SIZE), np.float32), "input"))
     with pytest.raises(ScoreError, match="0 inputs"):
-        mod.build(m.SerializeToString(), key="k" * 64)
+        mod.build(m.SerializeToString(), key="c" * 64)
     assert ms.read_graph(m.SerializeToString()).inputs == ()  # and so refused at pack and load
     with pytest.raises(errors.TooManyInputs, match="0 inputs"):
         ms.check_graph(_card(bm.int64_class_map(size=SIZE)), m.SerializeToString())
@@ -386,7 +386,7 @@ def test_the_ort_cpu_arena_cap_fails_a_run_that_needs_more_instead_of_allocating
     g = helper.make_graph(nodes, "g", [_value("n", TensorProto.INT64, (3,))], [_value("y", TensorProto.FLOAT, ())])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    capped = ort_backend.build(m.SerializeToString(), key="k" * 64, providers="cpu", arena_bytes=64 << 20)
+    capped = ort_backend.build(m.SerializeToString(), key="c" * 64, providers="cpu", arena_bytes=64 << 20)
     assert capped.run(np.array([4, 1024, 1024], np.int64)) == 4 << 20  # 16 MiB fits
     with pytest.raises(Exception, match="Available memory of"):
         capped.run(np.array([64, 1024, 1024], np.int64))  # 256 MiB does not

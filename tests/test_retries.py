@@ -144,3 +144,12 @@ def test_the_anchor_sender_thread_yields_to_scoring(tmp_path, monkeypatch):
     sender.close(timeout=10)
     assert seen["nice"] == min(19, base + anchors.ANCHOR_NICE) and len(sealed) == 1
     assert os.getpriority(os.PRIO_PROCESS, 0) == base       # the flow's own threads are untouched
+
+
+# --------------------------------------------------------------------------- loop backoff
+def test_a_loop_backoff_doubles_up_to_its_maximum_and_starts_over_after_a_reset():
+    from chain.retries import Backoff
+    backoff = Backoff(0.5, 3.0)
+    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.next() == 0.5

@@ -23,7 +23,7 @@ IGNORE_ID = 255
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = tuple(c.color for c in CARLA_CLASSES)
 #: ``PALETTE[id]`` is the RGB colour, uint8 [13, 3].
 PALETTE = np.array(CLASS_COLORS, dtype=np.uint8)
-_LUT = palette_lut(CARLA_CLASSES)   # ids past the classes are drawn white
+_LUT = palette_lut(CLASS_COLORS, "RGB")   # ids past the classes are drawn white
 
 _CODE = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(CLASS_COLORS)}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model_store.blob_key import BlobKey, unpacked_key
 from model_store.display import shell_command
 
 __all__ = ["calibration_indices", "quantize_onnx", "int8_card", "main"]
@@ -59,7 +60,7 @@ def quantize_onnx(onnx_bytes: bytes, calib: np.ndarray, *, fast_bias_correction:
     return q.SerializeToString()
 
 
-def _evaluate(onnx_bytes: bytes, key: str, data, size, backend: str) -> dict:
+def _evaluate(onnx_bytes: bytes, key: BlobKey, data, size, backend: str) -> dict:
     from operators.backends import compile_verified
     from .evaluate import evaluate_folder
     runner, _ = compile_verified(onnx_bytes, key=key, backend=backend, providers="cpu")
@@ -69,7 +70,7 @@ def _evaluate(onnx_bytes: bytes, key: str, data, size, backend: str) -> dict:
             "mean_class_accuracy": s["mean_class_accuracy"], "runtime": runner.describe()}
 
 
-def int8_card(card, *, source_key: str, calib_names: list, val_names: list, params: dict,
+def int8_card(card, *, source_key: BlobKey, calib_names: list, val_names: list, params: dict,
               fp32: dict, int8: dict, name: str = ""):
     from model_store.card import utc_now
     t = utc_now()
@@ -83,7 +84,7 @@ def int8_card(card, *, source_key: str, calib_names: list, val_names: list, para
                "evaluated_on": f"validation part {val_names[0]}..{val_names[-1]} ({len(val_names)} frames), "
                                "labels at native resolution, predictions resized back (nearest)"}
     return card.replace(name=name or f"{card.name}-int8",
-                        description=f"int8 (NNCF) of {card.name} {source_key[:12]}: {card.description}",
+                        description=f"int8 (NNCF) of {card.name} {source_key.short}: {card.description}",
                         algorithm=f"{card.algorithm}, int8 QDQ (NNCF post-training quantisation)",
                         created=t, modified=t,
                         training_params={**dict(card.training_params), "quantization": q},
@@ -110,7 +111,7 @@ def main(a) -> int:
     val = FolderData(np.stack([read_image(pairs[i][0]) for i in va]), np.stack([read_label(pairs[i][1]) for i in va]),
                      [pairs[i][0].stem for i in va])
     fp32 = _evaluate(onnx_bytes, key, val, size, a.backend)
-    int8 = _evaluate(q, "int8-candidate", val, size, a.backend)
+    int8 = _evaluate(q, unpacked_key(q), val, size, a.backend)
     loss = 100 * (fp32["pixel_accuracy"] - int8["pixel_accuracy"])
     print(f"fp32: pixel accuracy {fp32['pixel_accuracy']:.4f}, mIoU {fp32['mean_iou']:.4f}; "
           f"int8: {int8['pixel_accuracy']:.4f}, mIoU {int8['mean_iou']:.4f} ({loss:+.2f} pt loss) "

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 from aiohttp import web
 
+from model_store.blob_key import BlobKey
 from model_store.util import first_line
 
 from operators.sinks.overlay import ClassColours, classes_of, overlay_bgr
@@ -201,7 +202,7 @@ class LiveView:
             m = dict(models.get(key) or {"key": key, "name": "", "deployment": "", "version": None})
             if key is not None and key in ctx.revoked:
                 m["status"], m["reason"] = "revoked", ctx.revoked.reason(key)
-                banner.append(f"model {key[:12]}… in use on stream {sid} is REVOKED on chain "
+                banner.append(f"model {BlobKey(key).short}… in use on stream {sid} is REVOKED on chain "
                               f"({m['reason'] or 'no reason given'}): scoring stopped")
             else:
                 m["status"], m["reason"] = ("unknown" if down is not None else "active"), ""

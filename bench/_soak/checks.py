@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from model_store.blob_key import BlobKey
+
 from .flow import STREAM
 
 
@@ -124,9 +126,9 @@ def check_run(rows: list, summary: dict, timeline: list, *, poll: float, stream:
                 "revoked": k in revoked}
         keys.append(info)
         if ld is None or not mine:
-            lag_fail.append(f"{k[:12]} {'never loaded' if ld is None else 'scored no frame'}")
+            lag_fail.append(f"{BlobKey(k).short} {'never loaded' if ld is None else 'scored no frame'}")
         elif i > 0 and ld["at"] - d["t_mined"] > poll + load_budget:
-            lag_fail.append(f"{k[:12]} loaded {ld['at'] - d['t_mined']:.2f}s after its deploy")
+            lag_fail.append(f"{BlobKey(k).short} loaded {ld['at'] - d['t_mined']:.2f}s after its deploy")
         # in force from its deploy ...
         early += [(k, t) for t in t0s if t < d["t_sent"]]
         # ... until the next key is in the flow's hands (its deploy mined + one poll + the
@@ -164,18 +166,18 @@ def check_run(rows: list, summary: dict, timeline: list, *, poll: float, stream:
                 "last_score_minus_seen_s": round(max(t0s) - s["at"], 3) if (s and t0s) else None}
         revs.append(info)
         if s is None:
-            _check(checks, "revocation_seen", False, f"the flow never saw the revocation of {k[:12]}")
+            _check(checks, "revocation_seen", False, f"the flow never saw the revocation of {BlobKey(k).short}")
             continue
         _check(checks, "revocation_seen_within_one_poll", s["at"] - a["t_mined"] <= poll + revoke_slack,
-               f"revocation of {k[:12]} seen {s['at'] - a['t_mined']:.3f}s after it was mined "
+               f"revocation of {BlobKey(k).short} seen {s['at'] - a['t_mined']:.3f}s after it was mined "
                f"(allowed: one poll {poll:g}s + {revoke_slack:g}s to read the events)")
         after_seen = [t for t in t0s if t > s["at"] + race_eps]
         _check(checks, "no_frame_scored_by_revoked_key_after_seen", not after_seen,
-               f"{len(after_seen)} frames scored by {k[:12]} after the flow saw its revocation "
+               f"{len(after_seen)} frames scored by {BlobKey(k).short} after the flow saw its revocation "
                f"(+{race_eps * 1e3:.0f} ms for a run that passed the check as the key was added)")
         after_chain = [t for t in t0s if t > a["t_mined"] + poll + revoke_slack]
         _check(checks, "no_frame_scored_by_revoked_key_after_one_poll", not after_chain,
-               f"{len(after_chain)} frames scored by {k[:12]} later than its revocation was mined "
+               f"{len(after_chain)} frames scored by {BlobKey(k).short} later than its revocation was mined "
                f"+ one poll {poll:g}s + {revoke_slack:g}s")
 
     if anchors is not None:

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from model_store.blob_key import BlobKey
+
 from ..machine import busy
 from .chain_control import ChainControl, Models
 from .checks import _check, check_run
@@ -146,12 +148,12 @@ def run(a) -> dict:
                 _, what = plan.pop(0)
                 if what == "revoke":
                     ev = act("revoke", current, reason="soak: revoked mid-run")
-                    say(f"soak: t={now - t_launch:6.1f}s revoked {current[:12]}")
+                    say(f"soak: t={now - t_launch:6.1f}s revoked {BlobKey(current).short}")
                 else:
                     path, key = new_key()
                     ev = act("deploy", key, blob=path)
                     current = key
-                    say(f"soak: t={now - t_launch:6.1f}s deployed {key[:12]} v{ev['version']} ({what})")
+                    say(f"soak: t={now - t_launch:6.1f}s deployed {BlobKey(key).short} v{ev['version']} ({what})")
             if t_stop is not None and now >= t_stop:
                 stop_file.touch()
                 say(f"soak: t={now - t_launch:6.1f}s stop: the source ends, the flow drains")

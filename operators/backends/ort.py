@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from chain.profile import ExecutionProfile
+from model_store.blob_key import BlobKey
 from model_store.util import first_line
 
 from . import precision as precisions
@@ -131,7 +132,7 @@ class OrtRunner(Runner):
     def submit(self, x) -> Pending:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"veriseg-ort-{self.key[:8]}")
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"veriseg-ort-{self.key.short}")
             return FuturePending(self._pool.submit(self._timed, x))
 
     def close(self):
@@ -173,7 +174,7 @@ def _cpu_arena(max_bytes: int) -> None:
             _arena["max_bytes"] = max_bytes
 
 
-def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool = False,
+def build(onnx: bytes, *, key: BlobKey, providers: str = "auto", require_gpu: bool = False,
           threads: int = 0, home=None, spin: bool = False, precision: str = "card",
           arena_bytes: int = 0) -> OrtRunner:
     """An ONNX Runtime session of the verified bytes; ``arena_bytes`` > 0 caps the CPU memory
@@ -181,6 +182,7 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
     also lets a hot swap reuse the old session's memory: measured 150 MiB RSS with two 512²
     ENet sessions alive, 216 MiB with an arena each)."""
     import onnxruntime as ort
+    key = BlobKey(key)
     want, explicit = precisions.wanted(precision, onnx)
     card = precisions.card_precision(onnx)
     so = ort.SessionOptions()
@@ -202,7 +204,7 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
     try:
         sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
     except Exception as e:  # noqa: BLE001 - ORT raises several types
-        raise ScoreError(f"model {key[:12]}: ONNX Runtime cannot build a session: {first_line(e)}") from None
+        raise ScoreError(f"model {key.short}: ONNX Runtime cannot build a session: {first_line(e)}") from None
     got = sess.get_providers()
     active = got[0] if got else "none"
     if require_gpu and active not in GPU_PROVIDERS:
@@ -211,7 +213,7 @@ def build(onnx: bytes, *, key: str, providers: str = "auto", require_gpu: bool =
                          f"{', '.join(ort.get_available_providers())})")
     ins, outs = sess.get_inputs(), sess.get_outputs()
     if len(ins) != 1 or not outs:   # an input shadowed by an initializer is no input at all
-        raise ScoreError(f"model {key[:12]}: ONNX Runtime sees {len(ins)} inputs and {len(outs)} outputs; "
+        raise ScoreError(f"model {key.short}: ONNX Runtime sees {len(ins)} inputs and {len(outs)} outputs; "
                          "the flow feeds exactly one image and reads the first output")
     inp, out = ins[0], outs[0]
     runs = _precision(want, explicit, card, active)

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from chain.profile import ExecutionProfile
+from model_store.blob_key import BlobKey
 
 from . import ov_devices
 from . import precision as precisions
@@ -111,7 +112,7 @@ class OvRunner(Runner):
     def submit(self, x) -> Pending:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=f"veriseg-ov-{self.key[:8]}")
+                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=f"veriseg-ov-{self.key.short}")
             return FuturePending(self._pool.submit(self._timed, x))
 
     def close(self):
@@ -126,13 +127,14 @@ class OvRunner(Runner):
             pool.shutdown(wait=False)
 
 
-def build(onnx: bytes, *, key: str, threads: int = 0, hint: str = "THROUGHPUT",
+def build(onnx: bytes, *, key: BlobKey, threads: int = 0, hint: str = "THROUGHPUT",
           device: str = "auto", rewrite: bool = True, precision: str = "card") -> OvRunner:
     """``onnx`` compiled for ``device`` (``auto``: :mod:`.ov_devices`' order, the next device
     when one refuses the model) in ``precision`` (``VERISEG_PRECISION``: card, fp32, bf16,
     fp16); ``rewrite=False`` compiles the graph exactly as read, without :mod:`.ov_graph`'s
     exact rewrite (for the benchmark's side-by-side row)."""
     import openvino as ov
+    key = BlobKey(key)
     want = precisions.wanted(precision, onnx)
     hint = hint.upper()
     if hint not in HINTS:
@@ -185,7 +187,7 @@ def _hint_for(core, device: str, want, key: str) -> tuple[str, str]:
         return precision, ""
     offers = ", ".join(sorted(caps)) or "nothing"
     if explicit:
-        raise ScoreError(f"model {key[:12]}: VERISEG_PRECISION={precision}: OpenVINO's {device} does not "
+        raise ScoreError(f"model {key.short}: VERISEG_PRECISION={precision}: OpenVINO's {device} does not "
                          f"compute {precision} natively (it offers {offers}); set VERISEG_PRECISION=card or fp32")
     return "fp32", f"the card's {precision} runs fp32: {device} has no native {precision}"
 
@@ -213,13 +215,13 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         inp, out = _ports(compiled)
     except ScoreError as e:
-        raise ScoreError(f"model {key[:12]}: OpenVINO on {device}: {e}") from None
+        raise ScoreError(f"model {key.short}: OpenVINO on {device}: {e}") from None
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
-        raise ScoreError(f"model {key[:12]}: OpenVINO cannot compile it for {device}: "
+        raise ScoreError(f"model {key.short}: OpenVINO cannot compile it for {device}: "
                          f"{_reason(e)}") from None
     runs = _compiled_precision(compiled, precision)
     if runs != precision:
-        raise ScoreError(f"model {key[:12]}: OpenVINO's {device} compiled it for {runs or 'another precision'} "
+        raise ScoreError(f"model {key.short}: OpenVINO's {device} compiled it for {runs or 'another precision'} "
                          f"though {precision} was set; set VERISEG_PRECISION to what {device} offers")
     requests = min(max(requests, 2), 4)
     streams = compiled.get_property("NUM_STREAMS")

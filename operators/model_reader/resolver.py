@@ -173,7 +173,7 @@ class ModelResolver:
             try:
                 if model_store.verify(str(path)) != key:
                     raise ModelRefused(f"{why}; {path} is not the blob whose status was cached "
-                                       f"(key {key[:12]})") from None
+                                       f"(key {key.short})") from None
             except model_store.errors.BlobError as e:
                 raise ModelRefused(f"VERISEG_MODEL: {first_line(e)}") from None
         else:
@@ -237,7 +237,7 @@ class ModelResolver:
                                       lambda: self.reg.events(0, kinds=("Registered",)))[0]
         if registered:
             raise ModelRefused(
-                f"VERISEG_MODEL: the default blob {path} (key {key[:12]}) is not registered on the "
+                f"VERISEG_MODEL: the default blob {path} (key {key.short}) is not registered on the "
                 f"embedded chain in {home}, which already trusts other models: it changed since the "
                 f"first run and is not trusted on your behalf; if you trust it: "
                 f"{shell_command('python', '-m', 'chain', '--home', home, 'register', path)} && "
@@ -254,7 +254,7 @@ class ModelResolver:
             log.warning("could not deploy %r: %s", card.name, first_line(e))
         log.info("first run: registered the committed blob %s (key %s) on the embedded chain in %s "
                  "and deployed it as %r (trust on first use; any other blob there later is refused)",
-                 path.name, key[:12], home, card.name)
+                 path.name, key.short, home, card.name)
         self.block = self.reg.block_number() + 1
 
     def _check_superseded(self, key: str, path: Path):
@@ -268,8 +268,8 @@ class ModelResolver:
         moved = [d for d in deps if d.superseded]
         if moved:
             d = moved[0]
-            raise ModelRefused(f"VERISEG_MODEL: blob {path} (key {key[:12]}) was superseded: deployment "
-                               f"{d.name!r} is at v{d.current_version} (key {d.current_key[:12]}); no "
+            raise ModelRefused(f"VERISEG_MODEL: blob {path} (key {key.short}) was superseded: deployment "
+                               f"{d.name!r} is at v{d.current_version} (key {d.current_key.short}); no "
                                f"rollback (use {shell_command(f'VERISEG_MODEL={d.name}')} to "
                                "follow it)")
         try:

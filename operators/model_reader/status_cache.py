@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from model_store.blob_key import BlobKey, InvalidBlobKey
 from model_store.util import atomic_write
 
 from ..telemetry import log
@@ -35,8 +36,13 @@ class StatusCache:
             return {}
 
     def load(self) -> Optional[dict]:
-        """This model's entry: key, version, name, checked_at, block (None if none)."""
-        return self._all().get(self.entry_id)
+        """This model's entry: key (a BlobKey), version, name, checked_at, block (None if
+        none, or if it holds no key)."""
+        entry = self._all().get(self.entry_id)
+        try:
+            return {**entry, "key": BlobKey(entry["key"])}
+        except (TypeError, KeyError, InvalidBlobKey):   # not an entry this flow wrote
+            return None
 
     def save(self, key: str, version: int, name: str, block: int) -> None:
         d = self._all()

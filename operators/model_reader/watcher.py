@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Optional
 
+from model_store.blob_key import BlobKey
 from model_store.util import first_line
 
 from ..frames import ModelRevoked
@@ -131,16 +132,16 @@ class ModelWatcher(ModelResolver):
         if old is None or old.key == self.pending[2] or waited < self.cfg.pending_deploy_max_s:
             return
         name, version, key = self.pending
-        why = (f"deployment {name!r} v{version} (key {key[:12]}) is current on chain but its blob "
+        why = (f"deployment {name!r} v{version} (key {key.short}) is current on chain but its blob "
                f"did not arrive within VERISEG_PENDING_DEPLOY_MAX_S={self.cfg.pending_deploy_max_s:g}")
         log.warning("%s: the superseded model %s stops scoring; frames wait as with no valid "
-                    "model until the blob arrives", why, old.key[:12])
+                    "model until the blob arrives", why, old.key.short)
         self.stats.deploy_pending_timeouts += 1
         self.current = None   # each stream drops its session on the event
         self._publish(ModelRevoked(old.key, self._next_uid(), reason=why, superseded=True))
 
     def _on_event(self, ev):
-        kind, key = ev.kind, (ev.key or "").lower()
+        kind, key = ev.kind, BlobKey(ev.key)
         if kind == "Revoked":
             if key in self.revoked and not (self.current and self.current.key == key):
                 return
@@ -149,12 +150,12 @@ class ModelWatcher(ModelResolver):
             self._publish(ModelRevoked(key, self._next_uid(), reason=ev.reason or ""))
             if self.current and self.current.key == key:
                 log.warning("model %s revoked on chain (%s): scoring stops until a valid model is "
-                            "deployed", key[:12], ev.reason or "no reason given")
+                            "deployed", key.short, ev.reason or "no reason given")
                 self.current = None
             self.sessions.drop(key)
             if self.pending and self.pending[2] == key:
                 log.warning("deployment %r v%d: its key %s was revoked before its blob arrived: "
-                            "no longer waiting for it", self.pending[0], self.pending[1], key[:12])
+                            "no longer waiting for it", self.pending[0], self.pending[1], key.short)
                 self._set_pending(None)
             return
         followed = self.follow_name if self.cfg.model_is_path else self.cfg.model
@@ -168,7 +169,7 @@ class ModelWatcher(ModelResolver):
                         ev.deployment, version, self.version)
             return
         if key in self.revoked:
-            raise ModelRefused(f"deployment {ev.deployment!r} v{version}: key {key[:12]} is revoked")
+            raise ModelRefused(f"deployment {ev.deployment!r} v{version}: key {key.short} is revoked")
         self._check_status(key, f"deployment {ev.deployment!r} v{version}")
         if self.pending and self.pending[1] > version:
             return   # an older deploy than the one already waiting for its blob
@@ -177,7 +178,7 @@ class ModelWatcher(ModelResolver):
         except BlobNotHere as e:
             # keep it and retry each poll: the blob may still be on its way to this edge
             self._set_pending((ev.deployment, version, key))
-            old = self.current.key[:12] if self.current else "none"
+            old = self.current.key.short if self.current else "none"
             log.warning("%s yet: still scoring with the superseded model %s until it arrives "
                         "(retried each poll)", e, old)
 
@@ -195,5 +196,5 @@ class ModelWatcher(ModelResolver):
             self._set_pending(None)
         self.stats.models_loaded.append({"key": key, "name": name, "version": version,
                                     "path": str(path), "at": time.time()})
-        log.info("deployment %r v%d: hot-swapping to model %s", name, version, key[:12])
+        log.info("deployment %r v%d: hot-swapping to model %s", name, version, key.short)
         self._publish(u)

@@ -11,8 +11,8 @@ and the flow's metrics and summary.
 """
 from .anchors import AnchorSender
 from .metrics import MetricsPublisher, process_suffix, write_summary
-from .overlay import ClassColours, class_lut, classes_of
+from .overlay import ClassColours, classes_of
 from .result_sink import ResultSink, result_sink, write_results
 
 __all__ = ["write_results", "result_sink", "ResultSink", "MetricsPublisher", "AnchorSender",
-           "ClassColours", "class_lut", "classes_of", "process_suffix", "write_summary"]
+           "ClassColours", "classes_of", "process_suffix", "write_summary"]

@@ -60,7 +60,7 @@ class AnchorSender:
                 # the registry does not certify results of a revoked model; the flow never asks
                 self.stats.anchor_failed()
                 log.error("anchor %s not sent: model %s is revoked (%s)", path.name,
-                          batch.model_key[:12], self.revoked.reason(batch.model_key) or "no reason given")
+                          batch.model_key.short, self.revoked.reason(batch.model_key) or "no reason given")
                 continue
             self._send(path, batch)
 
@@ -137,7 +137,7 @@ def resend_unsent(folder: Path, *, secret: Optional[bytes], registry, sender: "A
             revoked = False
         if revoked:
             log.warning("anchor batch %s not sent: model %s is revoked", path.name,
-                        batch.model_key[:12])
+                        batch.model_key.short)
             continue
         log.info("anchor batch %s was never sent: sending it now", path.name)
         sender.submit(path, batch)

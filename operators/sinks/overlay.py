@@ -7,24 +7,17 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from model_store import CARLA_CLASSES
+from model_store import CARLA_CLASSES, palette_lut
 
 from ..frames import ScoredFrame
 
-__all__ = ["classes_of", "class_lut", "ClassColours", "overlay_bgr", "OverlayVideo"]
+__all__ = ["classes_of", "ClassColours", "overlay_bgr", "OverlayVideo"]
 
 
 def classes_of(card) -> tuple:
     """(name, RGB colour) of each class id: the card's, else the CARLA classes."""
     classes = getattr(card, "classes", None) or CARLA_CLASSES
     return tuple((c.name, tuple(c.color)) for c in classes)
-
-
-def class_lut(classes: Sequence, order: str = "BGR") -> np.ndarray:
-    lut = np.full((256, 3), 255, np.uint8)
-    for i, (_, rgb) in enumerate(classes):
-        lut[i] = rgb[::-1] if order == "BGR" else rgb
-    return lut
 
 
 class ClassColours:
@@ -43,7 +36,7 @@ class ClassColours:
         lut3 = self._maps.get(classes)
         if lut3 is None:
             lut3 = self._maps[classes] = np.ascontiguousarray(
-                class_lut(classes, "BGR").reshape(256, 1, 3))
+                palette_lut((rgb for _, rgb in classes), "BGR").reshape(256, 1, 3))
         return lut3
 
     def of(self, r: ScoredFrame) -> np.ndarray:

@@ -27,6 +27,8 @@ from typing import Callable, Optional
 
 from bytewax.inputs import StatefulSourcePartition
 
+from chain.retries import Backoff
+
 from ..frames import NOT_YET, Frame
 from ..source_spec import SourceSpec
 from ..telemetry import log, lower_thread_priority
@@ -37,6 +39,7 @@ __all__ = ["StreamPartition", "DROP_REPORT_S"]
 
 # a live stream losing frames says so at most this often (the counter has every drop)
 DROP_REPORT_S = 10.0
+RECONNECT_FIRST_S = 0.5   # a live source's first reconnect delay; it doubles up to reconnect_max
 
 
 class StreamPartition(StatefulSourcePartition):
@@ -112,7 +115,7 @@ class StreamPartition(StatefulSourcePartition):
 
     def _run(self, start: int):
         lower_thread_priority(self.aux_nice)
-        backoff = 0.5
+        backoff = Backoff(RECONNECT_FIRST_S, self.reconnect_max)
         attempt = 0
         reconnecting = False   # since a back-off, until a frame comes through
         produced = 0
@@ -122,7 +125,7 @@ class StreamPartition(StatefulSourcePartition):
         def back_off(why: str, close: bool, wait: bool = True) -> bool:
             """Count a reconnect, say why in one line, close the reader (``close``) and wait
             the backoff (``wait``), doubling it; False when the flow stopped meanwhile."""
-            nonlocal attempt, backoff, opened, reconnecting
+            nonlocal attempt, opened, reconnecting
             if close:
                 self.reader.close()
                 opened = False
@@ -132,12 +135,10 @@ class StreamPartition(StatefulSourcePartition):
             if not wait:
                 log.warning("stream %s: %s; reconnecting", self.sid, why)
                 return True
+            delay = backoff.next()
             log.warning("stream %s: %s; %s in %.1fs", self.sid, why, "reconnecting" if close else "retrying",
-                        backoff)
-            if self.stop.wait(backoff):
-                return False
-            backoff = min(backoff * 2, self.reconnect_max)
-            return True
+                        delay)
+            return not self.stop.wait(delay)
 
         try:
             while not self.stop.is_set():
@@ -194,7 +195,8 @@ class StreamPartition(StatefulSourcePartition):
                 # then fails (caps that do not negotiate) waits longer each time
                 if reconnecting:
                     log.info("stream %s: reconnected", self.sid)
-                    backoff, reconnecting = 0.5, False
+                    backoff.reset()
+                    reconnecting = False
                 dec_ms = (time.perf_counter() - t0) * 1e3
                 frame = Frame(self.sid, got.seq, got.ts if got.ts is not None else time.time(),
                               got.pos, got.image, colour=got.colour, live=self.live,
