@@ -1,6 +1,6 @@
 """Pages served locally to look at VeriSeg: the live view of a running flow (``web.live``,
 ``VERISEG_WEB``) and the fleet operator's audit page over a run's outputs (``web.audit``,
-``python -m chain audit OUT_DIR``). Both run on ``web.server.WebServer`` (the live view from
+``python -m web audit OUT_DIR``). Both run on ``web.server.WebServer`` (the live view from
 its own thread and event loop, the audit page on the main thread until SIGINT or SIGTERM;
 read-only, bounded, token in constant time); ``chain.files`` (re-exported as ``web.files``) opens
 files under a root without ever following a symlink or waiting on a FIFO. aiohttp comes with the optional extra ``web``: this package
