@@ -36,7 +36,9 @@ class FlowContext:
     first: Any = None         # the model verified at build time (ModelLoaded)
     preprocessor: Any = None  # operators.preprocess.Preprocessor for the model's input, or None
     batch: int = 1            # largest micro-batch of file replay
-    live: Any = None          # web.live.LiveView while VERISEG_WEB serves the live view
+    # what watches the flow (web.flow's live view): each gets offer(scored, total_ms) for every
+    # written frame, from the stream's writer thread, and close() when the outputs close
+    views: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.sessions is None:

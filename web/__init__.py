@@ -1,5 +1,5 @@
 """Pages served locally to look at VeriSeg: the live view of a running flow (``web.live``,
-``VERISEG_WEB``) and the fleet operator's audit page over a run's outputs (``web.audit``,
+``VERISEG_WEB=HOST:PORT python -m bytewax.run web.flow``) and the fleet operator's audit page over a run's outputs (``web.audit``,
 ``python -m web audit OUT_DIR``). Both run on ``web.server.WebServer`` (the live view from
 its own thread and event loop, the audit page on the main thread until SIGINT or SIGTERM;
 read-only, bounded, token in constant time); ``chain.files`` (re-exported as ``web.files``) opens

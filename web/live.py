@@ -1,4 +1,5 @@
-"""The live view of a running flow: ``VERISEG_WEB=127.0.0.1:8080`` serves one page.
+"""The live view of a running flow: ``VERISEG_WEB=127.0.0.1:8080 python -m bytewax.run web.flow``
+serves one page.
 
 Per stream: the latest overlay picture, frames scored, FPS and p50/p99 latency over the
 last minute (a chart), dropped and bad frames, the model in use (name, key, version,
@@ -260,6 +261,10 @@ class LiveView:
 def start_live_view(ctx) -> Optional[LiveView]:
     """The live view of the flow ``ctx`` on ``VERISEG_WEB`` (one line: where, or why not)."""
     cfg = ctx.config
+    if cfg.web is None:
+        flow_log.warning("VERISEG_WEB is not set: the flow runs without the live view (set it to "
+                         "host:port, e.g. 127.0.0.1:8080)")
+        return None
     host, port = cfg.web
     view = LiveView(ctx, host, port, cfg.web_token)
     try:
