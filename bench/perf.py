@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
 
     if not (a.skip_curve or a.quick):
         print("== cost curve", flush=True)
-        from trainer.optimize import export_random
+        from trainer.export import export_random
         curve = []
         for sz in (256, 512, 1024):
             mp = work / f"random{sz}.onnx"
