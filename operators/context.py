@@ -1,7 +1,7 @@
 """One ``FlowContext`` per built flow: everything its steps share, passed to each of them.
 
 Nothing in ``operators/`` lives at module level: two flows built in one process (tests,
-``dataflows.measure``, an embedding application) keep their own counters, revoked keys,
+``bench.flow_fps``, an embedding application) keep their own counters, revoked keys,
 sessions and stream states.  ``VerisegFlow`` is a Bytewax ``Dataflow`` that carries its
 context, so whoever runs a flow can read its counters.
 """
