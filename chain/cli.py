@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import model_store
 from model_store.display import PrintableLogs, printable
 from model_store.util import one_line
 
@@ -28,7 +29,6 @@ class CliError(Exception):
 
 def blob_key(path: str | os.PathLike) -> str:
     """The key of a blob file, verified by ``model_store`` (structure + self-key)."""
-    import model_store
     return model_store.verify(path)
 
 
@@ -47,7 +47,6 @@ def resolve_key(arg: str) -> str:
 
 def _blob_name(path: Path) -> str:
     try:
-        import model_store
         return model_store.read_header(path).name or path.stem
     except Exception:  # noqa: BLE001 - verify() already vouched for the file
         return path.stem

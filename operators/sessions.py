@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
+from model_store.errors import BlobError
 from model_store.graph import ORT_TYPES
 
 from .backends import Runner, ScoreError, compile_verified, cpu_threads
@@ -66,7 +67,6 @@ class SessionEntry:
 
 def drive_spec(card, key: str):
     """The card's DriveSpec; a model the flow cannot drive is a ScoreError (one line)."""
-    from model_store.errors import BlobError
     try:
         return card.drive_spec()
     except BlobError as e:

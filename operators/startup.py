@@ -10,6 +10,7 @@ import threading
 from typing import Callable, Optional, Sequence
 
 from chain.errors import ChainError
+from model_store import read_secret
 
 from .config import Config, ConfigError, load_config
 from .context import FlowContext
@@ -57,7 +58,6 @@ def _check_pipelines(cfg: Config) -> None:
 def _decrypt_key(cfg: Config) -> Optional[bytes]:
     if cfg.decrypt_key_file is None:
         return None
-    from model_store import read_secret
     try:
         return read_secret(cfg.decrypt_key_file)
     except (OSError, ValueError) as e:

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model_store import load, verify
 from model_store.metrics import ConfusionMatrix, confusion_image, format_table, grid_image, hood_mask, resize_prediction
 
 from .data import load_folder, time_split
@@ -37,7 +38,6 @@ def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool 
         w = "EMA" if use_ema and ck.get("ema") is not None else "raw"
         return (lambda x: predict(net, x)), f"pytorch checkpoint {p} ({w} weights, epoch {ck['state']['epoch']})"
     if p.suffix == ".vsb":
-        from model_store import load, verify
         key = verify(p)
         _, onnx_bytes = load(p, key)
         desc = f"blob {p} key {key}"

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_store import CARLA_CLASSES, ModelCard, TensorSpec, write
 from model_store.palette import NUM_CLASSES
 
 from .data import MEAN, RARE_TEMPERATURE, STD
@@ -124,7 +125,6 @@ def _iso(ts=None) -> str:
 
 def build_card(ck: dict, size: int, opset: int, metrics: dict, name: str = "carla-enet"):
     """A model_store.ModelCard filled from the checkpoint (training parameters, metrics)."""
-    from model_store import CARLA_CLASSES, ModelCard, TensorSpec
     cfg, meta, state = ck["config"], ck.get("meta", {}), ck.get("state", {})
     tp = {k: cfg[k] for k in ("size", "load_size", "batch", "lr", "weight_decay", "scale_min", "scale_max",
                               "weight_c", "variant", "dropout", "ema", "val_fraction", "gap", "seed", "amp")}
@@ -193,7 +193,6 @@ def main(a) -> int:
     else:
         metrics = {k: v for k, v in ck.get("metrics", {}).items() if not isinstance(v, dict)}
     metrics = dict(metrics, onnx_equivalence={k: round(v, 6) for k, v in eq.items()})
-    from model_store import write
     card = build_card(ck, a.size, a.opset, metrics, a.name)
     key = write(out, onnx_bytes, card)
     print(f"wrote {out} ({out.stat().st_size} bytes), key {key}")

@@ -29,7 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import model_store
+from model_store.card import utc_now
 from model_store.display import shell_command
+from model_store.graph import check_graph
 
 from .evaluate import evaluate_folder
 from .ort_session import class_maps, describe, ort_session
@@ -72,7 +75,6 @@ def _evaluate(onnx_bytes: bytes, data, size) -> dict:
 
 def int8_card(card, *, source_key: str, calib_names: list, val_names: list, params: dict,
               fp32: dict, int8: dict, name: str = ""):
-    from model_store.card import utc_now
     t = utc_now()
     loss = round(100 * (fp32["pixel_accuracy"] - int8["pixel_accuracy"]), 3)
     q = {"precision": "int8", "method": "NNCF post-training quantisation (nncf.quantize, QDQ ONNX)",
@@ -92,8 +94,6 @@ def int8_card(card, *, source_key: str, calib_names: list, val_names: list, para
 
 
 def main(a) -> int:
-    import model_store
-    from model_store.graph import check_graph
     from .data import FolderData, find_pairs, read_label
     t0 = time.time()
     key = model_store.verify(a.blob)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from aiohttp import web
 
+from chain.anchoring import AnchorBatch
 from model_store.util import first_line
 
 from operators.sinks.overlay import ClassColours, classes_of, overlay_bgr
@@ -144,7 +145,6 @@ class LiveView:
 
     def _read_anchors(self) -> list[dict]:
         """The newest anchor batch files of every stream (their tx once sent)."""
-        from chain.anchoring import AnchorBatch
         found = []
         for sid in self.sids:
             folder = self.ctx.config.out / "anchors" / sid
