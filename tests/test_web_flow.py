@@ -42,8 +42,10 @@ def test_the_live_view_serves_while_the_flow_runs_and_stops_with_it(tmp_path):
         assert status == 200 and s["id"] == "cam" and s["scored"] >= 12
         assert s["model"]["key"] == key and s["model"]["status"] == "active" and state["banner"] == []
         assert get(port, "/api/frame.jpg?stream=cam")[2][:2] == b"\xff\xd8"
-        assert wait_for(lambda: json.loads(get(port, "/api/state")[2])["anchors"], timeout=60)
-        a = json.loads(get(port, "/api/state")[2])["anchors"][0]
+        def sent():   # a batch is shown once written, its transaction once the sender sent it
+            return [a for a in json.loads(get(port, "/api/state")[2])["anchors"] if a["tx"]]
+        assert wait_for(sent, timeout=60)
+        a = sent()[0]
         assert a["stream"] == "cam" and a["model_key"] == key and a["tx"].startswith("0x")
         reg.down = True   # the node goes away: the banner says so (status unknown)
         assert wait_for(lambda: not json.loads(get(port, "/api/state")[2])["chain"]["reachable"],
