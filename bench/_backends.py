@@ -206,7 +206,7 @@ def run_section(s, a, base: dict, model: dict, clip: Path, fpath: Path, work: Pa
             r["ratio_vs_best_raw_fp32"] = round(r["fps"] / best, 3)
     R["raw"], R["flow"] = raw, flows
     if not (a.quick or a.skip_curve):
-        from trainer.optimize import export_random
+        from trainer.export import export_random
         import cv2
         curve = []
         for sz in (256, 512, 1024):

@@ -12,7 +12,7 @@ Reports the median FPS of each, the digest's and a kept frame's own cost per fra
 kept frame's size and the disk an hour of a 30 FPS camera of that resolution takes.
 
 ``--rescore``: the whole clip kept, anchored and re-scored frame by frame
-(``chain.cli.prove_and_rescore``) for the fp32 blob on the default backend, on ONNX Runtime and on OpenVINO in bf16 (asked
+(``chain.frame_proof.prove_and_rescore``) for the fp32 blob on the default backend, on ONNX Runtime and on OpenVINO in bf16 (asked
 for: ``VERISEG_PRECISION=bf16``; a CPU without native bf16 refuses it) and for the int8 blob on the default backend and ONNX Runtime: pixels compared,
 identical, within tolerance, mismatched, the largest score gap, and the time to re-score a
 frame. Writes bench/results/frame_proof.json (or ``--out``).
@@ -114,7 +114,7 @@ def cost(a, extra: dict) -> dict:
 
 def rescore(a, extra: dict) -> dict:
     import chain
-    from chain.cli import prove_and_rescore
+    from chain.frame_proof import prove_and_rescore
     table = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (blob, env) in RESCORE_RUNS.items():

@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
             # sequential, intra-op threads = cores, spinning off
             "ort": {"level": "all", "intra": a.threads, "inter": 1, "spin": 0}}
     if a.providers != "cpu":   # the same providers as the flow (CUDA / TensorRT fp16 when present)
-        from operators.score import providers_for
+        from operators.sessions import providers_for
         base["ort"]["providers"] = providers_for(a.providers)
     R: dict = {"inputs": {"frames": len(frames), "size": size, "clip": clip_what, "model": model["what"],
                           "model_key": model["key"], "variant": model["variant"],
@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
 
     if not (a.skip_curve or a.quick):
         print("== cost curve", flush=True)
-        from trainer.optimize import export_random
+        from trainer.export import export_random
         curve = []
         for sz in (256, 512, 1024):
             mp = work / f"random{sz}.onnx"

@@ -68,6 +68,7 @@ def run_once(mode: str, tmp: Path, frames: int, source: str, model: str, threads
 
     from dataflows.segment import build_flow
     from operators.config import load_config
+    from web.flow import build_flow as build_flow_with_view
     out = tmp / f"out-{mode}-{time.monotonic_ns()}"
     env = {"VERISEG_SOURCE": source, "VERISEG_MODEL": model, "VERISEG_OUT": str(out),
            "VERISEG_HOME": str(tmp / "home"), "VERISEG_LOOP": "1",
@@ -78,11 +79,11 @@ def run_once(mode: str, tmp: Path, frames: int, source: str, model: str, threads
     port = _free_port()
     if mode != "off":
         env["VERISEG_WEB"] = f"127.0.0.1:{port}"
-    flow = build_flow(load_config(env))
+    flow = (build_flow if mode == "off" else build_flow_with_view)(load_config(env))
     ctx = flow.context
     viewer = None
     if mode == "viewer":
-        viewer = subprocess.Popen([sys.executable, "-c", VIEWER, ctx.live.url, ctx.config.stream_ids[0]],
+        viewer = subprocess.Popen([sys.executable, "-c", VIEWER, ctx.views[0].url, ctx.config.stream_ids[0]],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         c0, t0 = _cpu(), time.perf_counter()
@@ -95,7 +96,7 @@ def run_once(mode: str, tmp: Path, frames: int, source: str, model: str, threads
     n = sum(ctx.stats.scored.values())
     return {"mode": mode, "frames": n, "fps": round(ctx.stats.fps(), 3), "wall_s": round(wall, 2),
             "cpu_ms_per_frame": round(cpu * 1e3 / max(1, n), 2),
-            "jpegs_encoded": ctx.live.encoded if ctx.live is not None else 0}
+            "jpegs_encoded": sum(v.encoded for v in ctx.views)}
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,8 @@ key -> absolute path, written by ``register``.
 ``anchor-verify --result`` needs a model's card (its class names) to check a results
 line's shares; the registered URI is public and often empty or remote, so the path stays
 local. It is only a hint: a blob found through it is used only if it still hashes to the
-key (``model_store.verify``).
+key (``model_store.verify``). :func:`blob_of` and :func:`card_of` find a model's blob and
+card the way ``anchor-verify`` and the audit page do.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+import model_store
 from model_store.util import atomic_write
 
+from .errors import ProofInputError
 from .pins import pins_path
 from .values import parse_key
 
-__all__ = ["INDEX_FILE", "index_path", "record_blob", "recorded_blob"]
+__all__ = ["INDEX_FILE", "index_path", "record_blob", "recorded_blob", "blob_of", "card_of"]
 
 log = logging.getLogger("chain")
 
@@ -59,3 +63,40 @@ def recorded_blob(home, key: str) -> Path | None:
         return None
     p = Path(path)
     return p if p.is_file() else None
+
+
+def blob_of(reg, key: str, blob: str | None = None) -> Path | None:
+    """The blob file of ``key``: ``blob`` (which must hash to the key), else the URI it was
+    registered with when that is a local file that still hashes to the key, else the blob
+    ``register`` recorded on this machine when it still hashes to the key; None otherwise."""
+    if blob is not None:
+        got = model_store.verify(blob)
+        if got != key:
+            raise ProofInputError(f"--blob {blob} has key {got}, not the anchored model {key}; "
+                                  "pass the blob of the model that scored the frame")
+        return Path(blob)
+    try:
+        uri = reg.info(key)[1]
+        u = urlparse(uri)
+        path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
+        if uri and path.is_file() and model_store.verify(path) == key:
+            return path
+    except Exception:  # noqa: BLE001 - no blob there: try the local record
+        pass
+    try:
+        path = recorded_blob(reg.home, key)
+        if path is not None and model_store.verify(path) == key:
+            return Path(path)
+    except Exception:  # noqa: BLE001 - no blob: a line with shares is refused, not trusted
+        pass
+    return None
+
+
+def card_of(reg, key: str, blob: str | None = None):
+    """The card of ``key``'s blob (:func:`blob_of`); None when there is no such blob (a
+    results line's shares then cannot be checked)."""
+    path = blob_of(reg, key, blob)
+    try:
+        return None if path is None else model_store.read_header(path)
+    except Exception:  # noqa: BLE001 - no card: a line with shares is refused, not trusted
+        return None

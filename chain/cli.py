@@ -12,15 +12,17 @@ import os
 import sys
 from pathlib import Path
 
+import model_store
 from model_store.display import PrintableLogs, printable
 from model_store.util import one_line
 
 from . import errors, keystore
-from .blob_index import record_blob, recorded_blob
+from .blob_index import record_blob
 from .frame_digest import COLOUR_ORDERS
-from .rescore import rescore_frame
-from .retained_frame import find_frame, read_frame, viewable
+from .frame_proof import prove_and_rescore, prove_frame
+from .retained_frame import read_frame, viewable
 from .values import parse_key
+
 
 class CliError(Exception):
     pass
@@ -28,7 +30,6 @@ class CliError(Exception):
 
 def blob_key(path: str | os.PathLike) -> str:
     """The key of a blob file, verified by ``model_store`` (structure + self-key)."""
-    import model_store
     return model_store.verify(path)
 
 
@@ -46,13 +47,13 @@ def resolve_key(arg: str) -> str:
 
 def _blob_name(path: Path) -> str:
     try:
-        import model_store
         return model_store.read_header(path).name or path.stem
     except Exception:  # noqa: BLE001 - verify() already vouched for the file
         return path.stem
 
 
-def _connect(args):
+def connect_from_args(args):
+    """The registry the options of :func:`add_registry_options` name."""
     from .connection import connect
     return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
                    chain_id=args.chain_id)
@@ -75,7 +76,7 @@ def cmd_register(args) -> int:
         raise CliError(f"blob {p} does not exist; pass the path of a .vsb file")
     key = blob_key(p)
     name = args.name or _blob_name(p)
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = reg.register(key, name, args.uri or "")
     record_blob(args.home, key, p)   # for anchor-verify: the URI may be empty or remote
     print(printable(f"registered {key} as '{name}' (tx {tx})"))
@@ -84,7 +85,7 @@ def cmd_register(args) -> int:
 
 def cmd_deploy(args) -> int:
     key = resolve_key(args.model)
-    reg = _connect(args)
+    reg = connect_from_args(args)
     version = reg.deploy(args.name, key)
     print(printable(f"deployment '{args.name}' -> {key} (version {version})"))
     return 0
@@ -92,7 +93,7 @@ def cmd_deploy(args) -> int:
 
 def cmd_revoke(args) -> int:
     key = resolve_key(args.model)
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = reg.revoke(key, args.reason)
     print(printable(f"revoked {key}: {args.reason} (tx {tx})"))
     return 0
@@ -100,7 +101,7 @@ def cmd_revoke(args) -> int:
 
 def cmd_status(args) -> int:
     key = resolve_key(args.model)
-    reg = _connect(args)
+    reg = connect_from_args(args)
     st = reg.status(key)
     name, uri = reg.info(key) if st.registered else ("", "")
     if args.json:
@@ -121,7 +122,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_current(args) -> int:
-    reg = _connect(args)
+    reg = connect_from_args(args)
     key, version = reg.current(args.name)
     if args.json:
         print(json.dumps({"deployment": args.name, "key": key, "version": version}))
@@ -131,21 +132,21 @@ def cmd_current(args) -> int:
 
 
 def cmd_grant(args) -> int:
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = reg.grant_role(args.role, args.address)
     print(f"granted {args.role} to {args.address} (tx {tx})")
     return 0
 
 
 def cmd_revoke_role(args) -> int:
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = reg.revoke_role(args.role, args.address)
     print(f"removed {args.role} from {args.address} (tx {tx})")
     return 0
 
 
 def cmd_transfer_ownership(args) -> int:
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = reg.transfer_ownership(args.address)
     print(f"ownership offered to {args.address} (tx {tx}); it takes over with "
           "`python -m chain accept-ownership`, which removes your publisher and anchorer roles")
@@ -153,7 +154,7 @@ def cmd_transfer_ownership(args) -> int:
 
 
 def cmd_accept_ownership(args) -> int:
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = reg.accept_ownership()
     print(f"{reg.sender} owns registry {reg.address} (tx {tx}); the previous owner's roles are "
           "removed: grant yourself the ones you need")
@@ -162,7 +163,7 @@ def cmd_accept_ownership(args) -> int:
 
 def cmd_deployments(args) -> int:
     key = resolve_key(args.model)
-    reg = _connect(args)
+    reg = connect_from_args(args)
     for d in reg.deployments_of(key):
         now = "current" if not d.superseded else f"superseded: now v{d.current_version} {d.current_key}"
         print(printable(f"'{d.name}' v{d.version} ({now})"))
@@ -170,7 +171,7 @@ def cmd_deployments(args) -> int:
 
 
 def cmd_events(args) -> int:
-    reg = _connect(args)
+    reg = connect_from_args(args)
     evs, nxt = reg.events(args.from_block, kinds=None if args.all else ("Deployed", "Revoked"))
     for ev in evs:
         if args.json:
@@ -189,122 +190,11 @@ def cmd_anchor(args) -> int:
     if raw.get("chain") and not args.force:
         raise CliError(f"batch {args.batch} was already anchored (tx {raw['chain'].get('tx_hash')}); "
                        "pass --force to anchor it again")
-    reg = _connect(args)
+    reg = connect_from_args(args)
     tx = batch.anchor(reg)
     batch.write(args.batch, include_proofs="proofs" in raw)
     print(f"anchored root {batch.root.hex()} for seq {batch.first_seq}..{batch.last_seq} (tx {tx})")
     return 0
-
-
-def blob_of(reg, key: str, blob: str | None = None) -> Path | None:
-    """The blob file of ``key``: ``blob`` (which must hash to the key), else the URI it was
-    registered with when that is a local file that still hashes to the key, else the blob
-    ``register`` recorded on this machine (chain.blob_index) when it still hashes to the key;
-    None otherwise."""
-    import model_store
-    if blob is not None:
-        got = blob_key(blob)
-        if got != key:
-            raise CliError(f"--blob {blob} has key {got}, not the anchored model {key}; pass "
-                           "the blob of the model that scored the frame")
-        return Path(blob)
-    try:
-        from urllib.parse import unquote, urlparse
-        uri = reg.info(key)[1]
-        u = urlparse(uri)
-        path = Path(unquote(u.path)) if u.scheme == "file" else Path(uri)
-        if uri and path.is_file() and model_store.verify(path) == key:
-            return path
-    except Exception:  # noqa: BLE001 - no blob there: try the local record
-        pass
-    try:
-        path = recorded_blob(reg.home, key)
-        if path is not None and model_store.verify(path) == key:
-            return Path(path)
-    except Exception:  # noqa: BLE001 - no blob: a line with shares is refused, not trusted
-        pass
-    return None
-
-
-def card_of(reg, key: str, blob: str | None = None):
-    """The card of ``key``'s blob (:func:`blob_of`); None when there is no such blob (a
-    results line's shares then cannot be checked)."""
-    import model_store
-    path = blob_of(reg, key, blob)
-    try:
-        return None if path is None else model_store.read_header(path)
-    except Exception:  # noqa: BLE001 - no card: a line with shares is refused, not trusted
-        return None
-
-
-def _card_class_names(reg, key: str, blob: str | None = None):
-    card = card_of(reg, key, blob)
-    return None if card is None else [c.name for c in card.classes]
-
-
-def prove_frame(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None,
-                line=None):
-    """What ``anchor-verify`` checks, for any caller (the CLI, the audit page): the frame's
-    class map (``mask``, else the one its ``result`` line names) against its batch and the
-    chain, then that line. ``result``: a path or a ``chain.results.ResultsFile`` (the page's,
-    under its file root); ``line``: its ``(line number, record)`` the caller already read
-    (what the page shows), else the frame's one line there. ``connect()`` gives the
-    registry (called once the mask is read). Returns the Verification; raises
-    AnchorVerificationFailed whose ``.check`` names the first check that failed (in this
-    order: result_missing and result_ambiguous when the mask comes from the line, mask,
-    then verify_frame's, then verify_result_line's)."""
-    return _prove(connect, batch, stream, seq, mask=mask, result=result, blob=blob, line=line)[0]
-
-
-def prove_and_rescore(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None,
-                      line=None, frame=None):
-    """``anchor-verify --rescore``: :func:`prove_frame`, then the model re-run on the
-    retained frame (``frame``, else the one kept next to ``result``) by
-    ``chain.rescore.rescore_frame``. Returns (Verification, Rescore) whatever the rescore
-    found (``Rescore.check()`` refuses a mismatch); raises AnchorVerificationFailed as
-    prove_frame does, then rescore_unavailable, frame_missing or frame_mismatch."""
-    v, class_map, reg = _prove(connect, batch, stream, seq, mask=mask, result=result, blob=blob,
-                               line=line)
-    if frame is None:
-        if result is None:
-            raise CliError("--rescore needs --frame FRAME, or --result RESULTS.jsonl whose folder "
-                           "keeps the frame (frames/<seq>.<order>.vsf)")
-        folder = Path(str(result)).parent     # a path, or the page's ResultsFile
-        frame = find_frame(folder, seq)
-        if frame is None:
-            raise errors.AnchorVerificationFailed(
-                f"frame missing: {folder / 'frames'} keeps no frame {seq:06d} of "
-                f"stream '{stream}'; the device did not keep it (VERISEG_KEEP_FRAMES) or it was "
-                "rotated out: pass --frame FRAME if you hold it", check="frame_missing")
-    path = blob_of(reg, v.model_key, blob)
-    if path is None:
-        raise errors.AnchorVerificationFailed(
-            f"rescore unavailable: the blob of model {parse_key(v.model_key).short}… is not at its registered "
-            "URI nor recorded by register here; pass --blob BLOB", check="rescore_unavailable")
-    return v, rescore_frame(v, class_map, path, frame)
-
-
-def _prove(connect, batch, stream: str, seq: int, *, mask=None, result=None, blob=None, line=None):
-    from .anchor_verify import read_mask, verify_frame
-    from .results import ResultsFile, verify_result_line
-    results = None
-    if result is not None:
-        results = result if isinstance(result, ResultsFile) else ResultsFile.at(result)
-    if mask is None:
-        if results is None:
-            raise CliError("anchor-verify needs --mask PNG, or --result RESULTS.jsonl whose line "
-                           "names the mask")
-        # the frame's one line names its mask, relative to the results file and under its folder
-        line = line or results.line(stream, seq)
-        class_map = results.mask(line[1])
-    else:
-        class_map = read_mask(mask)
-    reg = connect()
-    v = verify_frame(batch, stream, seq, class_map, registry=reg)
-    if results is not None:
-        verify_result_line(results, v, class_map, _card_class_names(reg, v.model_key, blob),
-                           line=line)
-    return v, class_map, reg
 
 
 def cmd_anchor_verify(args) -> int:
@@ -312,12 +202,12 @@ def cmd_anchor_verify(args) -> int:
         raise CliError("--frame is the frame to re-score: pass it with --rescore")
     rescored = None
     if args.rescore:
-        v, rescored = prove_and_rescore(lambda: _connect(args), args.batch, args.stream, args.seq,
+        v, rescored = prove_and_rescore(lambda: connect_from_args(args), args.batch, args.stream, args.seq,
                                         mask=args.mask, result=args.result, blob=args.blob,
                                         frame=args.frame)
         rescored.check()
     else:
-        v = prove_frame(lambda: _connect(args), args.batch, args.stream, args.seq, mask=args.mask,
+        v = prove_frame(lambda: connect_from_args(args), args.batch, args.stream, args.seq, mask=args.mask,
                         result=args.result, blob=args.blob)
     if args.json:
         out = dict(v.__dict__)
@@ -343,25 +233,15 @@ def cmd_frame(args) -> int:
     return 0
 
 
-def cmd_audit(args) -> int:
-    try:
-        from web.audit import run_audit
-    except ImportError as e:
-        raise CliError(f"the audit page needs the web extra ({e}): pip install 'veriseg[web]'") from None
-    return run_audit(args.out_dir, _connect(args), host=args.host, port=args.port, blob=args.blob,
-                     token=os.environ.get("VERISEG_WEB_TOKEN") or None)
-
-
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Usage errors are refusals too: one line on stderr, exit 1."""
 
     def error(self, message: str):
         self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m chain",
-                                 description="VeriSeg model registry on an Ethereum chain.")
+def add_registry_options(ap: argparse.ArgumentParser) -> None:
+    """The options that name a registry (read by :func:`connect_from_args`)."""
     ap.add_argument("--chain", default=None,
                     help="'embedded' (default) or an http:// JSON-RPC URL [VERISEG_CHAIN]")
     ap.add_argument("--home", default=None,
@@ -373,9 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chain-id", type=int, default=None,
                     help="the chain id the registry must be on [VERISEG_CHAIN_ID; default: the "
                          "one recorded at deploy-registry or first use]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = OneLineParser(prog="python -m chain",
+                       description="VeriSeg model registry on an Ethereum chain.")
+    add_registry_options(ap)
     ap.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
-                            parser_class=_Parser)
+                            parser_class=OneLineParser)
 
     p = sub.add_parser("deploy-registry", help="deploy a ModelRegistry and print its address")
     p.set_defaults(fn=cmd_deploy_registry)
@@ -463,16 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_anchor_verify)
 
-    p = sub.add_parser("audit", help="serve the audit page over a run's outputs (web extra)")
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (beyond loopback only with VERISEG_WEB_TOKEN)")
-    p.add_argument("--port", type=int, default=8081, help="0: any free port")
-    p.add_argument("--blob", default=None, help="the model's blob (class names and colours)")
-    for opt in ("--chain", "--home", "--registry"):   # also accepted after the command
-        p.add_argument(opt, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.set_defaults(fn=cmd_audit)
-
     p = sub.add_parser("frame", help="turn a retained frame (.vsf) into a PNG any viewer opens")
     p.add_argument("frame", metavar="FRAME", help="frames/<seq>.<order>.vsf")
     p.add_argument("-o", "--output", required=True, metavar="PNG",
@@ -484,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args) -> int:
+    """``args.fn(args)`` with ``-v``'s logging: every refusal is one line on stderr and
+    exit status 1 (the CLIs built on this one's options share it)."""
     handler = logging.StreamHandler()
     handler.addFilter(PrintableLogs())   # names and reasons from the chain: no raw ESC
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,

@@ -127,6 +127,11 @@ class InvalidKey(ChainError):
     """A key string is not 64 hex characters."""
 
 
+class ProofInputError(ChainError):
+    """A frame proof cannot start from what it was given (no mask and no results line, a
+    blob of another model, no retained frame to re-score)."""
+
+
 class AnchorVerificationFailed(ChainError):
     """``anchor-verify`` found a check that does not hold; ``.check`` names it."""
 

@@ -25,6 +25,9 @@ from bytewax.dataflow import Stream, operator
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from model_store.drive import palette_lut
+from model_store.metrics import (ConfusionMatrix, confusion_image, format_table, grid_image, hood_mask,
+                                  resize_prediction)
+from model_store.palette import rgb_palette_to_ids
 from operators.config import REPO_ROOT, ConfigError, load_config
 from operators.context import FlowContext, VerisegFlow
 from operators.frames import ScoredFrame
@@ -49,14 +52,12 @@ def read_label(path: str) -> np.ndarray:
     if lab.shape[2] == 4:
         lab = lab[..., :3]
     rgb = cv2.cvtColor(lab, cv2.COLOR_BGR2RGB)
-    from trainer.palette import rgb_palette_to_ids
     ids = rgb_palette_to_ids(rgb)
     return ids if ids is not None else np.ascontiguousarray(rgb[..., 0])
 
 
 class _EvalPart(StatefulSinkPartition):
     def __init__(self, sink: "EvalSink", sid: str):
-        from trainer.metrics import ConfusionMatrix
         self.sink = sink
         self.stats = sink.stats
         self.sid = sid
@@ -69,7 +70,6 @@ class _EvalPart(StatefulSinkPartition):
         self.keys = {}
 
     def write_batch(self, values):
-        from trainer.metrics import hood_mask, resize_prediction
         for r in values:
             if not isinstance(r, ScoredFrame):
                 continue
@@ -132,7 +132,6 @@ class EvalSink(FixedPartitionedSink):
 
 
 def write_report(stats, folder: Path, parts, model_info: dict, lut=None) -> dict:
-    from trainer.metrics import ConfusionMatrix, confusion_image, format_table, grid_image
     folder.mkdir(parents=True, exist_ok=True)
     names = parts[0].cm.names if parts else ()
     cm = ConfusionMatrix(len(names), names)

@@ -9,7 +9,7 @@ configuration or model ends the run with one line per problem and exit status 2.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from operators.config import Config
 from operators.context import VerisegFlow
@@ -23,11 +23,12 @@ __all__ = ["build", "build_flow", "flow"]
 
 
 def build_flow(cfg: Optional[Config] = None, *, registry=None, decrypt_key: Optional[bytes] = None,
-               reader_factory: Optional[Callable] = None) -> VerisegFlow:
+               reader_factory: Optional[Callable] = None, views: Sequence[Callable] = ()) -> VerisegFlow:
     """The segment flow with its own context (``flow.context``); raises ConfigError or
     ModelRefused (one line each).  ``registry`` and ``reader_factory`` stand in for the
-    chain client and the frame readers (tests, benchmarks)."""
-    ctx = start_flow(cfg, registry=registry, decrypt_key=decrypt_key)
+    chain client and the frame readers (tests, benchmarks); ``views`` start what watches the
+    flow (``operators.startup.start_flow``; ``web.flow`` passes the live view)."""
+    ctx = start_flow(cfg, registry=registry, decrypt_key=decrypt_key, views=views)
     flow = VerisegFlow("veriseg_segment", context=ctx)
     frames = read_frames("frames", flow, ctx, reader_factory=reader_factory)
     models = verified_models("models", flow, ctx)

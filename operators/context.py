@@ -1,7 +1,7 @@
 """One ``FlowContext`` per built flow: everything its steps share, passed to each of them.
 
 Nothing in ``operators/`` lives at module level: two flows built in one process (tests,
-``dataflows.measure``, an embedding application) keep their own counters, revoked keys,
+``bench.flow_fps``, an embedding application) keep their own counters, revoked keys,
 sessions and stream states.  ``VerisegFlow`` is a Bytewax ``Dataflow`` that carries its
 context, so whoever runs a flow can read its counters.
 """
@@ -36,7 +36,9 @@ class FlowContext:
     first: Any = None         # the model verified at build time (ModelLoaded)
     preprocessor: Any = None  # operators.preprocess.Preprocessor for the model's input, or None
     batch: int = 1            # largest micro-batch of file replay
-    live: Any = None          # web.live.LiveView while VERISEG_WEB serves the live view
+    # what watches the flow (web.flow's live view): each gets offer(scored, total_ms) for every
+    # written frame, from the stream's writer thread, and close() when the outputs close
+    views: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.sessions is None:

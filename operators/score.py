@@ -33,7 +33,6 @@ from .context import FlowContext
 from .frames import Frame, ModelEvent, ModelLoaded, ModelRevoked, ScoredFrame, StreamEnd
 from .backends import Pending
 from .sessions import ScoreError, SessionEntry
-from .sessions import providers_for  # noqa: F401 - bench/perf.py imports it from here
 from .telemetry import log
 
 __all__ = ["score", "ScoreLogic"]

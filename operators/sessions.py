@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from model_store.blob_key import BlobKey
+from model_store.errors import BlobError
 from model_store.graph import ORT_TYPES
 
 from .backends import Runner, ScoreError, compile_verified, cpu_threads
@@ -70,7 +71,6 @@ class SessionEntry:
 
 def drive_spec(card, key: str):
     """The card's DriveSpec; a model the flow cannot drive is a ScoreError (one line)."""
-    from model_store.errors import BlobError
     try:
         return card.drive_spec()
     except BlobError as e:

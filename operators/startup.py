@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from chain.errors import ChainError
+from model_store import read_secret
 
 from .config import Config, ConfigError, load_config
 from .context import FlowContext
@@ -57,7 +58,6 @@ def _check_pipelines(cfg: Config) -> None:
 def _decrypt_key(cfg: Config) -> Optional[bytes]:
     if cfg.decrypt_key_file is None:
         return None
-    from model_store import read_secret
     try:
         return read_secret(cfg.decrypt_key_file)
     except (OSError, ValueError) as e:
@@ -65,9 +65,10 @@ def _decrypt_key(cfg: Config) -> Optional[bytes]:
 
 
 def start_flow(cfg: Optional[Config] = None, *, registry=None,
-               decrypt_key: Optional[bytes] = None) -> FlowContext:
+               decrypt_key: Optional[bytes] = None, views: Sequence[Callable] = ()) -> FlowContext:
     """The context of a new flow with its model verified; raises ConfigError or
-    ModelRefused (one line each)."""
+    ModelRefused (one line each). ``views``: each called with the ready context, returns
+    a started view for ``FlowContext.views`` or None (it said why in its own line)."""
     cfg = cfg or load_config()
     _check_pipelines(cfg)
     if decrypt_key is None:
@@ -86,20 +87,11 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     ctx.batch = cfg.batch
     if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
         ctx.batch = 4 if provider in GPU_PROVIDERS else 1
-    if cfg.web is not None:
-        ctx.live = _live_view(ctx)
+    if cfg.web is not None and not views:
+        log.warning("VERISEG_WEB is set but this flow serves no live view: run "
+                    "`python -m bytewax.run web.flow` for the flow with its live view")
+    ctx.views = [v for v in (start(ctx) for start in views) if v is not None]
     return ctx
-
-
-def _live_view(ctx: FlowContext):
-    """The live view (``web.live``, the optional extra ``web``); the flow runs without it."""
-    try:
-        from web.live import start_live_view
-    except ImportError as e:
-        log.warning("VERISEG_WEB is set but the web extra is missing (%s): pip install "
-                    "'veriseg[web]'; the flow runs without the live view", e)
-        return None
-    return start_live_view(ctx)
 
 
 def startup_error(e: BaseException) -> "SystemExit":

@@ -404,9 +404,9 @@ def test_without_the_cards_class_names_shares_are_refused_unless_the_blob_is_giv
     """The blob of the anchored key is not at its registered URI: the class names are
     unknown, so shares cannot be checked and the line is refused (comparing values alone
     would accept shares moved to another class); --blob supplies the names."""
-    import chain.cli
-    real = chain.cli._card_class_names
-    monkeypatch.setattr(chain.cli, "_card_class_names",
+    import chain.frame_proof
+    real = chain.frame_proof._class_names
+    monkeypatch.setattr(chain.frame_proof, "_class_names",
                         lambda reg, key, blob=None: real(reg, key, blob) if blob else None)
     run.refused("result_shares_unverifiable", "B", 6, result=True)
     from urllib.parse import unquote, urlparse

@@ -65,7 +65,9 @@ def test_bench_perf_quick_runs_on_four_frames(tmp_path):
 
 def test_graph_rewrites_are_exact_and_remove_the_layout_breaks():
     """trainer.optimize's rewrites give the same class maps; the channel padding is gone."""
-    from trainer.optimize import channel_pad_as_conv, convtranspose_as_conv, export_random, op_counts, run_model
+    from trainer.export import export_random
+    from trainer.optimize import channel_pad_as_conv, convtranspose_as_conv, op_counts
+    from trainer.ort_session import run_model
     onnx = export_random("relu", 64)
     padconv = channel_pad_as_conv(onnx)
     sub = convtranspose_as_conv(padconv)

@@ -12,7 +12,7 @@ from eth_abi import encode
 
 from chain import connect, errors
 from chain.artifact import load_artifact
-from chain.client import read_pin, record_pin
+from chain.pins import read_pin, record_pin
 from chain_fixtures import JsonRpcStub
 
 K = "a1" * 32

@@ -34,7 +34,7 @@ def _argmax(x):
 
 def test_per_frame_figures_worst_first_and_the_grid_in_that_order(monkeypatch):
     import trainer.evaluate as ev
-    from trainer.metrics import ConfusionMatrix
+    from model_store.metrics import ConfusionMatrix
     data = _frames()
     shown = {}
 

@@ -14,8 +14,8 @@ import pytest
 
 from trainer.geometry import (CARLA_FOV_DEG, GEOMETRY_SEVERITIES, SEVERITY_CHANGES, STAND_INS, CameraChange,
                               apply_camera, benchmark_camera, training_camera)
-from trainer.metrics import HOOD_START_FRACTION
-from trainer.palette import IGNORE_ID, NUM_CLASSES
+from model_store.metrics import HOOD_START_FRACTION
+from model_store.palette import IGNORE_ID, NUM_CLASSES
 
 #: a distinct colour per class id, far apart, so a pixel's colour names its label
 COLOURS = np.array([(17 * i + 20, (97 * i + 40) % 256, (53 * i + 200) % 256) for i in range(NUM_CLASSES)], np.uint8)

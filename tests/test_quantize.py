@@ -24,7 +24,7 @@ def _card(size, name="enet-test"):
 
 
 def _args(**kw):
-    d = dict(calib=6, val_limit=4, backend="onnxruntime", max_loss=100.0, slow_bias_correction=False, name="")
+    d = dict(calib=6, val_limit=4, max_loss=100.0, slow_bias_correction=False, name="")
     d.update(kw)
     return argparse.Namespace(**d)
 
@@ -34,7 +34,7 @@ def test_quantize_writes_a_separate_int8_blob_calibrated_on_the_training_part_on
     import model_store
     from operators.backends import compile_verified
     from trainer.data import synthetic_data, write_folder
-    from trainer.optimize import export_random
+    from trainer.export import export_random
     from trainer.quantize import calibration_indices, main
     size, n = 64, 40
     write_folder(synthetic_data(n, size, size), tmp_path / "data")
@@ -75,7 +75,7 @@ def test_quantize_writes_a_separate_int8_blob_calibrated_on_the_training_part_on
 def test_quantize_refuses_to_write_when_the_accuracy_loss_is_too_high(tmp_path, capsys):
     import model_store
     from trainer.data import synthetic_data, write_folder
-    from trainer.optimize import export_random
+    from trainer.export import export_random
     from trainer.quantize import main
     write_folder(synthetic_data(30, 64, 64), tmp_path / "data")
     src = tmp_path / "fp32.vsb"

@@ -155,9 +155,9 @@ def test_a_missing_or_another_frame_is_refused(run):
 def test_frame_needs_rescore_and_rescore_needs_a_blob(run, monkeypatch):
     rc, out, err = run.verify(7, "--frame", run.frame(7))
     assert rc == 1 and err.startswith("error: --frame is the frame to re-score")
-    import chain.cli
-    monkeypatch.setattr(chain.cli, "blob_of", lambda reg, key, blob=None: None)
-    monkeypatch.setattr(chain.cli, "_card_class_names",
+    import chain.frame_proof
+    monkeypatch.setattr(chain.frame_proof, "blob_of", lambda reg, key, blob=None: None)
+    monkeypatch.setattr(chain.frame_proof, "_class_names",
                         lambda reg, key, blob=None: [c.name for c in model_store.read_header(
                             run.root / "models" / "tiny.vsb").classes])
     line = run.refused("rescore_unavailable", 7, "--rescore")

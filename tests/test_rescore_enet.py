@@ -12,7 +12,7 @@ from bytewax.testing import run_main
 
 import chain
 import model_store
-from chain.cli import prove_and_rescore
+from chain.frame_proof import prove_and_rescore
 from chain.rescore import reference_profile
 from conftest import REPO, need
 from dataflows.segment import build_flow

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 import chain
+from dataflows.segment import build_flow
 from flow_fixtures import env_for, make_blob, make_folder
 from operators.config import load_config
 from operators.model_reader import ModelRefused
-from operators.pipeline import build_flow
 
 
 def test_an_old_blob_deployed_under_another_name_than_it_was_registered_is_refused(tmp_path):

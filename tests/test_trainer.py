@@ -12,8 +12,8 @@ import pytest
 
 from trainer.data import (DataError, RareClassSampler, augment, class_mix, find_pairs, load_folder,
                           read_label, synthetic_data, time_split, write_folder)
-from trainer.metrics import ConfusionMatrix, confusion_image, grid_image, hood_mask
-from trainer.palette import CLASS_COLORS, NUM_CLASSES, colorize, rgb_palette_to_ids
+from model_store.metrics import ConfusionMatrix, confusion_image, grid_image, hood_mask
+from model_store.palette import CLASS_COLORS, NUM_CLASSES, colorize, rgb_palette_to_ids
 
 torch = pytest.importorskip("torch")
 
@@ -229,8 +229,8 @@ def test_metrics_module_imports_without_torch():
     import subprocess
     import sys
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import trainer.metrics, trainer.palette, trainer.data\n"
-            "print(trainer.metrics.ConfusionMatrix().n)")
+            "import model_store.metrics, model_store.palette, trainer.data\n"
+            "print(model_store.metrics.ConfusionMatrix().n)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "13"
@@ -315,7 +315,8 @@ def test_enet_class_weights():
 def test_export_equivalence_small_input():
     pytest.importorskip("onnxruntime")
     from trainer.enet import ENet
-    from trainer.export import Deployable, check_equivalence, export_onnx, ort_session
+    from trainer.export import Deployable, check_equivalence, export_onnx
+    from trainer.ort_session import ort_session
     torch.manual_seed(0)
     net = ENet(variant="prelu").eval()
     for m in net.modules():   # non-trivial BN statistics so folding is exercised
@@ -344,7 +345,8 @@ def test_export_command_packs_a_rewritten_graph_that_matches_pytorch(tmp_path):
     onnx = pytest.importorskip("onnx")
     import model_store
     from trainer.__main__ import main as trainer_main
-    from trainer.export import Deployable, ort_session
+    from trainer.export import Deployable
+    from trainer.ort_session import ort_session
     from trainer.train import TrainConfig, load_checkpoint, train
     cfg = TrainConfig(data="synthetic", synthetic_n=8, out=str(tmp_path / "run"), epochs=1, size=64,
                       load_size=64, eval_size=64, batch=4, val_fraction=0, ema=0, amp="off",
@@ -380,7 +382,7 @@ def test_committed_blob_and_sample_clip():
     """models/carla-enet.vsb verifies, its card matches the graph, and it segments a clip frame."""
     pytest.importorskip("onnxruntime")
     model_store = pytest.importorskip("model_store")
-    from trainer.export import ort_session
+    from trainer.ort_session import ort_session
     root = Path(__file__).resolve().parents[1] / "models"
     blob = root / "carla-enet.vsb"
     if not blob.exists():

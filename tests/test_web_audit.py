@@ -1,6 +1,6 @@
 """The audit page's logic without a browser, over a real anchored run on the embedded chain:
 batches with their blocks, thumbnails, and anchor-verify's verdict per frame (each
-tampering names its check), and ``python -m chain audit`` in a subprocess."""
+tampering names its check), and ``python -m web audit`` in a subprocess."""
 from __future__ import annotations
 
 import json
@@ -209,10 +209,10 @@ STOPS = {"SIGINT": (signal.SIGINT, False), "SIGTERM": (signal.SIGTERM, False),
 
 
 @pytest.mark.parametrize("case", list(STOPS))
-def test_python_m_chain_audit_serves_the_page_until_a_signal_stops_it(anchored, tmp_path, case):
+def test_python_m_web_audit_serves_the_page_until_a_signal_stops_it(anchored, tmp_path, case):
     cfg, _ = anchored
     sig, background = STOPS[case]
-    cmd = [sys.executable, "-m", "chain", "audit", str(cfg.out), "--port", "0",
+    cmd = [sys.executable, "-m", "web", "audit", str(cfg.out), "--port", "0",
            "--chain", "embedded", "--home", str(cfg.home)]
     if background:
         cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]
@@ -236,7 +236,7 @@ def test_python_m_chain_audit_serves_the_page_until_a_signal_stops_it(anchored, 
         try:
             rc = p.wait(60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"python -m chain audit did not exit within 60 s of {sig.name}; {output()}")
+            pytest.fail(f"python -m web audit did not exit within 60 s of {sig.name}; {output()}")
         rest = p.stdout.read()
         assert rc == 0, f"exit status {rc}; {output()}"
         assert rest.splitlines() == [f"audit page stopped ({sig.name})"], output() + f"; then {rest!r}"
@@ -247,11 +247,11 @@ def test_python_m_chain_audit_serves_the_page_until_a_signal_stops_it(anchored, 
             p.wait(10)
 
 
-def test_python_m_chain_audit_refuses_a_public_address_without_a_token(anchored, tmp_path):
+def test_python_m_web_audit_refuses_a_public_address_without_a_token(anchored, tmp_path):
     cfg, _ = anchored
     env = {k: v for k, v in __import__("os").environ.items() if k != "VERISEG_WEB_TOKEN"}
-    r = subprocess.run([sys.executable, "-m", "chain", "--chain", "embedded", "--home", str(cfg.home),
-                        "audit", str(cfg.out), "--host", "0.0.0.0", "--port", "0"],
+    r = subprocess.run([sys.executable, "-m", "web", "audit", str(cfg.out), "--host", "0.0.0.0",
+                        "--port", "0", "--chain", "embedded", "--home", str(cfg.home)],
                        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and "VERISEG_WEB_TOKEN" in r.stderr, r.stderr

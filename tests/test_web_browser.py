@@ -130,14 +130,14 @@ def test_audit_page_proves_an_intact_frame_and_names_the_check_a_changed_mask_fa
 def live_flow(tmp_path_factory):
     """The sample clip looped on the committed blob, embedded chain, live view on."""
     pytest.importorskip("aiohttp")
-    from dataflows.segment import build_flow
     from operators.config import load_config
+    from web.flow import build_flow
     tmp = tmp_path_factory.mktemp("live")
     port = free_port()
     cfg = load_config(_env(tmp, VERISEG_LOOP=1, VERISEG_ANCHOR_EVERY=10,
                            VERISEG_WEB=f"127.0.0.1:{port}"))
     flow = build_flow(cfg)   # a fresh VERISEG_HOME: the committed blob is trusted on first use
-    assert flow.context.live is not None, "the live view did not start"
+    assert len(flow.context.views) == 1, "the live view did not start"
     running = FlowThread(flow)
     yield flow, f"http://127.0.0.1:{port}/"
     running.stop()

@@ -19,7 +19,7 @@ from web_fixtures import REPO, get
 
 pytest.importorskip("aiohttp")
 
-from web.files import FileRoot, PathRefused  # noqa: E402
+from chain.files import FileRoot, PathRefused  # noqa: E402
 from web.server import SECURITY_HEADERS, WebServer  # noqa: E402
 
 TOKEN = "0123456789abcdef-token"

@@ -58,17 +58,17 @@ def test_an_intact_frame_rescores_over_http_and_verify_does_not_list_the_rescore
 def test_a_repainted_region_shows_in_red_and_fails_the_rescore(site, monkeypatch):
     """The mask and everything off chain edited to match would fail earlier checks; here only
     the re-score's comparison is under test, so the proof is taken as given."""
-    import chain.cli
+    import chain.frame_proof
     bid = site.batch_rows()[0]["id"]
     mask = cv2.imread(str(site.out / SID / "masks" / "000001.png"), cv2.IMREAD_UNCHANGED)
     lied = mask.copy()
     lied[4:12, 20:28] = (lied[4:12, 20:28] + 3) % 13
-    real = chain.cli._prove
+    real = chain.frame_proof._prove
 
     def proven_with_the_lie(*a, **kw):
         v, _, reg = real(*a, **kw)
         return v, lied, reg
-    monkeypatch.setattr(chain.cli, "_prove", proven_with_the_lie)
+    monkeypatch.setattr(chain.frame_proof, "_prove", proven_with_the_lie)
     v = site.rescore(bid, 1)
     assert not v["ok"] and v["failed"] == "rescore_mismatch" and "64 of 1024 pixels disagree" in v["message"]
     assert v["rescore"]["mismatched"] == 64

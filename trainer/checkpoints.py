@@ -6,7 +6,7 @@ import torch
 
 from .config import TrainConfig
 from .enet import ENet
-from .palette import NUM_CLASSES
+from model_store.palette import NUM_CLASSES
 
 __all__ = ["build_model", "load_checkpoint"]
 

@@ -30,7 +30,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .palette import CLASS_NAMES
+from model_store.palette import CLASS_NAMES
 
 __all__ = ["CONDITIONS", "SEVERITIES", "SKY", "ASPHALT", "apply_condition", "training_condition",
            "wet_road", "benchmark_seed"]

@@ -4,7 +4,7 @@ and augmentation.  numpy + OpenCV only (no torch), so the streaming side can reu
 Label formats accepted (converted to uint8 class ids on load):
   * single-channel 8-bit ids (``labels/NNNN.png``, the shared CARLA set);
   * Lyft challenge RGB labels, id in the red channel (G and B are not a palette);
-  * RGB labels drawn in the CARLA colour palette (``trainer.palette``).
+  * RGB labels drawn in the CARLA colour palette (``model_store.palette``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .palette import NUM_CLASSES, PALETTE, rgb_palette_to_ids
+from model_store.palette import NUM_CLASSES, PALETTE, rgb_palette_to_ids
 
 __all__ = ["DataError", "read_image", "read_label", "find_pairs", "FolderData", "load_folder",
            "time_split", "synthetic_scene", "synthetic_data", "augment", "resize_pair",

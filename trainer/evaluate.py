@@ -17,8 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model_store import load, verify
+from model_store.metrics import ConfusionMatrix, confusion_image, format_table, grid_image, hood_mask, resize_prediction
+
 from .data import load_folder, time_split
-from .metrics import ConfusionMatrix, confusion_image, format_table, grid_image, hood_mask, resize_prediction
+from .ort_session import ort_session
 
 __all__ = ["make_predictor", "evaluate_folder", "frame_figures", "format_frames", "load_split", "main"]
 
@@ -34,9 +37,7 @@ def make_predictor(model_path, size: int = 512, threads: int = 2, use_ema: bool 
         net, ck = load_checkpoint(p, use_ema=use_ema)
         w = "EMA" if use_ema and ck.get("ema") is not None else "raw"
         return (lambda x: predict(net, x)), f"pytorch checkpoint {p} ({w} weights, epoch {ck['state']['epoch']})"
-    from .export import ort_session
     if p.suffix == ".vsb":
-        from model_store import load, verify
         key = verify(p)
         _, onnx_bytes = load(p, key)
         desc = f"blob {p} key {key}"

@@ -12,9 +12,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import MEAN, RARE_TEMPERATURE, STD
+from model_store import CARLA_CLASSES, ModelCard, TensorSpec, write
+from model_store.palette import NUM_CLASSES
 
-__all__ = ["Deployable", "export_onnx", "check_equivalence", "ort_session", "build_card", "main"]
+from .data import MEAN, RARE_TEMPERATURE, STD
+from .enet import ENet
+from .optimize import channel_pad_as_conv
+from .ort_session import ort_session
+
+__all__ = ["Deployable", "export_onnx", "random_enet", "export_random", "check_equivalence", "build_card",
+           "main"]
 
 
 class Deployable(nn.Module):
@@ -64,14 +71,22 @@ def _static_output_dims(onnx_bytes: bytes, size: int) -> bytes:
     return m.SerializeToString()
 
 
-def ort_session(onnx_bytes: bytes, threads: int = 2, providers=("CPUExecutionProvider",)):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(onnx_bytes, so, providers=list(providers))
+def random_enet(variant: str = "relu", seed: int = 0):
+    """trainer.enet.ENet with its (random) initial weights, eval mode.  The batch-norm
+    statistics are randomised too so that folding them is not a no-op."""
+    torch.manual_seed(seed)
+    net = ENet(NUM_CLASSES, variant=variant)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def export_random(variant: str = "relu", size: int = 512, seed: int = 0) -> bytes:
+    return export_onnx(random_enet(variant, seed), size)
 
 
 def check_equivalence(net: nn.Module, onnx_bytes: bytes, images: np.ndarray) -> float:
@@ -110,7 +125,6 @@ def _iso(ts=None) -> str:
 
 def build_card(ck: dict, size: int, opset: int, metrics: dict, name: str = "carla-enet"):
     """A model_store.ModelCard filled from the checkpoint (training parameters, metrics)."""
-    from model_store import CARLA_CLASSES, ModelCard, TensorSpec
     cfg, meta, state = ck["config"], ck.get("meta", {}), ck.get("state", {})
     tp = {k: cfg[k] for k in ("size", "load_size", "batch", "lr", "weight_decay", "scale_min", "scale_max",
                               "weight_c", "variant", "dropout", "ema", "val_fraction", "gap", "seed", "amp")}
@@ -143,7 +157,6 @@ def main(a) -> int:
     if not a.plain_graph:
         # Exact rewrite that keeps ORT's NCHWc layout through the downsampling bottlenecks
         # (+10-15 % CPU FPS, docs/performance.md); the check below still compares with PyTorch.
-        from .optimize import channel_pad_as_conv
         onnx_bytes = channel_pad_as_conv(onnx_bytes)
         print(f"rewrote the channel Pads as identity 1x1 convs: {len(onnx_bytes)} bytes")
     rng = np.random.default_rng(0)
@@ -180,7 +193,6 @@ def main(a) -> int:
     else:
         metrics = {k: v for k, v in ck.get("metrics", {}).items() if not isinstance(v, dict)}
     metrics = dict(metrics, onnx_equivalence={k: round(v, 6) for k, v in eq.items()})
-    from model_store import write
     card = build_card(ck, a.size, a.opset, metrics, a.name)
     key = write(out, onnx_bytes, card)
     print(f"wrote {out} ({out.stat().st_size} bytes), key {key}")

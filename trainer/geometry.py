@@ -5,7 +5,7 @@ The shared drive is one camera (800x600, 90 degrees wide, level, the ego hood in
 rows); a model trained on it learns where the horizon, the road and the hood lie.  A
 :class:`CameraChange` describes another camera, in the order a frame meets them:
 
-* ``hood``: the ego car's band at the bottom (``trainer.metrics.HOOD_START_FRACTION``): 1 kept,
+* ``hood``: the ego car's band at the bottom (``model_store.metrics.HOOD_START_FRACTION``): 1 kept,
   0 cut away (the frame ends above it), between: part of it cut, above 1: stretched upward by
   that factor (a larger car in view);
 * ``height``: the camera's height over the road as a ratio.  The road plane is a homography:
@@ -49,8 +49,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from .metrics import HOOD_START_FRACTION
-from .palette import IGNORE_ID
+from model_store.metrics import HOOD_START_FRACTION
+from model_store.palette import IGNORE_ID
 
 __all__ = ["CameraChange", "CARLA_FOV_DEG", "GEOMETRY_SEVERITIES", "SEVERITY_CHANGES", "STAND_INS",
            "apply_camera", "benchmark_camera", "training_camera"]

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .data import MEAN, STD, FolderData
-from .metrics import ConfusionMatrix
+from model_store.metrics import ConfusionMatrix
 
 __all__ = ["to_tensor", "predict", "evaluate_model"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .palette import NUM_CLASSES
+from model_store.palette import NUM_CLASSES
 
 __all__ = ["enet_class_weights", "js_consistency"]
 

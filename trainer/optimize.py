@@ -3,8 +3,6 @@
 Nothing here changes the exported graph's contract (uint8 NHWC RGB in, uint8 class map
 out, argmax inside the graph); it only offers faster variants of the same model:
 
-- :func:`random_enet` / :func:`export_random`: a random-weight ENet exported exactly like
-  a trained one (speed does not depend on the weights);
 - :func:`op_counts` / :func:`batchnorm_nodes`: check that the exporter folded every batch
   norm into its convolution (``export_onnx`` exports in eval mode with constant folding);
 - :func:`ort_optimized`: the model as ONNX Runtime rewrites it (fusions), saved offline so
@@ -32,31 +30,11 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["random_enet", "export_random", "op_counts", "batchnorm_nodes", "ort_optimized", "channel_pad_as_conv",
+from .ort_session import run_model
+
+__all__ = ["op_counts", "batchnorm_nodes", "ort_optimized", "channel_pad_as_conv",
            "convtranspose_as_conv",
-           "quantize_int8", "calibration_frames", "pixel_agreement", "pixel_accuracy", "run_model"]
-
-
-def random_enet(variant: str = "relu", seed: int = 0):
-    """trainer.enet.ENet with its (random) initial weights, eval mode.  The batch-norm
-    statistics are randomised too so that folding them is not a no-op."""
-    import torch
-    from .enet import ENet
-    from .palette import NUM_CLASSES
-    torch.manual_seed(seed)
-    net = ENet(NUM_CLASSES, variant=variant)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return net.eval()
-
-
-def export_random(variant: str = "relu", size: int = 512, seed: int = 0) -> bytes:
-    from .export import export_onnx
-    return export_onnx(random_enet(variant, seed), size)
+           "quantize_int8", "calibration_frames", "pixel_agreement", "pixel_accuracy"]
 
 
 def op_counts(onnx_bytes: bytes) -> dict:
@@ -278,14 +256,6 @@ def quantize_int8(onnx_bytes: bytes, calib: np.ndarray, *, per_channel: bool = T
                               "percentile": CalibrationMethod.Percentile}[method],
             extra_options={"ActivationSymmetric": activation != "u8", "WeightSymmetric": True})
         return Path(out).read_bytes()
-
-
-def run_model(onnx_bytes: bytes, images: np.ndarray, threads: int = 2) -> np.ndarray:
-    """Class maps of ``images`` (one at a time) through ONNX Runtime CPU."""
-    from .export import ort_session
-    sess = ort_session(onnx_bytes, threads)
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: images[i:i + 1]})[0] for i in range(len(images))])
 
 
 def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:

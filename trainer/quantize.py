@@ -15,9 +15,10 @@ verifies bytes and stays free of all three.
 - Calibration: ``--calib`` frames spread over the training part of the time split
   (``trainer.data.time_split``: frames 0021-0393 of the CARLA drive); the validation part
   (0404-0499) is never seen.
-- Both models are evaluated on the validation part with the backend that will run them
-  (``--backend``, default openvino); the card of the new blob says int8, the calibration
-  set, the source key and both accuracies.  With a pixel-accuracy loss over
+- Both models are evaluated on the validation part by ONNX Runtime on the CPU
+  (``trainer.ort_session``, as every trainer figure; the QDQ graph is the one every
+  backend runs); the card of the new blob says int8, the calibration set, the source key
+  and both accuracies.  With a pixel-accuracy loss over
   ``--max-loss`` points nothing is written (exit 1, one line).
 """
 from __future__ import annotations
@@ -28,8 +29,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model_store.blob_key import BlobKey, unpacked_key
+import model_store
+from model_store.blob_key import BlobKey
+from model_store.card import utc_now
 from model_store.display import shell_command
+from model_store.graph import check_graph
+
+from .evaluate import evaluate_folder
+from .ort_session import class_maps, describe, ort_session
 
 __all__ = ["calibration_indices", "quantize_onnx", "int8_card", "main"]
 
@@ -60,19 +67,15 @@ def quantize_onnx(onnx_bytes: bytes, calib: np.ndarray, *, fast_bias_correction:
     return q.SerializeToString()
 
 
-def _evaluate(onnx_bytes: bytes, key: BlobKey, data, size, backend: str) -> dict:
-    from operators.backends import compile_verified
-    from .evaluate import evaluate_folder
-    runner, _ = compile_verified(onnx_bytes, key=key, backend=backend, providers="cpu")
-    s, _, _ = evaluate_folder(lambda x: np.concatenate([runner.run(x[i:i + 1]) for i in range(len(x))]),
-                              data, size[0], grid_n=0)
+def _evaluate(onnx_bytes: bytes, data, size) -> dict:
+    sess = ort_session(onnx_bytes)
+    s, _, _ = evaluate_folder(lambda x: class_maps(sess, x), data, size[0], grid_n=0)
     return {"pixel_accuracy": s["pixel_accuracy"], "mean_iou": s["mean_iou"],
-            "mean_class_accuracy": s["mean_class_accuracy"], "runtime": runner.describe()}
+            "mean_class_accuracy": s["mean_class_accuracy"], "runtime": describe(sess)}
 
 
 def int8_card(card, *, source_key: BlobKey, calib_names: list, val_names: list, params: dict,
               fp32: dict, int8: dict, name: str = ""):
-    from model_store.card import utc_now
     t = utc_now()
     loss = round(100 * (fp32["pixel_accuracy"] - int8["pixel_accuracy"]), 3)
     q = {"precision": "int8", "method": "NNCF post-training quantisation (nncf.quantize, QDQ ONNX)",
@@ -92,8 +95,6 @@ def int8_card(card, *, source_key: BlobKey, calib_names: list, val_names: list, 
 
 
 def main(a) -> int:
-    import model_store
-    from model_store.graph import check_graph
     from .data import FolderData, find_pairs, read_label
     t0 = time.time()
     key = model_store.verify(a.blob)
@@ -110,8 +111,8 @@ def main(a) -> int:
     from .data import read_image
     val = FolderData(np.stack([read_image(pairs[i][0]) for i in va]), np.stack([read_label(pairs[i][1]) for i in va]),
                      [pairs[i][0].stem for i in va])
-    fp32 = _evaluate(onnx_bytes, key, val, size, a.backend)
-    int8 = _evaluate(q, unpacked_key(q), val, size, a.backend)
+    fp32 = _evaluate(onnx_bytes, val, size)
+    int8 = _evaluate(q, val, size)
     loss = 100 * (fp32["pixel_accuracy"] - int8["pixel_accuracy"])
     print(f"fp32: pixel accuracy {fp32['pixel_accuracy']:.4f}, mIoU {fp32['mean_iou']:.4f}; "
           f"int8: {int8['pixel_accuracy']:.4f}, mIoU {int8['mean_iou']:.4f} ({loss:+.2f} pt loss) "
@@ -140,8 +141,6 @@ def add_parser(sub) -> None:
     q.add_argument("--data", default="../shared/data/carla", help="folder with images/ + labels/")
     q.add_argument("--calib", type=int, default=100, help="calibration frames from the training part")
     q.add_argument("--val-limit", type=int, default=0, help="evaluate on this many validation frames (0: all)")
-    q.add_argument("--backend", default="openvino", choices=("openvino", "onnxruntime"),
-                   help="runtime that evaluates both models (default openvino: where int8 pays)")
     q.add_argument("--max-loss", type=float, default=0.5, help="most pixel-accuracy points int8 may lose")
     q.add_argument("--slow-bias-correction", action="store_true", help="NNCF's full bias correction")
     q.add_argument("--name", default="", help="card name (default: <name>-int8)")

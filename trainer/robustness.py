@@ -35,8 +35,8 @@ import numpy as np
 
 from .conditions import CONDITIONS, SEVERITIES, apply_condition, benchmark_seed
 from .geometry import GEOMETRY_SEVERITIES, SEVERITY_CHANGES, STAND_INS, benchmark_camera
-from .metrics import ConfusionMatrix, _text, resize_prediction
-from .palette import colorize
+from model_store.metrics import ConfusionMatrix, _text, resize_prediction
+from model_store.palette import colorize
 
 __all__ = ["figures", "run_benchmark", "grid", "format_report", "format_summary", "main"]
 

@@ -38,7 +38,7 @@ from .data import load_folder, synthetic_data, time_split
 from .enet import count_macs, count_params
 from .inference import evaluate_model, predict, to_tensor
 from .losses import enet_class_weights, js_consistency
-from .palette import IGNORE_ID
+from model_store.palette import IGNORE_ID
 
 # the names other modules import from here, wherever they now live: the loop's batches
 # (trainer.batches), checkpoints (trainer.checkpoints), settings (trainer.config), losses

@@ -1,4 +1,4 @@
-"""The fleet operator's audit page over a finished run: ``python -m chain audit OUT_DIR``.
+"""The fleet operator's audit page over a finished run: ``python -m web audit OUT_DIR``.
 
 A table of the run's anchor batches (stream, frame range, model key, root, block, tx); per
 frame of a batch its mask as a coloured thumbnail and its results line; and a verify action
@@ -26,6 +26,7 @@ from aiohttp import web
 
 from model_store.util import first_line
 
+from chain.blob_index import card_of
 from chain.files import FileRoot, PathRefused
 from .run_index import Batch, RunIndex
 from .server import WebServer, static_route
@@ -91,7 +92,6 @@ class AuditSite:
 
     def _card(self, key: str):
         if key not in self.cards:
-            from chain.cli import card_of
             try:
                 self.cards[key] = card_of(self.registry, key, self.blob)
             except Exception:  # noqa: BLE001 - no card: the CARLA colours
@@ -235,7 +235,7 @@ class AuditSite:
 
 def run_audit(out_dir, registry, *, host: str = "127.0.0.1", port: int = 8081,
               token: Optional[str] = None, blob: Optional[str] = None) -> int:
-    """``python -m chain audit``: serve on the main thread until SIGINT or SIGTERM; one
+    """``python -m web audit``: serve on the main thread until SIGINT or SIGTERM; one
     line says where once it serves (a signal sent after it is never lost), one that it
     stopped."""
     site = AuditSite(out_dir, registry, blob=blob)

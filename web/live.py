@@ -1,4 +1,5 @@
-"""The live view of a running flow: ``VERISEG_WEB=127.0.0.1:8080`` serves one page.
+"""The live view of a running flow: ``VERISEG_WEB=127.0.0.1:8080 python -m bytewax.run web.flow``
+serves one page.
 
 Per stream: the latest overlay picture, frames scored, FPS and p50/p99 latency over the
 last minute (a chart), dropped and bad frames, the model in use (name, key, version,
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 from aiohttp import web
 
+from chain.anchoring import AnchorBatch
 from model_store.blob_key import BlobKey
 from model_store.util import first_line
 
@@ -144,7 +146,6 @@ class LiveView:
 
     def _read_anchors(self) -> list[dict]:
         """The newest anchor batch files of every stream (their tx once sent)."""
-        from chain.anchoring import AnchorBatch
         found = []
         for sid in self.sids:
             folder = self.ctx.config.out / "anchors" / sid
@@ -261,6 +262,10 @@ class LiveView:
 def start_live_view(ctx) -> Optional[LiveView]:
     """The live view of the flow ``ctx`` on ``VERISEG_WEB`` (one line: where, or why not)."""
     cfg = ctx.config
+    if cfg.web is None:
+        flow_log.warning("VERISEG_WEB is not set: the flow runs without the live view (set it to "
+                         "host:port, e.g. 127.0.0.1:8080)")
+        return None
     host, port = cfg.web
     view = LiveView(ctx, host, port, cfg.web_token)
     try:

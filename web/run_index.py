@@ -13,7 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from chain.errors import AnchorVerificationFailed
+from chain.anchoring import AnchorBatch
+from chain.errors import AnchorVerificationFailed, ChainError
 from chain.files import FileRoot, PathRefused
 from chain.results import MAX_LINE_BYTES, ResultsFile, frame_of, one_frame_line, parse_line
 
@@ -108,8 +109,6 @@ class RunIndex:
     def refresh(self) -> None:
         """Rebuild the index of streams and batches (a batch file is read again only when
         it changed)."""
-        from chain.anchoring import AnchorBatch
-        from chain.errors import ChainError
         root_fd = os.open(self.out, os.O_RDONLY | os.O_DIRECTORY)
         try:
             streams = [s for s in self._listing(root_fd, ".") if s != "anchors"

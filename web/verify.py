@@ -1,22 +1,27 @@
 """The audit page's verify action: ``anchor-verify``'s checks on one frame of a run, each
 reported passed, failed (with its message) or not run.
 
-The checks are ``chain.cli.prove_frame``'s (the same code, not a copy), on exactly the
+The checks are ``chain.frame_proof.prove_frame``'s (the same code, not a copy), on exactly the
 results line the page shows (``RunIndex.frame_line``) and the mask it names, read through
 the page's file root (``chain.files.FileRoot``); this module names the states.
 """
 from __future__ import annotations
 
+import base64
 from typing import Optional
 
 from model_store.util import one_line
 
+from chain.errors import AnchorVerificationFailed, BatchFormatError, ChainError
 from chain.files import PathRefused
+from chain.frame_proof import prove_and_rescore, prove_frame
+from chain.rescore import disagreement_png
+from chain.retained_frame import frame_names, read_frame
 from .run_index import Batch, RunIndex
 
 __all__ = ["CHECKS", "RESCORE_CHECKS", "verify_frame"]
 
-#: anchor-verify's checks in the order ``chain.cli.prove_frame`` runs them (the names are
+#: anchor-verify's checks in the order ``chain.frame_proof.prove_frame`` runs them (the names are
 #: ``AnchorVerificationFailed.check``; tests/test_web_http.py fails when chain/ raises one
 #: that is missing here)
 CHECKS = (
@@ -41,7 +46,7 @@ CHECKS = (
     ("result_shares_unverifiable", "the model's class names are known"),
     ("result_shares_mismatch", "the line's class shares match the mask"),
     ("result_mask_mismatch", "the line names the proven mask"),
-    # the re-score action's own (chain.cli.prove_and_rescore); verify does not list them
+    # the re-score action's own (chain.frame_proof.prove_and_rescore); verify does not list them
     ("frame_missing", "the device kept the frame"),
     ("frame_mismatch", "the kept frame is the one the leaf binds"),
     ("rescore_unavailable", "the model can be re-run on it"),
@@ -53,7 +58,6 @@ RESCORE_CHECKS = ("frame_missing", "frame_mismatch", "rescore_unavailable", "res
 def _kept_frame(index: RunIndex, stream: str, seq: int) -> Optional[str]:
     """The frame the device kept for (stream, seq), relative to OUT_DIR, when it is a
     regular file there (chain.retained_frame's names)."""
-    from chain.retained_frame import frame_names
     for name in (f"{stream}/frames/{n}" for n in frame_names(seq)):
         if index.files.is_file(name):
             return name
@@ -66,8 +70,6 @@ def verify_frame(index: RunIndex, registry, b: Batch, seq: int, *,
     client; ``blob``: the model's blob for its class names): each check's state. With
     ``rescore`` also ``anchor-verify --rescore``: the model re-run on the kept frame, its
     counts (``rescore``) and the disagreement picture (``picture``, a PNG data URL)."""
-    from chain.cli import CliError, prove_and_rescore, prove_frame
-    from chain.errors import AnchorVerificationFailed, BatchFormatError, ChainError
     failed, message, line, rescored, picture = None, "", None, None, None
     try:
         # the line the page shows; its mask and the batch are regular files under OUT_DIR
@@ -97,7 +99,7 @@ def verify_frame(index: RunIndex, registry, b: Batch, seq: int, *,
         failed, message = e.check, one_line(e)
     except BatchFormatError as e:
         failed, message = "batch", one_line(e)
-    except (ChainError, CliError, OSError, ValueError, PathRefused) as e:
+    except (ChainError, OSError, ValueError, PathRefused) as e:
         failed, message = "error", f"could not verify: {one_line(e)}"
     states, seen = [], failed is None
     for name, label in CHECKS:
@@ -119,9 +121,5 @@ def verify_frame(index: RunIndex, registry, b: Batch, seq: int, *,
 
 def _picture(frame, r) -> str:
     """The disagreement picture as a PNG data URL."""
-    import base64
-
-    from chain.rescore import disagreement_png
-    from chain.retained_frame import read_frame
     image, colour = read_frame(frame)
     return "data:image/png;base64," + base64.b64encode(disagreement_png(image, colour, r)).decode()

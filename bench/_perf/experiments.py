@@ -13,6 +13,7 @@ from .suite import Suite, run_flow
 def int8_variants(s: Suite, model: dict, size: int, calib_n: int) -> tuple[list, dict]:
     """Quantised models (written to the work folder) and their accuracy vs fp32."""
     from trainer import optimize as opt
+    from trainer.ort_session import run_model
     d = carla_dir()
     onnx = model["onnx"].read_bytes()
     info = {"weights": model["what"]}
@@ -37,7 +38,7 @@ def int8_variants(s: Suite, model: dict, size: int, calib_n: int) -> tuple[list,
                                    "speed on the random-weight model")
             except Exception as e:  # noqa: BLE001 - a checkpoint being rewritten: fall back
                 info["weights"] += f" (checkpoint unreadable: {type(e).__name__})"
-    ref = opt.run_model(acc_onnx, val)
+    ref = run_model(acc_onnx, val)
     info.update(calibration_frames=len(calib), validation_frames=len(val),
                 validation="last 30 frames of the time-split validation part (last 20%), labels resized "
                            f"to {size}x{size} (nearest)",
@@ -58,7 +59,7 @@ def int8_variants(s: Suite, model: dict, size: int, calib_n: int) -> tuple[list,
             s.log(f"  {name}: quantisation failed: {type(e).__name__}: {e}")
             info[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
             continue
-        got = opt.run_model(qa, val)
+        got = run_model(qa, val)
         p = s.work / f"{name.replace(' ', '_')}.onnx"
         p.write_bytes(q)
         info[name] = {"pixel_accuracy": round(opt.pixel_accuracy(got, lab), 4),
@@ -89,7 +90,7 @@ def run_experiments(s: Suite, a, R: dict, base: dict, model: dict, clip: Path, f
         ex.append(s.child(dict(base, ort=ort), f"ORT {label}"))
     ex.append(s.child(dict(base, batch=2), "ORT batch 2"))
     ex.append(s.child(dict(base, kind="ort_frames", workers=2), "ORT 2 frames in flight, 1 thread each"))
-    from trainer.optimize import export_random
+    from trainer.export import export_random
     pr = work / "prelu.onnx"
     pr.write_bytes(export_random("prelu", size))
     rl = work / "relu.onnx"

@@ -102,7 +102,7 @@ def prepare_model(work: Path, size: int, random_model: bool = False) -> dict:
         what = f"trained blob models/carla-enet.vsb ({card.description})"
         card_ = card
     else:
-        from trainer.optimize import export_random
+        from trainer.export import export_random
         variant = "relu"
         onnx = export_random(variant, size)
         blob = work / "model.vsb"

@@ -117,7 +117,7 @@ def child_torch(spec: dict) -> dict:
     torch.set_num_threads(int(spec.get("threads", 2)))
     sys.path.insert(0, str(REPO))
     from trainer.data import MEAN, STD
-    from trainer.optimize import random_enet
+    from trainer.export import random_enet
     net = random_enet(spec.get("variant", "relu"))
     cl = bool(spec.get("channels_last"))
     if cl:

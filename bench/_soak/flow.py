@@ -26,7 +26,8 @@ class _StopAware:
 
 def soak_flow():
     """The flow ``dataflows.segment`` builds, whose sources end when the stop file exists."""
-    from operators.pipeline import build_flow, flow_from_env
+    from dataflows.segment import build_flow
+    from operators.startup import flow_from_env
     from operators.sources import open_reader
     stop_file = os.environ.get(STOP_ENV) or ""
 

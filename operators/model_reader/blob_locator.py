@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 from urllib.parse import unquote, urlparse
 
+import model_store
 from model_store.util import first_line
 
 __all__ = ["BlobLocator"]
@@ -23,7 +24,6 @@ class BlobLocator:
         self._keys: dict[tuple, str] = {}
 
     def _key_of(self, path: Path) -> Optional[str]:
-        import model_store
         try:
             st = path.stat()
         except OSError:

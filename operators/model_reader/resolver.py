@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import chain
+import model_store
 from model_store.display import shell_command
 from model_store.util import first_line
 
@@ -38,7 +40,6 @@ __all__ = ["ModelResolver", "connect_registry"]
 
 
 def connect_registry(cfg: Config):
-    import chain
     try:
         return chain.connect(chain=cfg.chain, home=cfg.home, registry=cfg.registry,
                              chain_id=cfg.chain_id)
@@ -95,14 +96,12 @@ class ModelResolver:
         return self._uid
 
     def _chain_call(self, what: str, fn: Callable):
-        import chain
         try:
             return fn()
         except chain.errors.ChainUnavailable as e:
             raise ChainDown(f"model registry unreachable while {what}: {first_line(e)}") from None
 
     def _verified_update(self, key: str, path: Path, name: str, version: int) -> ModelLoaded:
-        import model_store
         try:
             card, onnx = model_store.load(str(path), expected_key=key, decrypt_key=self.decrypt_key,
                                           limits=self.cfg.graph_limits)
@@ -155,7 +154,6 @@ class ModelResolver:
         self.cache.save(u.key, u.version, u.name, block or self.block)
 
     def _resolve_cached(self, why: str) -> ModelLoaded:
-        import model_store
         ent = self.cache.load()
         max_age = self.cfg.status_max_age
         if not ent:
@@ -189,8 +187,6 @@ class ModelResolver:
         return self._verified_update(key, path, ent.get("name") or str(path), self.version)
 
     def _resolve_online(self) -> ModelLoaded:
-        import chain
-        import model_store
         cfg = self.cfg
         # the cursor first, so that no event after the checks below can be missed
         self.block = self._chain_call("reading the chain height", lambda: self.reg.block_number()) + 1
@@ -229,8 +225,6 @@ class ModelResolver:
         """The default run on a fresh embedded chain registers and deploys the committed blob
         (trust on first use). Later, a blob in models/ that is not registered was swapped in
         (a pull, or someone who can write that folder): never trusted on the user's behalf."""
-        import chain
-        import model_store
         home = self.cfg.home
         card = model_store.read_header(str(path))
         registered = self._chain_call("reading registrations",
@@ -263,7 +257,6 @@ class ModelResolver:
         the name it was registered under); if any now points elsewhere, refuse. Otherwise a
         deployment that points at it is followed (its registered name first): a newer deploy
         of that name hot-swaps (the pinned blob is then superseded)."""
-        import chain
         deps = self._chain_call(f"checking blob {path}", lambda: self.reg.deployments_of(key))
         moved = [d for d in deps if d.superseded]
         if moved:

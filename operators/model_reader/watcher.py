@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Optional
 
+import chain
+from chain.follower import EventFollower
 from model_store.blob_key import BlobKey
 from model_store.util import first_line
 
@@ -64,8 +66,6 @@ class ModelWatcher(ModelResolver):
         self.flow_stop.set()
 
     def _follow_events(self):
-        import chain
-        from chain.follower import EventFollower
         # chain.follower owns polling and outage backoff; any registry error is an outage
         # here (the verified model keeps scoring), anything else stops the flow (fail safe)
         follower = EventFollower(
@@ -114,7 +114,6 @@ class ModelWatcher(ModelResolver):
     def _retry_pending(self):
         """A deploy whose blob had not arrived: tried again each poll until it is here; the
         superseded model stops once it waited VERISEG_PENDING_DEPLOY_MAX_S."""
-        import chain
         name, version, key = self.pending
         try:
             self._deploy(name, version, key)

@@ -12,6 +12,9 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+import chain
+from chain import anchoring
+from chain.retries import outage_policy
 from model_store.util import first_line, one_line
 
 from ..anchor_seal import is_sealed, write_sealed
@@ -67,8 +70,6 @@ class AnchorSender:
     def _send(self, path: Path, batch) -> None:
         """One batch: an outage is waited out (chain.retries.outage_policy), a refusal is
         final (logged, counted, the file kept)."""
-        import chain
-        from chain.retries import outage_policy
 
         def outage(state) -> None:
             self.stats.anchor_failed()
@@ -115,7 +116,6 @@ def resend_unsent(folder: Path, *, secret: Optional[bytes], registry, sender: "A
     exit) are sent now, in order; the chain refuses nothing twice (an identical root
     counts as anchored).  A batch without this device's seal was not written by this
     flow (planted in the output folder): it is never sent."""
-    from chain import anchoring
     if not folder.is_dir():
         return
     for path in sorted(folder.glob("*.json")):

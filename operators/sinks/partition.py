@@ -138,8 +138,8 @@ class ResultPartition(StatefulSinkPartition):
             self.jsonl.write((json.dumps(line, separators=(",", ":")) + "\n").encode())
         self.sink.stats.latency("sink", lat["sink"])
         self.sink.stats.add("written", self.sid)
-        if self.sink.live is not None:   # a reference for the live view; it encodes on demand
-            self.sink.live.offer(r, lat.get("total"))
+        for view in self.sink.views:   # a reference: a view encodes on demand
+            view.offer(r, lat.get("total"))
 
     def _send_batch(self, batch) -> Path:
         path = (self.sink.out / "anchors" / self.sid /

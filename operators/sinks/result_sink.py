@@ -61,7 +61,7 @@ class ResultSink(FixedPartitionedSink):
         self.stats, self.revoked = ctx.stats, ctx.revoked
         self.aux_nice = aux_nice
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
-        self.live = getattr(ctx, "live", None)   # web.live.LiveView: the newest frame per stream
+        self.views = list(ctx.views)   # each is offered the newest frame per stream
         self.out = Path(out)
         self.video_scale = video_scale
         self.sids = list(stream_ids)
@@ -142,8 +142,9 @@ class ResultSink(FixedPartitionedSink):
                 self.sender = None
         if sender is not None:
             sender.close()
-        if last and self.live is not None:
-            self.live.close()
+        if last:
+            for view in self.views:
+                view.close()
         if last:
             extra = dict(self.summary_extra)
             # the outputs failed, or the model reader failed safe (it stopped the sources)

@@ -1,6 +1,6 @@
 """End-to-end FPS of the segment flow next to its raw runtime on the same frames, same run.
 
-    python -m dataflows.measure            # sample clip + committed blob (VERISEG_* apply)
+    python -m bench flow_fps               # sample clip + committed blob (VERISEG_* apply)
 
 1. decodes and preprocesses every frame of the (first) source into memory;
 2. raw: the flow's own compiled model (same backend, providers and threads; the JSON keeps
@@ -14,6 +14,7 @@ Prints one table and writes ``<VERISEG_OUT>/measure.json``.  ``VERISEG_MEASURE_R
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -51,7 +52,9 @@ def raw_ort(entry, frames, repeat=1) -> dict:
             "p99_ms": _pct(lat, 99), "cpu_ms_per_frame": round(cpu * 1e3 / len(lat), 2)}
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="python -m bench flow_fps",
+                            description=__doc__.split("\n\n")[0]).parse_args(argv)
     from bytewax.testing import run_main
 
     from operators.config import ConfigError, load_config
@@ -148,4 +151,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

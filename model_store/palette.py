@@ -1,7 +1,7 @@
-"""CARLA class names and colour palette for training (numpy only, no torch).
+"""CARLA class names and colour palette in the shapes training and evaluation use (numpy only).
 
-The classes and colours are defined once, in ``model_store.card.CARLA_CLASSES`` (what a
-blob's card carries); this module re-exports them in the shapes the trainer uses.
+The classes and colours are defined once, in ``model_store.classes.CARLA_CLASSES`` (what a
+blob's card carries); this module gives them as names, an RGB table and lookups.
 Ids follow the Lyft Perception Challenge / CARLA 0.8 semantic camera: the id is
 stored in the red channel of the original label images.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_store import CARLA_CLASSES, palette_lut
+from .classes import CARLA_CLASSES
+from .drive import palette_lut
 
 __all__ = ["CLASS_NAMES", "CLASS_COLORS", "NUM_CLASSES", "IGNORE_ID", "PALETTE", "colorize", "rgb_palette_to_ids"]
 

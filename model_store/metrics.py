@@ -1,4 +1,5 @@
-"""Segmentation metrics and report images (numpy + OpenCV only; importable without torch).
+"""Segmentation metrics and report images (numpy + OpenCV only): what the trainer and
+``dataflows.evaluate`` both measure accuracy with.
 
     cm = ConfusionMatrix()            # 13 classes
     cm.update(pred, truth)            # uint8 class maps of the same shape
