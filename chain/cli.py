@@ -17,6 +17,7 @@ from model_store.util import one_line
 
 from . import errors, keystore
 from .blob_index import record_blob, recorded_blob
+from .config import DEFAULT_HOME, ChainConfig, ConfigError
 from .frame_digest import COLOUR_ORDERS
 from .rescore import rescore_frame
 from .retained_frame import find_frame, read_frame, viewable
@@ -54,16 +55,14 @@ def _blob_name(path: Path) -> str:
 
 def _connect(args):
     from .connection import connect
-    return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
-                   chain_id=args.chain_id)
+    return connect(config=args.config)
 
 
 def cmd_deploy_registry(args) -> int:
     from .connection import deploy_registry
-    chain = args.chain or os.environ.get("VERISEG_CHAIN") or "embedded"
-    addr = deploy_registry(chain, home=args.home, keyfile=args.keyfile)
+    addr = deploy_registry(config=args.config)
     print(addr)
-    if chain == "embedded":
+    if args.config.chain == "embedded":
         print("(embedded chain: fixed address, owner is deterministic dev account 0; "
               "local use only)", file=sys.stderr)
     return 0
@@ -77,7 +76,7 @@ def cmd_register(args) -> int:
     name = args.name or _blob_name(p)
     reg = _connect(args)
     tx = reg.register(key, name, args.uri or "")
-    record_blob(args.home, key, p)   # for anchor-verify: the URI may be empty or remote
+    record_blob(args.config.home, key, p)   # for anchor-verify: the URI may be empty or remote
     print(printable(f"registered {key} as '{name}' (tx {tx})"))
     return 0
 
@@ -349,7 +348,7 @@ def cmd_audit(args) -> int:
     except ImportError as e:
         raise CliError(f"the audit page needs the web extra ({e}): pip install 'veriseg[web]'") from None
     return run_audit(args.out_dir, _connect(args), host=args.host, port=args.port, blob=args.blob,
-                     token=os.environ.get("VERISEG_WEB_TOKEN") or None)
+                     token=args.config.web_token)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -364,10 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="VeriSeg model registry on an Ethereum chain.")
     ap.add_argument("--chain", default=None,
                     help="'embedded' (default) or an http:// JSON-RPC URL [VERISEG_CHAIN]")
-    ap.add_argument("--home", default=None,
-                    help="embedded chain state folder [VERISEG_HOME, default ~/.veriseg]")
+    ap.add_argument("--home", type=Path, default=None,
+                    help=f"embedded chain state folder [VERISEG_HOME, default {DEFAULT_HOME}]")
     ap.add_argument("--registry", default=None, help="registry address on a node [VERISEG_REGISTRY]")
-    ap.add_argument("--keyfile", default=None,
+    ap.add_argument("--keyfile", type=Path, default=None,
                     help="encrypted JSON keystore that signs [VERISEG_KEYFILE; password in "
                          "VERISEG_KEYFILE_PASSWORD]")
     ap.add_argument("--chain-id", type=int, default=None,
@@ -469,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (beyond loopback only with VERISEG_WEB_TOKEN)")
     p.add_argument("--port", type=int, default=8081, help="0: any free port")
     p.add_argument("--blob", default=None, help="the model's blob (class names and colours)")
-    for opt in ("--chain", "--home", "--registry"):   # also accepted after the command
-        p.add_argument(opt, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for opt, kind in (("--chain", str), ("--home", Path), ("--registry", str)):   # also after the command
+        p.add_argument(opt, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_audit)
 
     p = sub.add_parser("frame", help="turn a retained frame (.vsf) into a PNG any viewer opens")
@@ -490,7 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(name)s: %(message)s", handlers=[handler])
     try:
+        # the flags override the environment's values
+        args.config = ChainConfig.from_env().overridden(
+            chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
+            chain_id=args.chain_id)
         return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {'; '.join(exc.problems)}", file=sys.stderr)
     except errors.AnchorVerificationFailed as exc:
         print(f"anchor-verify failed [{exc.check}]: {one_line(exc)}", file=sys.stderr)
     except (errors.ChainError, CliError) as exc:

@@ -52,10 +52,6 @@ SNAPSHOT_EVERY = 100  # ... and after this many transactions written by one proc
 _warned: set[str] = set()
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("VERISEG_HOME") or Path.home() / ".veriseg").expanduser()
-
-
 def dev_account(index: int = 0):
     """The embedded chain's deterministic dev account ``index`` (0 = registry owner)."""
     return Account.from_key(DEV_KEYS[index])
