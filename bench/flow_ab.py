@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._environment import child_environment
 from .machine import save
 
 
@@ -35,9 +36,8 @@ def _run(root: Path, frames: int, env_extra: dict, work: Path) -> dict:
         from bench._perf.inputs import register
         path = (root / blob).resolve()
         register(work / "home", path, model_store.verify(str(path)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
-    env.update({"VERISEG_LOOP": "1", "VERISEG_MAX_FRAMES": str(frames), "VERISEG_OUT": str(out),
-                "VERISEG_HOME": str(work / "home"), "VERISEG_PROGRESS": "0"}, **env_extra)
+    env = child_environment({"VERISEG_LOOP": "1", "VERISEG_MAX_FRAMES": str(frames), "VERISEG_OUT": str(out),
+                             "VERISEG_HOME": str(work / "home"), "VERISEG_PROGRESS": "0", **env_extra})
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment"], cwd=root, env=env,
                        capture_output=True, text=True, timeout=1800)

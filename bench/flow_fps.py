@@ -1,6 +1,6 @@
 """End-to-end FPS of the segment flow next to its raw runtime on the same frames, same run.
 
-    python -m bench flow_fps               # sample clip + committed blob (VERISEG_* apply)
+    python -m bench flow_fps [--repeat N]   # sample clip + committed blob (VERISEG_* apply)
 
 1. decodes and preprocesses every frame of the (first) source into memory;
 2. raw: the flow's own compiled model (same backend, providers and threads; the JSON keeps
@@ -9,8 +9,8 @@
    through ``bytewax.testing.run_main`` in this process;
 4. raw ORT again (the machine is shared: the two raw runs bracket the flow run).
 
-Prints one table and writes ``<VERISEG_OUT>/measure.json``.  ``VERISEG_MEASURE_REPEAT``
-(default 1) replays the source that many times in each phase.
+Prints one table and writes ``<VERISEG_OUT>/measure.json``.  ``--repeat N`` (default 1)
+replays the source that many times in each phase.
 """
 from __future__ import annotations
 
@@ -52,9 +52,7 @@ def raw_ort(entry, frames, repeat=1) -> dict:
             "p99_ms": _pct(lat, 99), "cpu_ms_per_frame": round(cpu * 1e3 / len(lat), 2)}
 
 
-def main(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="python -m bench flow_fps",
-                            description=__doc__.split("\n\n")[0]).parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
     from bytewax.testing import run_main
 
     from operators.config import ConfigError, load_config
@@ -63,7 +61,10 @@ def main(argv: list[str]) -> int:
     from operators.startup import startup_error
     from operators.sources import open_reader
 
-    repeat = int(os.environ.get("VERISEG_MEASURE_REPEAT", "1") or 1)
+    ap = argparse.ArgumentParser(prog="python -m bench flow_fps", description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="replay the source N times in each phase (default 1)")
+    repeat = max(1, ap.parse_args(argv).repeat)
     try:
         cfg = load_config()
         flow = build_flow(cfg)
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
         raise startup_error(e) from None
     first = flow.context.first
     entry = flow.context.sessions.get(first)
-    spec = cfg.sources[0]
+    spec = cfg.source[0]
     if spec.live:
         print("veriseg: error: measure needs a file source (video, dir:, csv:)", file=sys.stderr)
         return 2

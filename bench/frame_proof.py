@@ -21,7 +21,6 @@ frame. Writes bench/results/frame_proof.json (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -60,7 +59,7 @@ def _flow(work: Path, blob: Path, env_extra: dict, *, frames=None, keep="off", d
            **env_extra}
     if frames:
         env.update(VERISEG_LOOP="1", VERISEG_MAX_FRAMES=str(frames))
-    cfg = dataclasses.replace(load_config(env), frame_digest=digest)
+    cfg = load_config(env).model_copy(update={"frame_digest": digest})
     run_main(build_flow(cfg))
     return work / "out"
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from ._environment import child_environment
 from ._table import markdown
 from .machine import free_port as _free_port
 
@@ -72,10 +72,10 @@ def run_one(kind: str, a, work: Path) -> dict:
         source = (f"cam@gst:videotestsrc is-live=true pattern=ball ! "
                   f"video/x-raw,width={w},height={h},framerate={a.fps}/1")
     out = work / f"out-{kind}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
-    env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), VERISEG_SOURCE=source,
-               VERISEG_MODEL=a.model, VERISEG_HOME=str(work / "home"), VERISEG_OUT=str(out),
-               VERISEG_PROGRESS="0", VERISEG_MAX_FRAMES=str(a.seconds * a.fps), VERISEG_BACKEND=a.backend)
+    env = child_environment(dict(VERISEG_SOURCE=source, VERISEG_MODEL=a.model,
+                                 VERISEG_HOME=str(work / "home"), VERISEG_OUT=str(out),
+                                 VERISEG_PROGRESS="0", VERISEG_MAX_FRAMES=str(a.seconds * a.fps),
+                                 VERISEG_BACKEND=a.backend), path_first=REPO)
     t0 = time.time()
     try:
         p = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.segment"], env=env, cwd=str(work),

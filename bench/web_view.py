@@ -15,7 +15,6 @@ frame is this process's CPU time over the run divided by the frames. Writes
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,8 @@ def trust(home: Path, model: str) -> None:
         reg.register(key, model_store.read_header(model).name or "bench", Path(model).resolve().as_uri())
 
 
-def run_once(mode: str, tmp: Path, frames: int, source: str, model: str, threads: int) -> dict:
+def run_once(mode: str, tmp: Path, frames: int, source: str, model: str, threads: int,
+             providers: str = "auto") -> dict:
     from bytewax.testing import run_main
 
     from dataflows.segment import build_flow
@@ -73,7 +73,7 @@ def run_once(mode: str, tmp: Path, frames: int, source: str, model: str, threads
     env = {"VERISEG_SOURCE": source, "VERISEG_MODEL": model, "VERISEG_OUT": str(out),
            "VERISEG_HOME": str(tmp / "home"), "VERISEG_LOOP": "1",
            "VERISEG_MAX_FRAMES": str(frames), "VERISEG_PROGRESS": "0",
-           "VERISEG_PROVIDERS": os.environ.get("VERISEG_PROVIDERS", "auto")}
+           "VERISEG_PROVIDERS": providers}
     if threads:
         env["VERISEG_THREADS"] = str(threads)
     port = _free_port()
@@ -106,6 +106,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--source", default=str(REPO / "models" / "sample.avi"))
     ap.add_argument("--model", default=str(REPO / "models" / "carla-enet.vsb"))
     ap.add_argument("--threads", type=int, default=0, help="ORT threads (0: the flow's default)")
+    ap.add_argument("--providers", default="auto", help="VERISEG_PROVIDERS of the flow")
     ap.add_argument("--no-save", action="store_true", help="print only (a quick check)")
     a = ap.parse_args(argv)
     runs = []
@@ -113,7 +114,7 @@ def main(argv: list[str]) -> int:
         trust(Path(tmp) / "home", a.model)
         for r in range(a.rounds):
             for mode in MODES:
-                res = run_once(mode, Path(tmp), a.frames, a.source, a.model, a.threads)
+                res = run_once(mode, Path(tmp), a.frames, a.source, a.model, a.threads, a.providers)
                 res["round"] = r
                 runs.append(res)
                 print(f"round {r} {mode:<6} {res['fps']:7.2f} FPS  {res['cpu_ms_per_frame']:7.2f} "

@@ -18,6 +18,7 @@ from model_store.util import one_line
 
 from . import errors, keystore
 from .blob_index import record_blob
+from .config import DEFAULT_HOME, ChainConfig, ConfigError
 from .frame_digest import COLOUR_ORDERS
 from .frame_proof import prove_and_rescore, prove_frame
 from .retained_frame import read_frame, viewable
@@ -55,16 +56,14 @@ def _blob_name(path: Path) -> str:
 def connect_from_args(args):
     """The registry the options of :func:`add_registry_options` name."""
     from .connection import connect
-    return connect(chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
-                   chain_id=args.chain_id)
+    return connect(config=args.config)
 
 
 def cmd_deploy_registry(args) -> int:
     from .connection import deploy_registry
-    chain = args.chain or os.environ.get("VERISEG_CHAIN") or "embedded"
-    addr = deploy_registry(chain, home=args.home, keyfile=args.keyfile)
+    addr = deploy_registry(config=args.config)
     print(addr)
-    if chain == "embedded":
+    if args.config.chain == "embedded":
         print("(embedded chain: fixed address, owner is deterministic dev account 0; "
               "local use only)", file=sys.stderr)
     return 0
@@ -78,7 +77,7 @@ def cmd_register(args) -> int:
     name = args.name or _blob_name(p)
     reg = connect_from_args(args)
     tx = reg.register(key, name, args.uri or "")
-    record_blob(args.home, key, p)   # for anchor-verify: the URI may be empty or remote
+    record_blob(args.config.home, key, p)   # for anchor-verify: the URI may be empty or remote
     print(printable(f"registered {key} as '{name}' (tx {tx})"))
     return 0
 
@@ -244,10 +243,10 @@ def add_registry_options(ap: argparse.ArgumentParser) -> None:
     """The options that name a registry (read by :func:`connect_from_args`)."""
     ap.add_argument("--chain", default=None,
                     help="'embedded' (default) or an http:// JSON-RPC URL [VERISEG_CHAIN]")
-    ap.add_argument("--home", default=None,
-                    help="embedded chain state folder [VERISEG_HOME, default ~/.veriseg]")
+    ap.add_argument("--home", type=Path, default=None,
+                    help=f"embedded chain state folder [VERISEG_HOME, default {DEFAULT_HOME}]")
     ap.add_argument("--registry", default=None, help="registry address on a node [VERISEG_REGISTRY]")
-    ap.add_argument("--keyfile", default=None,
+    ap.add_argument("--keyfile", type=Path, default=None,
                     help="encrypted JSON keystore that signs [VERISEG_KEYFILE; password in "
                          "VERISEG_KEYFILE_PASSWORD]")
     ap.add_argument("--chain-id", type=int, default=None,
@@ -371,7 +370,13 @@ def run_command(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(name)s: %(message)s", handlers=[handler])
     try:
+        # the flags override the environment's values
+        args.config = ChainConfig.from_env().overridden(
+            chain=args.chain, home=args.home, registry=args.registry, keyfile=args.keyfile,
+            chain_id=args.chain_id)
         return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {'; '.join(exc.problems)}", file=sys.stderr)
     except errors.AnchorVerificationFailed as exc:
         print(f"anchor-verify failed [{exc.check}]: {one_line(exc)}", file=sys.stderr)
     except (errors.ChainError, CliError) as exc:

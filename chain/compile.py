@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from .config import ChainConfig, ConfigError
 from .evm_code import post_paris_opcodes
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,10 +39,10 @@ class CompileError(RuntimeError):
     pass
 
 
-def find_solcjs() -> str | None:
-    env = os.environ.get("VERISEG_SOLCJS")
-    if env:
-        return env
+def find_solcjs(configured: str | None = None) -> str | None:
+    """``configured`` (VERISEG_SOLCJS), else the repository's npm install, else the PATH's."""
+    if configured:
+        return configured
     local = REPO_ROOT / ".tools" / "node_modules" / ".bin" / "solcjs"
     if local.exists():
         return str(local)
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when stale")
     args = ap.parse_args(argv)
     try:
-        fresh = compile_source()
-    except CompileError as exc:
+        fresh = compile_source(find_solcjs(ChainConfig.from_env().solcjs))
+    except (CompileError, ConfigError) as exc:
         print(f"chain.compile: {exc}", file=sys.stderr)
         return 1
     if args.check:

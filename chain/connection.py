@@ -14,6 +14,7 @@ from web3 import Web3
 
 from . import errors
 from .artifact import load_artifact
+from .config import ChainConfig
 from .pins import check_chain_id, pins_path, read_pin, record_pin
 from .registry import Registry
 from .retries import is_node_error, is_transient, node_failed, retry, unavailable
@@ -22,16 +23,9 @@ from .transactions import is_funds_error
 log = logging.getLogger("chain")
 
 
-def env_password() -> str | None:
-    """The key file's password from VERISEG_KEYFILE_PASSWORD (None when unset)."""
-    return os.environ.get("VERISEG_KEYFILE_PASSWORD")
-
-
 def load_keyfile(path: str | os.PathLike, password: str | None = None):
-    """An account from an encrypted JSON keystore (password: VERISEG_KEYFILE_PASSWORD)."""
+    """An account from an encrypted JSON keystore (``password``: VERISEG_KEYFILE_PASSWORD)."""
     p = Path(path).expanduser()
-    if password is None:
-        password = env_password()
     if password is None:
         raise errors.KeyfileError(
             f"key file {p} needs a password; set VERISEG_KEYFILE_PASSWORD")
@@ -60,32 +54,31 @@ def connect(chain: str | None = None, home: str | os.PathLike | None = None,
             registry: str | None = None, keyfile: str | os.PathLike | None = None, *,
             private_key: str | bytes | None = None, account_index: int | None = None,
             timeout: float = 10.0, receipt_timeout: float = 30.0,
-            chain_id: int | None = None) -> Registry:
+            chain_id: int | None = None, config: ChainConfig | None = None) -> Registry:
     """Connect to the registry.
 
-    ``chain``: ``"embedded"`` (default; ``VERISEG_CHAIN``) or an ``http(s)://`` JSON-RPC URL.
-    ``home``: the embedded chain's state folder (``VERISEG_HOME``, default ``~/.veriseg``).
-    ``registry``: contract address on a real node (``VERISEG_REGISTRY``).
-    ``keyfile``: encrypted JSON keystore that signs on a real node (``VERISEG_KEYFILE``,
-    password ``VERISEG_KEYFILE_PASSWORD``). ``private_key``: sign with this key instead
+    ``config``: the registry's configuration (``chain.config.ChainConfig``; default: its
+    defaults, the environment is not read here); each argument below given here overrides
+    its field.  ``chain``: ``"embedded"`` or an ``http(s)://`` JSON-RPC URL.  ``home``: the
+    embedded chain's state folder and where the chain id pins are kept.  ``registry``:
+    contract address on a real node.  ``keyfile``: encrypted JSON keystore that signs on a
+    real node (its password: the configuration's). ``private_key``: sign with this key instead
     (tests with anvil's public dev keys). ``account_index``: on the embedded chain, which
     deterministic dev account signs (default 0, the owner).
 
-    On a node the registry must be pinned to a chain id (``chain_id``, ``VERISEG_CHAIN_ID``,
-    else the pin recorded in ``home`` by ``deploy-registry`` or the first connect) and its
+    On a node the registry must be pinned to a chain id (``chain_id``, else the pin recorded in ``home`` by ``deploy-registry`` or the first connect) and its
     code must be the committed runtime bytecode; otherwise ChainIdMismatch /
     RegistryCodeMismatch. That catches a wrong node or registry, not a node that lies
     consistently: only an authenticated endpoint (your own node over https) does.
     """
-    chain = chain or os.environ.get("VERISEG_CHAIN") or "embedded"
-    registry = registry or os.environ.get("VERISEG_REGISTRY") or None
-    if keyfile is None and private_key is None:
-        keyfile = os.environ.get("VERISEG_KEYFILE") or None
+    config = (config or ChainConfig()).overridden(chain=chain, home=home, registry=registry,
+                                                  keyfile=keyfile, chain_id=chain_id)
+    chain, home, registry, chain_id = config.chain, config.home, config.registry, config.chain_id
     account = None
     if private_key is not None:
         account = Account.from_key(private_key)
-    elif keyfile is not None:
-        account = load_keyfile(keyfile)
+    elif config.keyfile is not None:
+        account = load_keyfile(config.keyfile, config.password)
     if chain == "embedded":
         from .embedded import EmbeddedChain, dev_account
         emb = EmbeddedChain(home)
@@ -98,12 +91,6 @@ def connect(chain: str | None = None, home: str | os.PathLike | None = None,
             raise errors.RegistryNotConfigured(
                 f"no registry address for {chain}; pass --registry 0x... or set "
                 "VERISEG_REGISTRY (deploy one with `python -m chain deploy-registry`)")
-        if chain_id is None and os.environ.get("VERISEG_CHAIN_ID"):
-            try:
-                chain_id = int(os.environ["VERISEG_CHAIN_ID"], 0)
-            except ValueError:
-                raise errors.ChainError(f"VERISEG_CHAIN_ID={os.environ['VERISEG_CHAIN_ID']!r} "
-                                        "is not a chain id (an integer)") from None
         if not is_address(registry):
             raise errors.RegistryNotConfigured(
                 f"'{registry}' is not a contract address; pass --registry 0x... (40 hex characters)")
@@ -123,19 +110,19 @@ def connect(chain: str | None = None, home: str | os.PathLike | None = None,
 
 def deploy_registry(chain: str | None = None, home=None, keyfile=None, *,
                     private_key=None, timeout: float = 10.0,
-                    receipt_timeout: float = 60.0) -> str:
+                    receipt_timeout: float = 60.0, config: ChainConfig | None = None) -> str:
     """Deploy a new ModelRegistry (the signer becomes its owner); returns its address.
-    On the embedded chain the registry already exists at a fixed address: returns it."""
-    chain = chain or os.environ.get("VERISEG_CHAIN") or "embedded"
+    On the embedded chain the registry already exists at a fixed address: returns it.
+    ``config`` and the arguments as for :func:`connect`."""
+    config = (config or ChainConfig()).overridden(chain=chain, home=home, keyfile=keyfile)
+    chain, home = config.chain, config.home
     if chain == "embedded":
         from .embedded import EmbeddedChain
         return EmbeddedChain(home).registry
-    if keyfile is None and private_key is None:
-        keyfile = os.environ.get("VERISEG_KEYFILE") or None
     if private_key is not None:
         account = Account.from_key(private_key)
-    elif keyfile is not None:
-        account = load_keyfile(keyfile)
+    elif config.keyfile is not None:
+        account = load_keyfile(config.keyfile, config.password)
     else:
         raise errors.NoAccount("deploying a registry needs a signing account; set "
                                "VERISEG_KEYFILE and VERISEG_KEYFILE_PASSWORD")

@@ -36,6 +36,7 @@ from model_store.util import atomic_writer
 
 from . import errors
 from .artifact import load_artifact
+from .config import default_home
 
 log = logging.getLogger("chain.embedded")
 
@@ -51,10 +52,6 @@ SNAPSHOT_AFTER = 50  # write a snapshot when a start had to replay this many ent
 SNAPSHOT_EVERY = 100  # ... and after this many transactions written by one process (~ms each)
 
 _warned: set[str] = set()
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("VERISEG_HOME") or Path.home() / ".veriseg").expanduser()
 
 
 def dev_account(index: int = 0):

@@ -3,8 +3,8 @@
     python -m chain keystore new key.json                  # a fresh account; prints its address
     python -m chain keystore import key.json < secret.txt  # an existing private key (stdin or --key-file)
 
-The password comes from ``--password-file``, else ``VERISEG_KEYFILE_PASSWORD`` (read where
-the key file is read, ``chain.connection``), else a prompt (twice for ``new``). The private
+The password comes from ``--password-file``, else ``VERISEG_KEYFILE_PASSWORD`` (the
+configuration ``python -m chain`` hands in), else a prompt (twice for ``new``). The private
 key is never an argument: argv is visible to every user of the machine (``ps``). The file
 is created with mode 600 and never overwritten.
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 from eth_account import Account
 
 from . import errors
-from .connection import env_password
 
 __all__ = ["write_keystore", "add_commands"]
 
@@ -83,9 +82,9 @@ def _terminal() -> bool:
 def _password(args, confirm: bool) -> str:
     if args.password_file:
         return _read_secret_file(args.password_file, "password")
-    env = env_password()
-    if env:
-        return env
+    configured = args.config.password
+    if configured:
+        return configured
     if not _terminal():
         raise KeystoreError("no password: pass --password-file FILE or set "
                             "VERISEG_KEYFILE_PASSWORD (no terminal to ask on)")

@@ -13,6 +13,7 @@ from web3 import Web3
 from model_store.util import atomic_write
 
 from . import errors
+from .config import default_home
 from .retries import is_node_error, node_failed, retry, unavailable
 
 log = logging.getLogger("chain")
@@ -21,7 +22,6 @@ PINS_FILE = "pins.json"   # under <home>/chain: registry address -> chain id
 
 
 def pins_path(home) -> Path:
-    from .embedded import default_home
     return (Path(home).expanduser() if home is not None else default_home()) / "chain" / PINS_FILE
 
 

@@ -40,6 +40,9 @@ __all__ = ["build", "build_flow", "flow", "evaluate_results", "EvalSink", "read_
 
 GRID_FRAMES = 6
 
+#: the labelled frames evaluate replays when VERISEG_SOURCE is unset
+DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "carla"
+
 
 def read_label(path: str) -> np.ndarray:
     """Class ids [H, W] uint8 from a single-channel id image, a CARLA-palette RGB image or
@@ -192,25 +195,23 @@ def evaluate_results(step_id: str, scored: Stream, ctx: FlowContext) -> None:
 
 
 def _config_from_env():
-    """The flow's configuration, with a labelled dataset as the default source and
-    anchoring off by default."""
-    env = dict(os.environ)
-    if not env.get("VERISEG_SOURCE"):
-        default = env.get("VERISEG_CARLA_DIR") or str(REPO_ROOT.parent / "shared" / "data" / "carla")
-        if Path(default).is_dir():
-            env["VERISEG_SOURCE"] = f"dir:{default}"
-        else:
-            raise ConfigError(["VERISEG_SOURCE: set it to a dataset folder (images/ + labels/) "
-                               "or a CSV with label paths"])
-    env.setdefault("VERISEG_ANCHOR_EVERY", "0")
-    return load_config(env)
+    """The flow's configuration, with the labelled dataset beside the checkout as the
+    default source and anchoring off by default."""
+    defaults = {"VERISEG_ANCHOR_EVERY": "0"}
+    if DEFAULT_DATASET.is_dir():
+        defaults["VERISEG_SOURCE"] = f"dir:{DEFAULT_DATASET}"
+    cfg = load_config(defaults=defaults)
+    if "source" not in cfg.model_fields_set:
+        raise ConfigError(["VERISEG_SOURCE: set it to a dataset folder (images/ + labels/) "
+                           "or a CSV with label paths"])
+    return cfg
 
 
 def build_flow(cfg=None, *, registry=None, decrypt_key=None) -> VerisegFlow:
     """The evaluation flow: the segment flow's frames, models and score, counted against
     the labels; raises ConfigError or ModelRefused (one line each)."""
     cfg = cfg or _config_from_env()
-    bad = [s for s in cfg.sources if s.kind not in ("dir", "csv")]
+    bad = [s for s in cfg.source if s.kind not in ("dir", "csv")]
     if bad:
         raise ConfigError([f"VERISEG_SOURCE: evaluate replays a labelled dataset folder or CSV, "
                            f"not {s.kind} {s.target!r}" for s in bad])

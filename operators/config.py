@@ -1,121 +1,49 @@
-"""Flow configuration: the ``VERISEG_*`` variables (declared in :mod:`operators.settings`)
-read once into a frozen :class:`Config`.
+"""The flow's configuration: :class:`Config`, the ``VERISEG_*`` variables of the flows.
 
-``bytewax.run`` passes no arguments to a flow, so the flows read their whole configuration
-from the environment through :func:`load_config`.  Every bad value gives one line naming
-the variable, what was expected and what was found; all bad values are reported together
-in one :class:`ConfigError`.  ``python -m operators.config --markdown`` prints the
-reference table; ``--write`` puts it into README.md and docs/dataflow.md.
+``Config`` is the registry's :class:`chain.config.ChainConfig` plus the flow's own
+variables, one pydantic-settings field each (type, default, bounds, meaning), frozen: the
+flow receives this object.  :func:`load_config` reads it from the environment; every bad
+value gives one line naming the variable, what was expected and what was found, all in one
+:class:`ConfigError`, and a misspelt ``VERISEG_*`` name is refused with a did-you-mean.
+
+Adding a variable is one field below (or in ``chain.config`` when the registry needs it)
+and its test; ``python -m operators.config --write`` regenerates the tables in README.md
+and docs/dataflow.md, which ``tests/test_config_docs.py`` keeps in step.
 """
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, get_args, get_origin
+from typing import Annotated, Any, Literal, Mapping, Optional
 
-from annotated_types import Ge, Gt, Le, Lt
-from pydantic import ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_settings import EnvSettingsSource
+from pydantic import ValidationInfo, field_validator
+from pydantic_settings import NoDecode
 
+from chain.config import PREFIX, ChainConfig, ConfigError, internal, refuse, var, writable_folder
 from model_store.graph_limits import MAX_INITIALIZER_BYTES, MAX_INPUT_BYTES, MAX_TENSOR_ELEMENTS, GraphLimits
 
 from .keep_frames import KeepFrames
-from .settings import PREFIX, FlowSettings, looks_like_path
 from .source_spec import VIDEO_EXTS, SourceSpec, parse_sources, stream_id_of
 
-__all__ = ["Config", "ConfigError", "SourceSpec", "load_config", "parse_sources",
-           "REPO_ROOT", "DEFAULT_MODEL", "default_sample_clip", "ENV_DOC", "OTHER_VARS",
-           "env_name"]
+__all__ = ["Config", "ConfigError", "SourceSpec", "load_config", "parse_sources", "REPO_ROOT",
+           "DEFAULT_MODEL", "default_sample_clip", "ENV_DOC", "OTHER_VARS", "looks_like_path"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
 DEFAULT_MODEL = MODELS_DIR / "carla-enet.vsb"
 
+#: read by the test suite, not by the flows (the flow refuses any other unknown name)
+OTHER_VARS = frozenset({"VERISEG_CARLA_DIR", "VERISEG_GST_CHILD"})
 
-def env_name(field_name: str) -> str:
-    return PREFIX + field_name.upper()
-
-
-#: variable -> one-line description, from the declarations
-ENV_DOC: dict[str, str] = {env_name(n): f.description or "" for n, f in FlowSettings.model_fields.items()}
-
-#: read by other commands (chain keystore, tests, benchmarks), not by the flows
-OTHER_VARS = frozenset({"VERISEG_KEYFILE", "VERISEG_KEYFILE_PASSWORD", "VERISEG_CARLA_DIR",
-                        "VERISEG_MEASURE_REPEAT", "VERISEG_SOLCJS", "VERISEG_GST_CHILD"})
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 
 
-class ConfigError(ValueError):
-    """One or more bad ``VERISEG_*`` values; ``str()`` is one line per bad value."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-@dataclass(frozen=True)
-class Config:
-    sources: tuple[SourceSpec, ...]
-    model: str                      # blob path or deployment name
-    model_is_path: bool
-    model_is_default: bool
-    chain: str = "embedded"
-    home: Path = Path("~/.veriseg").expanduser()
-    registry: Optional[str] = None
-    chain_id: Optional[int] = None  # None: the id pinned on first use (chain.connect)
-    out: Path = Path("out")
-    backend: str = "auto"           # auto | openvino | onnxruntime
-    providers: str = "auto"
-    require_gpu: bool = False
-    openvino_hint: str = "throughput"  # throughput | latency
-    openvino_device: str = "auto"   # auto | CPU | GPU[.n] | NPU | an OpenVINO virtual device
-    precision: str = "card"         # card | fp32 | bf16 | fp16 (operators/backends/precision.py)
-    threads: int = 0                # 0: all cores available
-    batch: int = 0                  # 0: auto (4 on GPU providers, 1 on CPU)
-    loop: bool = False
-    max_frames: Optional[int] = None
-    queue: int = 8
-    pending: int = 64
-    anchor_every: int = 100
-    poll: float = 1.0
-    masks: bool = True
-    mask_size: str = "model"        # model | frame
-    keep_frames: KeepFrames = KeepFrames()   # decoded frames kept for re-execution
-    frame_digest: bool = True       # v3 leaves (False only in the frame_proof benchmark)
-    video: bool = True
-    jsonl: bool = True
-    metrics_port: Optional[int] = None
-    metrics_host: str = "127.0.0.1"
-    metrics_linger_s: float = 20.0  # the metrics port stays up this long after the flow ends
-    web: Optional[tuple[str, int]] = None   # (host, port) of the live view; None: off
-    web_token: Optional[str] = None
-    progress: str = "auto"
-    preprocess: bool = True
-    reconnect_max: float = 30.0
-    stall: float = 10.0
-    status_max_age: float = 0.0
-    pending_deploy_max_s: float = 300.0   # the superseded model's grace while a deploy waits
-    decrypt_key_file: Optional[Path] = None
-    video_scale: float = 1.0
-    max_pixels: int = 40_000_000
-    max_input_bytes: int = MAX_INPUT_BYTES            # model_store.graph_limits: checked at load
-    max_initializer_bytes: int = MAX_INITIALIZER_BYTES
-    max_tensor_elements: int = MAX_TENSOR_ELEMENTS
-    max_arena_bytes: int = 4 << 30                    # ONNX Runtime's CPU arena; 0: no cap
-    aux_nice: int = 0               # niceness of the decoder and writer threads
-    ort_spin: bool = False          # ONNX Runtime threads spin-wait
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def graph_limits(self) -> GraphLimits:
-        """The bounds a model's graph is checked against at load (VERISEG_MAX_*)."""
-        return GraphLimits(self.max_input_bytes, self.max_initializer_bytes, self.max_tensor_elements)
-
-    @property
-    def stream_ids(self) -> tuple[str, ...]:
-        return tuple(s.stream_id for s in self.sources)
+def looks_like_path(model: str) -> bool:
+    """A blob path rather than a deployment name on the registry."""
+    return model.endswith(".vsb") or "/" in model or os.sep in model or Path(model).expanduser().exists()
 
 
 def default_sample_clip() -> Optional[Path]:
@@ -127,77 +55,307 @@ def default_sample_clip() -> Optional[Path]:
     return (named or vids or [None])[0]
 
 
-class _Environ(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping rather than ``os.environ``
-    (tests and the benchmarks pass one); values are stripped and blank ones mean "unset".
-    Only exact upper-case names count: ``veriseg_poll`` is no ``VERISEG_POLL``."""
-
-    def __init__(self, settings_cls, environ: Mapping[str, str]):
-        self._given = {k.lower(): v.strip() for k, v in environ.items()
-                       if k.startswith(PREFIX) and k == k.upper() and v.strip()}
-        super().__init__(settings_cls, case_sensitive=False)
-
-    def _load_env_vars(self) -> Mapping[str, Optional[str]]:
-        return self._given
+def _sample_source() -> tuple[SourceSpec, ...]:
+    clip = default_sample_clip()
+    return () if clip is None else (SourceSpec(stream_id_of(clip), "video", str(clip)),)
 
 
-# -- one line per bad value, worded from the declaration ----------------------------------
-def _bounds(f: FieldInfo) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for m in f.metadata:
-        for cls, key in ((Ge, "ge"), (Gt, "gt"), (Le, "le"), (Lt, "lt")):
-            if isinstance(m, cls):
-                out[key] = getattr(m, key)
-    return out
+def _lower(v: Any) -> Any:
+    return v.strip().lower() if isinstance(v, str) else v
 
 
-def _base_type(f: FieldInfo) -> Any:
-    """``int`` for ``Optional[int]``, the Literal itself for a Literal."""
-    t = f.annotation
-    if get_origin(t) is Literal:
-        return t
-    args = [a for a in get_args(t) if a is not type(None)]
-    return args[0] if args and get_origin(t) is not Literal else t
+class Config(ChainConfig):
+    """The flow's configuration.  Declaration order is the tables' order (the registry's
+    variables first), and a field may read the ones declared before it (``web`` reads
+    ``web_token``)."""
+
+    source: Annotated[tuple[SourceSpec, ...], NoDecode] = var(
+        doc="frames to score: PATH (video file) | dir:PATH | csv:PATH | gst:PIPELINE | rtsp://URL | "
+        "/dev/videoN; several separated by ';', each optionally prefixed 'ID@' for its stream id "
+        "(its folder under VERISEG_OUT: letters, digits, _ . -, not only dots; default: the "
+        "file's name, or the kind when that is only dots)",
+        default_factory=_sample_source, shown="the sample clip in models/", main=True)
+    model: str = var(doc="blob path (.vsb) or a deployment name on the registry",
+                     default_factory=lambda: str(DEFAULT_MODEL),
+                     shown=DEFAULT_MODEL.relative_to(REPO_ROOT).as_posix(), main=True)
+    decrypt_key: Optional[Path] = var(
+        None, "secret file (32 bytes or 64 hex characters) that decrypts an encrypted blob body",
+        shown="—", main=True)
+    out: Path = var(Path("out"), "output folder", shown="./out", main=True)
+    backend: Literal["auto", "openvino", "onnxruntime"] = var(
+        "auto", "the runtime that scores (operators/backends): auto is ONNX Runtime when one of its "
+        "NVIDIA providers loads, else OpenVINO on the CPU where installed, else ONNX Runtime CPU; "
+        "logged with the reason. Every backend compiles the verified bytes in memory; OpenVINO's "
+        "model cache is off (it would load a file by graph hash, unchecked)", main=True)
+    providers: Literal["auto", "tensorrt", "cuda", "cpu"] = var(
+        "auto", "ONNX Runtime providers (auto: TensorRT > CUDA > CPU, GPU ones only when an NVIDIA "
+        "driver loads); TensorRT engines are cached per blob key in VERISEG_HOME/trt-cache/<key>",
+        main=True)
+    require_gpu: bool = var(False, "1: refuse to run unless a GPU provider actually loaded",
+                            shown="0", main=True)
+    openvino_hint: Literal["throughput", "latency"] = var(
+        "throughput", "OpenVINO's performance hint: throughput (a stream per core pair, the most "
+        "frames a second on a busy CPU) or latency (one stream on every core, the shortest wait "
+        "a frame); either way two or more runs are in flight, in frame order (bench perf)")
+    openvino_device: str = var(
+        "auto", "the OpenVINO device: auto (a discrete, then an integrated Intel GPU when OpenVINO "
+        "lists one, else the CPU; the next when one refuses the model), or CPU, GPU, GPU.1, NPU, "
+        "HETERO:GPU,CPU ... used alone", pattern=r"^(?i:auto|[a-z]+(\.[0-9]+)?(:[a-z0-9.,]+)?)$",
+        expect="auto, or an OpenVINO device name (CPU, GPU, GPU.1, NPU, HETERO:GPU,CPU)")
+    precision: Literal["card", "fp32", "bf16", "fp16"] = var(
+        "card", "arithmetic precision every backend runs (operators/backends/precision.py): card "
+        "(the precision of the model's float weights, fp32 for the shipped blobs; the same class "
+        "maps on every CPU), or fp32, bf16, fp16: faster where the device computes it natively, "
+        "refused with one line where it does not. Stated in every results line's profile",
+        main=True)
+    threads: int = var(0, "ONNX Runtime intra-op threads, OpenVINO inference threads (0: the CPU "
+                       "cores available to the process)", ge=0, le=1024)
+    batch: Optional[int] = var(None, "largest micro-batch for file replay (auto: 4 on a GPU "
+                               "provider, 1 on CPU where batching measured slower; live sources "
+                               "always 1)", shown="auto", ge=1, le=256)
+    loop: bool = var(False, "1: loop file sources forever", shown="0")
+    max_frames: Optional[int] = var(None, "stop each stream after N frames", shown="no limit", ge=1)
+    queue: int = var(8, "decoded frames buffered per source", ge=1, le=10000)
+    pending: int = var(64, "frames of a live stream that may wait for a valid model before the "
+                       "oldest are dropped (file replay pauses instead)", ge=0, le=100_000)
+    anchor_every: int = var(100, "anchor a Merkle root of the results every N frames per stream "
+                            "(0: off); a batch also closes when the model key changes",
+                            main=True, ge=0, le=1_000_000)
+    poll: float = var(1.0, "seconds between registry event polls", gt=0, le=3600,
+                      allow_inf_nan=False)
+    pending_deploy_max_s: float = var(
+        300.0, "seconds the superseded model keeps scoring while a newer deploy waits for its "
+        "blob; then it stops (frames wait as with no valid model) until the blob arrives",
+        ge=0, le=30 * 86400, allow_inf_nan=False)
+    status_max_age: float = var(0.0, "seconds a model status verified online stays usable when "
+                                "the registry is unreachable at start (0: refuse to start)",
+                                main=True, ge=0, le=30 * 86400, allow_inf_nan=False)
+    masks: bool = var(True, "1/0: write class-map PNGs", shown="1", main=True)
+    mask_size: Literal["model", "frame"] = var(
+        "model", "class-map PNGs at the model's picture size (model: the cheapest) or at the "
+        "source frame's own size (frame: as dataset labels are)", main=True)
+    keep_frames: Annotated[KeepFrames, NoDecode] = var(
+        KeepFrames(), "keep decoded frames losslessly (<stream>/frames/<seq>.<order>.vsf) so anyone can "
+        "re-run the model on them (anchor-verify --rescore): off | all | every:N | budget:MB "
+        "(the oldest kept frames of a stream are deleted past MB) | every:N,budget:MB",
+        shown="off", main=True)
+    video: bool = var(True, "1/0: write the colour overlay video", shown="1", main=True)
+    jsonl: bool = var(True, "1/0: write per-frame JSON lines", shown="1", main=True)
+    video_scale: float = var(1.0, "size of the overlay video relative to the model input "
+                             "(0.5 cuts its encoding cost ~3x)", gt=0, le=1, allow_inf_nan=False,
+                             expect="a number in (0, 1]")
+    metrics_port: Optional[int] = var(None, "serve Prometheus metrics on "
+                                      "http://VERISEG_METRICS_HOST:PORT/metrics (0: off); "
+                                      "out/metrics.prom is always written", shown="off",
+                                      main=True, ge=0, le=65535)
+    metrics_host: str = var("127.0.0.1", "address the metrics port binds (0.0.0.0: every "
+                            "interface, for a scraper on another machine)",
+                            pattern=r"^[A-Za-z0-9.:-]{1,253}$",
+                            expect="a host name or IP address")
+    metrics_linger_s: float = var(20.0, "seconds the metrics port stays up after the flow "
+                                  "ends, so a scraper reads the final counts (0: close at once); "
+                                  "keep it above the scrape interval", main=True, ge=0,
+                                  le=3600, allow_inf_nan=False)
+    web: Annotated[Optional[tuple[str, int]], NoDecode] = var(
+        None, "serve the live view on [HOST:]PORT (HOST defaults to 127.0.0.1; a non-loopback "
+        "HOST needs VERISEG_WEB_TOKEN)", shown="off", main=True)
+    progress: Literal["auto", "1", "0"] = var("auto", "progress line on stderr (auto: a terminal "
+                                              "and file replay)")
+    preprocess: Literal["auto", "off"] = var("auto", "resize/colour-convert frames to the model "
+                                             "input (off: frames must already match)")
+    reconnect_max: float = var(30.0, "largest reconnect backoff for live sources, seconds",
+                               gt=0, le=86400, allow_inf_nan=False)
+    stall: float = var(10.0, "reconnect a live source that sent no frame for this many seconds",
+                       gt=0, le=86400, allow_inf_nan=False)
+    model_dirs: str = var("", f"extra folders ('{os.pathsep}'-separated) searched for the blob "
+                          "of a deployed key", shown="—")
+    ort_spin: bool = var(False, "1: let ONNX Runtime threads spin-wait (0: they would burn the "
+                         "CPU the decoder and writers need)", shown="0")
+    aux_nice: int = var(0, "niceness added to the decoder and writer threads so they run in the "
+                        "gaps of inference", ge=0, le=19)
+    max_pixels: int = var(40_000_000, "largest frame (width x height) an image file may declare; "
+                          "larger ones are skipped, counted and named before decoding (8K is "
+                          "33 MP)", ge=1, le=1 << 30)
+    max_input_bytes: int = var(MAX_INPUT_BYTES, "largest input tensor a model may make of one "
+                               "frame (batch x height x width x 3 x element size); a larger "
+                               "model is refused at load, named", shown="268435456 (256 MiB)",
+                               ge=1, le=1 << 40)
+    max_initializer_bytes: int = var(MAX_INITIALIZER_BYTES, "largest total of the tensors a "
+                                     "model stores (initializers, Constant nodes); a larger "
+                                     "model is refused at load, named",
+                                     shown="1073741824 (1 GiB)", ge=1, le=1 << 40)
+    max_tensor_elements: int = var(MAX_TENSOR_ELEMENTS, "largest tensor a model may shape from "
+                                   "a constant (ConstantOfShape, Expand, Reshape, Tile, Resize, "
+                                   "Upsample), in elements; a larger one refuses the model at "
+                                   "load, named", shown="268435456", ge=1, le=1 << 50)
+    max_arena_bytes: int = var(4 << 30, "cap of ONNX Runtime's CPU memory arena, shared by the "
+                               "flow's sessions: a run that needs more fails and its frames are "
+                               "counted (0: no cap); OpenVINO has no such cap",
+                               shown="4294967296 (4 GiB)", ge=0, le=1 << 44)
+
+    frame_digest: bool = internal(True, "v3 leaves bind each frame's digest (off only in the "
+                                  "frame_proof benchmark)")
+    process_id: Optional[str] = internal(None, "Bytewax's BYTEWAX_PROCESS_ID: each process of a "
+                                         "cluster run writes its own summary and metrics file")
+
+    # -- the values whose shape a type cannot say --------------------------------------
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        problems: list[str] = []
+        specs = parse_sources(v, problems)
+        if problems:
+            raise refuse("\n".join(p.removeprefix("VERISEG_SOURCE: ") for p in problems))
+        return specs
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if looks_like_path(v):
+            p = Path(v).expanduser()
+            if not p.is_file():
+                raise refuse(f"blob file {v!r} does not exist")
+            return str(p.resolve())
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", v):
+            raise refuse(f"expected a .vsb path or a deployment name (letters, digits, _ . : -), "
+                         f"got {v!r}")
+        return v
+
+    @field_validator("decrypt_key", mode="before")
+    @classmethod
+    def _decrypt_key(cls, v: Any) -> Any:
+        if v is not None and not Path(str(v)).expanduser().is_file():
+            raise refuse(f"secret file {str(v)!r} does not exist")
+        return None if v is None else Path(str(v)).expanduser()
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, v: Any) -> Path:
+        return writable_folder(v)
+
+    @field_validator("backend", "providers", "mask_size", "openvino_hint", "precision", mode="before")
+    @classmethod
+    def _choice(cls, v: Any) -> Any:
+        return _lower(v)
+
+    @field_validator("openvino_device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> Any:
+        """auto in any case is ours; a device name is OpenVINO's, upper case (``AUTO:GPU,CPU``
+        is OpenVINO's own AUTO device)."""
+        if not isinstance(v, str):
+            return v
+        v = v.strip()
+        return "auto" if v.lower() in ("auto", "") else v.upper()
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _progress(cls, v: Any) -> Any:
+        v = _lower(v)
+        return {"true": "1", "yes": "1", "on": "1", "false": "0", "no": "0", "off": "0"}.get(v, v)
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _preprocess(cls, v: Any) -> Any:
+        v = _lower(v)
+        return {"on": "auto", "1": "auto", "0": "off"}.get(v, v)
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch(cls, v: Any) -> Any:
+        return None if _lower(v) == "auto" else v
+
+    @field_validator("keep_frames", mode="before")
+    @classmethod
+    def _keep_frames(cls, v: Any) -> Any:
+        if isinstance(v, KeepFrames):
+            return v
+        try:
+            return KeepFrames.parse(v)
+        except ValueError as e:
+            raise refuse(str(e)) from None
+
+    @field_validator("web", mode="before")
+    @classmethod
+    def _web(cls, v: Any, info: ValidationInfo) -> Any:
+        if not isinstance(v, str):
+            return v
+        if v.lower() in ("", "0", "off"):
+            return None
+        host, _, port_s = v.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        port = int(port_s) if port_s.isdigit() else -1
+        if not 0 < port < 65536 or not _HOST.fullmatch(host):
+            raise refuse(f"expected [HOST:]PORT (e.g. 127.0.0.1:8080), got {v!r}")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback and info.data.get("web_token") is None:
+            raise refuse(f"{host!r} is reachable from other machines: set VERISEG_WEB_TOKEN "
+                         "(16+ characters) or bind 127.0.0.1")
+        return host, port
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _model_dirs(cls, v: str) -> str:
+        for d in v.split(os.pathsep):
+            if d.strip() and not Path(d.strip()).expanduser().is_dir():
+                raise refuse(f"{d.strip()!r} is not an existing folder (expected folders "
+                             f"separated by '{os.pathsep}')")
+        return v
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_port(cls, v: Optional[int]) -> Optional[int]:
+        return v or None   # 0: off
+
+    @property
+    def model_is_default(self) -> bool:
+        """VERISEG_MODEL unset: the committed blob."""
+        return "model" not in self.model_fields_set
+
+    @property
+    def model_is_path(self) -> bool:
+        return self.model_is_default or looks_like_path(self.model)
+
+    @property
+    def graph_limits(self) -> GraphLimits:
+        """The bounds a model's graph is checked against at load (VERISEG_MAX_*)."""
+        return GraphLimits(self.max_input_bytes, self.max_initializer_bytes, self.max_tensor_elements)
+
+    @property
+    def stream_ids(self) -> tuple[str, ...]:
+        return tuple(s.stream_id for s in self.source)
+
+    @classmethod
+    def _parsed(cls, env: dict[str, str]) -> "Config":
+        problems = _unknown(env)
+        try:
+            cfg = super()._parsed(env)
+        except ConfigError as e:
+            raise ConfigError(problems + e.problems) from None
+        problems += cfg._missing_defaults()
+        if problems:
+            raise ConfigError(problems)
+        return cfg.model_copy(update={"process_id": env.get("BYTEWAX_PROCESS_ID") or None})
+
+    def _missing_defaults(self) -> list[str]:
+        """The committed sample clip and blob stand in for VERISEG_SOURCE / VERISEG_MODEL."""
+        problems = []
+        if "source" not in self.model_fields_set and not self.source:
+            problems.append(f"VERISEG_SOURCE: not set and no sample clip in {MODELS_DIR} "
+                            "(expected models/sample.mp4 or another video file there)")
+        if self.model_is_default and not DEFAULT_MODEL.is_file():
+            problems.append(f"VERISEG_MODEL: blob file {self.model!r} does not exist (the trained "
+                            f"blob is committed as models/{DEFAULT_MODEL.name})")
+        return problems
 
 
-def expected(f: FieldInfo, error_type: str = "") -> str:
-    """What a variable accepts, in words (the messages and the reference table)."""
-    extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-    if "expect" in extra:
-        return str(extra["expect"])
-    t, b = _base_type(f), _bounds(f)
-    if get_origin(t) is Literal:
-        choices = [str(c) for c in get_args(t)]
-        return ", ".join(choices[:-1]) + f" or {choices[-1]}"
-    if t is bool:
-        return "1/0 (true/false, yes/no, on/off)"
-    if t is int:
-        if error_type.startswith("int_") or not b:
-            return "a whole number"
-        return f"a whole number in {b['ge']}..{b['le']}" if "le" in b else f"a whole number >= {b['ge']}"
-    if t is float:
-        if error_type == "float_parsing":
-            return "a number of seconds"
-        low = f"seconds >= {b['ge']:g}" if "ge" in b else f"a number > {b['gt']:g}"
-        return f"{low} and <= {b['le']:g}"
-    return "a " + getattr(t, "__name__", str(t))
-
-
-def _problems(e: ValidationError, env: Mapping[str, str]) -> list[str]:
-    lines: list[str] = []
-    seen: set[str] = set()
-    for err in e.errors():
-        name = str(err["loc"][0]) if err["loc"] else ""
-        if name in seen:      # a union may fail once per branch: one line per variable
-            continue
-        seen.add(name)
-        var = env_name(name)
-        if err["type"] == "veriseg":
-            lines += [f"{var}: {m}" for m in err["msg"].splitlines()]
-        else:
-            f = FlowSettings.model_fields[name]
-            lines.append(f"{var}: expected {expected(f, err['type'])}, got {env.get(var)!r}")
-    return lines
+#: variable -> one-line description, from the declarations
+ENV_DOC: dict[str, str] = {name: f.description or "" for name, f in Config.variables().items()}
 
 
 def _unknown(env: Mapping[str, str]) -> list[str]:
@@ -213,57 +371,12 @@ def _unknown(env: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def _defaults(s: FlowSettings, problems: list[str]) -> tuple[tuple[SourceSpec, ...], str]:
-    """The committed sample clip and blob when VERISEG_SOURCE / VERISEG_MODEL are unset."""
-    sources, model = s.source, s.model
-    if "source" not in s.model_fields_set:
-        clip = default_sample_clip()
-        if clip is None:
-            problems.append(f"VERISEG_SOURCE: not set and no sample clip in {MODELS_DIR} "
-                            "(expected models/sample.mp4 or another video file there)")
-        else:
-            sources = (SourceSpec(stream_id_of(clip), "video", str(clip)),)
-    if "model" not in s.model_fields_set:
-        model = str(DEFAULT_MODEL)
-        if not DEFAULT_MODEL.is_file():
-            problems.append(f"VERISEG_MODEL: blob file {model!r} does not exist (the trained blob "
-                            "is committed as models/carla-enet.vsb)")
-    return sources, model
-
-
-def load_config(env: Optional[Mapping[str, str]] = None) -> Config:
-    """Parse the ``VERISEG_*`` variables of ``env`` (default ``os.environ``)."""
-    env = dict(os.environ if env is None else env)
-    problems = _unknown(env)
-    try:
-        s = FlowSettings(**_Environ(FlowSettings, env)())
-    except ValidationError as e:
-        raise ConfigError(problems + _problems(e, env)) from None
-    sources, model = _defaults(s, problems)
-    if problems:
-        raise ConfigError(problems)
-    default = "model" not in s.model_fields_set
-    # an unset VERISEG_HOME is the user's home at this call, not at import
-    home = s.home if "home" in s.model_fields_set else Path("~/.veriseg").expanduser()
-    return Config(
-        sources=sources, model=model, model_is_path=default or looks_like_path(model),
-        model_is_default=default, chain=s.chain, home=home, registry=s.registry,
-        chain_id=s.chain_id, out=s.out, backend=s.backend, providers=s.providers,
-        require_gpu=s.require_gpu, openvino_hint=s.openvino_hint,
-        openvino_device=s.openvino_device, precision=s.precision, threads=s.threads, batch=s.batch or 0,
-        loop=s.loop, max_frames=s.max_frames, queue=s.queue, pending=s.pending, anchor_every=s.anchor_every,
-        poll=s.poll, masks=s.masks, mask_size=s.mask_size, keep_frames=s.keep_frames, video=s.video, jsonl=s.jsonl,
-        metrics_port=s.metrics_port or None, metrics_host=s.metrics_host,
-        metrics_linger_s=s.metrics_linger_s, web=s.web,
-        web_token=s.web_token, progress=s.progress, preprocess=s.preprocess != "off",
-        reconnect_max=s.reconnect_max, stall=s.stall, status_max_age=s.status_max_age,
-        pending_deploy_max_s=s.pending_deploy_max_s,
-        decrypt_key_file=s.decrypt_key, video_scale=s.video_scale, max_pixels=s.max_pixels,
-        max_input_bytes=s.max_input_bytes, max_initializer_bytes=s.max_initializer_bytes,
-        max_tensor_elements=s.max_tensor_elements, max_arena_bytes=s.max_arena_bytes,
-        aux_nice=s.aux_nice, ort_spin=s.ort_spin,
-        extra={k: v for k, v in env.items() if k.startswith(PREFIX)},
-    )
+def load_config(env: Optional[Mapping[str, str]] = None, *,
+                defaults: Optional[Mapping[str, str]] = None) -> Config:
+    """The flow's configuration from ``env`` (default: the process environment); a flow
+    with other defaults passes them as ``defaults`` (variable -> value; what ``env`` sets
+    wins).  Raises ConfigError."""
+    return Config.from_env(env, defaults=defaults)
 
 
 if __name__ == "__main__":

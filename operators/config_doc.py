@@ -1,5 +1,5 @@
-"""The ``VERISEG_*`` reference tables, generated from the declarations in
-:mod:`operators.settings` so that the docs have one source.
+"""The ``VERISEG_*`` reference tables, generated from the fields of
+:class:`operators.config.Config` so that the docs have one source.
 
     python -m operators.config --markdown     # print docs/dataflow.md's full table
     python -m operators.config --write        # refresh the tables in README.md and docs/dataflow.md
@@ -12,8 +12,9 @@ import argparse
 import re
 from pathlib import Path
 
-from .config import REPO_ROOT, env_name, expected
-from .settings import FlowSettings
+from chain.config import expected
+
+from .config import REPO_ROOT, Config
 
 __all__ = ["markdown", "TABLES", "refreshed", "main"]
 
@@ -28,7 +29,7 @@ def _cell(text: str) -> str:
 
 def markdown(main_only: bool = False) -> str:
     rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
-    for name, f in FlowSettings.model_fields.items():
+    for name, f in Config.variables().items():
         extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
         if main_only and not extra.get("main"):
             continue
@@ -39,7 +40,7 @@ def markdown(main_only: bool = False) -> str:
         accepts = expected(f, "bound")
         accepts = "text" if accepts.startswith("a ") and " " not in accepts[2:] else accepts
         shown = f"`{shown}`" if " " not in str(shown) and shown != "—" else shown
-        rows.append(f"| `{env_name(name)}` | {shown} | {_cell(accepts)} | {_cell(f.description or '')} |")
+        rows.append(f"| `{name}` | {shown} | {_cell(accepts)} | {_cell(f.description or '')} |")
     return "\n".join(rows) + "\n"
 
 

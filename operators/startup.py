@@ -44,7 +44,7 @@ class LockedRegistry:
 
 def _check_pipelines(cfg: Config) -> None:
     problems = []
-    for s in cfg.sources:
+    for s in cfg.source:
         if s.kind == "gst":
             try:
                 check_pipeline(s.kind, s.target)
@@ -56,12 +56,12 @@ def _check_pipelines(cfg: Config) -> None:
 
 
 def _decrypt_key(cfg: Config) -> Optional[bytes]:
-    if cfg.decrypt_key_file is None:
+    if cfg.decrypt_key is None:
         return None
     try:
-        return read_secret(cfg.decrypt_key_file)
+        return read_secret(cfg.decrypt_key)
     except (OSError, ValueError) as e:
-        raise ConfigError([f"VERISEG_DECRYPT_KEY: {cfg.decrypt_key_file}: {e}"]) from None
+        raise ConfigError([f"VERISEG_DECRYPT_KEY: {cfg.decrypt_key}: {e}"]) from None
 
 
 def start_flow(cfg: Optional[Config] = None, *, registry=None,
@@ -83,8 +83,8 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
         provider = ctx.sessions.get(ctx.first).provider
     except ScoreError as e:
         raise ModelRefused(f"model refused: {e}") from None
-    ctx.preprocessor = Preprocessor.for_card(ctx.first.card) if cfg.preprocess else None
-    ctx.batch = cfg.batch
+    ctx.preprocessor = Preprocessor.for_card(ctx.first.card) if cfg.preprocess != "off" else None
+    ctx.batch = cfg.batch or 0
     if not ctx.batch:   # auto: batching helps GPUs; on this CPU it measured slower (cache)
         ctx.batch = 4 if provider in GPU_PROVIDERS else 1
     if cfg.web is not None and not views:

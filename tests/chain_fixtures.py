@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import chain.config
 from conftest import REPO, need
 
 TOOLS_BIN = REPO / ".tools" / "node_modules" / ".bin"
@@ -119,9 +120,12 @@ class Anvil:
 
 @pytest.fixture(autouse=True)
 def private_veriseg_home(tmp_path, monkeypatch):
-    """deploy_registry and a first connect record chain-id pins under VERISEG_HOME: in a
-    test that is a temporary folder, never the user's ~/.veriseg."""
-    monkeypatch.setenv("VERISEG_HOME", str(tmp_path / "veriseg-home"))
+    """deploy_registry and a first connect record chain-id pins in the home folder: in a
+    test that is a temporary folder, never the user's ~/.veriseg (the default of a library
+    call and the VERISEG_HOME of a command)."""
+    home = tmp_path / "veriseg-home"
+    monkeypatch.setattr(chain.config, "DEFAULT_HOME", str(home))
+    monkeypatch.setenv("VERISEG_HOME", str(home))
 
 
 @pytest.fixture(scope="session")

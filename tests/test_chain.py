@@ -444,20 +444,19 @@ def test_writes_need_an_account(anvil_node, monkeypatch):
 
 
 @pytest.mark.anvil
-def test_keyfile_signs_and_bad_password_is_refused(anvil_node, tmp_path, monkeypatch):
+def test_keyfile_signs_and_bad_password_is_refused(anvil_node, tmp_path):
     from chain import connect, deploy_registry
+    from chain.config import ChainConfig
     kf = make_keyfile(tmp_path / "k.json", ANVIL_KEYS[0], "secret")
-    monkeypatch.setenv("VERISEG_KEYFILE_PASSWORD", "secret")
-    addr = deploy_registry(anvil_node.url, keyfile=kf)
-    reg = connect(anvil_node.url, registry=addr, keyfile=kf)
+    right = ChainConfig.from_env({"VERISEG_KEYFILE_PASSWORD": "secret"})
+    addr = deploy_registry(anvil_node.url, keyfile=kf, config=right)
+    reg = connect(anvil_node.url, registry=addr, keyfile=kf, config=right)
     reg.register(K1, "m")
     assert reg.owner() == reg.sender
-    monkeypatch.setenv("VERISEG_KEYFILE_PASSWORD", "wrong")
     with pytest.raises(errors.KeyfileError, match="cannot decrypt"):
-        connect(anvil_node.url, registry=addr, keyfile=kf)
-    monkeypatch.delenv("VERISEG_KEYFILE_PASSWORD")
+        connect(anvil_node.url, registry=addr, keyfile=kf,
+                config=ChainConfig.from_env({"VERISEG_KEYFILE_PASSWORD": "wrong"}))
     with pytest.raises(errors.KeyfileError, match="VERISEG_KEYFILE_PASSWORD"):
         connect(anvil_node.url, registry=addr, keyfile=kf)
-    monkeypatch.setenv("VERISEG_KEYFILE_PASSWORD", "secret")
     with pytest.raises(errors.KeyfileError, match="does not exist"):
-        connect(anvil_node.url, registry=addr, keyfile=tmp_path / "none.json")
+        connect(anvil_node.url, registry=addr, keyfile=tmp_path / "none.json", config=right)

@@ -78,7 +78,7 @@ def test_import_reads_the_key_from_a_file_or_stdin_never_argv(tmp_path, password
     monkeypatch.setattr(sys, "stdin", io.StringIO(ANVIL_KEYS[0] + "\n"))
     rc, out, _ = run(capsys, "import", tmp_path / "b.json")
     assert rc == 0 and out.strip() == ADDRESS0
-    assert load_keyfile(tmp_path / "b.json").address == ADDRESS0
+    assert load_keyfile(tmp_path / "b.json", "env pw").address == ADDRESS0
     # there is no way to give the key as an argument
     with pytest.raises(SystemExit) as ei:
         run(capsys, "import", tmp_path / "c.json", ANVIL_KEYS[0])

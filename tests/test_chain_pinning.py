@@ -12,6 +12,7 @@ from eth_abi import encode
 
 from chain import connect, errors
 from chain.artifact import load_artifact
+from chain.config import ChainConfig
 from chain.pins import read_pin, record_pin
 from chain_fixtures import JsonRpcStub
 
@@ -49,8 +50,7 @@ def fake_node():
         n.close()
 
 
-def test_a_fake_node_is_refused_before_any_status_is_believed(fake_node, tmp_path, monkeypatch):
-    monkeypatch.delenv("VERISEG_CHAIN_ID", raising=False)
+def test_a_fake_node_is_refused_before_any_status_is_believed(fake_node, tmp_path):
     node = fake_node()
     with pytest.raises(errors.RegistryCodeMismatch) as ei:
         connect(node.url, home=tmp_path, registry=REGISTRY, timeout=2)
@@ -60,17 +60,15 @@ def test_a_fake_node_is_refused_before_any_status_is_believed(fake_node, tmp_pat
     assert read_pin(tmp_path, REGISTRY) is None  # and nothing was pinned for it
 
 
-def test_a_node_on_another_chain_than_the_pinned_one_is_refused(fake_node, tmp_path, monkeypatch):
+def test_a_node_on_another_chain_than_the_pinned_one_is_refused(fake_node, tmp_path):
     """Even a node that serves the committed bytecode is refused on the wrong chain id:
     pinned by configuration, or recorded at deploy-registry / first use."""
-    monkeypatch.delenv("VERISEG_CHAIN_ID", raising=False)
     node = fake_node(chain_id=1, code=load_artifact()["deployedBytecode"])
     with pytest.raises(errors.ChainIdMismatch, match="pinned to chain id 31337"):
         connect(node.url, home=tmp_path, registry=REGISTRY, timeout=2, chain_id=31337)
-    monkeypatch.setenv("VERISEG_CHAIN_ID", "31337")
-    with pytest.raises(errors.ChainIdMismatch):
-        connect(node.url, home=tmp_path, registry=REGISTRY, timeout=2)
-    monkeypatch.delenv("VERISEG_CHAIN_ID")
+    with pytest.raises(errors.ChainIdMismatch):   # VERISEG_CHAIN_ID, hex or decimal
+        connect(node.url, home=tmp_path, registry=REGISTRY, timeout=2,
+                config=ChainConfig.from_env({"VERISEG_CHAIN_ID": "0x7a69"}))
     record_pin(tmp_path, REGISTRY, 31337, "http://own-node", "deploy-registry")
     with pytest.raises(errors.ChainIdMismatch) as ei:
         connect(node.url, home=tmp_path, registry=REGISTRY, timeout=2)

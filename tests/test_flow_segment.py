@@ -111,9 +111,9 @@ def test_config_several_sources_get_their_own_stream_ids(tmp_path):
     make_blob(blob)
     cfg = load_config({"VERISEG_SOURCE": f"{a}; front@dir:{d}; gst:videotestsrc ; rtsp://h/x",
                        "VERISEG_MODEL": str(blob)})
-    assert [(s.stream_id, s.kind) for s in cfg.sources] == [
+    assert [(s.stream_id, s.kind) for s in cfg.source] == [
         ("a", "video"), ("front", "dir"), ("gst0", "gst"), ("rtsp0", "rtsp")]
-    assert cfg.sources[2].live and not cfg.sources[0].live
+    assert cfg.source[2].live and not cfg.source[0].live
     with pytest.raises(ConfigError, match="used twice"):
         load_config({"VERISEG_SOURCE": f"x@{a};x@{a}", "VERISEG_MODEL": str(blob)})
 
@@ -133,7 +133,7 @@ def test_a_stream_id_that_would_leave_its_folder_is_refused_or_replaced(tmp_path
     dots = make_clip(tmp_path / "...avi", n=2)
     d = make_folder(tmp_path / "..frames.", n=2)
     cfg = load_config({"VERISEG_SOURCE": f"{dots}; dir:{d}; .x@{a}", "VERISEG_MODEL": str(blob)})
-    assert [s.stream_id for s in cfg.sources] == ["video", "..frames.", ".x"]
+    assert [s.stream_id for s in cfg.source] == ["video", "..frames.", ".x"]
     assert stream_id_of(dots) == "video" and stream_id_of(tmp_path / "..avi") == "video"
 
 
@@ -655,7 +655,7 @@ def test_default_run_trusts_the_committed_blob_on_first_use_only(tmp_path, monke
     for run in (1, 2):
         caplog.clear()
         cfg = load_config(env)
-        assert cfg.model_is_default and cfg.sources[0].stream_id == "sample"
+        assert cfg.model_is_default and cfg.source[0].stream_id == "sample"
         run_main(build_flow(cfg))
         said = [r.getMessage() for r in caplog.records if "registered the committed blob" in r.getMessage()]
         assert len(said) == (run == 1)

@@ -8,7 +8,6 @@ batches 0..3, 5..8 and 9..9, every frame kept.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -173,7 +172,7 @@ def test_a_v2_leaf_cannot_be_rescored(tmp_path, capsys):
     folder = make_folder(tmp_path / SID, n=2)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", blob, VERISEG_ANCHOR_EVERY=2, VERISEG_VIDEO=0,
                               VERISEG_KEEP_FRAMES="all"))
-    run_main(build_flow(dataclasses.replace(cfg, frame_digest=False)))
+    run_main(build_flow(cfg.model_copy(update={"frame_digest": False})))
     row = read_jsonl(cfg.out / SID / "results.jsonl")[0]
     assert "frame" not in row and "profile" not in row
     args = ["--chain", "embedded", "--home", str(tmp_path / "home"), "anchor-verify",

@@ -204,7 +204,8 @@ def main(a) -> int:
         write_record(a, ck, key, out, card, report, eq, fps)
     if a.register or a.deploy:
         from chain import connect
-        reg = connect(chain=a.chain, registry=a.registry)
+        from chain.config import ChainConfig
+        reg = connect(chain=a.chain, registry=a.registry, config=ChainConfig.from_env())
         reg.register(key, a.name, uri=str(out))
         print(f"registered {key} as {a.name}")
         if a.deploy:

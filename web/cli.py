@@ -8,7 +8,6 @@ exit status 1, as there.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Optional
 
 from chain.cli import CliError, OneLineParser, add_registry_options, connect_from_args, run_command
@@ -22,7 +21,7 @@ def cmd_audit(args) -> int:
     except ImportError as e:
         raise CliError(f"the audit page needs the web extra ({e}): pip install 'veriseg[web]'") from None
     return run_audit(args.out_dir, connect_from_args(args), host=args.host, port=args.port,
-                     blob=args.blob, token=os.environ.get("VERISEG_WEB_TOKEN") or None)
+                     blob=args.blob, token=args.config.web_token)
 
 
 def build_parser() -> argparse.ArgumentParser:

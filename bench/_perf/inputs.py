@@ -3,18 +3,19 @@ test (the trained blob or a random-weight ENet) and its rewritten variants, regi
 bench's embedded chain."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from bench._environment import carla_dir_setting
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def carla_dir() -> Optional[Path]:
-    for c in (os.environ.get("VERISEG_CARLA_DIR"), REPO.parent / "shared" / "data" / "carla"):
+    for c in (carla_dir_setting(), REPO.parent / "shared" / "data" / "carla"):
         if c and (Path(c) / "images").is_dir():
             return Path(c)
     return None

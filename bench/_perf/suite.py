@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from bench._environment import child_environment
+
 from .measure import _pct
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,9 +65,7 @@ class Suite:
         self.n = 0
         self.startup_cpu: Optional[float] = None
         self.startup_wall: Optional[float] = None
-        self.env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.env = {k: v for k, v in self.env.items() if not k.startswith("VERISEG_")}
-        self.env.update(OMP_NUM_THREADS=str(a.threads))
+        self.env = child_environment({"OMP_NUM_THREADS": str(a.threads)}, path_first=REPO)
 
     def log(self, msg: str):
         print(msg, flush=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-STOP_ENV = "SOAK_STOP_FILE"
+from bench._environment import soak_stop_file
+
 STREAM = "soak"
 
 
@@ -29,7 +30,7 @@ def soak_flow():
     from dataflows.segment import build_flow
     from operators.startup import flow_from_env
     from operators.sources import open_reader
-    stop_file = os.environ.get(STOP_ENV) or ""
+    stop_file = soak_stop_file()
 
     def factory(spec, **kw):
         r = open_reader(spec, **kw)

@@ -18,7 +18,9 @@ from model_store.blob_key import BlobKey
 from ..machine import busy
 from .chain_control import ChainControl, Models
 from .checks import _check, check_run
-from .flow import STOP_ENV, STREAM
+from bench._environment import SOAK_STOP, child_environment
+
+from .flow import STREAM
 from .samples import _slope, read_counters, tree_rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,13 +103,11 @@ def run(a) -> dict:
         path, key = new_key()
         act("deploy", key, blob=path)
         current = key
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERISEG_")}
-        env.update(ctl.env)
+        env = child_environment(ctl.env, path_first=REPO)
         env.update({"VERISEG_SOURCE": f"{STREAM}@{Path(a.clip).resolve()}", "VERISEG_LOOP": "1",
                     "VERISEG_MODEL": a.deployment, "VERISEG_OUT": str(out), "VERISEG_PROGRESS": "0",
                     "VERISEG_POLL": str(a.poll), "VERISEG_MODEL_DIRS": str(models.dir),
-                    "VERISEG_PROVIDERS": a.providers, STOP_ENV: str(stop_file),
-                    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+                    "VERISEG_PROVIDERS": a.providers, SOAK_STOP: str(stop_file)})
         if a.threads:
             env["VERISEG_THREADS"] = str(a.threads)
         for kv in a.env or []:

@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from chain.config import default_home
 from chain.profile import ExecutionProfile
 from model_store.blob_key import BlobKey
 from model_store.util import first_line
@@ -73,7 +74,7 @@ def trt_cache_dir(key: str, home=None):
     ONNX Runtime names an engine by its graph, not its weights, so one folder shared by all
     keys could run a retrained (or revoked) model's engine under another key's name."""
     from pathlib import Path
-    root = Path(str(home) if home else "~/.veriseg").expanduser() / "trt-cache"
+    root = (Path(str(home)).expanduser() if home else default_home()) / "trt-cache"
     return root, root / key
 
 

@@ -41,8 +41,7 @@ __all__ = ["ModelResolver", "connect_registry"]
 
 def connect_registry(cfg: Config):
     try:
-        return chain.connect(chain=cfg.chain, home=cfg.home, registry=cfg.registry,
-                             chain_id=cfg.chain_id)
+        return chain.connect(config=cfg)
     except chain.errors.ChainError as e:
         raise ModelRefused(f"VERISEG_CHAIN={cfg.chain}: cannot reach the model registry: "
                            f"{first_line(e)}") from None
@@ -65,8 +64,7 @@ class ModelResolver:
         dirs = []
         if cfg.model_is_path:
             dirs.append(Path(cfg.model).parent)
-        extra = cfg.extra.get("VERISEG_MODEL_DIRS", "")
-        dirs += [Path(p) for p in extra.split(os.pathsep) if p.strip()]
+        dirs += [Path(p.strip()).expanduser() for p in cfg.model_dirs.split(os.pathsep) if p.strip()]
         dirs += [MODELS_DIR, cfg.home / "models"]
         self.locator = locator or BlobLocator(dirs, self.stats)
         self.updates: list[ModelEvent] = []

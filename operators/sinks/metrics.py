@@ -4,7 +4,6 @@ registry (:class:`operators.telemetry.Stats`)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -27,9 +26,10 @@ class MetricsPublisher:
     that a scraper polling every few seconds still reads the final counts."""
 
     def __init__(self, stats, out: Path, port: Optional[int] = None, progress: bool = False,
-                 host: str = "127.0.0.1", linger: float = 0.0):
+                 host: str = "127.0.0.1", linger: float = 0.0, suffix: str = ""):
         self.stats = stats
         self.out = out
+        self.suffix = suffix   # process_suffix
         self.port = port
         self.host = host
         self.linger = linger
@@ -89,7 +89,7 @@ class MetricsPublisher:
         self.server = None
 
     def _write(self):
-        path = self.out / f"metrics{process_suffix()}.prom"
+        path = self.out / f"metrics{self.suffix}.prom"
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             write_to_textfile(str(path), self.stats.registry)
@@ -116,10 +116,11 @@ class MetricsPublisher:
                 t_next = time.monotonic() + 1.0
 
 
-def process_suffix() -> str:
-    """'' in a single-process run; '.p<N>' for process N of a multi-process run (-i/-a),
-    so that each process writes its own summary and metrics file."""
-    pid = os.environ.get("BYTEWAX_PROCESS_ID")
+def process_suffix(process_id: Optional[str] = None) -> str:
+    """'' in a single-process run; '.p<N>' for process N of a multi-process run (``-i`` on
+    the command line, else ``process_id``: BYTEWAX_PROCESS_ID), so that each process writes
+    its own summary and metrics file."""
+    pid = process_id
     argv = sys.argv
     for i, a in enumerate(argv):
         if a in ("-i", "--process-id") and i + 1 < len(argv):
@@ -129,7 +130,7 @@ def process_suffix() -> str:
     return f".p{pid}" if pid not in (None, "") else ""
 
 
-def write_summary(stats, out: Path, extra: Optional[dict] = None) -> dict:
+def write_summary(stats, out: Path, extra: Optional[dict] = None, suffix: str = "") -> dict:
     snap = stats.snapshot()
     doc = {"fps": round(stats.fps(), 3), "scored": sum(snap["frames_scored"].values()),
            "dropped": sum(sum(d.values()) for d in snap["frames_dropped"].values()),
@@ -138,7 +139,7 @@ def write_summary(stats, out: Path, extra: Optional[dict] = None) -> dict:
     if extra:
         doc.update(extra)
     try:
-        atomic_write(Path(out) / f"summary{process_suffix()}.json", json.dumps(doc, indent=1))
+        atomic_write(Path(out) / f"summary{suffix}.json", json.dumps(doc, indent=1))
     except OSError as e:
         log.error("cannot write %s: %s", Path(out) / "summary.json", e.strerror or e)
     log.info("done: %d frames scored at %.1f FPS, %d dropped, %d bad; outputs in %s",

@@ -30,7 +30,7 @@ from ..context import FlowContext
 from ..keep_frames import KeepFrames
 from ..telemetry import log
 from .anchors import AnchorSender, resend_unsent
-from .metrics import MetricsPublisher, write_summary
+from .metrics import MetricsPublisher, process_suffix, write_summary
 from .overlay import classes_of
 from .partition import NullPartition, ResultPartition
 
@@ -57,7 +57,8 @@ class ResultSink(FixedPartitionedSink):
                  video=True, jsonl=True, anchor_every: int = 0, registry=None, metrics_port=None,
                  progress=False, fps: float = 10.0, summary_extra: Optional[dict] = None,
                  video_scale: float = 1.0, home: Optional[Path] = None,
-                 metrics_host: str = "127.0.0.1", metrics_linger: float = 0.0, aux_nice: int = 0):
+                 metrics_host: str = "127.0.0.1", metrics_linger: float = 0.0, aux_nice: int = 0,
+                 file_suffix: str = ""):
         self.stats, self.revoked = ctx.stats, ctx.revoked
         self.aux_nice = aux_nice
         self.flow_stop = ctx.stop   # set when the outputs fail: the sources end
@@ -73,8 +74,9 @@ class ResultSink(FixedPartitionedSink):
         self.registry = registry
         self.fps = fps
         self.summary_extra = summary_extra or {}
+        self.file_suffix = file_suffix   # metrics.process_suffix
         self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress, metrics_host,
-                                        metrics_linger)
+                                        metrics_linger, file_suffix)
         self.anchoring = None
         self.sender = None
         self._closed: set = set()
@@ -151,7 +153,7 @@ class ResultSink(FixedPartitionedSink):
             failed = self.failed or self.stats.error
             if failed:
                 extra["error"] = failed
-            write_summary(self.stats, self.out, extra)
+            write_summary(self.stats, self.out, extra, self.file_suffix)
             self.metrics.close()
             if failed:
                 _finish_with_error(failed)
@@ -159,7 +161,7 @@ class ResultSink(FixedPartitionedSink):
 
 def _video_fps(cfg) -> float:
     """Frame rate of the overlay video: the first video source's, else 10."""
-    for s in cfg.sources:
+    for s in cfg.source:
         if s.kind == "video":
             cap = cv2.VideoCapture(s.target)
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 0)
@@ -169,8 +171,8 @@ def _video_fps(cfg) -> float:
 
 
 def _config_summary(cfg) -> dict:
-    return {"sources": [s.describe() for s in cfg.sources], "model": cfg.model, "chain": cfg.chain,
-            "out": str(cfg.out), "providers": cfg.providers, "batch": cfg.batch,
+    return {"sources": [s.describe() for s in cfg.source], "model": cfg.model, "chain": cfg.chain,
+            "out": str(cfg.out), "providers": cfg.providers, "batch": cfg.batch or 0,
             "anchor_every": cfg.anchor_every, "max_frames": cfg.max_frames, "loop": cfg.loop}
 
 
@@ -178,7 +180,7 @@ def result_sink(ctx: FlowContext) -> ResultSink:
     """The sink of the segment flow as the configuration asks for it."""
     cfg, first = ctx.config, ctx.first
     progress = cfg.progress == "1" or (cfg.progress == "auto" and sys.stderr.isatty()
-                                       and not any(s.live for s in cfg.sources))
+                                       and not any(s.live for s in cfg.source))
     model = {"key": first.key, "name": getattr(first.card, "name", None), "source": first.source}
     return ResultSink(ctx, cfg.out, cfg.stream_ids, classes=classes_of(first.card),
                       masks=cfg.masks, mask_size=cfg.mask_size, keep_frames=cfg.keep_frames,
@@ -187,7 +189,8 @@ def result_sink(ctx: FlowContext) -> ResultSink:
                       metrics_port=cfg.metrics_port, metrics_host=cfg.metrics_host,
                       metrics_linger=cfg.metrics_linger_s, progress=progress, fps=_video_fps(cfg),
                       summary_extra={"config": _config_summary(cfg), "model": model},
-                      video_scale=cfg.video_scale, home=cfg.home, aux_nice=cfg.aux_nice)
+                      video_scale=cfg.video_scale, home=cfg.home, aux_nice=cfg.aux_nice,
+                      file_suffix=process_suffix(cfg.process_id))
 
 
 @operator

@@ -63,7 +63,7 @@ def read_frames(step_id: str, flow: Dataflow, ctx: FlowContext,
             raw=f.image if keep_raw or keep.keeps(f.seq) else None, raw_colour=f.colour)
         return pre(f) if pre is not None else f
     frames = op.input("decode", flow, FrameSource(
-        ctx, cfg.sources, queue=cfg.queue, batch=ctx.batch, loop=cfg.loop,
+        ctx, cfg.source, queue=cfg.queue, batch=ctx.batch, loop=cfg.loop,
         max_frames=cfg.max_frames, prepare=prepare, reconnect_max=cfg.reconnect_max,
         colour=pre.colour if pre is not None else "BGR", reader_factory=reader_factory,
         stall=cfg.stall, max_pixels=cfg.max_pixels, aux_nice=cfg.aux_nice))
