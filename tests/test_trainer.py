@@ -369,6 +369,18 @@ def test_export_command_packs_a_rewritten_graph_that_matches_pytorch(tmp_path):
     assert ops["rewritten"].count("Conv") == ops["plain"].count("Conv") + ops["plain"].count("Pad")
 
 
+@pytest.mark.parametrize("name,value", [("VERISEG_CHAIN_ID", "abc"), ("VERISEG_CHAIN", "ftp://node")])
+def test_export_register_with_a_bad_chain_variable_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                              name, value):
+    from trainer.__main__ import main as trainer_main
+    monkeypatch.setenv(name, value)
+    rc = trainer_main(["export", "--checkpoint", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.vsb"),
+                       "--register"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and name in err, err
+    assert not (tmp_path / "m.vsb").exists()
+
+
 @pytest.mark.carla
 def test_carla_folder_loads():
     root = os.environ.get("VERISEG_CARLA_DIR")

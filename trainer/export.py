@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from model_store import CARLA_CLASSES, ModelCard, TensorSpec, write
 from model_store.palette import NUM_CLASSES
+from model_store.util import one_line
 
 from .data import MEAN, RARE_TEMPERATURE, STD
 from .enet import ENet
@@ -150,6 +152,14 @@ def build_card(ck: dict, size: int, opset: int, metrics: dict, name: str = "carl
 
 def main(a) -> int:
     from .checkpoints import load_checkpoint
+    chain_config = None
+    if a.register or a.deploy:   # a bad chain variable is one line before any work
+        from chain.config import ChainConfig, ConfigError
+        try:
+            chain_config = ChainConfig.from_env()
+        except ConfigError as exc:
+            print(f"error: {'; '.join(exc.problems)}", file=sys.stderr)
+            return 2
     torch.set_num_threads(2)
     net, ck = load_checkpoint(a.checkpoint, use_ema=not a.no_ema)
     onnx_bytes = export_onnx(net, a.size, a.opset)
@@ -204,13 +214,18 @@ def main(a) -> int:
         write_record(a, ck, key, out, card, report, eq, fps)
     if a.register or a.deploy:
         from chain import connect
-        from chain.config import ChainConfig
-        reg = connect(chain=a.chain, registry=a.registry, config=ChainConfig.from_env())
-        reg.register(key, a.name, uri=str(out))
-        print(f"registered {key} as {a.name}")
-        if a.deploy:
-            v = reg.deploy(a.deploy, key)
-            print(f"deployed {a.deploy} -> {key} (version {v})")
+        from chain.errors import ChainError
+        try:
+            reg = connect(chain=a.chain, registry=a.registry, config=chain_config)
+            reg.register(key, a.name, uri=str(out))
+            print(f"registered {key} as {a.name}")
+            if a.deploy:
+                v = reg.deploy(a.deploy, key)
+                print(f"deployed {a.deploy} -> {key} (version {v})")
+        except ChainError as exc:
+            print(f"error: {one_line(exc)} (the blob is written: {out}; register it with "
+                  f"python -m chain register)", file=sys.stderr)
+            return 1
     return 0
 
 
