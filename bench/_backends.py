@@ -1,4 +1,4 @@
-"""The backend rows of ``python -m bench perf`` (issue 21), one run, same frames and graph:
+"""The backend rows of ``python -m bench perf``, one run, same frames and graph:
 
 - raw ONNX Runtime vs raw OpenVINO with its LATENCY hint (one synchronous request, all
   threads) and its THROUGHPUT hint (an AsyncInferQueue of the optimal number of requests,

@@ -48,14 +48,14 @@ JOBS = {
     "rcm-f2-s4": ["--seed", "4", *F2],
     # the final fit (every frame, no validation), as shipped
     "rcm-all-s0": ["--seed", "0", "--val-fraction", "0"],
-    # seed 0 of each fold, the base of the fold fine-tunes below (issue 18)
+    # seed 0 of each fold, the base of the fold fine-tunes below
     "rcm-f1-s0": ["--seed", "0"],
     "rcm-f2-s0": ["--seed", "0", *F2],
 }
 
 # The second stage of the shipped recipe (docs/trainer.md, "Robustness"): a fine-tune from a
 # first-stage run's last EMA weights (a job name above) or from a checkpoint path, with
-# training conditions.  name -> (init, extra arguments).  Issue 18 asks for the clean two-fold
+# training conditions.  name -> (init, extra arguments).  They measure the clean two-fold
 # mean of this recipe at full length, and whether a smaller conditions share or the
 # Jensen-Shannon consistency term (recipe (c)) keeps more clean accuracy.
 FINETUNE = ["--lr", "1e-3", "--seed", "0"]

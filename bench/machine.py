@@ -22,7 +22,7 @@ def info() -> dict[str, Any]:
             if line.startswith("model name") and not flags:
                 cpu = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
-                # int8 pays only with VNNI / AMX (issue 21: 69-82 vs 52-58 FPS with AVX512-VNNI)
+                # int8 pays only with VNNI / AMX (69-82 vs 52-58 FPS on a CPU with AVX512-VNNI)
                 have = set(line.split(":", 1)[1].split())
                 flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in have]
                 break

@@ -12,7 +12,7 @@ One run, on the same decoded frames:
 - **flow**: ``python -m bytewax.run dataflows.segment`` (decode + preprocess + score +
   every sink: masks, overlay video, JSON lines, anchoring) on the clip, 1 and 2 workers;
   its own ``summary.json`` gives the steady scoring rate and latencies;
-- the backends (``bench/_backends.py``, issue 21): raw ORT, raw OpenVINO with the LATENCY
+- the backends (``bench/_backends.py``): raw ORT, raw OpenVINO with the LATENCY
   and THROUGHPUT hints, the NNCF int8 blob on both, the flow on each backend, the cost
   curve 256²/512²/1024² per backend and the flow's per-stage CPU budget
   (``--only-backends``: just these, with the decode and sink costs);
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--skip-curve", action="store_true")
     p.add_argument("--skip-backends", action="store_true", help="no OpenVINO / int8 / per-backend rows")
     p.add_argument("--only-backends", action="store_true",
-                   help="the backend rows, the decode and sink costs only (issue 21's figures, ~6 min)")
+                   help="the backend rows, the decode and sink costs only (bench/run_backends.sh's figures, ~6 min)")
     p.add_argument("--calib", type=int, default=50, help="CARLA frames for int8 calibration")
     p.add_argument("--int8-blob", help="benchmark this int8 blob (python -m trainer quantize) instead of "
                                        "quantising the model here")
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     R["main"] = main_rows
 
     if not a.skip_backends:
-        print("== backends (issue 21)", flush=True)
+        print("== backends", flush=True)
         from . import _backends
         R["backends"] = _backends.run_section(s, a, base, model, clip, fpath, work, frames)
 
@@ -190,12 +190,12 @@ def main(argv: list[str]) -> int:
 
 
 def _only_backends(a, s, R, base, model, clip, fpath, work, frames, load0, busy0, t_start, argv, tmp) -> int:
-    """``--only-backends``: what issue 21 asks for, without the older experiments."""
+    """``--only-backends``: the backend rows, without the other experiments."""
     from . import _backends
     print("== decode and sink costs", flush=True)
     R["main"] = {"decode": s.child({"kind": "decode", "clip": str(clip), "size": a.size}, "decode+preprocess only")}
     R["sink_costs"] = s.child({"kind": "sinkcost", "frames": str(fpath), "clip": str(clip)}, "decoder/writer costs")
-    print("== backends (issue 21)", flush=True)
+    print("== backends", flush=True)
     R["backends"] = _backends.run_section(s, a, base, model, clip, fpath, work, frames)
     return _finish(a, R, load0, busy0, t_start, argv, tmp)
 

@@ -2,8 +2,8 @@
 
 An encrypted body's 12-byte nonce is a keyed BLAKE3 of the header (with the nonce field
 zeroed) and the compressed body, so one model packed with two cards never reuses a nonce.
-Blobs packed before 2026-12 derived it from the body alone; they load unchanged (the
-reader takes the nonce from the header), so the format version stays 1.
+Blobs whose nonce was derived from the body alone load the same way (the reader takes
+the nonce from the header), so both derivations share format version 1.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ class ModelCard:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     onnx_opset: int = 17
     body: Optional[BodyInfo] = None
-    # added 2026-11 (issue 22); left out of the JSON when default, so older cards keep their bytes
+    # left out of the JSON when default, so a card without it keeps its bytes (and its key)
     preprocessing: Preprocessing = Preprocessing()
     output_kind: Optional[str] = None  # None: class_map for an integer output, logits for a float one
 

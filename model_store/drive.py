@@ -17,7 +17,7 @@ preprocess, step by step (each exactly as written; float arithmetic in float32):
    - letterbox: s = min(h / H0, w / W0), resize to (round(W0 * s), round(H0 * s)), paste
      at top = (h - nh) // 2, left = (w - nw) // 2 on zeros (black);
    the interpolation is cv2.INTER_AREA when the frame shrinks in both directions and at
-   least 2x in height, else cv2.INTER_LINEAR (the flow's rule before issue 22).
+   least 2x in height, else cv2.INTER_LINEAR.
 2. colour: BGR -> RGB by reversing the channel axis when spec.colour is "RGB".
 3. values: a uint8 input gets the bytes as they are. A float input gets
    x = x.astype(float32) * float32(scale); then, with a mean, x = (x - mean) / std with

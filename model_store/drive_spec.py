@@ -109,7 +109,7 @@ def drive_spec_of(card: "ModelCard") -> DriveSpec:
     if len(inp.shape) != 4 or inp.layout not in ("NCHW", "NHWC"):
         raise refuse(errors.UnsupportedInput, f"input {inp.name!r} is [{_dims(inp.shape)}] {inp.layout}; expected a 4-D image, NCHW or NHWC (pass --input-layout if the graph is ambiguous)")
     channels = inp.dim("C")
-    colour = inp.color_order or "RGB"  # cards before issue 22 always said RGB
+    colour = inp.color_order or "RGB"  # a card that states no colour order means RGB
     if (isinstance(channels, int) and channels != 3) or colour not in ("RGB", "BGR"):
         raise refuse(errors.UnsupportedInput, f"input {inp.name!r} has {channels} channels ({colour}); the flow feeds 3-channel RGB or BGR frames")
     h, w = inp.dim("H"), inp.dim("W")

@@ -1,4 +1,4 @@
-"""Foreign segmentation models for the bring-your-own-model tests (issue 22).
+"""Foreign segmentation models for the bring-your-own-model tests.
 
 Real architectures written from their published definitions in plain torch (torchvision
 does not import beside the CPU torch here; nothing is downloaded), random weights, small

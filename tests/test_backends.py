@@ -291,7 +291,7 @@ def test_a_run_that_fails_costs_only_its_frames(backend):
 @pytest.mark.slow
 def test_openvino_class_maps_agree_with_onnx_runtime_on_the_sample_clip():
     """The committed blob on frames of the committed clip: ≥ 99.9 % of pixels the same class
-    on every backend as on ONNX Runtime (issue 21; 99.95 % measured on the 512² ENet)."""
+    on every backend as on ONNX Runtime (99.95 % measured on the 512² ENet)."""
     import model_store
     from operators.backends import compile_verified
     from operators.frames import Frame

@@ -1,4 +1,4 @@
-"""Bring your own model (issue 22, flow side): every shape docs/models.md lists, packed with the
+"""Bring your own model (flow side): every shape docs/models.md lists, packed with the
 documented options, is scored by the segment flow on every frame with the class maps the
 reference pre/postprocessing (model_store.drive) gives in ONNX Runtime directly; evaluate counts
 it against labels at their own size; a model the flow cannot drive is refused at start with one
@@ -184,7 +184,7 @@ def test_an_undrivable_only_model_ends_the_job_with_one_line_and_status_2(graph,
                             inputs=(ms.TensorSpec("input", "float32", (1, 3, 32, 32), "NCHW", "RGB"),),
                             outputs=(ms.TensorSpec("logits", "float32", (1, 1000), "NC", None),),
                             metrics={}, onnx_opset=17)
-    else:   # issue 22's original lie: a float NCHW logits graph under an ENet uint8 class-map card
+    else:   # a card that lies: a float NCHW logits graph under an ENet uint8 class-map card
         onnx_bytes = bm.export_torch("unet")
         card = ms.ModelCard(name="liar", description="ENet", algorithm="ENet",
                             created="2026-11-30T12:00:00Z", modified="2026-11-30T12:00:00Z",

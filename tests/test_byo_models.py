@@ -1,4 +1,4 @@
-"""Bring your own model (issue 22, model_store side): foreign graphs packed with the documented
+"""Bring your own model (model_store side): foreign graphs packed with the documented
 options, their cards asserted, the reference pre/postprocessing checked against the same model
 run directly in ONNX Runtime, and what cannot be driven refused at pack and at verify/load."""
 

@@ -22,7 +22,7 @@ from web_fixtures import REPO, FlowThread, free_port, save_small_png
 pytestmark = pytest.mark.slow
 BLOB = REPO / "models" / "carla-enet.vsb"
 CLIP = REPO / "models" / "sample.avi"
-BANNER_MS = 2000   # the bound: red within 2 s of the revoke transaction
+BANNER_MS = 2000   # the live view's bound: red within 2 s of the revoke transaction
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 auto: ONNX Runtime when one of its NVIDIA providers (TensorRT > CUDA) actually loads;
 else OpenVINO when it is installed, on ``VERISEG_OPENVINO_DEVICE`` (``ov_devices``: an Intel
 GPU when OpenVINO lists one, else the CPU; on a CPU 1.4x ONNX Runtime's FPS on the 512² ENet
-with AVX2, 2.0x with AVX-512 VNNI, same graph and frames: issue 21, ``python -m bench perf``;
+with AVX2, 2.0x with AVX-512 VNNI, same graph and frames: ``python -m bench perf``;
 at the card's fp32 its class maps equal ONNX Runtime's on the sample clip, ``bench precision``); else ONNX Runtime on the CPU.  ``VERISEG_PROVIDERS`` and ``VERISEG_REQUIRE_GPU`` are ONNX
 Runtime settings: asking for CUDA/TensorRT or requiring a GPU means ONNX Runtime.
 ``VERISEG_PRECISION`` (:mod:`.precision`) reaches whichever runtime compiles: the card's

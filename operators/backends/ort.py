@@ -197,7 +197,7 @@ def build(onnx: bytes, *, key: BlobKey, providers: str = "auto", require_gpu: bo
     so.log_severity_level = 3
     # ORT's intra-op threads spin-wait by default; in the flow they would burn the CPU the
     # decoder and writer threads need (and any other load on the machine): off unless
-    # VERISEG_ORT_SPIN=1 (measured on the shared 2-core box: +80 % raw FPS under load)
+    # VERISEG_ORT_SPIN=1 (measured on a 2-core AMD EPYC: +80 % raw FPS under load)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     wanted = providers_for(providers)
