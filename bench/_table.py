@@ -1,5 +1,5 @@
 """Tables of benchmark rows: one way to write a cell and a row for every benchmark, as Markdown
-(what README and docs/performance.md quote) or as right-aligned text columns."""
+(what docs/performance.md quotes) or as right-aligned text columns."""
 
 from __future__ import annotations
 

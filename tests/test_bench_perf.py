@@ -1,7 +1,7 @@
 """Smoke test of ``python -m bench perf``: the harness runs end to end on 4 tiny frames.
 
 Speed figures are not checked (this is not a benchmark); only that every part of the
-suite produced a result with the fields the README table is built from."""
+suite produced a result with the fields the tables of docs/performance.md are built from."""
 from __future__ import annotations
 
 import json

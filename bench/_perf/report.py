@@ -1,4 +1,4 @@
-"""A perf.json document as Markdown (README, docs/performance.md): every section, or one."""
+"""A perf.json document as Markdown (docs/performance.md): every section, or one."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,7 +7,7 @@ from .._table import cell as _f, markdown
 
 
 def tables(doc: dict, part: Optional[str] = None) -> str:
-    """Markdown (README / docs/performance.md) from a perf.json document: every section, or
+    """Markdown (docs/performance.md) from a perf.json document: every section, or
     one of main | curve | experiments | int8 | profile | sinks."""
     R, m = doc["results"], doc["machine"]
     M = R["main"]

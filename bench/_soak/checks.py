@@ -37,7 +37,7 @@ def check_run(rows: list, summary: dict, timeline: list, *, poll: float, stream:
     ``{"action": "deploy"|"revoke", "key", "t_sent", "t_mined"}`` (wall clock);
     ``anchors``: ``[{"model_key", "first_seq", "last_seq", "anchored"}]`` of the batch files.
     Returns ``{"passed", "checks": [{"name", "ok", "detail"}], "keys", "revocations",
-    "frames"}``.  What each check means is in its ``detail`` and in docs (README, security).
+    "frames"}``.  What each check means is in its ``detail`` and in docs/security.md ("Soak").
     """
     checks: list = []
     deploys = [a for a in timeline if a["action"] == "deploy"]
