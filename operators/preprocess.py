@@ -1,11 +1,11 @@
-"""The image-processing window: the frame's picture at the model's size and colour order.
+"""The image-processing stage: the frame's picture at the model's size and colour order.
 
 What "the model's size" means comes from the card's DriveSpec (``model_store.drive`` owns
 the rules): the input size for stretch, the aspect-kept fit for letterbox (the zero border
 is added per batch by ``drive.to_tensor``, so the picture, the overlay and the class map
 stay the frame's own field of view), the frame's own size for a dynamic-size graph.
 Frames already at that size and order pass through untouched (the paper skips this
-window for 512² frames).  All work is OpenCV (releases the GIL); the source runs it in its
+stage for 512² frames).  All work is OpenCV (releases the GIL); the source runs it in its
 decode thread so it overlaps scoring, and the score step only acts when the model changed
 its input under a running stream.
 """

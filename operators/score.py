@@ -1,4 +1,4 @@
-"""The score window: the per-stream scoring logic and the ``score`` operator.
+"""The score stage: the per-stream scoring logic and the ``score`` operator.
 
 :class:`ScoreLogic` is a ``stateful_batch`` logic per stream id: it receives the stream's
 frames and model events in order, holds frames that arrive while no valid model is loaded

@@ -48,7 +48,7 @@ def prepare_clip(work: Path, size: int, frames: int) -> tuple[Path, str]:
 
 def decode_frames(clip: Path, size: int, limit: int) -> np.ndarray:
     """``limit`` frames of the clip (looped when it is shorter, as the flow replays it),
-    resized and colour-converted exactly as the flow's preprocess window does."""
+    resized and colour-converted exactly as the flow's preprocess stage does."""
     import cv2
     from operators.frames import Frame
     from operators.preprocess import Preprocessor

@@ -1,10 +1,10 @@
-"""What every scoring backend offers the score window: a compiled model that runs a batch.
+"""What every scoring backend offers the score stage: a compiled model that runs a batch.
 
 A :class:`Runner` is built from the ONNX bytes that ``model_store`` verified (never from a
 path) and answers ``run(x) -> y`` with ONNX Runtime's contract: ``x`` the uint8 NHWC batch,
 ``y`` the graph's first output as a numpy array.  ``submit(x)`` starts the same run without
 waiting; :meth:`Pending.result` returns ``(y, run_ms)``.  ``depth`` is how many runs the
-score window keeps in flight per stream so that its own work (stacking, emitting, the
+score stage keeps in flight per stream so that its own work (stacking, emitting, the
 revocation check) overlaps inference; results are always collected in submission order.
 ``profile`` is the :class:`chain.profile.ExecutionProfile` of what actually runs (backend,
 device, precision, runtime version): every results line states it.
@@ -24,7 +24,7 @@ from model_store.graph import ORT_TYPES
 
 __all__ = ["ScoreError", "Port", "Pending", "FuturePending", "Runner", "cpu_threads", "RUN_TIMEOUT_S"]
 
-# the longest a run may take before the score window gives up on it (a hung device); a
+# the longest a run may take before the score stage gives up on it (a hung device); a
 # run that fails is reported as soon as the runtime raises
 RUN_TIMEOUT_S = 120.0
 

@@ -8,7 +8,7 @@
   they run the card's precision only; TensorRT builds its engine in fp32 unless fp16 or
   bf16 is asked for (a cached engine's name starts with the key and that precision).
 - :class:`OrtRunner` runs on the caller's thread (``run``) or on one worker thread
-  (``submit``), so the score window's own work overlaps inference (ORT releases the GIL).
+  (``submit``), so the score stage's own work overlaps inference (ORT releases the GIL).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The model-reader window: only verified, registered, unrevoked models reach the score.
+"""The model-reader stage: only verified, registered, unrevoked models reach the score.
 
 | module | what |
 |---|---|

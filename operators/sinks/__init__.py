@@ -1,4 +1,4 @@
-"""The sink window: every stream's masks, results lines, overlay video and anchor batches,
+"""The sink stage: every stream's masks, results lines, overlay video and anchor batches,
 and the flow's metrics and summary.
 
 | module | what |

@@ -1,4 +1,4 @@
-"""The sink window: ``write_results`` and its ``ResultSink`` (one partition per stream).
+"""The sink stage: ``write_results`` and its ``ResultSink`` (one partition per stream).
 
 Output layout under ``VERISEG_OUT``::
 

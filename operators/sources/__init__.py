@@ -1,4 +1,4 @@
-"""The source window: every configured stream decoded in its own thread.
+"""The source stage: every configured stream decoded in its own thread.
 
 | module | what |
 |---|---|

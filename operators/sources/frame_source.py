@@ -1,4 +1,4 @@
-"""The source window as a Bytewax input and the ``read_frames`` operator."""
+"""The source stage as a Bytewax input and the ``read_frames`` operator."""
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +49,7 @@ def read_frames(step_id: str, flow: Dataflow, ctx: FlowContext,
                 reader_factory: Optional[Callable] = None, keep_raw: bool = False) -> Stream:
     """``(stream_id, Frame)`` of every configured stream, at the model's input size and
     colour order.  The decoder thread does that work (it overlaps scoring), so the
-    ``preprocess`` window is a no-op check here; the score adapts frames to a model swapped
+    ``preprocess`` stage is a no-op check here; the score adapts frames to a model swapped
     in with another input.  ``keep_raw``: each frame also keeps the picture as decoded
     (the evaluation grid). Each frame's digest (``chain.frame_digest``, what a v3 leaf
     binds) is taken here, of the picture as decoded, and the frames ``VERISEG_KEEP_FRAMES``

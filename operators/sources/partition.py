@@ -1,4 +1,4 @@
-"""One stream of the source window: a decoder thread filling a bounded buffer.
+"""One stream of the source stage: a decoder thread filling a bounded buffer.
 
 One partition per stream id (``FixedPartitionedSource``), so every stream keeps its own
 position for Bytewax recovery (the snapshot is the next sequence number to read; file
