@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import chain.config
-from conftest import REPO, need
+from tests.conftest import REPO, need
 
 TOOLS_BIN = REPO / ".tools" / "node_modules" / ".bin"
 

@@ -9,6 +9,7 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent
+WEB_TESTS = REPO / "tests" / "web"
 
 
 def need(condition: bool, what: str) -> None:
@@ -69,4 +70,4 @@ def carla_dir() -> Path:
 def pytest_collection_modifyitems(config, items):
     """The web tests first: they start Chromium (Playwright) and fork, and a process that has
     loaded OpenVINO (the backend tests) crashed (SIGSEGV) or hung when it later forked."""
-    items.sort(key=lambda item: 0 if item.fspath.basename.startswith("test_web_") else 1)
+    items.sort(key=lambda item: 0 if WEB_TESTS in item.path.parents else 1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from chain_fixtures import free_port
+from tests.chain_fixtures import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "docs" / "web"
