@@ -94,20 +94,21 @@ def test_tensorrt_engines_are_cached_per_key_in_a_private_folder(tmp_path):
     assert not (tmp_path / "h3").exists()
 
 
+@pytest.mark.gpu
 def test_tensorrt_runs_each_keys_own_engine(tmp_path):
-    """Where TensorRT loads (never in CI: no GPU there): two models with the same graph and
-    other weights, one after the other, each scores with its own engine."""
+    """Two models with the same graph and other weights, one after the other: each scores
+    with its own engine. Selected with ``-m gpu``, so a machine without TensorRT fails it."""
     import onnxruntime as ort
     from tests.flow_fixtures import tiny_onnx as shifted_onnx
     from operators.sessions import build_session, gpu_driver
     if "TensorrtExecutionProvider" not in ort.get_available_providers() or not gpu_driver():
-        pytest.skip("TensorRT is not available here")
+        pytest.fail("TensorRT is not available here: run -m gpu where an NVIDIA GPU and TensorRT are")
     x = np.zeros((1, 32, 32, 3), np.uint8)
     x[..., 0] = 45    # class (45 // 20 + shift) % 13
     for shift, key in ((0, "a" * 64), (1, "b" * 64)):
         e = build_session(shifted_onnx(shift), key=key, backend="onnxruntime", providers="tensorrt",
                           threads=1, home=tmp_path)
         if e.provider != "TensorrtExecutionProvider":
-            pytest.skip(f"TensorRT did not load ({e.provider})")
+            pytest.fail(f"TensorRT did not load ({e.provider})")
         assert (e.runner.run(x) == 2 + shift).all()
         assert any((tmp_path / "trt-cache" / key).iterdir()), "no engine cached for this key"
