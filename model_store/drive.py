@@ -2,7 +2,7 @@
 
 numpy only, except the resize, which is OpenCV's (a base dependency; the flow resizes with
 the same call, so its tensors are byte-equal to these). No onnxruntime. The flow may use
-faster paths; they must give the same class maps (tests/test_byo_models.py checks these
+faster paths; they must give the same class maps (tests/model_store/test_byo_models.py checks these
 functions against models run directly in ONNX Runtime).
 
     x = preprocess(frame_bgr, spec)            # frame: uint8 [H0, W0, 3], BGR (OpenCV's order)

@@ -8,7 +8,7 @@ value gives one line naming the variable, what was expected and what was found, 
 
 Adding a variable is one field below (or in ``chain.config`` when the registry needs it)
 and its test; ``python -m operators.config --write`` regenerates the tables in README.md
-and docs/dataflow.md, which ``tests/test_config_docs.py`` keeps in step.
+and docs/dataflow.md, which ``tests/operators/test_config_docs.py`` keeps in step.
 """
 from __future__ import annotations
 

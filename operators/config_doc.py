@@ -4,7 +4,7 @@
     python -m operators.config --markdown     # print docs/dataflow.md's full table
     python -m operators.config --write        # refresh the tables in README.md and docs/dataflow.md
 
-``tests/test_config_docs.py`` fails when a committed table differs from the declarations.
+``tests/operators/test_config_docs.py`` fails when a committed table differs from the declarations.
 """
 from __future__ import annotations
 

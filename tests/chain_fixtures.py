@@ -1,6 +1,6 @@
 """Fixtures for the chain tests: a real anvil node on a free loopback port, and one
 ``ChainEnv`` interface over both the embedded chain and anvil so the same test body
-runs on both. Imported by tests/test_chain*.py (``from chain_fixtures import *``)."""
+runs on both. Imported by tests/chain/ (``from tests.chain_fixtures import *``)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from .run_index import Batch, RunIndex
 __all__ = ["CHECKS", "RESCORE_CHECKS", "verify_frame"]
 
 #: anchor-verify's checks in the order ``chain.frame_proof.prove_frame`` runs them (the names are
-#: ``AnchorVerificationFailed.check``; tests/test_web_http.py fails when chain/ raises one
+#: ``AnchorVerificationFailed.check``; tests/web/test_http.py fails when chain/ raises one
 #: that is missing here)
 CHECKS = (
     ("result_missing", "the frame has a results line"),

@@ -149,7 +149,7 @@ def test_a_mask_size_outside_the_choices_is_refused_in_any_case(tmp_path, value)
 
 
 def test_every_documented_variable_is_covered_by_a_bad_value():
-    # a password is any text (a wrong one is the key file's refusal: tests/test_chain.py)
+    # a password is any text (a wrong one is the key file's refusal: tests/chain/test_registry.py)
     assert {v for v, _, _ in BAD_CONFIG} >= set(ENV_DOC) - {"VERISEG_OUT", "VERISEG_HOME",
                                                             "VERISEG_KEYFILE_PASSWORD"}
 

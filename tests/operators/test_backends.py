@@ -335,10 +335,10 @@ def test_openvino_compiles_after_a_gstreamer_pipeline_was_parsed():
     pytest.importorskip("openvino")
     from operators.sources.gst import gst_available
     need(gst_available(), "GStreamer and PyGObject")
-    code = ("import sys; sys.path[:0] = ['tests', '.']\n"
+    code = ("import sys; sys.path[:0] = ['.']\n"
             "from operators.sources import check_pipeline\n"
             "check_pipeline('gst', 'videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=10/1')\n"
-            "from flow_fixtures import tiny_onnx\n"
+            "from tests.flow_fixtures import tiny_onnx\n"
             "from operators.backends import compile_verified\n"
             "import numpy as np\n"
             # auto imports ONNX Runtime to look for GPU providers, after GStreamer: the case that aborted

@@ -1,4 +1,4 @@
-"""Runs the GStreamer tests (tests/gst_cases.py) in a child pytest process.
+"""Runs the GStreamer tests (tests/operators/gst_cases.py) in a child pytest process.
 
 GStreamer initialised in a process that already loaded OpenCV/numpy makes a later
 ``torch.onnx.export`` in the same process abort (a C++ exception escaping across the

@@ -27,7 +27,7 @@ SID = "frames"
 @pytest.fixture(scope="module")
 def anchored(tmp_path_factory):
     """Six frames, anchored every three, on the embedded chain (outputs copied per test)."""
-    # ONNX Runtime: see test_web_browser (no OpenVINO before Chromium)
+    # ONNX Runtime: see web/test_browser.py (no OpenVINO before Chromium)
     cfg, key = anchored_folder_run(tmp_path_factory.mktemp("audit"), SID, frames=6, every=3,
                                    VERISEG_BACKEND="onnxruntime")
     return cfg, key
