@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._anvil import ANVIL_KEYS, Anvil, tool
 from ._table import markdown
 from .machine import save
 
@@ -31,12 +32,7 @@ REASON = "mislabelled training data"
 
 
 def _anvil_bin() -> str | None:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from chain_fixtures import tool
-        return tool("anvil")
-    except Exception:  # noqa: BLE001
-        return shutil.which("anvil")
+    return tool("anvil") or shutil.which("anvil")
 
 
 def _gas(reg, tx_hash) -> int:
@@ -92,8 +88,6 @@ def embedded_run(home: Path) -> dict:
 
 
 def anvil_run(binary: str) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
-    from chain_fixtures import ANVIL_KEYS, Anvil
     from chain import connect, deploy_registry
     node = Anvil(binary).start()
     home = tempfile.mkdtemp()   # the chain-id pin goes to a scratch home, not ~/.veriseg
