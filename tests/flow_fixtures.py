@@ -340,6 +340,12 @@ def wait_for(cond, timeout: float = 20.0, step: float = 0.005) -> bool:
     return True
 
 
+#: what ``anchored_folder_run(base, sid, frames=10, every=4, bad=4)`` scores (frame 4 is
+#: corrupt) and the anchor batches it writes
+ANCHORED_SCORED = [0, 1, 2, 3, 5, 6, 7, 8, 9]
+ANCHORED_BATCHES = {"A": "000000-000003.json", "B": "000005-000008.json", "C": "000009-000009.json"}
+
+
 def anchored_folder_run(base, sid: str, *, frames: int, every: int, bad: Optional[int] = None, **env):
     """A folder stream ``sid`` of ``frames`` frames scored by a fresh tiny blob registered on
     an embedded chain in ``base/home``, anchored every ``every`` frames, no video:

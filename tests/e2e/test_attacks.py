@@ -26,13 +26,12 @@ import chain
 from chain import anchoring
 from chain.cli import main as chain_main
 from dataflows.segment import build_flow
-from tests.flow_fixtures import anchored_folder_run, env_for, make_blob, read_jsonl
+from tests.flow_fixtures import ANCHORED_BATCHES, ANCHORED_SCORED, anchored_folder_run, env_for, make_blob, read_jsonl
 from operators.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SID = "frames"
-SCORED = [0, 1, 2, 3, 5, 6, 7, 8, 9]
-BATCHES = {"A": "000000-000003.json", "B": "000005-000008.json", "C": "000009-000009.json"}
+SCORED, BATCHES = ANCHORED_SCORED, ANCHORED_BATCHES
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,13 @@ from chain.frame_digest import frame_digest
 from chain.results import frame_record
 from chain.retained_frame import encode_frame, read_frame, write_frame
 from dataflows.segment import build_flow
-from tests.flow_fixtures import (anchored_folder_run, env_for, expected_classes, make_blob, make_folder, read_jsonl,
-                           register_embedded)
+from tests.flow_fixtures import (ANCHORED_BATCHES, ANCHORED_SCORED, anchored_folder_run, env_for,
+                                 expected_classes, make_blob, make_folder, read_jsonl, register_embedded)
 from operators.anchor_seal import load_secret, write_sealed
 from operators.config import load_config
 
 SID = "frames"
-SCORED = [0, 1, 2, 3, 5, 6, 7, 8, 9]
-BATCHES = {"A": "000000-000003.json", "B": "000005-000008.json", "C": "000009-000009.json"}
+SCORED, BATCHES = ANCHORED_SCORED, ANCHORED_BATCHES
 
 
 @pytest.fixture(scope="module")
