@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 import zstandard
 
-from model_store.util import one_line
+from model_store.util import atomic_write, one_line
 
 from . import errors
 from .files import PathRefused, open_regular
@@ -137,10 +137,7 @@ def write_frame(stream_dir: str | os.PathLike, seq: int, image: np.ndarray, colo
     ``OSError`` when it cannot be written (a full disk, no permission)."""
     p = frame_file(stream_dir, seq, colour)
     p.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_frame(image)
-    with open(p, "wb") as f:
-        f.write(data)
-    return p
+    return atomic_write(p, encode_frame(image))   # a crash mid-write leaves no torn frame
 
 
 def _order_of(p: Path) -> str:

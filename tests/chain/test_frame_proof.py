@@ -182,6 +182,40 @@ def test_a_missing_or_unreadable_retained_frame_is_frame_missing(tmp_path, name,
     assert e.value.check == "frame_missing" and "\n" not in str(e.value)
 
 
+def test_a_frame_write_cut_short_by_a_full_disk_leaves_no_torn_frame(tmp_path, monkeypatch):
+    """The disk fills halfway through a kept frame: OSError for the sink to report, and no
+    half-written file a later --rescore would read (or a budget would count)."""
+    import builtins
+    import errno
+    real_open = builtins.open
+
+    class HalfDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    def full_disk_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return HalfDisk(f) if str(file).startswith(str(tmp_path)) and ("w" in mode or "x" in mode) else f
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    with pytest.raises(OSError):
+        write_frame(tmp_path, 3, _frame(40, 40), "BGR")
+    monkeypatch.undo()
+    assert find_frame(tmp_path, 3) is None and list((tmp_path / "frames").iterdir()) == []
+
+
 def test_the_retained_frame_format_is_the_specified_encoding():
     """chain/retained_frame.py's spec, rebuilt by hand: header, then one zstd frame of the
     row-wise horizontal differences mod 256, declaring its size."""
