@@ -54,6 +54,9 @@ SUFFIX = ".vsf"
 READ_SUFFIXES = (SUFFIX, ".png")
 #: the largest decoded frame read back (an 8K RGB frame is ~100 MB)
 MAX_FRAME_BYTES = 256 << 20
+#: the largest file read: the largest frame that zstd could not shrink (its compress bound
+#: adds 1/256), the header and zstd's framing
+_MAX_FILE_BYTES = MAX_FRAME_BYTES + (MAX_FRAME_BYTES >> 8) + 4096
 MAGIC = b"VSF1"
 _HEADER = struct.Struct("<4sIIB")
 _MAX_SIDE = 65535
@@ -157,7 +160,7 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     colour = _order_of(p)
     try:   # a regular file only, opened without following a symlink or waiting on a FIFO
         with open_regular(p, follow=False) as f:
-            data = f.read(MAX_FRAME_BYTES + 4096 + 1)
+            data = f.read(_MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise errors.AnchorVerificationFailed(
             f"frame missing: {p} does not exist; the device did not keep this frame "
@@ -166,7 +169,7 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, str]:
         raise errors.AnchorVerificationFailed(
             f"frame missing: {p} cannot be read as a regular file ({one_line(exc)})",
             check="frame_missing") from None
-    if len(data) > MAX_FRAME_BYTES + 4096:
+    if len(data) > _MAX_FILE_BYTES:
         raise errors.AnchorVerificationFailed(
             f"frame missing: {p} is over {MAX_FRAME_BYTES >> 20} MiB", check="frame_missing")
     channels = COLOUR_ORDERS[colour]
