@@ -110,9 +110,13 @@ class Config(ChainConfig):
         main=True)
     threads: int = var(0, "ONNX Runtime intra-op threads, OpenVINO inference threads (0: the CPU "
                        "cores available to the process)", ge=0, le=1024)
-    batch: Optional[int] = var(None, "largest micro-batch for file replay (auto: 4 on a GPU "
-                               "provider, 1 on CPU where batching measured slower; live sources "
-                               "always 1)", shown="auto", ge=1, le=256)
+    batch: Optional[int] = var(None, "most frames one run scores, of one replayed file or of "
+                               "several streams together (auto: 8 on an NVIDIA GPU provider, 1 on "
+                               "the CPU, where a run of several frames is no faster a frame); a "
+                               "live stream gives one frame a run", shown="auto", ge=1, le=256)
+    batch_wait_ms: float = var(10.0, "longest the first frame of a run waits for the frames of "
+                               "other streams to join it (only with VERISEG_BATCH above 1; a run "
+                               "starts sooner once full)", ge=0, le=1000, allow_inf_nan=False)
     loop: bool = var(False, "1: loop file sources forever", shown="0")
     max_frames: Optional[int] = var(None, "stop each stream after N frames", shown="no limit", ge=1)
     queue: int = var(8, "decoded frames buffered per source", ge=1, le=10000)

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from bytewax.dataflow import Dataflow
 
+from .batching import Batcher
 from .config import Config
 from .revocation import RevokedKeys
 from .sessions import SessionCache
@@ -35,7 +36,8 @@ class FlowContext:
     watcher: Any = None       # operators.model_reader.ModelWatcher
     first: Any = None         # the model verified at build time (ModelLoaded)
     preprocessor: Any = None  # operators.preprocess.Preprocessor for the model's input, or None
-    batch: int = 1            # largest micro-batch of file replay
+    batch: int = 1            # most frames a run scores (VERISEG_BATCH, auto resolved)
+    batcher: Batcher = field(default_factory=Batcher)   # groups the streams' runs (operators.batching)
     # what watches the flow (web.flow's live view): each gets offer(scored, total_ms) for every
     # written frame, from the stream's writer thread, and close() when the outputs close
     views: list = field(default_factory=list)

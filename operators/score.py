@@ -11,6 +11,9 @@ async request, or ONNX Runtime on a worker thread) and the logic returns to Byte
 meanwhile hands the previous results to the sinks and the next frame in; up to the
 runner's ``depth`` runs are in flight per stream and their results leave in frame order.
 Runs submitted before a revocation was known finish and are emitted (they passed the check).
+Every submission goes through the flow's :class:`~operators.batching.Batcher`, which may
+score the frames of several streams in one run (``VERISEG_BATCH``); each stream still
+submits, checks and collects its own frames.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ class ScoreLogic(StatefulBatchLogic):
         # the flow's shared parts (operators.context.FlowContext)
         self.stats, self.sessions, self.revoked = ctx.stats, ctx.sessions, ctx.revoked
         self.streams = ctx.streams
+        self.batcher = ctx.batcher
         self.max_batch = max(1, batch)
         self.pending: deque = deque()
         self.inflight: deque = deque()    # _InFlight runs, oldest first (results in order)
@@ -174,8 +178,8 @@ class ScoreLogic(StatefulBatchLogic):
         # (the shipped ENet) gets the frames' bytes and its ids as they are
         x = to_tensor(imgs[0][None] if len(imgs) == 1 else np.stack(imgs), e.spec)
         t0 = time.perf_counter()
-        self.inflight.append(_InFlight(e, chunk, e.runner.submit(x), t0))
-        return self._collect(keep=e.runner.depth - 1)
+        self.inflight.append(_InFlight(e, chunk, self.batcher.submit(e.runner, x), t0))
+        return self._collect(keep=self.batcher.depth(e.runner) - 1)
 
     def _collect(self, keep: int = 0) -> list:
         """Results of the runs in flight, oldest first: wait until at most ``keep`` remain,
@@ -201,20 +205,23 @@ class ScoreLogic(StatefulBatchLogic):
         # (includes waiting behind the other run in flight)
         in_flight_ms = (time.perf_counter() - t0) * 1e3
         n = len(chunk)
+        # frames of other streams may have shared the run (operators.batching)
+        run = getattr(job.pending, "batch", n)
         res = []
         for j, f in enumerate(chunk):
             wait_ms = (t0 - f.t_emit) * 1e3 if f.t_emit else 0.0
             lat = {"decode": round(f.decode_ms, 3), "preprocess": round(f.preprocess_ms, 3),
                    "wait": round(wait_ms, 3), "score": round(score_ms, 3),
-                   "score_per_frame": round(score_ms / n, 3), "in_flight": round(in_flight_ms, 3)}
-            res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=n,
+                   "score_per_frame": round(score_ms / run, 3), "in_flight": round(in_flight_ms, 3)}
+            res.append(ScoredFrame(f.stream_id, f.seq, f.ts, f.pos, y[j], e.key, batch=run,
                                    latency_ms=lat, image=f.image, colour=f.colour,
                                    orig_size=f.orig_size, label=f.label, raw=f.raw,
                                    t_emit=f.t_emit, classes=e.classes, raw_colour=f.raw_colour,
                                    frame_digest=f.digest, profile=e.runner.profile))
         self.stats.scored_batch(self.sid, e.key, n, {"decode": chunk[0].decode_ms,
                                                 "preprocess": chunk[0].preprocess_ms,
-                                                "wait": res[0].latency_ms["wait"], "score": score_ms})
+                                                "wait": res[0].latency_ms["wait"], "score": score_ms},
+                                run_size=run if getattr(job.pending, "at", 0) == 0 else 0)
         return res
 
     def _failed(self, chunk, why: str) -> None:

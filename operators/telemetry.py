@@ -251,14 +251,17 @@ class Stats:
     def anchor_refused(self):
         self._anchors_refused.inc()
 
-    def scored_batch(self, stream: str, key: str, n: int, lat: dict):
+    def scored_batch(self, stream: str, key: str, n: int, lat: dict, run_size: Optional[int] = None):
+        """``n`` frames of ``stream`` scored by ``key``; ``run_size``: the size of the run
+        they were part of, counted once per run (0: another stream's part counts it)."""
         now = time.perf_counter()
         self._frames.labels(stream=stream, stage="scored").inc(n)
         self._by_key.labels(key=key).inc(n)
         with self._lock:
             old = self.key_in_use.get(stream)
             self.key_in_use[stream] = key
-            self.batches[n] += 1
+            if run_size != 0:
+                self.batches[run_size or n] += 1
             t = time.time()
             if self.t_first is None:
                 self.t_first = t

@@ -1,5 +1,6 @@
 """Helpers the segment flow's tests share: a registered tiny model, two models, a run,
-slowed readers, an action once some frames are scored, a mask's dominant class."""
+slowed readers, an action once some frames are scored, a mask's dominant class, the check that a
+revocation was honoured."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from bytewax.testing import run_main
 
 from dataflows.segment import build_flow
-from tests.flow_fixtures import FakeRegistry, env_for, make_blob
+from tests.flow_fixtures import FakeRegistry, env_for, make_blob, score_start
 from operators.config import load_config
 from operators.sources import open_reader
 
@@ -87,3 +88,19 @@ def when_scored(flow, n, action, timeout=30):
     th = threading.Thread(target=run, daemon=True)
     th.start()
     return th
+
+
+POLL = 0.05   # VERISEG_POLL of env_for
+
+
+def assert_revocation_honoured(rows, summary, key, t_sent, slack=1.0, race=0.05):
+    """Per results line: the flow saw the revocation of ``key`` within one poll (+ ``slack``
+    to read the events) and no frame was scored by that key after it saw it (+ ``race`` for
+    a run that passed the check as the key was added)."""
+    seen = [r for r in summary["revoked"] if r["key"] == key]
+    assert seen, f"the flow never saw the revocation of {key[:12]}"
+    t_seen = seen[0]["at"]
+    assert t_seen - t_sent <= POLL + slack, t_seen - t_sent
+    late = [(r["seq"], round(score_start(r) - t_seen, 3)) for r in rows
+            if r["model_key"] == key and score_start(r) > t_seen + race]
+    assert not late, f"frames scored by the revoked key after the flow saw it: {late}"

@@ -17,7 +17,8 @@ from tests.flow_fixtures import (HOSTILE_HEADERS, FakeRegistry, env_for, hostile
                                  prom_value, read_jsonl, score_start, wait_for)
 from operators.config import load_config
 
-from tests.dataflows.segment_runs import dominant_class, registered_model, slow_readers, two_models, when_scored
+from tests.dataflows.segment_runs import (POLL, assert_revocation_honoured, dominant_class, registered_model,
+                                         slow_readers, two_models, when_scored)
 
 
 def _model_c_and_slow_flow(tmp_path, reg, c_dir):
@@ -72,22 +73,6 @@ def test_hot_swap_on_new_deploy_mid_stream(tmp_path, backend):
         assert dominant_class(cfg.out / "f" / r["mask"]) == (r["seq"] % 13 + shift) % 13
 
 
-POLL = 0.05   # VERISEG_POLL of env_for
-
-
-def _assert_revocation_honoured(rows, summary, key, t_sent, slack=1.0, race=0.05):
-    """Per results line: the flow saw the revocation of ``key`` within one poll (+ ``slack``
-    to read the events) and no frame was scored by that key after it saw it (+ ``race`` for
-    a run that passed the check as the key was added)."""
-    seen = [r for r in summary["revoked"] if r["key"] == key]
-    assert seen, f"the flow never saw the revocation of {key[:12]}"
-    t_seen = seen[0]["at"]
-    assert t_seen - t_sent <= POLL + slack, t_seen - t_sent
-    late = [(r["seq"], round(score_start(r) - t_seen, 3)) for r in rows
-            if r["model_key"] == key and score_start(r) > t_seen + race]
-    assert not late, f"frames scored by the revoked key after the flow saw it: {late}"
-
-
 def test_revocation_mid_stream_stops_scoring_until_a_new_deploy(tmp_path, backend):
     reg, blob_a, key_a, blob_b, key_b = two_models(tmp_path)
     folder = make_folder(tmp_path / "f", n=60)
@@ -107,7 +92,7 @@ def test_revocation_mid_stream_stops_scoring_until_a_new_deploy(tmp_path, backen
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
     keys = [r["model_key"] for r in rows]
     summary = json.loads((cfg.out / "summary.json").read_text())
-    _assert_revocation_honoured(rows, summary, key_a, marks["t_revoke"])
+    assert_revocation_honoured(rows, summary, key_a, marks["t_revoke"])
     n_a = keys.count(key_a)
     assert keys == [key_a] * n_a + [key_b] * (len(keys) - n_a)
     assert key_b in keys
@@ -140,7 +125,7 @@ def test_a_hostile_file_in_the_model_folder_never_turns_revocation_off(tmp_path,
     assert marks["b_loaded"], "the deploy found by scanning the folder was never loaded"
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
     summary = json.loads((cfg.out / "summary.json").read_text())
-    _assert_revocation_honoured(rows, summary, key_b, marks["t_revoke"])
+    assert_revocation_honoured(rows, summary, key_b, marks["t_revoke"])
     keys = [r["model_key"] for r in rows]
     assert [r["seq"] for r in rows] == list(range(80)) and keys[-1] == key_c
     assert summary["bad_model_files"] == 1 and str(bad) in summary["bad_model_file_reports"][0]
@@ -332,7 +317,7 @@ def test_a_deploy_whose_blob_arrives_later_is_kept_and_applied(tmp_path, caplog)
     assert marks["b_loaded"], "the deploy was dropped: its blob arrived and the flow never took it"
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
     summary = json.loads((cfg.out / "summary.json").read_text())
-    _assert_revocation_honoured(rows, summary, key_a, marks["t_revoke"])
+    assert_revocation_honoured(rows, summary, key_a, marks["t_revoke"])
     keys = [r["model_key"] for r in rows]
     n_a = keys.count(key_a)
     assert [r["seq"] for r in rows] == list(range(80)) and keys == [key_a] * n_a + [key_b] * (80 - n_a)
