@@ -24,6 +24,7 @@ from model_store.blob_key import BlobKey
 from model_store.util import first_line
 
 from . import precision as precisions
+from ..telemetry import name_os_thread
 from .base import FuturePending, Pending, Port, Runner, ScoreError, cpu_threads
 
 __all__ = ["GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "gpu_driver",
@@ -133,7 +134,8 @@ class OrtRunner(Runner):
     def submit(self, x) -> Pending:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"veriseg-ort-{self.key.short}")
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"veriseg-ort-{self.key.short}",
+                                                initializer=name_os_thread)
             return FuturePending(self._pool.submit(self._timed, x))
 
     def close(self):

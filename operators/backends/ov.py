@@ -36,6 +36,7 @@ from model_store.blob_key import BlobKey
 
 from . import ov_devices
 from . import precision as precisions
+from ..telemetry import name_os_thread
 from .base import FuturePending, Pending, Port, Runner, ScoreError, cpu_threads
 from .ov_graph import argmax_innermost
 
@@ -112,7 +113,8 @@ class OvRunner(Runner):
     def submit(self, x) -> Pending:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=f"veriseg-ov-{self.key.short}")
+                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=f"veriseg-ov-{self.key.short}",
+                                                initializer=name_os_thread)
             return FuturePending(self._pool.submit(self._timed, x))
 
     def close(self):

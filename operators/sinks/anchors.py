@@ -18,7 +18,7 @@ from chain.retries import outage_policy
 from model_store.util import first_line, one_line
 
 from ..anchor_seal import is_sealed, write_sealed
-from ..telemetry import log, lower_thread_priority
+from ..telemetry import log, lower_thread_priority, name_os_thread
 
 __all__ = ["AnchorSender", "resend_unsent"]
 
@@ -53,6 +53,7 @@ class AnchorSender:
                         "%s without a tx hash", timeout, self.out / "anchors")
 
     def _run(self):
+        name_os_thread()
         lower_thread_priority(ANCHOR_NICE)
         while True:
             item = self.q.get()

@@ -26,7 +26,7 @@ from model_store.util import one_line
 
 from ..anchor_seal import write_sealed
 from ..frames import ScoredFrame
-from ..telemetry import lower_thread_priority
+from ..telemetry import lower_thread_priority, name_os_thread
 from .frames import FrameKeeper
 from .overlay import OverlayVideo
 
@@ -80,6 +80,7 @@ class ResultPartition(StatefulSinkPartition):
 
     # -- writer thread ----------------------------------------------------------------
     def _run(self):
+        name_os_thread()
         lower_thread_priority(self.sink.aux_nice)
         while True:
             item = self.q.get()

@@ -31,7 +31,7 @@ from chain.retries import Backoff
 
 from ..frames import NOT_YET, Frame
 from ..source_spec import SourceSpec
-from ..telemetry import log, lower_thread_priority
+from ..telemetry import log, lower_thread_priority, name_os_thread
 from .errors import BadFrame, StreamUnreadable
 from .readers import Unreadable, open_reader
 
@@ -114,6 +114,7 @@ class StreamPartition(StatefulSourcePartition):
             self.drops_unreported, self.drop_reported_at = 0, now
 
     def _run(self, start: int):
+        name_os_thread()
         lower_thread_priority(self.aux_nice)
         backoff = Backoff(RECONNECT_FIRST_S, self.reconnect_max)
         attempt = 0
