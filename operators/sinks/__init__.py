@@ -6,6 +6,7 @@ and the flow's metrics and summary.
 | ``result_sink`` | ``write_results`` operator, ``ResultSink`` (one partition per stream) |
 | ``partition`` | ``ResultPartition``: the writer thread of one stream (mask, line, leaf) |
 | ``overlay`` | ``OverlayVideo``, the class colours |
+| ``mjpeg_avi`` | ``MjpegAvi``: the overlay's MJPG AVI file, frames encoded by libjpeg-turbo |
 | ``anchors`` | ``AnchorSender`` (in order, retried), batches left unsent at the last run |
 | ``metrics`` | ``metrics.prom`` (and HTTP), progress line, ``summary.json`` |
 """

@@ -10,6 +10,7 @@ import numpy as np
 from model_store import CARLA_CLASSES, palette_lut
 
 from ..frames import ScoredFrame
+from .mjpeg_avi import MAX_BYTES, MjpegAvi, SegmentFull
 
 __all__ = ["classes_of", "ClassColours", "overlay_bgr", "OverlayVideo"]
 
@@ -61,16 +62,18 @@ def overlay_bgr(r: ScoredFrame, lut3: np.ndarray) -> np.ndarray:
 
 
 class OverlayVideo:
-    """``overlay.avi`` in ``folder``; a frame of another size starts the next segment
-    (``overlay.N.avi``), as does a resumed run (``segment`` = the last one written)."""
+    """``overlay.avi`` in ``folder`` (MJPG, :mod:`.mjpeg_avi`); a frame of another size starts
+    the next segment (``overlay.N.avi``), as do a resumed run (``segment`` = the last one
+    written) and a file reaching ``max_bytes`` (1 GiB: AVI 1.0's limit)."""
 
     def __init__(self, folder: Path, classes: Sequence, *, fps: float, scale: float = 1.0,
-                 segment: int = -1):
+                 segment: int = -1, max_bytes: int = MAX_BYTES):
         self.folder = Path(folder)
         self.fps = fps
         self.scale = scale
         self.colours = ClassColours(classes)
         self.segment = segment
+        self.max_bytes = max_bytes
         self.writer = None
         self.size = None
 
@@ -84,16 +87,21 @@ class OverlayVideo:
         if self.writer is not None and self.size != (w, h):
             self.close()
         if self.writer is None:
-            self.segment += 1
-            name = "overlay.avi" if self.segment == 0 else f"overlay.{self.segment}.avi"
-            self.writer = cv2.VideoWriter(str(self.folder / name), cv2.VideoWriter_fourcc(*"MJPG"),
-                                          self.fps, (w, h))
-            self.size = (w, h)
-            if not self.writer.isOpened():
-                raise OSError(f"cannot open {self.folder / name} for writing (MJPG)")
-        self.writer.write(over)
+            self._next((w, h))
+        try:
+            self.writer.write(over)
+        except SegmentFull:
+            self.close()
+            self._next((w, h))
+            self.writer.write(over)
+
+    def _next(self, size: tuple[int, int]) -> None:
+        self.segment += 1
+        name = "overlay.avi" if self.segment == 0 else f"overlay.{self.segment}.avi"
+        self.writer = MjpegAvi(self.folder / name, size, self.fps, max_bytes=self.max_bytes)
+        self.size = size
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.release()
+            self.writer.close()
             self.writer = None
