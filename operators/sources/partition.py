@@ -6,7 +6,8 @@ sources seek there on resume).  Each partition runs a decoder thread that fills 
 buffer; ``next_batch`` never blocks, it only drains what is ready:
 
 - file replay (video, image folder, CSV) never drops: the decoder waits when the buffer
-  is full, ``next_batch`` hands over up to ``batch`` frames (micro-batching), and it
+  is full, ``next_batch`` hands over up to ``FILE_HANDOVER`` frames (or ``batch``, when
+  larger), and it
   hands over nothing while the score has paused the stream for want of a valid model
   (``FlowContext.streams``, e.g. after a revocation until the next deploy);
 - live sources (``gst:`` pipelines, ``rtsp://``) drop the *oldest* buffered frame when the
@@ -39,6 +40,10 @@ __all__ = ["StreamPartition", "DROP_REPORT_S"]
 
 # a live stream losing frames says so at most this often (the counter has every drop)
 DROP_REPORT_S = 10.0
+# a file replay hands over up to this many frames a call (more when VERISEG_BATCH is larger):
+# Bytewax's cost a call is shared by them (bench flow_ceiling); the score still runs them
+# VERISEG_BATCH frames at a time
+FILE_HANDOVER = 4
 RECONNECT_FIRST_S = 0.5   # a live source's first reconnect delay; it doubles up to reconnect_max
 
 
@@ -53,7 +58,7 @@ class StreamPartition(StatefulSourcePartition):
         self.spec = spec
         self.sid = spec.stream_id
         self.live = spec.live
-        self.batch = 1 if self.live else max(1, batch)
+        self.batch = 1 if self.live else max(FILE_HANDOVER, batch)
         self.cap = max(1, queue if not self.live else min(queue, 2))
         self.max_frames = max_frames
         self.prepare = prepare
