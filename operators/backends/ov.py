@@ -20,7 +20,8 @@
   a model never wait on each other's collection, and a run that fails raises in its own
   worker, failing only its own frames at once. (``AsyncInferQueue`` calls no callback for a
   failed run: its frames waited out the run timeout, and the request's next start raised
-  the old error, failing later frames too.)
+  the old error, failing later frames too.) A stream keeps one run more than there are
+  requests in flight (``depth``), so a request that ends starts the next run at once.
 """
 from __future__ import annotations
 
@@ -87,7 +88,9 @@ class OvRunner(Runner):
 
     def __init__(self, key, compiled, inp, out, device, how, requests: int, profile: ExecutionProfile):
         super().__init__(key, compiled, inp, out, device, how, profile)
-        self.depth = requests
+        # one run more than requests: a request that ends finds the next run waiting, instead
+        # of idling while the score stage hands its result on (6 % of the CPU, 1 stream)
+        self.depth = requests + 1
         self._sync = compiled.create_infer_request()
         self._sync_lock = threading.Lock()
         # one infer request per worker thread, owned by the runner (freed with it)
@@ -113,7 +116,7 @@ class OvRunner(Runner):
     def submit(self, x) -> Pending:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix=f"veriseg-ov-{self.key.short}",
+                self._pool = ThreadPoolExecutor(self.depth - 1, thread_name_prefix=f"veriseg-ov-{self.key.short}",
                                                 initializer=name_os_thread)
             return FuturePending(self._pool.submit(self._timed, x))
 
@@ -228,7 +231,7 @@ def _build_on(core, device: str, onnx: bytes, *, key: str, threads: int, hint: s
     requests = min(max(requests, 2), 4)
     streams = compiled.get_property("NUM_STREAMS")
     how = (f"OpenVINO {version()} {device}, hint {hint}, {streams} streams, "
-           f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests in flight"
+           f"{config.get('INFERENCE_NUM_THREADS', 'auto')} threads, {requests} requests"
            + (", arg-max on the innermost axis" if moved else "")
            + f", precision {runs} ({widened or ('VERISEG_PRECISION' if want[1] else 'the card')})"
            + f"; device {why}")
