@@ -14,7 +14,7 @@ The file (VSF, "VeriSeg frame"), all integers little-endian::
     4       4     height H, u32, 1..65535
     8       4     width W, u32, 1..65535
     12      1     channels C, u8: 3 for bgr and rgb, 1 for gray (must agree with the name)
-    13      ...   one zstd frame declaring its content size, which must be H*W*C: the
+    13      ...   one zstd frame, to the end of the file, declaring its content size, which must be H*W*C: the
                   pixels row by row (H x W x C, C fastest), each byte replaced by its
                   difference mod 256 from the same channel of the pixel to its left
                   (the first pixel of a row is kept as is)
@@ -102,10 +102,18 @@ def decode_frame(data: bytes) -> np.ndarray:
         raise FrameFormatError(f"the pixels are not a zstd frame ({one_line(exc)})") from None
     if declared != size:   # also -1: no size declared
         raise FrameFormatError(f"the pixels declare {declared} bytes, the header {h}x{w}x{c}")
+    # one frame, read to its end: zstd refuses to write past the size its header declares
+    # (checked above), and what follows the frame is refused, not ignored
+    reader = zstandard.ZstdDecompressor().decompressobj()
     try:
-        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+        raw = reader.decompress(payload)
     except zstandard.ZstdError as exc:
         raise FrameFormatError(f"the pixels do not decompress ({one_line(exc)})") from None
+    if not reader.eof:
+        raise FrameFormatError("the pixels' zstd frame is cut short")
+    if reader.unused_data:
+        raise FrameFormatError(f"{len(reader.unused_data)} bytes follow the pixels' zstd frame; "
+                               "a VSF file holds one frame")
     if len(raw) != size:
         raise FrameFormatError(f"the pixels hold {len(raw)} bytes, the header {h}x{w}x{c}")
     delta = np.frombuffer(raw, np.uint8).reshape(h, w, c)

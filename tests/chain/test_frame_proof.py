@@ -284,6 +284,33 @@ def test_a_frame_whose_pixels_lie_about_their_size_is_refused():
     assert np.array_equal(decode_frame(_vsf(4, 4, 3, zstandard.ZstdCompressor().compress(bytes(48)))), small)
 
 
+def test_bytes_after_the_pixels_or_a_frame_cut_short_are_refused():
+    """One zstd frame, to the end of the file: a second frame, a skippable frame, junk after
+    it or a frame cut short is one line, not pixels read from part of the file."""
+    import zstandard
+    pixels = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(48))
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"evil"
+    for extra in (pixels, skippable, b"\0", b"junk after the frame"):
+        with pytest.raises(FrameFormatError, match="bytes follow the pixels' zstd frame") as e:
+            decode_frame(_vsf(4, 4, 3, pixels + extra))
+        assert "\n" not in str(e.value)
+    with pytest.raises(FrameFormatError, match="cut short|do not decompress"):
+        decode_frame(_vsf(4, 4, 3, pixels[:-3]))
+    assert np.array_equal(decode_frame(_vsf(4, 4, 3, pixels)), np.zeros((4, 4, 3), np.uint8))
+
+
+def test_a_frame_holding_more_than_it_declares_is_refused_not_inflated():
+    """A header declaring the right size over blocks that hold more: zstd stops at the
+    declared size (the decompression bomb a small header would otherwise hide)."""
+    import zstandard
+    big = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(200))
+    assert zstandard.frame_content_size(big) == 200 and big[5] == 200   # single segment, 1-byte size
+    lying = big[:5] + bytes([48]) + big[6:]
+    assert zstandard.frame_content_size(lying) == 48
+    with pytest.raises(FrameFormatError, match="do not decompress|hold"):
+        decode_frame(_vsf(4, 4, 3, lying))
+
+
 def test_a_kept_frame_turned_into_a_png_reads_back_as_the_same_array(tmp_path):
     from chain.cli import main
     img = _frame(12, 20)
@@ -429,3 +456,27 @@ def test_frames_an_earlier_run_kept_count_against_the_budget(tmp_path):
     # a frame without its decoded picture (not selected at the source) is not kept
     keeper.keep(ScoredFrame("s", 4, 0.0, "", np.zeros((2, 2), np.uint8), KEY))
     assert find_frame(tmp_path, 4) is None
+
+
+def test_a_frame_too_large_to_be_read_back_is_not_kept_but_counted_and_said_once(tmp_path, monkeypatch,
+                                                                                caplog):
+    """A kept frame no reader would take back could never be re-scored: the keeper counts
+    it as not_kept and says so once a stream, instead of writing it."""
+    import chain.retained_frame as retained
+    import operators.sinks.frames as keeping
+    from operators.frames import ScoredFrame
+    from operators.telemetry import Stats
+    img = _frame(16, 16)
+    monkeypatch.setattr(keeping, "MAX_FRAME_BYTES", img.nbytes - 1)   # as if 16x16x3 were over 256 MiB
+    stats = Stats()
+    keeper = keeping.FrameKeeper(tmp_path, KeepFrames(1, None), stats, "s")
+    with caplog.at_level("WARNING", logger="veriseg.flow"):
+        for seq in (0, 1):
+            keeper.keep(ScoredFrame("s", seq, 0.0, "", np.zeros((2, 2), np.uint8), KEY, raw=img, raw_colour="BGR"))
+        keeper.keep(ScoredFrame("s", 2, 0.0, "", np.zeros((2, 2), np.uint8), KEY, raw=img[:8], raw_colour="BGR"))
+    assert find_frame(tmp_path, 0) is None and find_frame(tmp_path, 1) is None
+    assert find_frame(tmp_path, 2) is not None            # a smaller frame of the stream still is
+    assert stats.not_kept == {"s": 2} and stats.kept == {"s": 1}
+    said = [r.getMessage() for r in caplog.records if "not kept" in r.getMessage()]
+    assert len(said) == 1 and "frame 0 is 16x16" in said[0] and "\n" not in said[0]
+    assert retained.MAX_FRAME_BYTES == 256 << 20
