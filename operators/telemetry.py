@@ -167,6 +167,7 @@ class Stats:
     written = property(lambda self: _counts(self._frames, "stream", stage="written"))
     kept = property(lambda self: _counts(self._frames, "stream", stage="kept"))        # VERISEG_KEEP_FRAMES
     rotated = property(lambda self: _counts(self._frames, "stream", stage="rotated"))  # kept, then deleted
+    not_kept = property(lambda self: _counts(self._frames, "stream", stage="not_kept"))  # too large to read back
     bad = property(lambda self: _counts(self._bad, "stream"))
     reconnects = property(lambda self: _counts(self._reconnects, "stream"))
     by_key = property(lambda self: _counts(self._by_key, "key"))
@@ -224,10 +225,10 @@ class Stats:
             counter.labels(stream=stream)
 
     def add(self, attr: str, stream: str, n: int = 1):
-        """``attr``: decoded | scored | written | kept | rotated | reconnects."""
+        """``attr``: decoded | scored | written | kept | rotated | not_kept | reconnects."""
         if attr == "reconnects":
             self._reconnects.labels(stream=stream).inc(n)
-        elif attr in ("decoded", "scored", "written", "kept", "rotated"):
+        elif attr in ("decoded", "scored", "written", "kept", "rotated", "not_kept"):
             self._frames.labels(stream=stream, stage=attr).inc(n)
         else:
             raise ValueError(f"Stats.add: unknown counter {attr!r}")
@@ -331,7 +332,7 @@ class Stats:
         pct = self.percentiles()
         counts = {"frames_decoded": dict(self.decoded), "frames_scored": dict(self.scored),
                   "frames_written": dict(self.written), "frames_kept": dict(self.kept),
-                  "frames_rotated": dict(self.rotated),
+                  "frames_rotated": dict(self.rotated), "frames_not_kept": dict(self.not_kept),
                   "frames_dropped": {s: dict(d) for s, d in self.dropped.items()},
                   "bad_frames": dict(self.bad), "reconnects": dict(self.reconnects),
                   "frames_by_model_key": dict(self.by_key), "anchors_sent": self.anchors,
