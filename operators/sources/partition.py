@@ -44,6 +44,11 @@ DROP_REPORT_S = 10.0
 # Bytewax's cost a call is shared by them (bench flow_ceiling); the score still runs them
 # VERISEG_BATCH frames at a time
 FILE_HANDOVER = 4
+# a live stream buffers this many frames (VERISEG_QUEUE, when smaller): the flow may stall this
+# long without a drop (133 ms at 30 FPS; Bytewax snapshots every sink at each 10 s epoch, and
+# a sink's snapshot waits for its writer), while a flow slower than its camera for good
+# drops the oldest instead of falling further behind
+LIVE_BUFFER = 4
 RECONNECT_FIRST_S = 0.5   # a live source's first reconnect delay; it doubles up to reconnect_max
 
 
@@ -59,7 +64,7 @@ class StreamPartition(StatefulSourcePartition):
         self.sid = spec.stream_id
         self.live = spec.live
         self.batch = 1 if self.live else max(FILE_HANDOVER, batch)
-        self.cap = max(1, queue if not self.live else min(queue, 2))
+        self.cap = max(1, queue if not self.live else min(queue, LIVE_BUFFER))
         self.max_frames = max_frames
         self.prepare = prepare
         self.reconnect_max = reconnect_max

@@ -138,7 +138,7 @@ def test_a_live_stream_that_drops_frames_says_so_at_most_every_ten_seconds(caplo
         def put(n):
             for i in range(n):
                 p._put(Frame("cam", i, 0.0, "", np.zeros((2, 2, 3), np.uint8), live=True))
-        put(2)                                   # fills the buffer of 2: nothing dropped
+        put(partition.LIVE_BUFFER)               # fills the live buffer: nothing dropped
         assert not [r for r in caplog.records if "dropped" in r.message]
         put(3)                                   # 3 dropped, the first said at once
         clock[0] += 4.0
