@@ -21,6 +21,9 @@ is split by thread (``/proc/<pid>/task``, by the names ``operators.telemetry.nam
 gives): decode (``veriseg-src-*``), sinks (``veriseg-sink-*``), Bytewax's thread (the score
 stage and the operators), other helpers (anchors, metrics, the model reader, the runners'
 submitters), inference (the threads the runtime starts itself).
+``--gpu``: the rows a GPU box needs (the fp32 blob alone at batch 1 and 8, the main job with
+1, 4 and 8 streams, each with its provider, latency p50/p99 and the GPU's utilisation from
+``nvidia-smi``), one command for a lent GPU machine.
 Results: ``bench/results/flow_ceiling.json`` (``--out``).
 """
 from __future__ import annotations
@@ -102,8 +105,9 @@ def _preloaded(entry, n: int) -> list[np.ndarray]:
     return frames
 
 
-def raw(blob: Path, frames: int) -> dict:
-    """The blob's compiled model, as the flow compiles it, on preloaded frames."""
+def raw(blob: Path, frames: int, batch: int = 1) -> dict:
+    """The blob's compiled model, as the flow compiles it, on preloaded frames, ``batch``
+    frames a run."""
     import model_store
     from operators.config import load_config
     from operators.sessions import build_session
@@ -114,9 +118,12 @@ def raw(blob: Path, frames: int) -> dict:
                           threads=cfg.threads, hint=cfg.openvino_hint, ov_device=cfg.openvino_device,
                           precision=cfg.precision)
     clip = _preloaded(entry, 60)
-    xs = [clip[i % len(clip)] for i in range(frames)]
+    runs = max(1, frames // batch)
+    xs = [np.concatenate([clip[(i * batch + j) % len(clip)] for j in range(batch)]) for i in range(runs)]
+    frames = runs * batch
     runner = entry.runner
-    out = {"profile": str(runner.profile), "how": runner.how, "depth": runner.depth}
+    out = {"profile": str(runner.profile), "how": runner.how, "depth": runner.depth, "batch": batch,
+           "provider": entry.provider}
     for mode in ("sync", "pipelined"):
         for x in xs[:4]:
             runner.run(x)
@@ -139,9 +146,9 @@ def raw(blob: Path, frames: int) -> dict:
     return out
 
 
-def _raw_child(blob: Path, frames: int) -> dict:
+def _raw_child(blob: Path, frames: int, batch: int = 1) -> dict:
     p = subprocess.run([sys.executable, "-m", "bench", "flow_ceiling", "--raw", str(blob),
-                        "--frames", str(frames)], cwd=REPO, env=child_environment(),
+                        "--frames", str(frames), "--raw-batch", str(batch)], cwd=REPO, env=child_environment(),
                        capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
         raise SystemExit(f"flow_ceiling: raw {blob.name} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -175,6 +182,16 @@ def _threads(pid: int) -> dict[int, tuple[str, float]]:
         fields = stat[stat.rindex(")") + 2:].split()
         found[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / _TICK)
     return found
+
+
+def _gpu_busy() -> float | None:
+    """The first NVIDIA GPU's utilisation now, in %, or None without nvidia-smi."""
+    try:
+        p = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=5)
+        return float(p.stdout.split()[0]) if p.returncode == 0 and p.stdout.strip() else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def _lines(out: Path) -> int:
@@ -211,6 +228,8 @@ def flow(blob: Path, *, streams: int, frames: int, work: Path, workers: int = 1,
         log.close()
     first = last = None           # (time, frames, {tid: (stage, cpu)}) at the window's ends
     seen: dict[tuple[int, int], tuple[str, float]] = {}
+    gpu: list[float] = []
+    watch_gpu = _gpu_busy() is not None
     while any(p.poll() is None for p in procs):
         time.sleep(0.1)
         threads = {}
@@ -225,6 +244,9 @@ def flow(blob: Path, *, streams: int, frames: int, work: Path, workers: int = 1,
             first = (time.perf_counter(), n, dict(threads))
         elif first is not None:
             last = (time.perf_counter(), n, dict(seen))
+            busy = _gpu_busy() if watch_gpu else None
+            if busy is not None:
+                gpu.append(busy)
     for p in procs:
         p.wait(timeout=600)
     logs = [(work / f"p{i}.log").read_text(errors="replace") for i in range(processes)]
@@ -238,15 +260,30 @@ def flow(blob: Path, *, streams: int, frames: int, work: Path, workers: int = 1,
         before = first[2].get(tid, (stage, 0.0))[1]
         stage_cpu[stage] = stage_cpu.get(stage, 0.0) + cpu - before
     summaries = [json.loads(s.read_text()) for s in sorted(out.glob("summary*.json"))]
+    lat = [r["latency_ms"]["total"] for f in out.glob("*/results.jsonl") for r in map(json.loads, f.open())
+           if "total" in r.get("latency_ms", {})]
     dropped = sum(s.get("dropped") or 0 for s in summaries)
     return {"fps": round(frames_done / (last[0] - first[0]), 2),
             "fps_summary": round(sum(s.get("fps") or 0 for s in summaries), 2),
             "scored": sum(s.get("scored") or 0 for s in summaries), "dropped": dropped,
             "cpu_ms_per_frame": round(sum(stage_cpu.values()) * 1e3 / frames_done, 2),
-            "cpu_ms_by_stage": {k: round(v * 1e3 / frames_done, 2) for k, v in sorted(stage_cpu.items())}}
+            "cpu_ms_by_stage": {k: round(v * 1e3 / frames_done, 2) for k, v in sorted(stage_cpu.items())},
+            "latency_ms_p50_p99": [round(float(np.percentile(lat, q)), 1) for q in (50, 99)] if lat else None,
+            "provider": next((s.get("provider") for s in summaries if s.get("provider")), None),
+            "gpu_busy_pct": round(statistics.mean(gpu), 1) if gpu else None}
 
 
 # -- the table -----------------------------------------------------------------------------
+
+def gpu_rows() -> list[dict]:
+    """A GPU box: the fp32 blob's model alone at batch 1 and 8, and the main job with 1, 4 and
+    8 streams (VERISEG_BATCH auto: 8 on an NVIDIA provider)."""
+    r = [{"name": "fp32 raw, batch 1", "model": "fp32", "raw": True, "batch": 1},
+         {"name": "fp32 raw, batch 8", "model": "fp32", "raw": True, "batch": 8}]
+    r += [{"name": f"fp32 flow, {n} stream{'s' if n > 1 else ''}", "model": "fp32", "streams": n}
+          for n in (1, 4, 8)]
+    return r
+
 
 def rows(only: set[str]) -> list[dict]:
     r = []
@@ -272,14 +309,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--frames", type=int, default=400, help="frames a stream (default 400)")
     ap.add_argument("--only", default="fp32,int8,free", help="models: fp32,int8,free")
+    ap.add_argument("--gpu", action="store_true",
+                    help="the GPU box's rows: raw at batch 1 and 8, the main job with 1, 4, 8 streams")
     ap.add_argument("--out", default="flow_ceiling")
     ap.add_argument("--raw", help=argparse.SUPPRESS)          # child mode: one raw measurement
+    ap.add_argument("--raw-batch", type=int, default=1, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.raw:
-        print(json.dumps(raw(Path(a.raw), a.frames)))
+        print(json.dumps(raw(Path(a.raw), a.frames, a.raw_batch)))
         return 0
     only = set(a.only.split(","))
-    table = rows(only)
+    table = gpu_rows() if a.gpu else rows(only)
     results: dict[str, list] = {row["name"]: [] for row in table}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,7 +330,7 @@ def main(argv: list[str]) -> int:
                 work = Path(tmp) / f"r{rnd}-{i}"
                 work.mkdir()
                 if row.get("raw"):
-                    got = _raw_child(blobs[row["model"]], a.frames)
+                    got = _raw_child(blobs[row["model"]], a.frames, row.get("batch", 1))
                 else:
                     got = flow(blobs[row["model"]], streams=row["streams"], frames=a.frames, work=work,
                                workers=row.get("workers", 1), processes=row.get("processes", 1),
@@ -306,7 +346,8 @@ def main(argv: list[str]) -> int:
         s = {"fps": fps}
         if not row.get("raw"):
             s["cpu_ms_per_frame"] = statistics.median(r["cpu_ms_per_frame"] for r in runs)
-            raw_fps = summary.get(f"{row['model']} raw", {}).get("fps")
+            raw_fps = max((v["fps"] for k, v in summary.items() if k.startswith(f"{row['model']} raw")),
+                          default=None)
             if raw_fps and row["model"] != "free":
                 s["of_raw"] = round(fps / raw_fps, 3)
         summary[row["name"]] = s
