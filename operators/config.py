@@ -116,7 +116,8 @@ class Config(ChainConfig):
                                "live stream gives one frame a run", shown="auto", ge=1, le=256)
     batch_wait_ms: float = var(10.0, "longest the first frame of a run waits for the frames of "
                                "other streams to join it (only with VERISEG_BATCH above 1; a run "
-                               "starts sooner once full)", ge=0, le=1000, allow_inf_nan=False)
+                               "starts sooner once full)", ge=0, le=1000, allow_inf_nan=False,
+                               expect="a number of milliseconds in 0..1000")
     loop: bool = var(False, "1: loop file sources forever", shown="0")
     max_frames: Optional[int] = var(None, "stop each stream after N frames", shown="no limit", ge=1)
     queue: int = var(8, "decoded frames buffered per source", ge=1, le=10000)
