@@ -41,6 +41,9 @@ def main(argv=None) -> int:
                         "lens (0: off)")
     t.add_argument("--consistency", type=float, default=0.0, metavar="W",
                    help="weight of the clean-vs-condition Jensen-Shannon loss (0: off; 2x compute a step)")
+    t.add_argument("--lovasz", type=float, default=0.0, metavar="W",
+                   help="weight of the Lovász-softmax loss (a per-class IoU surrogate) beside the "
+                        "cross-entropy (0: off)")
     t.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint's EMA weights (a fine-tune)")
     t.add_argument("--variant", choices=("prelu", "relu"), default="relu")
     t.add_argument("--dropout", type=float, default=0.1)
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
                           load_size=a.load_size, eval_size=a.eval_size, batch=a.batch, lr=a.lr,
                           weight_decay=a.weight_decay, scale_min=a.scale[0], scale_max=a.scale[1],
                           weight_c=a.weight_c, rare_crops=a.rare_crops, class_mix=a.class_mix,
-                          conditions=a.conditions, geometry=a.geometry, consistency=a.consistency, init=a.init,
+                          conditions=a.conditions, geometry=a.geometry, consistency=a.consistency, lovasz=a.lovasz, init=a.init,
                           variant=a.variant, dropout=a.dropout, ema=a.ema,
                           val_fraction=a.val_fraction, val_at=a.val_at, gap=a.gap, val_every=a.val_every, seed=a.seed,
                           device=a.device, amp=a.amp, threads=a.threads, workers=a.workers, limit=a.limit,

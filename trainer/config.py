@@ -28,6 +28,7 @@ class TrainConfig:
     conditions: float = 0.0          # share of samples given a weather/light/sensor condition (trainer.conditions)
     geometry: float = 0.0            # share of frames seen by another camera (trainer.geometry; 0: off)
     consistency: float = 0.0         # weight of the clean-vs-condition Jensen-Shannon loss (0: off)
+    lovasz: float = 0.0              # weight of the Lovász-softmax loss beside the cross-entropy (0: off)
     init: str | None = None          # start from this checkpoint's (EMA) weights: a fine-tune
     variant: str = "relu"
     dropout: float = 0.1

@@ -261,6 +261,9 @@ def _against_overfitting(cfg: dict) -> list[str]:
     if cfg.get("consistency"):
         out.append(f"Jensen-Shannon consistency (weight {cfg['consistency']}) between each crop's clean and "
                    "conditioned predictions (AugMix)")
+    if cfg.get("lovasz"):
+        out.append(f"Lovász-softmax loss (weight {cfg['lovasz']}) beside the cross-entropy: a surrogate of each "
+                   "class's IoU, so thin classes count by their IoU, not their pixels")
     if cfg.get("init"):
         out.append(f"fine-tuned from {cfg['init']} (its EMA weights) with a fresh optimiser and schedule")
     return out

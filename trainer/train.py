@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data import load_folder, synthetic_data, time_split
 from .enet import count_macs, count_params
 from .inference import evaluate_model, predict, to_tensor
-from .losses import enet_class_weights, js_consistency
+from .losses import enet_class_weights, js_consistency, lovasz_softmax
 from model_store.palette import IGNORE_ID
 
 # the names other modules import from here, wherever they now live: the loop's batches
@@ -204,6 +204,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             loss = F.cross_entropy(logits.float(), y, weight=w_t, ignore_index=IGNORE_ID)
             if cfg.consistency > 0:
                 loss = loss + cfg.consistency * js_consistency(*logits.float().chunk(2))
+            if cfg.lovasz > 0:
+                loss = loss + cfg.lovasz * lovasz_softmax(logits, y, IGNORE_ID, stride=2)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

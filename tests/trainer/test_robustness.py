@@ -258,3 +258,30 @@ def test_cli_geometry_only_and_refuses_an_unknown_stand_in(tmp_path):
     with pytest.raises(SystemExit, match="unknown geometry severity 6"):
         main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model", str(a),
               "--geometry", "6", "--out", str(tmp_path / "o")])
+
+
+def test_lovasz_softmax_is_the_specified_iou_surrogate():
+    """Berman et al.'s Lovász-softmax: 0 for a perfect prediction, 1 - IoU for a hard
+    prediction (on one class: the Jaccard loss itself), ignored pixels never count, and its
+    gradient reaches every class present."""
+    import torch
+
+    from model_store.palette import IGNORE_ID
+    from trainer.losses import lovasz_softmax
+    labels = torch.tensor([[[0, 0, 1, 1], [0, 1, 1, IGNORE_ID]]])
+    sure = torch.zeros(1, 2, 2, 4)
+    sure[0, 0][labels[0] == 0] = 50.0
+    sure[0, 1][labels[0] != 0] = 50.0
+    assert lovasz_softmax(sure, labels, IGNORE_ID).item() == pytest.approx(0, abs=1e-6)
+    # predict class 1 everywhere: class 0's IoU 0 (loss 1), class 1's IoU 4/7 (loss 3/7)
+    wrong = torch.zeros(1, 2, 2, 4)
+    wrong[0, 1] = 50.0
+    assert lovasz_softmax(wrong, labels, IGNORE_ID).item() == pytest.approx((1 + 3 / 7) / 2, abs=1e-4)
+    # the ignored pixel changes nothing, whatever is predicted there
+    other = wrong.clone()
+    other[0, :, 1, 3] = torch.tensor([50.0, 0.0])
+    assert lovasz_softmax(other, labels, IGNORE_ID).item() == pytest.approx((1 + 3 / 7) / 2, abs=1e-4)
+    logits = torch.randn(2, 13, 8, 8, requires_grad=True)
+    lovasz_softmax(logits, torch.randint(0, 13, (2, 8, 8)), IGNORE_ID, stride=2).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert lovasz_softmax(logits, torch.full((2, 8, 8), IGNORE_ID), IGNORE_ID).item() == 0.0
