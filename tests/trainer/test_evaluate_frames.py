@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainer.data import FolderData, write_folder
+from tests.trainer.tiny_models import argmax_onnx
 
 
 def _frames():
@@ -56,26 +57,11 @@ def test_per_frame_figures_worst_first_and_the_grid_in_that_order(monkeypatch):
     assert [c.split()[0] for c in shown["captions"]] == ["f1", "f2", "f3", "f0"]
 
 
-def _tiny_onnx(path):
-    pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-    g = helper.make_graph(
-        [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-         helper.make_node("ArgMax", ["f"], ["a"], axis=3, keepdims=0),
-         helper.make_node("Cast", ["a"], ["classes"], to=TensorProto.UINT8)],
-        "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 48, 48, 3])],
-        [helper.make_tensor_value_info("classes", TensorProto.UINT8, ["N", 48, 48])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    path.write_bytes(m.SerializeToString())
-    return path
-
-
 def test_cli_writes_every_frame_worst_first(tmp_path, capsys):
     from trainer.__main__ import main
     write_folder(_frames(), tmp_path / "data")
     out = tmp_path / "out"
-    rc = main(["evaluate", "--model", str(_tiny_onnx(tmp_path / "m.onnx")), "--data", str(tmp_path / "data"),
+    rc = main(["evaluate", "--model", str(argmax_onnx(tmp_path / "m.onnx", 48)), "--data", str(tmp_path / "data"),
                "--split", "all", "--size", "48", "--grid", "3", "--out", str(out), "--threads", "1"])
     assert rc == 0
     doc = json.loads((out / "report.json").read_text())

@@ -10,6 +10,7 @@ import pytest
 from trainer.conditions import (CONDITIONS, SEVERITIES, ASPHALT, SIDEWALK, apply_condition, benchmark_seed,
                                 training_condition, wet_road)
 from trainer.data import synthetic_data, write_folder
+from tests.trainer.tiny_models import argmax_onnx
 
 
 @pytest.fixture(scope="module")
@@ -105,28 +106,12 @@ def test_report_equals_an_independent_confusion_matrix(scene):
     assert set(tiles) == {"clean", "fog", "wet_road"}
 
 
-def _tiny_onnx(path):
-    """uint8 image [N, H, W, 3] -> uint8 classes [N, H, W]: argmax over the colour channels."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-    g = helper.make_graph(
-        [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-         helper.make_node("ArgMax", ["f"], ["a"], axis=3, keepdims=0),
-         helper.make_node("Cast", ["a"], ["classes"], to=TensorProto.UINT8)],
-        "tiny", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 64, 64, 3])],
-        [helper.make_tensor_value_info("classes", TensorProto.UINT8, ["N", 64, 64])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    path.write_bytes(m.SerializeToString())
-    return path
-
-
 def test_cli_two_frames_two_conditions_two_models(tmp_path):
     from trainer.__main__ import main
     d = synthetic_data(2, 96, 128, seed=4)
     write_folder(d, tmp_path / "data")
-    a = _tiny_onnx(tmp_path / "a.onnx")
-    b = _tiny_onnx(tmp_path / "b.onnx")
+    a = argmax_onnx(tmp_path / "a.onnx", 64)
+    b = argmax_onnx(tmp_path / "b.onnx", 64)
     out = tmp_path / "out"
     rc = main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model", str(a), "--model", str(b),
                "--conditions", "rain,night", "--size", "64", "--out", str(out), "--threads", "1"])
@@ -150,7 +135,7 @@ def test_cli_refuses_an_unknown_condition(tmp_path):
     write_folder(d, tmp_path / "data")
     with pytest.raises(SystemExit, match="unknown condition 'snow'"):
         main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model",
-              str(_tiny_onnx(tmp_path / "a.onnx")), "--conditions", "snow", "--out", str(tmp_path / "o")])
+              str(argmax_onnx(tmp_path / "a.onnx", 64)), "--conditions", "snow", "--out", str(tmp_path / "o")])
 
 
 # --- training with conditions -------------------------------------------------------------
@@ -242,7 +227,7 @@ def test_cli_geometry_only_and_refuses_an_unknown_stand_in(tmp_path):
     from trainer.__main__ import main
     d = synthetic_data(2, 96, 128, seed=4)
     write_folder(d, tmp_path / "data")
-    a = _tiny_onnx(tmp_path / "a.onnx")
+    a = argmax_onnx(tmp_path / "a.onnx", 64)
     out = tmp_path / "out"
     rc = main(["robustness", "--data", str(tmp_path / "data"), "--split", "all", "--model", str(a),
                "--conditions", "none", "--geometry", "2,4", "--size", "64", "--out", str(out), "--threads", "1"])
