@@ -51,18 +51,24 @@ class _SwapGate:
         reg.deploy(name, key)
         self.sent.set()
 
+    @classmethod
+    def run(cls, cfg, reg, key, after: int) -> None:
+        """Run a slowed replay of ``cfg`` that deploys ``key`` as 'tiny' once ``after``
+        frames are scored, the swap landing mid-stream."""
+        gate = cls()
+        flow = build_flow(cfg, registry=reg, reader_factory=slow_readers(0.02, gate))
+        gate.stats = flow.context.stats
+        th = when_scored(flow, after, lambda: gate.deploy(reg, "tiny", key))
+        run_main(flow)
+        th.join()
+
 
 def test_hot_swap_on_new_deploy_mid_stream(tmp_path, backend):
     reg, blob_a, key_a, blob_b, key_b = two_models(tmp_path, uri_b=False)
     folder = make_folder(tmp_path / "f", n=40)
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
                               VERISEG_MODEL_DIRS=str(tmp_path / "models"), VERISEG_BACKEND=backend))
-    gate = _SwapGate()
-    flow = build_flow(cfg, registry=reg, reader_factory=slow_readers(0.02, gate))
-    gate.stats = flow.context.stats
-    th = when_scored(flow, 10, lambda: gate.deploy(reg, "tiny", key_b))
-    run_main(flow)
-    th.join()
+    _SwapGate.run(cfg, reg, key_b, after=10)
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
     assert [r["seq"] for r in rows] == list(range(40))
     keys = [r["model_key"] for r in rows]
@@ -203,12 +209,7 @@ def test_hot_swap_to_a_model_with_another_input_size(tmp_path, backend):
         cv2.imwrite(str(p), rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
     cfg = load_config(env_for(tmp_path, f"dir:{folder}", "tiny", VERISEG_ANCHOR_EVERY=0,
                               VERISEG_BACKEND=backend, VERISEG_KEEP_FRAMES="all"))
-    gate = _SwapGate()
-    flow = build_flow(cfg, registry=reg, reader_factory=slow_readers(0.02, gate))
-    gate.stats = flow.context.stats
-    th = when_scored(flow, 8, lambda: gate.deploy(reg, "tiny", key_b))
-    run_main(flow)
-    th.join()
+    _SwapGate.run(cfg, reg, key_b, after=8)
     rows = read_jsonl(cfg.out / "f" / "results.jsonl")
     assert [r["seq"] for r in rows] == list(range(30))
     shapes = {r["model_key"]: cv2.imread(str(cfg.out / "f" / r["mask"]), cv2.IMREAD_UNCHANGED).shape
