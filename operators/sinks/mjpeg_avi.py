@@ -40,6 +40,7 @@ MAX_BYTES = 1 << 30   # AVI 1.0: readers expect a RIFF under 1 GiB
 _AVIF_HASINDEX = 0x10
 _AVIIF_KEYFRAME = 0x10
 _HEADER_BYTES = 224   # RIFF..'movi' fourcc, below: where the first frame chunk starts
+_MOVI_AT = _HEADER_BYTES - 4   # the 'movi' fourcc: index offsets and the movi size count from it
 
 
 class SegmentFull(Exception):
@@ -86,7 +87,7 @@ class MjpegAvi:
         if self.index and self.end + len(chunk) + index_after > self.max_bytes:
             raise SegmentFull(str(self.path))
         self.f.write(chunk)
-        self.index.append((self.end - (_HEADER_BYTES - 4), len(data)))
+        self.index.append((self.end - _MOVI_AT, len(data)))
         self.end += len(chunk)
         self.largest = max(self.largest, len(data))
 
@@ -102,7 +103,7 @@ class MjpegAvi:
         try:
             idx = b"".join(struct.pack("<4sIII", b"00dc", _AVIIF_KEYFRAME, off, n) for off, n in self.index)
             f.write(_chunk(b"idx1", idx))
-            movi = self.end - (_HEADER_BYTES - 4)      # from the 'movi' fourcc to the last frame
+            movi = self.end - _MOVI_AT                # from the 'movi' fourcc to the last frame
             file_size = self.end + 8 + len(idx)
             f.seek(0)
             f.write(self._header(frames=len(self.index), riff=file_size - 8, movi=movi))
