@@ -86,7 +86,9 @@ class Config(ChainConfig):
         "auto", "the runtime that scores (operators/backends): auto is ONNX Runtime when one of its "
         "NVIDIA providers loads, else OpenVINO on the CPU where installed, else ONNX Runtime CPU; "
         "logged with the reason. Every backend compiles the verified bytes in memory; OpenVINO's "
-        "model cache is off (it would load a file by graph hash, unchecked)", main=True)
+        "model cache is off (it would load a file by graph hash, unchecked), and OpenVINO refuses "
+        "a graph that computes integers from the frame (it saturates and narrows them where "
+        "ONNX does not): auto scores such a model on ONNX Runtime", main=True)
     providers: Literal["auto", "tensorrt", "cuda", "cpu"] = var(
         "auto", "ONNX Runtime providers (auto: TensorRT > CUDA > CPU, GPU ones only when an NVIDIA "
         "driver loads); TensorRT engines are cached per blob key in VERISEG_HOME/trt-cache/<key>",

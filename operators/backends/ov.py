@@ -2,6 +2,9 @@
 
 - The model is read from the bytes in memory (``Core.read_model(bytes)``), never from a
   path, so what OpenVINO compiles is exactly what ``model_store`` verified.
+- A graph that computes integers from the frame is refused (:mod:`.ov_integer`: OpenVINO
+  saturates, rounds and narrows integer arithmetic where ONNX does not), so ``auto`` scores
+  it on ONNX Runtime and says why.
 - One exact graph rewrite before compiling (:mod:`.ov_graph`: the class arg-max moved to the
   innermost axis, -11 % (fp32) to -19 % (int8) CPU a frame on the 512² ENet); the key and the class maps are the
   verified model's.
@@ -40,6 +43,7 @@ from . import precision as precisions
 from ..telemetry import name_os_thread
 from .base import FuturePending, Pending, Port, Runner, ScoreError, cpu_threads
 from .ov_graph import argmax_innermost
+from .ov_integer import integer_arithmetic_on_frames
 
 __all__ = ["available", "version", "OvRunner", "build", "HINTS"]
 
@@ -140,6 +144,7 @@ def build(onnx: bytes, *, key: BlobKey, threads: int = 0, hint: str = "THROUGHPU
     exact rewrite (for the benchmark's side-by-side row)."""
     import openvino as ov
     key = BlobKey(key)
+    _refuse_integer_arithmetic(onnx, key)
     want = precisions.wanted(precision, onnx)
     hint = hint.upper()
     if hint not in HINTS:
@@ -156,6 +161,19 @@ def build(onnx: bytes, *, key: BlobKey, threads: int = 0, hint: str = "THROUGHPU
                 raise ScoreError(str(e) + "".join(f" ({r})" for r in refused)) from None
             refused.append(f"{dev} refused it: {str(e).split(': ', 1)[-1]}")
     raise AssertionError("unreachable: pick() returns at least one device")
+
+
+def _refuse_integer_arithmetic(onnx: bytes, key: BlobKey) -> None:
+    """A graph OpenVINO would compute other numbers for than ONNX (:mod:`.ov_integer`) is a
+    ScoreError naming its first nodes; bytes that do not parse are left to OpenVINO to refuse."""
+    try:
+        nodes = integer_arithmetic_on_frames(onnx)
+    except Exception:  # noqa: BLE001 - not a protobuf: read_model refuses it in its own words
+        return
+    if nodes:
+        raise ScoreError(f"model {key.short}: OpenVINO computes integer arithmetic unlike ONNX (saturating, "
+                         f"through float, int64 in 32 bits) and this graph does it on the frame: "
+                         f"{', '.join(nodes)}; score it on ONNX Runtime (VERISEG_BACKEND=onnxruntime)")
 
 
 def _batch_of_one(model) -> None:
