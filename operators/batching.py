@@ -30,7 +30,12 @@ import numpy as np
 
 from .backends import Pending
 
-__all__ = ["Batcher", "BatchPart"]
+__all__ = ["Batcher", "BatchPart", "GPU_AUTO_BATCH"]
+
+# VERISEG_BATCH's auto value on an NVIDIA provider (1 on the CPU): the trainer's GPU figures
+# gave ~4x the frames a second at batch 8 against 1 (torch, fp16, H200); TensorRT's engine
+# is built for batches 1..this (operators.backends.ort.trt_profile)
+GPU_AUTO_BATCH = 8
 
 
 class _Group:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from bytewax.dataflow import Dataflow
 
-from .batching import Batcher
+from .batching import GPU_AUTO_BATCH, Batcher
 from .config import Config
 from .revocation import RevokedKeys
 from .sessions import SessionCache
@@ -49,7 +49,9 @@ class FlowContext:
                     dict(backend=cfg.backend, providers=cfg.providers, require_gpu=cfg.require_gpu,
                          threads=cfg.threads, home=cfg.home, hint=cfg.openvino_hint,
                          spin=cfg.ort_spin, ov_device=cfg.openvino_device, precision=cfg.precision,
-                         arena_bytes=cfg.max_arena_bytes))
+                         arena_bytes=cfg.max_arena_bytes,
+                         # the batch is chosen once the provider is known: build for auto's GPU batch
+                         batch=cfg.batch or GPU_AUTO_BATCH))
             self.sessions = SessionCache(stats=self.stats, **opts)
 
 

@@ -80,13 +80,13 @@ def drive_spec(card, key: str):
 def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", providers: str = "auto",
                   require_gpu: bool = False, threads: int = 0, home=None,
                   hint: str = "throughput", spin: bool = False, ov_device: str = "auto",
-                  precision: str = "card", arena_bytes: int = 0) -> SessionEntry:
+                  precision: str = "card", arena_bytes: int = 0, batch: int = 1) -> SessionEntry:
     key = BlobKey(key)
     spec = drive_spec(card, key) if card is not None else None   # before the costly compile
     runner, why = compile_verified(onnx, key=key, backend=backend, providers=providers,
                                    require_gpu=require_gpu, threads=threads, home=home, hint=hint,
                                    spin=spin, ov_device=ov_device, precision=precision,
-                                   arena_bytes=arena_bytes)
+                                   arena_bytes=arena_bytes, batch=batch)
     inp, out = runner.input, runner.output
     if card is not None:
         problem = card_mismatch(card, inp, out)
@@ -95,9 +95,9 @@ def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", pr
             raise ScoreError(f"model {key.short}: its card does not describe its graph: {problem}")
     runner.warm_up()              # here, in the reader's thread, not on a stream's first frames
     shp = list(inp.shape)
-    max_batch = None
+    fixed_batch = None
     if shp and isinstance(shp[0], int) and shp[0] > 0:
-        max_batch = shp[0]
+        fixed_batch = shp[0]
     if spec is not None:
         pre = Preprocessor.for_spec(spec)
     else:
@@ -105,7 +105,7 @@ def build_session(onnx: bytes, *, key: str, card=None, backend: str = "auto", pr
         if len(shp) == 4 and all(isinstance(d, int) and d > 0 for d in shp[1:3]):
             size = (shp[1], shp[2])
         pre = Preprocessor(size, "RGB")
-    return SessionEntry(key, runner, pre, max_batch, card, runner.how, why, spec)
+    return SessionEntry(key, runner, pre, fixed_batch, card, runner.how, why, spec)
 
 
 def card_mismatch(card, inp, out) -> Optional[str]:
@@ -135,7 +135,7 @@ class SessionCache:
     def __init__(self, *, keep: int = 1, stats=None, backend: str = "auto", providers: str = "auto",
                  require_gpu: bool = False, threads: int = 0, home=None, hint: str = "throughput",
                  spin: bool = False, ov_device: str = "auto", precision: str = "card",
-                 arena_bytes: int = 0):
+                 arena_bytes: int = 0, batch: int = 1):
         self.keep = keep
         self.stats = stats           # records the provider in use
         self._d: OrderedDict[str, SessionEntry] = OrderedDict()
@@ -143,7 +143,7 @@ class SessionCache:
         self._building: dict[str, threading.Event] = {}
         self.options = dict(backend=backend, providers=providers, require_gpu=require_gpu, threads=threads,
                             home=home, hint=hint, spin=spin, ov_device=ov_device, precision=precision,
-                            arena_bytes=arena_bytes)
+                            arena_bytes=arena_bytes, batch=batch)
         self.provider: Optional[str] = None
 
     def get(self, update: ModelLoaded) -> SessionEntry:

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 from chain.errors import ChainError
 from model_store import read_secret
 
-from .batching import Batcher
+from .batching import GPU_AUTO_BATCH, Batcher
 from .config import Config, ConfigError, load_config
 from .context import FlowContext
 from .model_reader import ModelRefused, ModelWatcher, connect_registry
@@ -87,7 +87,7 @@ def start_flow(cfg: Optional[Config] = None, *, registry=None,
     ctx.preprocessor = Preprocessor.for_card(ctx.first.card) if cfg.preprocess != "off" else None
     ctx.batch = cfg.batch or 0
     if not ctx.batch:   # auto: batching helps GPUs; on the CPU it measured no faster a frame
-        ctx.batch = 8 if provider in GPU_PROVIDERS else 1
+        ctx.batch = GPU_AUTO_BATCH if provider in GPU_PROVIDERS else 1
     ctx.batcher = Batcher(ctx.batch, cfg.batch_wait_ms)
     log.info("scoring profile: %s", _profile_line(cfg, ctx, provider))
     if cfg.web is not None and not views:

@@ -25,10 +25,11 @@ BACKENDS = ("auto", "openvino", "onnxruntime")
 def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers: str = "auto",
                      require_gpu: bool = False, threads: int = 0, home=None,
                      hint: str = "throughput", spin: bool = False, ov_device: str = "auto",
-                     precision: str = "card", arena_bytes: int = 0) -> Tuple[Runner, str]:
+                     precision: str = "card", arena_bytes: int = 0, batch: int = 1) -> Tuple[Runner, str]:
     """The verified ``onnx`` bytes compiled for blob ``key`` by the chosen runtime in
     ``precision`` (``VERISEG_PRECISION``), and why that runtime (one line for the log).
-    Raises ScoreError (one line)."""
+    ``batch``: the most frames a run will hold (ONNX Runtime's TensorRT engine is built
+    for 1 to that many). Raises ScoreError (one line)."""
     backend = (backend or "auto").lower()
     if backend not in BACKENDS:
         raise ScoreError(f"unknown scoring backend {backend!r}: expected {', '.join(BACKENDS)}")
@@ -36,7 +37,7 @@ def compile_verified(onnx: bytes, *, key: str, backend: str = "auto", providers:
     if precision not in CHOICES:
         raise ScoreError(f"unknown precision {precision!r}: expected {', '.join(CHOICES)}")
     ort_kw = dict(key=key, providers=providers, require_gpu=require_gpu, threads=threads, home=home, spin=spin,
-                  precision=precision, arena_bytes=arena_bytes)
+                  precision=precision, arena_bytes=arena_bytes, max_batch=batch)
     ov_kw = dict(key=key, threads=threads, hint=hint, device=ov_device, precision=precision)
     if backend == "onnxruntime":
         return ort.build(onnx, **ort_kw), "VERISEG_BACKEND=onnxruntime"

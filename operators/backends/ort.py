@@ -3,7 +3,10 @@
 - :func:`providers_for` maps ``VERISEG_PROVIDERS`` to ORT providers (auto: TensorRT > CUDA >
   CPU, the GPU ones only when an NVIDIA driver loads); :func:`build` records the provider
   actually loaded (``get_providers()``: the GPU build silently falls back to CPU).
-- TensorRT engines are cached per blob key in a private folder (:func:`provider_options`).
+- TensorRT engines are cached per blob key in a private folder (:func:`provider_options`),
+  built once for every batch of 1 to ``max_batch`` frames (:func:`trt_profile`): without a
+  profile, TensorRT builds a new engine for each batch size it meets, seconds each, while the
+  batcher's runs vary from 1 to ``VERISEG_BATCH`` frames.
 - Precision (:mod:`.precision`): the CPU and CUDA providers run the graph as written, so
   they run the card's precision only; TensorRT builds its engine in fp32 unless fp16 or
   bf16 is asked for (a cached engine's name starts with the key and that precision).
@@ -27,7 +30,7 @@ from . import precision as precisions
 from ..telemetry import name_os_thread
 from .base import FuturePending, Pending, Port, Runner, ScoreError, cpu_threads
 
-__all__ = ["GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "gpu_driver",
+__all__ = ["GPU_PROVIDERS", "providers_for", "provider_options", "trt_cache_dir", "trt_profile", "gpu_driver",
            "gpu_provider_available", "OrtRunner", "build"]
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -94,9 +97,37 @@ def _private_dir(path) -> None:
                          f"{'a folder' if stat.S_ISDIR(st.st_mode) else 'not a folder'}); fix or remove it")
 
 
-def provider_options(wanted, key: str, home=None, precision: str = "fp32") -> list:
+def trt_profile(onnx: bytes, max_batch: int) -> dict:
+    """TensorRT's optimisation profile for the graph's one input at every batch of 1 to
+    ``max_batch`` frames, tuned for ``max_batch`` (ORT's ``trt_profile_*_shapes``, written
+    ``name:dxdxd``); empty where the input's batch is fixed or another dimension is not, and
+    TensorRT takes the shapes it meets."""
+    import onnx as onnx_lib
+    model = onnx_lib.ModelProto()
+    try:
+        model.ParseFromString(onnx)
+    except Exception:  # noqa: BLE001 - not a protobuf: the session refuses it in its own words
+        return {}
+    constants = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in constants]
+    if len(inputs) != 1 or not inputs[0].type.HasField("tensor_type"):
+        return {}
+    dims = list(inputs[0].type.tensor_type.shape.dim)
+    rest = [d.dim_value for d in dims[1:]]
+    if not dims or dims[0].dim_value > 0 or not all(v > 0 for v in rest) or ":" in inputs[0].name:
+        return {}
+
+    def shape(n: int) -> str:
+        return f"{inputs[0].name}:" + "x".join(str(v) for v in (n, *rest))
+    return {"trt_profile_min_shapes": shape(1), "trt_profile_opt_shapes": shape(max_batch),
+            "trt_profile_max_shapes": shape(max_batch)}
+
+
+def provider_options(wanted, key: str, home=None, precision: str = "fp32", profile: dict = None,
+                     max_batch: int = 1) -> list:
     """ORT provider options for ``wanted``: TensorRT caches engines per key, in a private
-    folder, and computes in fp16 or bf16 only when ``precision`` says so."""
+    folder, computes in fp16 or bf16 only when ``precision`` says so, and builds its engine
+    for ``profile`` (:func:`trt_profile` of batches up to ``max_batch``)."""
     opts = []
     for p in wanted:
         if p == "TensorrtExecutionProvider":
@@ -105,8 +136,10 @@ def provider_options(wanted, key: str, home=None, precision: str = "fp32") -> li
             _private_dir(cache)
             opts.append({"trt_fp16_enable": str(precision == "fp16"), "trt_bf16_enable": str(precision == "bf16"),
                          "trt_engine_cache_enable": "True",
-                         # an engine of one precision is never loaded for another
-                         "trt_engine_cache_path": str(cache), "trt_engine_cache_prefix": f"{key}_{precision}"})
+                         # an engine of one precision or batch range is never loaded for another
+                         "trt_engine_cache_path": str(cache),
+                         "trt_engine_cache_prefix": f"{key}_{precision}" + (f"_b{max_batch}" if profile else ""),
+                         **(profile or {})})
         else:
             opts.append({})
     return opts
@@ -179,8 +212,9 @@ def _cpu_arena(max_bytes: int) -> None:
 
 def build(onnx: bytes, *, key: BlobKey, providers: str = "auto", require_gpu: bool = False,
           threads: int = 0, home=None, spin: bool = False, precision: str = "card",
-          arena_bytes: int = 0) -> OrtRunner:
-    """An ONNX Runtime session of the verified bytes; ``arena_bytes`` > 0 caps the CPU memory
+          arena_bytes: int = 0, max_batch: int = 1) -> OrtRunner:
+    """An ONNX Runtime session of the verified bytes, for runs of up to ``max_batch`` frames
+    (TensorRT's engine profile); ``arena_bytes`` > 0 caps the CPU memory
     arena it allocates from (VERISEG_MAX_ARENA_BYTES), shared by the process's sessions (which
     also lets a hot swap reuse the old session's memory: measured 150 MiB RSS with two 512²
     ENet sessions alive, 216 MiB with an arena each)."""
@@ -203,7 +237,8 @@ def build(onnx: bytes, *, key: BlobKey, providers: str = "auto", require_gpu: bo
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     wanted = providers_for(providers)
-    opts = provider_options(wanted, key, home, want)
+    profile = trt_profile(onnx, max_batch) if "TensorrtExecutionProvider" in wanted else {}
+    opts = provider_options(wanted, key, home, want, profile, max_batch)
     try:
         sess = ort.InferenceSession(onnx, sess_options=so, providers=wanted, provider_options=opts)
     except Exception as e:  # noqa: BLE001 - ORT raises several types

@@ -183,7 +183,7 @@ def test_the_openvino_hint_setting_reaches_the_compiled_model_with_two_runs_in_f
     for hint in ("latency", "throughput"):
         cfg = SimpleNamespace(backend="openvino", providers="auto", require_gpu=False, threads=2, home=None,
                               openvino_hint=hint, ort_spin=False, openvino_device="auto", precision="card",
-                              max_arena_bytes=0)
+                              max_arena_bytes=0, batch=None)
         options = FlowContext(config=cfg).sessions.options
         assert options["hint"] == hint
         e = build_session(tiny_onnx(), key=KA, **options)
@@ -202,7 +202,7 @@ def test_ort_spin_wait_follows_the_flows_configuration_not_the_process_environme
     for spin in (False, True):
         cfg = SimpleNamespace(backend="onnxruntime", providers="cpu", require_gpu=False, threads=1, home=None,
                               openvino_hint="throughput", ort_spin=spin, openvino_device="auto", precision="card",
-                              max_arena_bytes=0)
+                              max_arena_bytes=0, batch=None)
         e = build_session(tiny_onnx(), key=KA, **FlowContext(config=cfg).sessions.options)
         so = e.runner.native.get_session_options()
         assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")

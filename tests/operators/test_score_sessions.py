@@ -94,6 +94,45 @@ def test_tensorrt_engines_are_cached_per_key_in_a_private_folder(tmp_path):
     assert not (tmp_path / "h3").exists()
 
 
+def test_tensorrt_builds_one_engine_for_every_batch_the_batcher_can_send(tmp_path):
+    """The batcher's runs hold 1 to VERISEG_BATCH frames; without a profile TensorRT builds a
+    new engine (seconds) for each batch size it meets. The profile covers 1..batch of the
+    graph's one input, and an engine of one batch range is never loaded for another."""
+    from operators.backends.ort import trt_profile
+    from operators.sessions import provider_options
+    from tests.flow_fixtures import tiny_onnx as sized_onnx
+    onnx = sized_onnx(size=(24, 40))            # image: [N, 24, 40, 3]
+    profile = trt_profile(onnx, 8)
+    assert profile == {"trt_profile_min_shapes": "image:1x24x40x3", "trt_profile_opt_shapes": "image:8x24x40x3",
+                       "trt_profile_max_shapes": "image:8x24x40x3"}
+    opts = provider_options(_TRT, "a" * 64, tmp_path, "fp32", profile, 8)[0]
+    assert opts["trt_profile_max_shapes"] == "image:8x24x40x3" and opts["trt_engine_cache_prefix"] == "a" * 64 + "_fp32_b8"
+    # a fixed batch, or a graph that is not one image of fixed size: TensorRT takes the shapes it meets
+    assert trt_profile(sized_onnx(dynamic_batch=False), 8) == {}
+    assert trt_profile(b"\x08\x07not an onnx graph", 8) == {}
+
+
+def test_the_flow_builds_sessions_for_its_batch_before_it_knows_the_provider(monkeypatch):
+    """VERISEG_BATCH reaches the session build; auto builds for the GPU's batch (1 on the CPU
+    is decided only once the provider loaded, and a CPU session ignores the profile)."""
+    from operators import sessions
+    from operators.batching import GPU_AUTO_BATCH
+    from operators.config import load_config
+    from operators.context import FlowContext
+    from operators.frames import ModelLoaded
+    seen = []
+
+    def spy(onnx, **kw):
+        seen.append(kw["batch"])
+        raise sessions.ScoreError("seen; compile nothing")
+    monkeypatch.setattr(sessions, "compile_verified", spy)
+    for env, want in (({}, GPU_AUTO_BATCH), ({"VERISEG_BATCH": "3"}, 3)):
+        ctx = FlowContext(load_config(env))
+        with pytest.raises(sessions.ScoreError):
+            ctx.sessions.get(ModelLoaded("a" * 64, 1, onnx=tiny_onnx()))
+        assert seen[-1] == want
+
+
 @pytest.mark.gpu
 def test_tensorrt_runs_each_keys_own_engine(tmp_path):
     """Two models with the same graph and other weights, one after the other: each scores
@@ -107,8 +146,12 @@ def test_tensorrt_runs_each_keys_own_engine(tmp_path):
     x[..., 0] = 45    # class (45 // 20 + shift) % 13
     for shift, key in ((0, "a" * 64), (1, "b" * 64)):
         e = build_session(shifted_onnx(shift), key=key, backend="onnxruntime", providers="tensorrt",
-                          threads=1, home=tmp_path)
+                          threads=1, home=tmp_path, batch=8)
         if e.provider != "TensorrtExecutionProvider":
             pytest.fail(f"TensorRT did not load ({e.provider})")
         assert (e.runner.run(x) == 2 + shift).all()
         assert any((tmp_path / "trt-cache" / key).iterdir()), "no engine cached for this key"
+        engines = sorted((tmp_path / "trt-cache" / key).iterdir())
+        for n in (1, 3, 8):            # every batch the batcher sends runs on the one engine
+            assert (e.runner.run(np.repeat(x, n, axis=0)) == 2 + shift).all()
+        assert sorted((tmp_path / "trt-cache" / key).iterdir()) == engines, "an engine was built per batch size"
