@@ -85,13 +85,14 @@ def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
             yield from a.graphs
 
 
-def _names_read(g: onnx.GraphProto) -> Set[str]:
-    """Every value name read inside ``g`` and its subgraphs (outer values included)."""
+def _names(g: onnx.GraphProto, side: str) -> Set[str]:
+    """Every value name a node of ``g`` or of its subgraphs reads (``side`` "input": outer
+    values included) or writes ("output")."""
     names: Set[str] = set()
     for node in g.node:
-        names.update(n for n in node.input if n)
+        names.update(n for n in getattr(node, side) if n)
         for sub in _subgraphs(node):
-            names |= _names_read(sub)
+            names |= _names(sub, side)
     return names
 
 
@@ -102,11 +103,11 @@ def _walk(nodes, from_frame: Set[str], types: Dict[str, int], found: List[str], 
         subs = list(_subgraphs(node))
         reads = {n for n in node.input if n}
         for sub in subs:
-            reads |= _names_read(sub)
+            reads |= _names(sub, "input")
         tainted = bool(reads & from_frame)
         if tainted and subs:
             for sub in subs:   # every value of a body that sees the frame is from the frame
-                inner = set(from_frame) | {v.name for v in sub.input} | _produced(sub)
+                inner = set(from_frame) | {v.name for v in sub.input} | _names(sub, "output")
                 _walk(sub.node, inner, types, found, limit)
         if node.op_type in ARITHMETIC and node.domain in ("", "ai.onnx") and tainted:
             elem = _elem_type(node, types)
@@ -115,15 +116,6 @@ def _walk(nodes, from_frame: Set[str], types: Dict[str, int], found: List[str], 
                              f"({TensorProto.DataType.Name(elem).lower()})")
         if tainted and node.op_type not in _SHAPE_ONLY:
             from_frame.update(n for n in node.output if n)
-
-
-def _produced(g: onnx.GraphProto) -> Set[str]:
-    out: Set[str] = set()
-    for node in g.node:
-        out.update(n for n in node.output if n)
-        for sub in _subgraphs(node):
-            out |= _produced(sub)
-    return out
 
 
 def _elem_type(node: onnx.NodeProto, types: Dict[str, int]) -> Optional[int]:
