@@ -12,7 +12,7 @@ embedded chain). Rounds alternate the rows, so a drift of the machine spreads ov
   flow submits). The raw speed a flow is compared with is the better of the two.
 - **flow**: ``python -m bytewax.run dataflows.segment``: the fp32 blob, the int8 blob and a
   *near-free* model (the same input and output, class = R // 32), whose
-  FPS is the flow's own ceiling; 1 and 4 streams, 1 and 2 workers (``-w``), two processes
+  FPS is the flow's own ceiling; 1, 4 and (the blobs) 8 streams, 1 and 2 workers (``-w``), two processes
   (``-i/-a``), and the cross-stream batcher (``VERISEG_BATCH`` 1 against 4, 4 streams).
 
 Steady state only: FPS and CPU are read between the first results line and the last look
@@ -291,8 +291,8 @@ def rows(only: set[str]) -> list[dict]:
         if model not in only:
             continue
         r.append({"name": f"{model} raw", "model": model, "raw": True})
-        r.append({"name": f"{model} flow, 1 stream", "model": model, "streams": 1})
-        r.append({"name": f"{model} flow, 4 streams", "model": model, "streams": 4})
+        r += [{"name": f"{model} flow, {n} stream{'s' if n > 1 else ''}", "model": model, "streams": n}
+              for n in ((1, 4) if model == "free" else (1, 4, 8))]
     if "free" in only:
         r += [{"name": "free flow, 1 stream, -w 2", "model": "free", "streams": 1, "workers": 2},
               {"name": "free flow, 4 streams, -w 2", "model": "free", "streams": 4, "workers": 2},
