@@ -5,7 +5,8 @@ side with ONNX Runtime on random tensors (OpenVINO 2026.4, 2-core AMD EPYC; the 
 module runs the same comparison): uint8 and int8 ``Add``, ``Sub`` and ``Mul`` saturate where
 ONNX wraps around; int32 and uint32 ``Div``, ``Mod`` and ``BitShift`` go through float and
 lose the low bits; int64 arithmetic is done in 32 bits; uint8 ``Div`` by a constant rounds
-where ONNX floors. A brought model that computes class ids with integers would score other
+where ONNX floors; a linear ``Resize`` of uint8 values rounds where ONNX Runtime truncates
+(half the values 1 higher). A brought model that computes class ids with integers would score other
 masks on OpenVINO than on ONNX Runtime, and an auditor who re-scores a frame on ONNX Runtime
 would find masks the registered model does not give.
 
@@ -16,8 +17,8 @@ The rule, on the verified ONNX graph read with the ``onnx`` library:
   except ``Shape`` and ``Size``, whose outputs depend only on a tensor's shape. So the shape
   arithmetic that exporters write (``Shape`` -> ``Gather`` -> ``Mul`` -> ``Reshape``) stays
   allowed: it computes small numbers that OpenVINO gets right.
-- A graph is refused when one of :data:`ARITHMETIC` computes an integer tensor from the
-  frame. Comparisons, ``Cast``, ``ArgMax``, ``Gather`` and the quantisation operators move or
+- A graph is refused when one of :data:`ARITHMETIC`, or a ``Resize``/``Upsample`` that
+  interpolates (``linear``, ``cubic``), computes an integer tensor from the frame. Comparisons, ``Cast``, ``ArgMax``, ``Gather`` and the quantisation operators move or
   pick values, they do not compute new ones, and are allowed.
 - Model-local functions are inlined first; the bodies of ``If``, ``Loop`` and ``Scan`` are
   walked as part of the graph, every value in them counted from the frame once the node
@@ -40,6 +41,7 @@ ARITHMETIC = frozenset({
     "CumSum", "MatMul", "Gemm", "Einsum", "ReduceSum", "ReduceProd", "ReduceSumSquare",
     "ReduceMean", "ReduceL1", "ReduceL2",
 })
+_INTERPOLATES = frozenset({"Resize", "Upsample"})
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
 _INTEGER = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16,
                       TensorProto.INT32, TensorProto.UINT32, TensorProto.INT64, TensorProto.UINT64})
@@ -109,13 +111,23 @@ def _walk(nodes, from_frame: Set[str], types: Dict[str, int], found: List[str], 
             for sub in subs:   # every value of a body that sees the frame is from the frame
                 inner = set(from_frame) | {v.name for v in sub.input} | _names(sub, "output")
                 _walk(sub.node, inner, types, found, limit)
-        if node.op_type in ARITHMETIC and node.domain in ("", "ai.onnx") and tainted:
+        if _computes(node) and tainted:
             elem = _elem_type(node, types)
             if elem in _INTEGER:
                 found.append(f'{node.op_type} "{node.name or node.output[0]}" '
                              f"({TensorProto.DataType.Name(elem).lower()})")
         if tainted and node.op_type not in _SHAPE_ONLY:
             from_frame.update(n for n in node.output if n)
+
+
+def _computes(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` computes new values (not only moves or picks them)."""
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type in _INTERPOLATES:   # nearest picks a value; linear and cubic compute one
+        mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "nearest")
+        return mode != "nearest"
+    return node.op_type in ARITHMETIC
 
 
 def _elem_type(node: onnx.NodeProto, types: Dict[str, int]) -> Optional[int]:

@@ -47,6 +47,15 @@ def test_integer_arithmetic_on_the_frame_is_found_with_its_node_and_type():
     assert integer_arithmetic_on_frames(div) == ['Div "by20" (int64)']
 
 
+def test_an_interpolating_resize_of_the_frames_integers_is_found_and_a_nearest_one_is_not():
+    """A linear Resize of uint8 values: OpenVINO rounds where ONNX Runtime truncates."""
+    from onnx import helper
+    for mode, found in (("linear", ['Resize "resize" (uint8)']), ("nearest", [])):
+        g = _graph([helper.make_node("Resize", ["image", "", "sc"], ["y"], name="resize", mode=mode)],
+                   [helper.make_tensor("sc", F32, [4], [1, 2, 2, 1])], out_shape=(1, 16, 16, 3))
+        assert integer_arithmetic_on_frames(g) == found, mode
+
+
 def test_shape_arithmetic_and_float_arithmetic_are_not_refused():
     """Exporters compute shapes with integers (Shape -> Gather -> Mul -> Reshape): small
     numbers that depend on no pixel. The float per-pixel function of the flow's tests and
