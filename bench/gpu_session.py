@@ -63,6 +63,8 @@ FINETUNE = ["--lr", "1e-3", "--seed", "0"]
 # 748f49b:models/carla-enet.ckpt.pt`, carried beside the data (the repo now holds the fine-tune)
 SHIPPED_BASE = ".dev/base-ff104ca3.pt"
 COND_C = ["--conditions", "0.8", "--consistency", "2.0"]
+COND_GEO = ["--conditions", "0.6", "--geometry", "0.5"]
+LOVASZ = ["--lovasz", "0.5"]
 FINETUNES = {
     "cond60-f1": ("rcm-f1-s0", ["--conditions", "0.6"]),
     "cond60-f2": ("rcm-f2-s0", ["--conditions", "0.6", *F2]),
@@ -79,6 +81,15 @@ FINETUNES = {
     "cond60-f1-s1": ("rcm-f1-s0", ["--conditions", "0.6", "--seed", "1"]),
     "cond60-f2-s1": ("rcm-f2-s0", ["--conditions", "0.6", "--seed", "1", *F2]),
     "cond60-all": (SHIPPED_BASE, ["--conditions", "0.6", "--val-fraction", "0"]),
+    # other cameras (trainer.geometry) and the Lovász loss in the second stage, per fold and
+    # as final fits: what the reduced-budget CPU comparison (robustness_stage2_geometry.json)
+    # leaves to measure at full length
+    "geo-f1": ("rcm-f1-s0", [*COND_GEO]),
+    "geo-f2": ("rcm-f2-s0", [*COND_GEO, *F2]),
+    "geolov-f1": ("rcm-f1-s0", [*COND_GEO, *LOVASZ]),
+    "geolov-f2": ("rcm-f2-s0", [*COND_GEO, *LOVASZ, *F2]),
+    "geo-all": (SHIPPED_BASE, [*COND_GEO, "--val-fraction", "0"]),
+    "geolov-all": (SHIPPED_BASE, [*COND_GEO, *LOVASZ, "--val-fraction", "0"]),
 }
 DEFAULT_JOBS = ["rcm-f1-s1", "rcm-f1-s2", "rcm-f1-s3", "rcm-f2-s1", "rcm-f2-s2", "wide-f1-s1", "wd5-f1-s1",
                 "drop2-f1-s1"]
