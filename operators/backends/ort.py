@@ -21,6 +21,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from onnx import ModelProto
+
 from chain.config import default_home
 from chain.profile import ExecutionProfile
 from model_store.blob_key import BlobKey
@@ -102,8 +104,7 @@ def trt_profile(onnx: bytes, max_batch: int) -> dict:
     ``max_batch`` frames, tuned for ``max_batch`` (ORT's ``trt_profile_*_shapes``, written
     ``name:dxdxd``); empty where the input's batch is fixed or another dimension is not, and
     TensorRT takes the shapes it meets."""
-    import onnx as onnx_lib
-    model = onnx_lib.ModelProto()
+    model = ModelProto()
     try:
         model.ParseFromString(onnx)
     except Exception:  # noqa: BLE001 - not a protobuf: the session refuses it in its own words
@@ -114,7 +115,8 @@ def trt_profile(onnx: bytes, max_batch: int) -> dict:
         return {}
     dims = list(inputs[0].type.tensor_type.shape.dim)
     rest = [d.dim_value for d in dims[1:]]
-    if not dims or dims[0].dim_value > 0 or not all(v > 0 for v in rest) or ":" in inputs[0].name:
+    # ORT's profile string cannot quote a name with ':' or ','
+    if not dims or dims[0].dim_value > 0 or not all(v > 0 for v in rest) or set(":,") & set(inputs[0].name):
         return {}
 
     def shape(n: int) -> str:
