@@ -41,7 +41,7 @@ from .card import Dim, ModelCard, TensorSpec
 from .graph_limits import DEFAULT_LIMITS, GraphLimits
 
 __all__ = ["ALLOWED_DOMAINS", "ELEM_TYPES", "ORT_TYPES", "GraphInfo", "GraphLimits", "GraphTensor", "check_graph",
-           "read_graph"]
+           "fed_inputs", "read_graph"]
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -301,6 +301,12 @@ def _dim(d: onnx.TensorShapeProto.Dimension) -> Union[int, str, None]:
     return None
 
 
+def fed_inputs(graph: onnx.GraphProto) -> List[onnx.ValueInfoProto]:
+    """The inputs of ``graph`` a caller feeds: those no initializer, dense or sparse, shadows."""
+    inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    return [v for v in graph.input if v.name not in inits]
+
+
 def read_graph(onnx_bytes: bytes, source: str = "<model>", name: str = "", limits: GraphLimits = DEFAULT_LIMITS) -> GraphInfo:
     """Inputs, outputs, opset and node domains of a model; refuses what is not self-contained.
 
@@ -323,8 +329,7 @@ def read_graph(onnx_bytes: bytes, source: str = "<model>", name: str = "", limit
         for info in model.training_info:
             for sub in (info.initialization, info.algorithm):
                 _check_shapes(sub.node, sub.initializer, {}, refuse, limits)
-        inits = {t.name for t in g.initializer} | {s.values.name for s in g.sparse_initializer}
-        ins = tuple(_value_info(v) for v in g.input if v.name not in inits)
+        ins = tuple(_value_info(v) for v in fed_inputs(g))
         outs = tuple(_value_info(v) for v in g.output)
         producers = {o: (n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}") for n in g.node for o in n.output}
     except UnicodeDecodeError as exc:  # a name that is not UTF-8

@@ -21,11 +21,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from google.protobuf.message import DecodeError
 from onnx import ModelProto
 
 from chain.config import default_home
 from chain.profile import ExecutionProfile
 from model_store.blob_key import BlobKey
+from model_store.graph import fed_inputs
 from model_store.util import first_line
 
 from . import precision as precisions
@@ -107,10 +109,9 @@ def trt_profile(onnx: bytes, max_batch: int) -> dict:
     model = ModelProto()
     try:
         model.ParseFromString(onnx)
-    except Exception:  # noqa: BLE001 - not a protobuf: the session refuses it in its own words
+    except DecodeError:   # not a protobuf: the session refuses it in its own words
         return {}
-    constants = {t.name for t in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in constants]
+    inputs = fed_inputs(model.graph)
     if len(inputs) != 1 or not inputs[0].type.HasField("tensor_type"):
         return {}
     dims = list(inputs[0].type.tensor_type.shape.dim)

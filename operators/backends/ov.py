@@ -35,8 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from google.protobuf.message import DecodeError
+
 from chain.profile import ExecutionProfile
 from model_store.blob_key import BlobKey
+from model_store.util import first_line
 
 from . import ov_devices
 from . import precision as precisions
@@ -165,11 +168,15 @@ def build(onnx: bytes, *, key: BlobKey, threads: int = 0, hint: str = "THROUGHPU
 
 def _refuse_integer_arithmetic(onnx: bytes, key: BlobKey) -> None:
     """A graph OpenVINO would compute other numbers for than ONNX (:mod:`.ov_integer`) is a
-    ScoreError naming its first nodes; bytes that do not parse are left to OpenVINO to refuse."""
+    ScoreError naming its first nodes; bytes that do not parse are left to OpenVINO to refuse,
+    and a graph the check cannot judge is refused too (it then scores on ONNX Runtime)."""
     try:
         nodes = integer_arithmetic_on_frames(onnx)
-    except Exception:  # noqa: BLE001 - not a protobuf: read_model refuses it in its own words
+    except DecodeError:   # not a protobuf: read_model refuses it in its own words
         return
+    except Exception as e:  # noqa: BLE001 - fail closed: never OpenVINO on a graph not judged
+        raise ScoreError(f"model {key.short}: cannot tell whether OpenVINO computes this graph as ONNX does "
+                         f"({first_line(e)}); score it on ONNX Runtime (VERISEG_BACKEND=onnxruntime)") from None
     if nodes:
         raise ScoreError(f"model {key.short}: OpenVINO computes integer arithmetic unlike ONNX (saturating, "
                          f"through float, int64 in 32 bits) and this graph does it on the frame: "

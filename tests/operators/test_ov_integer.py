@@ -95,6 +95,51 @@ def test_a_subgraph_or_a_local_function_that_computes_integers_from_the_frame_is
     assert len(found) == 1 and found[0].startswith("Add ") and found[0].endswith("(uint8)")
 
 
+def test_a_sparse_initializer_neither_hides_the_frame_nor_stops_the_check():
+    """A sparse initializer (a constant stored as indices and values) beside the graph: the
+    frame is still the one input fed, and its integer Add is still found."""
+    import onnx
+    from onnx import helper
+    sparse = helper.make_sparse_tensor(helper.make_tensor("c", U8, [1], [200]),
+                                       helper.make_tensor("c_indices", I64, [1], [0]), [1])
+    g = helper.make_graph([helper.make_node("Add", ["image", "c"], ["y"], name="plus_sparse")], "g",
+                          [helper.make_tensor_value_info("image", U8, [1, 8, 8, 3])],
+                          [helper.make_tensor_value_info("y", U8, [1, 8, 8, 3])], sparse_initializer=[sparse])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    assert integer_arithmetic_on_frames(m.SerializeToString()) == ['Add "plus_sparse" (uint8)']
+
+
+def test_a_graph_the_check_cannot_judge_is_not_compiled_on_openvino(monkeypatch):
+    """Fail closed: an error inside the check refuses OpenVINO (auto then takes ONNX Runtime);
+    only bytes that are no protobuf are left to OpenVINO's own refusal."""
+    pytest.importorskip("openvino")
+    from operators.backends import ScoreError, ov
+
+    def broken(onnx, **kw):
+        raise RuntimeError("a graph the walk did not foresee")
+    monkeypatch.setattr(ov, "integer_arithmetic_on_frames", broken)
+    with pytest.raises(ScoreError, match="cannot tell whether OpenVINO computes this graph") as ei:
+        ov.build(tiny_onnx(), key=KEY, threads=1)
+    assert "VERISEG_BACKEND=onnxruntime" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_arithmetic_of_a_type_nobody_can_infer_counts_as_integer():
+    """ONNX Runtime's contrib operators are allowed in a blob, and ONNX's shape inference
+    does not know their output types: arithmetic on such values from the frame could be
+    integer arithmetic, so it is not left to OpenVINO."""
+    import onnx
+    from onnx import helper
+    g = helper.make_graph([helper.make_node("Gelu", ["image"], ["u"], domain="com.microsoft"),
+                           helper.make_node("Add", ["u", "u"], ["y"], name="of_unknown")], "g",
+                          [helper.make_tensor_value_info("image", U8, [1, 8, 8, 3])],
+                          [helper.make_tensor_value_info("y", 0, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8
+    assert integer_arithmetic_on_frames(m.SerializeToString()) == ['Add "of_unknown" (type unknown)']
+
+
 def test_the_shipped_blobs_compute_in_float_and_stay_on_openvino():
     import model_store
     for name in ("carla-enet.vsb", "carla-enet-int8.vsb"):
