@@ -77,21 +77,12 @@ class ResultSink(FixedPartitionedSink):
         self.file_suffix = file_suffix   # metrics.process_suffix
         self.metrics = MetricsPublisher(self.stats, self.out, metrics_port, progress, metrics_host,
                                         metrics_linger, file_suffix)
-        self.anchoring = None
         self.sender = None
         self._closed: set = set()
         self._lock = threading.Lock()
         self.failed: Optional[str] = None
         self.secret: Optional[bytes] = None   # seals the batch files this flow writes
-        if anchor_every:
-            try:
-                from chain import anchoring
-                self.anchoring = anchoring
-            except ImportError:
-                log.warning("VERISEG_ANCHOR_EVERY=%d but chain.anchoring is not available: "
-                            "results are not anchored", anchor_every)
-                self.anchor_every = 0
-        if self.anchoring is not None and home is not None:
+        if anchor_every and home is not None:
             try:
                 self.secret = load_secret(home, self.out)
             except SealError as e:
@@ -123,7 +114,7 @@ class ResultSink(FixedPartitionedSink):
         if self.failed:
             return NullPartition(self, for_part)
         with self._lock:
-            if self.anchoring is not None and self.registry is not None and self.sender is None:
+            if self.anchor_every and self.registry is not None and self.sender is None:
                 self.sender = AnchorSender(self.registry, self.out, self.secret,
                                            stats=self.stats, revoked=self.revoked)
             if self.sender is not None:
