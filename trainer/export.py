@@ -258,6 +258,10 @@ def _against_overfitting(cfg: dict) -> list[str]:
         out.append(f"weather, light and sensor conditions: {cfg['conditions']:.0%} of crops get a random draw of "
                    "rain (with wet road and overcast sky), wet road, dusk, night, fog, overcast or a sensor fault "
                    "(trainer.conditions.training_condition: other parameters and draws than the CARLA-C benchmark)")
+    if cfg.get("geometry"):
+        out.append(f"camera geometry: {cfg['geometry']:.0%} of frames are seen by a random other camera (height, "
+                   "pitch, field of view, lens, shift, 16:9 or 2:1, the ego hood cut or enlarged; "
+                   "trainer.geometry.training_camera), the label moved exactly with the pixels")
     if cfg.get("consistency"):
         out.append(f"Jensen-Shannon consistency (weight {cfg['consistency']}) between each crop's clean and "
                    "conditioned predictions (AugMix)")

@@ -415,3 +415,14 @@ def test_committed_blob_and_sample_clip():
     # a road scene: road in the lower middle, the ego hood (car) at the bottom
     assert (out[0, 400:420, 200:312] == 7).mean() > 0.5
     assert (out[0, 500:, 150:350] == 10).mean() > 0.5
+
+
+def test_the_record_names_every_training_option_the_run_turned_on():
+    from trainer.export import ANTI_OVERFITTING, _against_overfitting
+    assert _against_overfitting({}) == ANTI_OVERFITTING
+    turned_on = _against_overfitting({"rare_crops": 0.5, "class_mix": 0.5, "conditions": 0.6, "geometry": 0.5,
+                                      "consistency": 2.0, "lovasz": 0.5, "init": "base.pt"})
+    extra = turned_on[len(ANTI_OVERFITTING):]
+    for words in ("rare-class crops: 50%", "ClassMix: 50%", "conditions: 60%", "camera geometry: 50%",
+                  "consistency (weight 2.0)", "Lovász-softmax loss (weight 0.5)", "fine-tuned from base.pt"):
+        assert sum(words in line for line in extra) == 1, words
