@@ -125,12 +125,20 @@ def _iso(ts=None) -> str:
     return t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+# training options recorded on the card when a run turned them on (0 / off: left out)
+RECIPE_OPTIONS = ("rare_crops", "class_mix", "conditions", "geometry", "consistency", "lovasz")
+
+
 def build_card(ck: dict, size: int, opset: int, metrics: dict, name: str = "carla-enet"):
     """A model_store.ModelCard filled from the checkpoint (training parameters, metrics)."""
     cfg, meta, state = ck["config"], ck.get("meta", {}), ck.get("state", {})
     tp = {k: cfg[k] for k in ("size", "load_size", "batch", "lr", "weight_decay", "scale_min", "scale_max",
                               "weight_c", "variant", "dropout", "ema", "val_fraction", "gap", "seed", "amp")}
     tp["val_at"] = cfg.get("val_at", "end")          # checkpoints before the option validated at the end
+    # the recipe's options that this run turned on: a blob read on its own says how it was trained
+    tp.update({k: cfg[k] for k in RECIPE_OPTIONS if cfg.get(k)})
+    if cfg.get("init"):
+        tp["init"] = Path(cfg["init"]).name         # the file's name only: a local path says nothing elsewhere
     tp.update(epochs=state.get("epoch"), steps=state.get("step"), train_seconds=round(state.get("elapsed", 0)),
               params=meta.get("params"), gmacs_512=round(meta.get("gmacs_512", 0), 4),
               train_frames=meta.get("train_frames"), val_frames=meta.get("val_frames"),

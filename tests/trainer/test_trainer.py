@@ -426,3 +426,20 @@ def test_the_record_names_every_training_option_the_run_turned_on():
     for words in ("rare-class crops: 50%", "ClassMix: 50%", "conditions: 60%", "camera geometry: 50%",
                   "consistency (weight 2.0)", "Lovász-softmax loss (weight 0.5)", "fine-tuned from base.pt"):
         assert sum(words in line for line in extra) == 1, words
+
+
+def test_the_card_names_the_recipe_options_the_run_turned_on():
+    """A blob read on its own says how it was trained: the options that were on, the name
+    (not the local path) of the weights it was tuned from; options left off are left out."""
+    from trainer.export import RECIPE_OPTIONS, build_card
+    from trainer.train import TrainConfig
+    cfg = dict(vars(TrainConfig(data="synthetic", out="run")), rare_crops=0.5, class_mix=0.5, conditions=0.6,
+               geometry=0.5, consistency=0.0, lovasz=0.0, init="/home/someone/runs/base.ckpt.pt")
+    card = build_card({"config": cfg, "meta": {}, "state": {}}, 64, 17, {})
+    tp = card.training_params
+    assert {k: tp.get(k) for k in RECIPE_OPTIONS} == {"rare_crops": 0.5, "class_mix": 0.5, "conditions": 0.6,
+                                                      "geometry": 0.5, "consistency": None, "lovasz": None}
+    assert tp["init"] == "base.ckpt.pt"
+    plain = build_card({"config": dict(cfg, rare_crops=0, class_mix=0, conditions=0, geometry=0, init=None),
+                        "meta": {}, "state": {}}, 64, 17, {}).training_params
+    assert not set(plain) & {*RECIPE_OPTIONS, "init"}
