@@ -34,7 +34,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 from google.protobuf.message import DecodeError
 
 from chain.profile import ExecutionProfile
